@@ -1,0 +1,40 @@
+# The README's commands. `make demo` and `make test` do all the set-up they need.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export SYNTHDATA_HOME ?= $(CURDIR)/.synthdata
+export DAGSTER_HOME   := $(SYNTHDATA_HOME)/dagster
+
+.PHONY: setup demo test ui lint format clean
+
+setup: $(STAMP)
+
+# pip resolves torch==2.13.0 to the CPU build where no GPU stack is wanted; vLLM is the
+# optional extra `.[vllm]` and is never installed here.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	SYNTHDATA_PRESET=$${SYNTHDATA_PRESET:-demo} $(BIN)/synthdata run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+ui: $(STAMP)
+	$(BIN)/synthdata ui
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(SYNTHDATA_HOME)

@@ -1,0 +1,217 @@
+"""``synthdata``: the project's command line.
+
+::
+
+    synthdata run                  materialize the study's assets for the current preset
+    synthdata sql "SELECT ..."     query the warehouse (read-only); @name runs warehouse/sql/name.sql
+    synthdata grade FILE.jsonl     grade model outputs against gold answers
+    synthdata config               print the resolved configuration
+    synthdata ui                   open the Dagster UI on the warehouse's instance
+
+The preset comes from ``SYNTHDATA_PRESET`` (default ``demo``), overrides from the YAML
+file named by ``SYNTHDATA_CONFIG``, and the warehouse root from ``SYNTHDATA_HOME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from synthdata_assets.config import ConfigError, load_config
+from warehouse import Warehouse
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _print_table(columns: list[str], rows: list[tuple], out: TextIO) -> None:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    out.write(line.rstrip() + "\n" + "  ".join("-" * w for w in widths) + "\n")
+    for r in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+    out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+
+
+def _emit(columns: list[str], rows: list[tuple], fmt: str, out: TextIO) -> None:
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif fmt == "json":
+        records = [dict(zip(columns, row)) for row in rows]
+        out.write(json.dumps(records, indent=2, default=str) + "\n")
+    else:
+        _print_table(columns, rows, out)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from warehouse.query import QueryError, run_query
+
+    try:
+        result = run_query(args.query, Warehouse.from_env())
+    except QueryError as exc:
+        print(f"synthdata sql: {exc}", file=sys.stderr)
+        return 2
+    _emit(result.columns, result.rows, args.format, sys.stdout)
+    return 0
+
+
+def _read_grade_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    from synthdata_assets.tasks.realdata import DataFormatError, iter_jsonl
+
+    for line_no, row in iter_jsonl(path):
+        for field in ("completion", "answer"):
+            if field not in row:
+                raise DataFormatError(str(path), line_no, f"missing field {field!r}")
+        if row["completion"] is not None and not isinstance(row["completion"], str):
+            raise DataFormatError(str(path), line_no, "field 'completion' must be a string")
+        yield line_no, row
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from synthdata_assets.tasks.realdata import DataFormatError
+    from synthdata_assets.verify import FORMATS, grade, infer_format
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"synthdata grade: no such file {str(path)!r}", file=sys.stderr)
+        return 2
+    try:
+        rows = list(_read_grade_rows(path))
+    except DataFormatError as exc:
+        print(f"synthdata grade: {exc}", file=sys.stderr)
+        return 2
+    graded = []
+    for line_no, row in rows:
+        completion = row["completion"] or ""
+        gold = str(row["answer"])
+        fmt = args.answer_format or row.get("format") or infer_format(completion, gold)
+        if fmt not in FORMATS:
+            print(
+                f"synthdata grade: {path}:{line_no}: format {fmt!r} is not one of "
+                f"{', '.join(FORMATS)}",
+                file=sys.stderr,
+            )
+            return 2
+        result = grade(completion, gold, fmt)
+        graded.append({**row, "extracted": result.extracted, "is_correct": result.is_correct})
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in graded)
+    if args.output:
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    else:
+        sys.stdout.write(text)
+    correct = sum(r["is_correct"] for r in graded)
+    accuracy = correct / len(graded) if graded else 0.0
+    print(f"accuracy {accuracy:.4f} ({correct}/{len(graded)})", file=sys.stderr)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = load_config()
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from synthdata_assets.orchestrate import RunFailed, materialize
+    from warehouse.query import run_query
+
+    config = load_config()
+    warehouse = Warehouse.from_env().activate()
+    print(
+        f"synthdata: preset {config.preset}, task {config.task.name}, "
+        f"data sizes {list(config.data_sizes)}, seeds {list(config.seeds)}"
+    )
+    print(f"warehouse: {warehouse.root}")
+    start = time.perf_counter()
+    try:
+        materialize("problems", warehouse)
+        for size, seed in config.partition_keys:
+            materialize("teacher_solutions", warehouse, partition=f"{size}|{seed}")
+    except RunFailed as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 1
+    print(f"\nall runs done in {time.perf_counter() - start:.1f}s\n")
+    sizes = ", ".join(str(s) for s in config.data_sizes)
+    seeds = ", ".join(str(s) for s in config.seeds)
+    result = run_query(
+        "SELECT data_size, seed, count(*) AS solutions, count(DISTINCT problem_id) AS problems,"
+        " round(avg(is_correct::INTEGER), 4) AS teacher_pass_rate FROM teacher_solutions"
+        f" WHERE data_size IN ({sizes}) AND seed IN ({seeds})"
+        " GROUP BY ALL ORDER BY data_size, seed",
+        warehouse,
+    )
+    print("teacher_solutions (D_syn) by partition:")
+    _print_table(result.columns, result.rows, sys.stdout)
+    print(
+        "\nNext: query the tables with `synthdata sql \"SELECT ...\"`, "
+        "or browse runs and assets with `make ui`."
+    )
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    load_config()  # fail here, with the field named, rather than inside the UI
+    warehouse = Warehouse.from_env().activate()
+    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml")]
+    cmd += ["-h", args.host, "-p", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port} (instance: {warehouse.dagster_home})")
+    os.chdir(REPO_ROOT)
+    os.execv(sys.executable, cmd)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthdata", description=__doc__.split("::")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="materialize the study's assets for the current preset")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sql", help="run a read-only SQL query against the warehouse")
+    p.add_argument("query", help='SQL text, or @name for warehouse/sql/name.sql')
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("grade", help="grade completions in a JSONL file against gold answers")
+    p.add_argument("file", help="JSONL rows with 'completion' and 'answer' (optional 'format')")
+    p.add_argument("-o", "--output", help="write graded rows here instead of stdout")
+    p.add_argument(
+        "--answer-format",
+        choices=("embedded", "gsm8k", "math"),
+        help="force one answer format for every row (default: the row's 'format', else inferred)",
+    )
+    p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("config", help="print the resolved configuration as JSON")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("ui", help="open the Dagster UI on the warehouse's instance")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"synthdata: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

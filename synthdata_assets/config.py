@@ -1,0 +1,360 @@
+"""Experiment configuration: one typed object describes a whole study.
+
+An experiment is a task (where problems come from), the data sizes and seeds to sweep,
+the teacher, the learner model, and the sampling and training budgets. It is chosen in
+two layers:
+
+1. a preset, named by the environment variable ``SYNTHDATA_PRESET`` (default ``demo``):
+
+   - ``tiny``: the smallest study that exercises every stage (tests, about a minute);
+   - ``demo``: the README's main job (minutes on a laptop);
+   - ``embedded``: the full sweep with several seeds (under an hour on 2 cores);
+   - ``paper``: GPUs, a 7B learner, vLLM, GSM8K-format data, sizes 8k-128k.
+
+2. a YAML file named by ``SYNTHDATA_CONFIG`` whose fields override the preset's, at any
+   depth (``task: {n_test: 100}`` changes only ``n_test``). The file may also name the
+   preset itself (``preset: embedded``).
+
+Every field is validated before any work starts; an invalid value raises
+:class:`ConfigError` naming the field, the value and what is allowed.
+
+This module is plain Python (no Dagster): the pipeline, the CLI and the tests all read
+the same object through :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PresetName = Literal["tiny", "demo", "embedded", "paper"]
+PRESETS: tuple[str, ...] = get_args(PresetName)
+DEFAULT_PRESET = "demo"
+PRESET_ENV = "SYNTHDATA_PRESET"
+CONFIG_ENV = "SYNTHDATA_CONFIG"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names each bad field and what it allows."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors, not silently ignored: a typo in a YAML override must
+    # not run a different experiment than the one the researcher asked for.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedTaskConfig(_Section):
+    """Knobs of the built-in word-problem generator (see ``tasks/embedded.py``)."""
+
+    modulus: int = Field(23, ge=3, le=997, description="Arithmetic is modulo this number.")
+    min_steps: int = Field(2, ge=1, le=12, description="Fewest needed steps per problem.")
+    max_steps: int = Field(4, ge=1, le=12, description="Most needed steps per problem.")
+    n_distractors: int = Field(2, ge=0, le=12, description="Unneeded quantities per problem.")
+
+    @model_validator(mode="after")
+    def _steps_ordered(self) -> EmbeddedTaskConfig:
+        if self.max_steps < self.min_steps:
+            raise ValueError(
+                f"max_steps ({self.max_steps}) must be at least min_steps ({self.min_steps})"
+            )
+        return self
+
+
+class TaskConfig(_Section):
+    """Where problems come from and how many are held out for testing."""
+
+    name: Literal["embedded", "gsm8k", "math"] = Field(
+        "embedded", description="embedded: generated offline; gsm8k/math: local JSONL files."
+    )
+    train_path: str | None = Field(None, description="Training JSONL file (gsm8k/math).")
+    test_path: str | None = Field(None, description="Test JSONL file (gsm8k/math).")
+    n_train_pool: int = Field(
+        4000,
+        ge=1,
+        description="Embedded: training problems generated; real data: a cap on rows read.",
+    )
+    n_test: int = Field(200, ge=1, description="Test problems (the first n of the test split).")
+    pool_seed: int = Field(
+        0, description="Seed of the problem pool; fixed across experiment seeds."
+    )
+    embedded: EmbeddedTaskConfig = EmbeddedTaskConfig()
+
+
+class TeacherConfig(_Section):
+    """Who writes the synthetic solutions (D_syn) that SFT trains on."""
+
+    kind: Literal["oracle", "reference"] = Field(
+        "oracle",
+        description="oracle: the embedded task's exact solver with noise knobs; "
+        "reference: the data set's own worked solutions (gsm8k/math).",
+    )
+    solutions_per_problem: int = Field(1, ge=1, le=64)
+    spurious_rate: float = Field(
+        0.1, ge=0.0, le=1.0, description="Oracle: chance of a correct but unneeded step."
+    )
+    slip_rate: float = Field(
+        0.15, ge=0.0, le=1.0, description="Oracle: chance that a solution has one wrong step."
+    )
+
+
+class ModelConfig(_Section):
+    """The learner. ``tiny-llama`` is built and pretrained here; anything else is a
+    Hugging Face model folder (or hub id when ``allow_hub_download`` is set)."""
+
+    name: str = Field("tiny-llama", min_length=1)
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    max_seq_len: int = Field(384, ge=32)
+    pretrain_steps: int = Field(1500, ge=0, description="tiny-llama pretraining updates.")
+    allow_hub_download: bool = False
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+
+
+class SamplingConfig(_Section):
+    """Generation budgets and the engine that spends them."""
+
+    backend: Literal["transformers", "vllm"] = "transformers"
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(160, ge=1)
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+    samples_per_problem: int = Field(
+        4, ge=1, description="K self-generated samples per training problem."
+    )
+    eval_samples: int = Field(4, ge=1, description="n samples per test problem for pass@k.")
+
+
+class TrainingConfig(_Section):
+    """Optimisation budgets shared by SFT, RFT and the DPO variants."""
+
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    bf16: bool = Field(True, description="bf16 autocast (helps on CPU and GPU).")
+    rft_max_per_problem: int = Field(4, ge=1, description="RFT: distinct positives kept.")
+    rft_init: Literal["base", "sft"] = "base"
+    dpo_beta: float = Field(0.1, gt=0.0)
+    dpo_learning_rate: float = Field(2e-4, gt=0.0)
+    dpo_epochs: int = Field(2, ge=1)
+
+
+class ExperimentConfig(_Section):
+    """A whole study: the sweep and every stage's settings."""
+
+    preset: PresetName = DEFAULT_PRESET
+    data_sizes: tuple[int, ...] = Field(
+        (250, 500, 1000), min_length=1, description="Training problems per partition."
+    )
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="Replicates per size.")
+    task: TaskConfig = TaskConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    model: ModelConfig = ModelConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    @field_validator("data_sizes")
+    @classmethod
+    def _sizes_valid(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 1 for s in sizes):
+            raise ValueError(f"every data size must be a positive integer, got {list(sizes)}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"data sizes must be distinct, got {list(sizes)}")
+        return tuple(sorted(sizes))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_valid(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be non-negative integers, got {list(seeds)}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+        return tuple(sorted(seeds))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        task = self.task
+        if task.name == "embedded":
+            if self.teacher.kind != "oracle":
+                raise ValueError(
+                    f"teacher.kind '{self.teacher.kind}' needs a real data set; "
+                    "the embedded task uses teacher.kind 'oracle'"
+                )
+            if max(self.data_sizes) > task.n_train_pool:
+                raise ValueError(
+                    f"the largest data size ({max(self.data_sizes)}) exceeds "
+                    f"task.n_train_pool ({task.n_train_pool}); raise task.n_train_pool"
+                )
+        else:
+            if self.teacher.kind == "oracle":
+                raise ValueError(
+                    f"teacher.kind 'oracle' exists only for the embedded task, not "
+                    f"'{task.name}'; use 'reference'"
+                )
+            missing = [f for f in ("train_path", "test_path") if getattr(task, f) is None]
+            if missing:
+                raise ValueError(
+                    f"task '{task.name}' reads local files: set "
+                    + " and ".join(f"task.{f}" for f in missing)
+                )
+        return self
+
+    @property
+    def answer_format(self) -> str:
+        """The verifier's format for this task's answers."""
+        return self.task.name
+
+    @property
+    def partition_keys(self) -> list[tuple[int, int]]:
+        """Every (data_size, seed) pair of the sweep."""
+        return [(size, seed) for size in self.data_sizes for seed in self.seeds]
+
+
+# Presets hold only what differs from the defaults above, so each reads as a diff.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "data_sizes": [32, 64],
+        "seeds": [0],
+        "task": {"n_train_pool": 64, "n_test": 32, "embedded": {"max_steps": 3}},
+        "model": {
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "max_seq_len": 256,
+            "pretrain_steps": 30,
+        },
+        "sampling": {"max_new_tokens": 96, "samples_per_problem": 2, "eval_samples": 2},
+        "training": {"epochs": 1, "batch_size": 16, "dpo_epochs": 1},
+    },
+    "demo": {
+        "data_sizes": [250, 500, 1000, 2000],
+        "seeds": [0],
+        "task": {"n_train_pool": 2000, "n_test": 200},
+    },
+    "embedded": {
+        "data_sizes": [250, 500, 1000, 2000, 4000],
+        "seeds": [0, 1, 2],
+        "task": {"n_train_pool": 4000, "n_test": 400},
+    },
+    "paper": {
+        "data_sizes": [8000, 16000, 32000, 64000, 128000],
+        "seeds": [0, 1, 2],
+        "task": {
+            "name": "gsm8k",
+            "train_path": "data/gsm8k_synthetic/train.jsonl",
+            "test_path": "data/gsm8k/test.jsonl",
+            "n_train_pool": 128000,
+            "n_test": 1319,
+        },
+        "teacher": {"kind": "reference"},
+        "model": {
+            "name": "deepseek-ai/deepseek-math-7b-base",
+            "max_seq_len": 1024,
+            "dtype": "bfloat16",
+        },
+        "sampling": {
+            "backend": "vllm",
+            "temperature": 0.7,
+            "max_new_tokens": 512,
+            "batch_size": 1024,
+            "samples_per_problem": 4,
+            "eval_samples": 8,
+        },
+        "training": {
+            "epochs": 3,
+            "learning_rate": 1e-5,
+            "batch_size": 64,
+            "dpo_learning_rate": 1e-6,
+            "dpo_beta": 0.1,
+        },
+    },
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        # Walk the models to list the fields that the parent allows.
+        owner: type[BaseModel] = model
+        for part in loc[:-1]:
+            annotation = owner.model_fields[part].annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                owner = annotation
+        allowed = ", ".join(owner.model_fields)
+        return f"{field}: unknown field (allowed: {allowed})"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{field}: {msg}{shown}"
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "configuration") -> ExperimentConfig:
+    """Validate a plain mapping (a preset merged with overrides)."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e, ExperimentConfig) for e in exc.errors()]
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The raw overrides of a preset, with its name filled in."""
+    if name not in _PRESETS:
+        raise ConfigError(
+            f"invalid {PRESET_ENV}: preset {name!r} does not exist "
+            f"(allowed: {', '.join(PRESETS)})"
+        )
+    return {"preset": name, **copy.deepcopy(_PRESETS[name])}
+
+
+def load_config(
+    preset: str | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """The experiment to run: preset, then YAML file, then explicit overrides.
+
+    With no arguments the preset comes from ``SYNTHDATA_PRESET`` and the file from
+    ``SYNTHDATA_CONFIG``.
+    """
+    file_data: dict[str, Any] = {}
+    path = config_path if config_path is not None else os.environ.get(CONFIG_ENV) or None
+    source = f"{CONFIG_ENV}={path}" if path else "configuration"
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"invalid {CONFIG_ENV}: no such file {str(file)!r}")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid {source}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"invalid {source}: the file must hold a mapping of fields")
+        file_data = loaded
+    name = preset or file_data.get("preset") or os.environ.get(PRESET_ENV) or DEFAULT_PRESET
+    data = _merge(preset_dict(str(name)), file_data)
+    if overrides:
+        data = _merge(data, overrides)
+    data["preset"] = name
+    return config_from_dict(data, source=source)

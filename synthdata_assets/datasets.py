@@ -1,0 +1,199 @@
+"""The problem pool, nested training subsets, and teacher solutions, as polars tables.
+
+Plain functions over plain data (no Dagster), so that the assets stay thin and these are
+tested directly.
+
+- :func:`problem_pool` builds the ``problems`` table: every train problem of the pool and
+  the test split, one row each.
+- :func:`training_subset` picks the problems of a (data_size, seed) partition: the first
+  ``data_size`` of an order fixed by ``seed``. Orders come from hashing ids, so the
+  subsets of one seed are nested (size 500 is inside size 1000) and each seed draws its
+  own data.
+- :func:`teacher_solutions` writes and grades the teacher's solutions for a subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable
+
+import polars as pl
+
+from synthdata_assets.config import ExperimentConfig
+from synthdata_assets.tasks import embedded, realdata
+from synthdata_assets.verify import extract_answer, grade_many
+
+PROBLEM_SCHEMA = {
+    "problem_id": pl.String,
+    "split": pl.String,
+    "question": pl.String,
+    "answer": pl.String,
+    "source": pl.String,
+    "n_steps": pl.Int64,
+    "spec": pl.String,
+    "reference_solution": pl.String,
+    "meta": pl.String,
+}
+
+SOLUTION_SCHEMA = {
+    "problem_id": pl.String,
+    "solution_id": pl.String,
+    "solution": pl.String,
+    "final_answer": pl.String,
+    "is_correct": pl.Boolean,
+    "answer": pl.String,
+    "n_lines": pl.Int64,
+    "teacher": pl.String,
+}
+
+
+def embedded_params(config: ExperimentConfig) -> embedded.EmbeddedParams:
+    knobs = config.task.embedded
+    return embedded.EmbeddedParams(
+        modulus=knobs.modulus,
+        min_steps=knobs.min_steps,
+        max_steps=knobs.max_steps,
+        n_distractors=knobs.n_distractors,
+    )
+
+
+def _embedded_rows(config: ExperimentConfig) -> list[dict]:
+    params = embedded_params(config)
+    seed = config.task.pool_seed
+    train = embedded.generate_problems(params, config.task.n_train_pool, seed=seed, split="train")
+    # Generate a margin of test problems so that dropping overlaps still leaves n_test.
+    test = embedded.generate_problems(
+        params, config.task.n_test + config.task.n_test // 4 + 8, seed=seed, split="test"
+    )
+    test = embedded.exclude_overlap(test, train)[: config.task.n_test]
+    rows = []
+    for split, problems in (("train", train), ("test", test)):
+        for p in problems:
+            rows.append(
+                {
+                    "problem_id": p.problem_id,
+                    "split": split,
+                    "question": p.question,
+                    "answer": p.answer,
+                    "source": "embedded",
+                    "n_steps": p.n_steps,
+                    "spec": p.spec,
+                    "reference_solution": None,
+                    "meta": None,
+                }
+            )
+    return rows
+
+
+def _real_rows(config: ExperimentConfig) -> list[dict]:
+    task = config.task
+    loader = realdata.load_gsm8k if task.name == "gsm8k" else realdata.load_math
+    assert task.train_path is not None and task.test_path is not None  # validated in config
+    train = loader(task.train_path, split="train")[: task.n_train_pool]
+    test = loader(task.test_path, split="test")[: task.n_test]
+    needed = max(config.data_sizes)
+    if len(train) < needed:
+        raise ValueError(
+            f"data_sizes asks for {needed} training problems but {task.train_path} holds "
+            f"{len(train)} (after task.n_train_pool={task.n_train_pool}); lower data_sizes "
+            "or point task.train_path at a larger set"
+        )
+    rows = []
+    for split, problems in (("train", train), ("test", test)):
+        for p in problems:
+            rows.append(
+                {
+                    "problem_id": p.problem_id,
+                    "split": split,
+                    "question": p.question,
+                    "answer": p.answer,
+                    "source": p.source,
+                    "n_steps": len(p.steps),
+                    "spec": None,
+                    "reference_solution": p.solution,
+                    "meta": json.dumps(p.meta, sort_keys=True) if p.meta else None,
+                }
+            )
+    return rows
+
+
+def problem_pool(config: ExperimentConfig) -> pl.DataFrame:
+    """The ``problems`` table: the training pool and the test split."""
+    rows = _embedded_rows(config) if config.task.name == "embedded" else _real_rows(config)
+    return pl.DataFrame(rows, schema=PROBLEM_SCHEMA)
+
+
+def _order_key(seed: int, problem_id: str) -> str:
+    return hashlib.sha256(f"subset/{seed}/{problem_id}".encode()).hexdigest()
+
+
+def training_subset(problems: pl.DataFrame, data_size: int, seed: int) -> pl.DataFrame:
+    """The first ``data_size`` training problems in the order fixed by ``seed``."""
+    train = problems.filter(pl.col("split") == "train")
+    if train.height < data_size:
+        raise ValueError(
+            f"data_size {data_size} exceeds the {train.height} training problems in the pool"
+        )
+    keys = [_order_key(seed, pid) for pid in train["problem_id"]]
+    return (
+        train.with_columns(pl.Series("_order", keys))
+        .sort("_order")
+        .head(data_size)
+        .drop("_order")
+    )
+
+
+def _oracle_solutions(config: ExperimentConfig, subset: pl.DataFrame, seed: int) -> Iterable[dict]:
+    teacher = config.teacher
+    for row in subset.iter_rows(named=True):
+        problem = embedded.EmbeddedProblem.from_spec(row["problem_id"], row["spec"])
+        for j in range(teacher.solutions_per_problem):
+            # One stream per (seed, problem, j): a problem's solutions are the same in
+            # every data size, so nested subsets get nested solution sets.
+            rng = random.Random(f"teacher/{seed}/{row['problem_id']}/{j}")
+            text = embedded.oracle_solution(
+                problem, rng=rng, spurious_rate=teacher.spurious_rate, slip_rate=teacher.slip_rate
+            )
+            yield {"problem_id": row["problem_id"], "index": j, "solution": text}
+
+
+def _reference_solutions(subset: pl.DataFrame) -> Iterable[dict]:
+    for row in subset.iter_rows(named=True):
+        yield {"problem_id": row["problem_id"], "index": 0, "solution": row["reference_solution"]}
+
+
+def teacher_solutions(config: ExperimentConfig, subset: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """The teacher's graded solutions for the problems of one partition."""
+    if config.teacher.kind == "oracle":
+        written = list(_oracle_solutions(config, subset, seed))
+    else:
+        written = list(_reference_solutions(subset))
+    gold = dict(zip(subset["problem_id"], subset["answer"]))
+    golds = [gold[w["problem_id"]] for w in written]
+    grades = grade_many([w["solution"] for w in written], golds, config.answer_format)
+    rows = [
+        {
+            "problem_id": w["problem_id"],
+            "solution_id": f"{w['problem_id']}/teacher/{seed}/{w['index']}",
+            "solution": w["solution"],
+            "final_answer": g.extracted,
+            "is_correct": g.is_correct,
+            "answer": gold_answer,
+            "n_lines": len(w["solution"].splitlines()),
+            "teacher": config.teacher.kind,
+        }
+        for w, g, gold_answer in zip(written, grades, golds)
+    ]
+    return pl.DataFrame(rows, schema=SOLUTION_SCHEMA)
+
+
+def gold_answers_parse(problems: pl.DataFrame, fmt: str) -> list[str]:
+    """Ids of problems whose gold answer the verifier cannot read back (should be none)."""
+    bad = []
+    for pid, answer in zip(problems["problem_id"], problems["answer"]):
+        probe = embedded.final_answer_line(answer) if fmt == "embedded" else f"\\boxed{{{answer}}}"
+        if not answer or extract_answer(probe, fmt) is None:
+            bad.append(pid)
+    return bad

@@ -1,0 +1,14 @@
+"""Dagster definitions, built from one experiment configuration and one warehouse."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from synthdata_assets.config import ExperimentConfig
+from synthdata_assets.defs import data
+from synthdata_assets.defs.resources import resources
+from warehouse import Warehouse
+
+
+def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Definitions:
+    return dg.Definitions(assets=[*data.build(config)], resources=resources(warehouse))

@@ -1,0 +1,67 @@
+"""Launch materializations through the Dagster instance of the warehouse.
+
+Every run goes through ``dagster asset materialize`` against the code location in
+``workspace.yaml``, so the runs, their logs and the materialized partitions show in
+``dagster dev -w workspace.yaml`` afterwards, exactly as if they had been launched there.
+Dagster's own event log is long; it goes to a file per run under ``reports/logs`` and the
+terminal gets one line per run (and the log's tail when a run fails).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from warehouse import Warehouse
+
+CODE_MODULE = "synthdata_assets.definitions"
+
+
+class RunFailed(RuntimeError):
+    """A Dagster run ended in failure; the message holds the tail of its log."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    selection: str
+    partition: str | None
+    seconds: float
+    log: Path
+
+
+def _log_name(selection: str, partition: str | None) -> str:
+    part = f"__{partition.replace('|', '_')}" if partition else ""
+    return f"{selection.replace(',', '+')}{part}.log"
+
+
+def materialize(
+    selection: str, warehouse: Warehouse, partition: str | None = None, *, echo: bool = True
+) -> RunRecord:
+    """Materialize ``selection`` (asset names, comma-separated) in one Dagster run."""
+    warehouse.activate()
+    logs = warehouse.reports / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / _log_name(selection, partition)
+    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", CODE_MODULE]
+    cmd += ["--select", selection]
+    if partition:
+        cmd += ["--partition", partition]
+    label = f"{selection}" + (f" [{partition}]" if partition else "")
+    if echo:
+        print(f"  … {label}", end="", flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        if echo:
+            print(f"\r  ✗ {label} failed after {seconds:.1f}s (log: {log})", flush=True)
+        raise RunFailed(f"run of {label} failed; last lines of {log}:\n{tail}")
+    if echo:
+        print(f"\r  ✓ {label}  {seconds:.1f}s", flush=True)
+    return RunRecord(selection=selection, partition=partition, seconds=seconds, log=log)

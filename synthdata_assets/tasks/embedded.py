@@ -1,0 +1,522 @@
+"""The embedded task: procedurally generated multi-step word problems modulo a small prime.
+
+Why this task exists
+--------------------
+The study (Setlur et al. 2024) needs a task on which a tiny (~1M-parameter) model can be
+fine-tuned, sampled and graded on a CPU, so that the whole pipeline runs offline. Following iGSM
+(Ye et al., "Physics of Language Models 2.1"), a problem is a small graph of quantities linked by
+operations; the difficulty is the number of derived quantities the asked-for one depends on, and
+distractor quantities that the question does not need force the model to find the dependencies.
+
+All arithmetic is modulo a small prime ``p`` (default 23). Every number is then one of ``p``
+short tokens and the arithmetic is a finite table that a tiny model can memorise, so that what is
+learned (or not) is the multi-step reasoning, not long-number arithmetic. A prime keeps
+multiplication by any constant in ``2..p-1`` invertible, so a wrong intermediate value changes
+what is computed from it (except where one value reaches the answer along two paths).
+
+Question grammar
+----------------
+Each problem has people with short distinct names who each own a count of one item kind.
+A quantity is given, or defined from earlier ones (all results mod ``p``)::
+
+    Ann has 7 apples.                                    Ann = 7
+    Bob has 3 more apples than Ann.                      Bob = Ann + 3
+    Cid has 4 fewer apples than Bob.                     Cid = Bob - 4
+    Dee has 2 times as many apples as Cid.               Dee = Cid * 2   (constant in 2..p-1)
+    Eve has as many apples as Bob and Dee together.      Eve = Bob + Dee
+
+The question holds one defining sentence per quantity, in a seeded random order (so it is usually
+not the order of computation), on one line, and ends with
+``How many apples does Eve have? Count modulo 23.``
+
+Solution grammar
+----------------
+One line per needed derived quantity, in dependency order, then the answer line::
+
+    Bob has 7 + 3 = 10 apples.
+    Cid has 10 - 4 = 6 apples.
+    Dee has 6 * 2 = 12 apples.
+    Eve has 10 + 12 = 22 apples.
+    The answer is 22.
+
+A step line is exactly ``{Name} has {a} {op} {b} = {result} {item}.`` with ``op`` in ``+ - *``;
+a sum of two quantities is written with ``+`` like adding a constant.
+
+Knobs
+-----
+``EmbeddedParams``: ``modulus`` (prime), ``min_steps``/``max_steps`` (the number of needed
+derived quantities is drawn uniformly from this range) and ``n_distractors`` (unneeded
+quantities; at least half of them, and at least one, are derived so that a solution can take a
+spurious step). ``oracle_solution`` writes teacher solutions with ``spurious_rate`` (correct steps
+about distractors inserted between needed steps) and ``slip_rate`` (one wrong step result that is
+carried through to a wrong final answer).
+
+Structure and determinism
+-------------------------
+``EmbeddedProblem.spec`` is canonical JSON holding the whole structure::
+
+    {"item": "apples", "modulus": 23, "order": [names in sentence order],
+     "quantities": [{"name", "op", "args", "const", "value"} in dependency order],
+     "target": "Eve"}
+
+with ``op`` in ``given add sub mul sum``, ``args`` the operand names, ``const`` the constant of
+``add``/``sub``/``mul`` (``null`` otherwise) and ``value`` the true value. The question, gold
+answer and solutions are rebuilt from it alone (``EmbeddedProblem.from_spec``).
+
+Problem ``i`` of a split is a pure function of ``(seed, split, i)``: its random stream is seeded
+from a SHA-256 digest, never from Python's per-process salted ``hash()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+NAMES: tuple[str, ...] = (
+    "Ann", "Bob", "Cid", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max",
+    "Ned", "Oli", "Pam", "Quinn", "Ray", "Sue", "Tom", "Uma", "Vic", "Wes", "Xia", "Yul", "Zed",
+)  # fmt: skip
+ITEMS: tuple[str, ...] = (
+    "apples",
+    "coins",
+    "books",
+    "stamps",
+    "shells",
+    "marbles",
+    "pens",
+    "cards",
+)
+
+_DERIVED_OPS = ("add", "sub", "mul", "sum")
+_UNARY_OPS = ("add", "sub", "mul")
+_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "sum": "+"}
+_SPLIT_RE = re.compile(r"[a-z][a-z0-9]*")
+_NAME_RE = re.compile(r"[A-Z][a-z]+")
+_ITEM_RE = re.compile(r"[a-z]+")
+# How often an operand is an already used needed quantity rather than a fresh given; reuse makes
+# the needed graph a DAG rather than a tree, so a model cannot assume each value is read once.
+_REUSE_PROB = 0.3
+
+
+@dataclass(frozen=True)
+class EmbeddedParams:
+    """Generator settings; see the module docstring."""
+
+    modulus: int = 23
+    min_steps: int = 2
+    max_steps: int = 4
+    n_distractors: int = 2
+
+    def __post_init__(self) -> None:
+        if self.modulus < 3 or not _is_prime(self.modulus):
+            raise ValueError(f"modulus must be a prime >= 3, got {self.modulus}")
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(
+                f"need 1 <= min_steps <= max_steps, got {self.min_steps}..{self.max_steps}"
+            )
+        if self.n_distractors < 0:
+            raise ValueError(f"n_distractors must be >= 0, got {self.n_distractors}")
+        # A problem with k steps uses at most k + 1 needed givens, k derived quantities and the
+        # distractors, each under its own name.
+        if 2 * self.max_steps + 1 + self.n_distractors > len(NAMES):
+            raise ValueError(
+                f"max_steps={self.max_steps} with n_distractors={self.n_distractors} can need more "
+                f"than the {len(NAMES)} available names"
+            )
+
+
+@dataclass(frozen=True)
+class EmbeddedProblem:
+    """One problem; everything but ``problem_id`` is derived from ``spec``."""
+
+    problem_id: str
+    question: str
+    answer: str
+    n_steps: int
+    spec: str
+
+    @classmethod
+    def from_spec(cls, problem_id: str, spec: str) -> EmbeddedProblem:
+        """Rebuild a problem from its spec; raises ``ValueError`` if the spec is inconsistent."""
+        world = _parse(spec)
+        return cls(
+            problem_id=problem_id,
+            question=_question(world),
+            answer=str(world.values[world.target]),
+            n_steps=len(world.steps),
+            spec=world.spec,
+        )
+
+
+@dataclass(frozen=True)
+class _Quantity:
+    name: str
+    op: str
+    args: tuple[str, ...]
+    const: int | None
+    value: int
+
+
+@dataclass(frozen=True)
+class _World:
+    spec: str
+    modulus: int
+    item: str
+    target: str
+    quantities: tuple[_Quantity, ...]
+    order: tuple[str, ...]
+    values: Mapping[str, int]
+    steps: tuple[_Quantity, ...]  # needed derived quantities, in dependency order
+    spurious: tuple[_Quantity, ...]  # derived quantities the target does not depend on
+
+
+def generate_problems(
+    params: EmbeddedParams, n: int, *, seed: int, split: str
+) -> list[EmbeddedProblem]:
+    """Problems ``0..n-1`` of the ``(seed, split)`` stream, with ids ``emb-{split}-{i:06d}``."""
+    if not _SPLIT_RE.fullmatch(split):
+        raise ValueError(f"split must be a lowercase word like 'train' or 'test', got {split!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    problems = []
+    for i in range(n):
+        rng = _rng("problem", seed, split, i)
+        n_steps = rng.randint(params.min_steps, params.max_steps)
+        spec = _build_spec(rng, params.modulus, n_steps, params.n_distractors)
+        problems.append(EmbeddedProblem.from_spec(f"emb-{split}-{i:06d}", spec))
+    return problems
+
+
+def exclude_overlap(
+    test: list[EmbeddedProblem], train: list[EmbeddedProblem]
+) -> list[EmbeddedProblem]:
+    """The test problems, in order, without those whose question text is also a train question."""
+    train_questions = {problem.question for problem in train}
+    return [problem for problem in test if problem.question not in train_questions]
+
+
+def solve(problem: EmbeddedProblem) -> list[str]:
+    """The minimal correct step lines, in dependency order, without the answer line."""
+    world = _parse(problem.spec)
+    return [_step_line(q, world.values, world.item) for q in world.steps]
+
+
+def oracle_solution(
+    problem: EmbeddedProblem,
+    *,
+    rng: random.Random,
+    spurious_rate: float = 0.0,
+    slip_rate: float = 0.0,
+) -> str:
+    """A teacher solution: step lines and the answer line, joined by newlines.
+
+    With probability ``slip_rate`` one needed step gets a wrong result; every later line
+    (spurious ones included) uses the written values, so all other lines have right arithmetic
+    and the final answer is wrong. Before each needed step, with probability ``spurious_rate``, a
+    correct step about a not-yet-written derived distractor whose operands are already known is
+    inserted; the answer is unaffected.
+    """
+    for label, rate in (("spurious_rate", spurious_rate), ("slip_rate", slip_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{label} must be in [0, 1], got {rate}")
+    world = _parse(problem.spec)
+    written = dict(world.values)
+    if rng.random() < slip_rate:
+        written = _values_with_slip(world, rng.choice(world.steps), rng)
+        # One value can reach the target along two paths, so the error can cancel; the target's
+        # own step always changes the answer.
+        if written[world.target] == world.values[world.target]:
+            written = _values_with_slip(world, world.steps[-1], rng)
+
+    known = {q.name for q in world.quantities if q.op == "given"}
+    pending = list(world.spurious)
+    lines = []
+    for step in world.steps:
+        if rng.random() < spurious_rate:
+            usable = [q for q in pending if all(arg in known for arg in q.args)]
+            if usable:
+                extra = rng.choice(usable)
+                pending.remove(extra)
+                lines.append(_step_line(extra, written, world.item))
+                known.add(extra.name)
+        lines.append(_step_line(step, written, world.item))
+        known.add(step.name)
+    lines.append(final_answer_line(written[world.target]))
+    return "\n".join(lines)
+
+
+def final_answer_line(answer: int | str) -> str:
+    """The last line of every solution."""
+    return f"The answer is {answer}."
+
+
+def pretraining_facts(params: EmbeddedParams, *, seed: int, n: int) -> list[str]:
+    """Text from the task's world for pretraining a base model, not fine-tuning data.
+
+    Each entry is, with equal odds, a single arithmetic fact in step grammar (operands uniform
+    over ``[0, p)``, so the whole table is covered) or a one-step problem without distractors,
+    followed on the next lines by its solution. Entry ``i`` depends only on ``(seed, i)``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    p = params.modulus
+    texts = []
+    for i in range(n):
+        rng = _rng("pretrain", seed, i)
+        if rng.random() < 0.5:
+            name, item = rng.choice(NAMES), rng.choice(ITEMS)
+            op = rng.choice(_UNARY_OPS)
+            a, b = rng.randrange(p), rng.randrange(p)
+            texts.append(f"{name} has {a} {_SYMBOL[op]} {b} = {_apply(op, a, b, p)} {item}.")
+        else:
+            world = _parse(_build_spec(rng, p, 1, 0))
+            lines = [_step_line(q, world.values, world.item) for q in world.steps]
+            texts.append(
+                "\n".join([_question(world), *lines, final_answer_line(world.values[world.target])])
+            )
+    return texts
+
+
+def _rng(*parts: object) -> random.Random:
+    digest = hashlib.sha256("/".join(["synthdata.embedded", *map(str, parts)]).encode()).digest()
+    return random.Random(int.from_bytes(digest[:16], "big"))
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def _apply(op: str, a: int, b: int, modulus: int) -> int:
+    if op == "sub":
+        return (a - b) % modulus
+    if op == "mul":
+        return (a * b) % modulus
+    return (a + b) % modulus
+
+
+def _operands(q: _Quantity, values: Mapping[str, int]) -> tuple[int, int]:
+    second = values[q.args[1]] if q.op == "sum" else q.const
+    assert second is not None
+    return values[q.args[0]], second
+
+
+def _step_line(q: _Quantity, values: Mapping[str, int], item: str) -> str:
+    a, b = _operands(q, values)
+    return f"{q.name} has {a} {_SYMBOL[q.op]} {b} = {values[q.name]} {item}."
+
+
+def _values_with_slip(world: _World, slipped: _Quantity, rng: random.Random) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for q in world.quantities:
+        if q.op == "given":
+            values[q.name] = q.value
+            continue
+        value = _apply(q.op, *_operands(q, values), world.modulus)
+        if q is slipped:
+            value = (value + rng.randrange(1, world.modulus)) % world.modulus
+        values[q.name] = value
+    return values
+
+
+def _sentence(q: _Quantity, item: str) -> str:
+    if q.op == "given":
+        return f"{q.name} has {q.value} {item}."
+    if q.op == "add":
+        return f"{q.name} has {q.const} more {item} than {q.args[0]}."
+    if q.op == "sub":
+        return f"{q.name} has {q.const} fewer {item} than {q.args[0]}."
+    if q.op == "mul":
+        return f"{q.name} has {q.const} times as many {item} as {q.args[0]}."
+    return f"{q.name} has as many {item} as {q.args[0]} and {q.args[1]} together."
+
+
+def _question(world: _World) -> str:
+    by_name = {q.name: q for q in world.quantities}
+    sentences = [_sentence(by_name[name], world.item) for name in world.order]
+    ask = f"How many {world.item} does {world.target} have? Count modulo {world.modulus}."
+    return " ".join([*sentences, ask])
+
+
+def _build_spec(rng: random.Random, modulus: int, n_steps: int, n_distractors: int) -> str:
+    names = list(NAMES)
+    rng.shuffle(names)
+    item = rng.choice(ITEMS)
+    quantities: list[dict[str, object]] = []
+    values: dict[str, int] = {}
+
+    def new_given() -> str:
+        name = names.pop()
+        values[name] = rng.randrange(modulus)
+        quantities.append(
+            {"name": name, "op": "given", "args": [], "const": None, "value": values[name]}
+        )
+        return name
+
+    def new_derived(op: str, args: list[str]) -> str:
+        const = None if op == "sum" else rng.randint(2 if op == "mul" else 1, modulus - 1)
+        a = values[args[0]]
+        b = values[args[1]] if const is None else const
+        name = names.pop()
+        values[name] = _apply(op, a, b, modulus)
+        quantities.append(
+            {"name": name, "op": op, "args": args, "const": const, "value": values[name]}
+        )
+        return name
+
+    # The needed graph is grown so that every derived quantity but the last is consumed by a later
+    # one, which makes all of them ancestors of the target. "Open" derived quantities are not yet
+    # consumed; a shape is feasible only if the remaining steps (each sum of two open quantities
+    # closes one) can still merge the open ones into a single target.
+    leaves: list[str] = []
+    open_: list[str] = []
+    closed: list[str] = []
+
+    def leaf() -> str:
+        if leaves and rng.random() < _REUSE_PROB:
+            return rng.choice(leaves)
+        leaves.append(new_given())
+        return leaves[-1]
+
+    def take_open() -> str:
+        name = rng.choice(open_)
+        open_.remove(name)
+        closed.append(name)
+        return name
+
+    for k in range(n_steps):
+        steps_after = n_steps - k - 1
+        u = len(open_)
+        shapes = [("unary_leaf", u + 1)]
+        if u >= 1:
+            shapes += [("unary_open", u), ("sum_open_other", u)]
+        if u >= 2:
+            shapes.append(("sum_open_open", u - 1))
+        if u == 0:
+            shapes.append(("sum_leaf_leaf", 1))
+        feasible = [shape for shape, after in shapes if 1 <= after <= steps_after + 1]
+        ops = [
+            op
+            for op in _DERIVED_OPS
+            if any(shape.startswith("sum") == (op == "sum") for shape in feasible)
+        ]
+        op = rng.choice(ops)
+        shape = rng.choice([s for s in feasible if s.startswith("sum") == (op == "sum")])
+        if shape == "unary_leaf":
+            args = [leaf()]
+        elif shape == "unary_open":
+            args = [take_open()]
+        elif shape == "sum_open_open":
+            args = [take_open(), take_open()]
+        elif shape == "sum_leaf_leaf":
+            leaves.extend([new_given(), new_given()])
+            args = leaves[-2:]
+        else:
+            others = leaves + closed
+            first = take_open()
+            if others and rng.random() < _REUSE_PROB:
+                args = [first, rng.choice(others)]
+            else:
+                leaves.append(new_given())
+                args = [first, leaves[-1]]
+        rng.shuffle(args)
+        open_.append(new_derived(op, args))
+    (target,) = open_
+
+    # Distractors come after the needed graph, so nothing needed can depend on them.
+    n_derived = rng.randint((n_distractors + 1) // 2, n_distractors) if n_distractors else 0
+    for _ in range(n_distractors - n_derived):
+        new_given()
+    for _ in range(n_derived):
+        op = rng.choice(_DERIVED_OPS)
+        pool = [str(q["name"]) for q in quantities]
+        new_derived(op, rng.sample(pool, 2 if op == "sum" else 1))
+
+    order = [str(q["name"]) for q in quantities]
+    rng.shuffle(order)
+    spec = {
+        "item": item,
+        "modulus": modulus,
+        "order": order,
+        "quantities": quantities,
+        "target": target,
+    }
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(spec: str) -> _World:
+    def check(condition: bool, message: str) -> None:
+        if not condition:
+            raise ValueError(f"invalid embedded spec: {message}")
+
+    try:
+        raw = json.loads(spec)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid embedded spec: not JSON ({error})") from error
+    check(isinstance(raw, dict), "not an object")
+    check(set(raw) == {"item", "modulus", "order", "quantities", "target"}, "wrong keys")
+    modulus, item = raw["modulus"], raw["item"]
+    check(isinstance(modulus, int) and modulus >= 3 and _is_prime(modulus), "bad modulus")
+    check(isinstance(item, str) and _ITEM_RE.fullmatch(item) is not None, "bad item")
+    check(isinstance(raw["quantities"], list), "quantities is not a list")
+
+    quantities: list[_Quantity] = []
+    values: dict[str, int] = {}
+    for entry in raw["quantities"]:
+        check(
+            isinstance(entry, dict) and set(entry) == {"name", "op", "args", "const", "value"},
+            f"bad quantity {entry!r}",
+        )
+        name, op, args, const = entry["name"], entry["op"], entry["args"], entry["const"]
+        check(isinstance(name, str) and _NAME_RE.fullmatch(name) is not None, f"bad name {name!r}")
+        check(name not in values, f"duplicate name {name}")
+        check(op == "given" or op in _DERIVED_OPS, f"{name}: bad op {op!r}")
+        arity = {"given": 0, "sum": 2}.get(op, 1)
+        check(
+            isinstance(args, list) and len(args) == arity and len(set(args)) == arity,
+            f"{name}: {op} needs {arity} distinct operands",
+        )
+        check(all(arg in values for arg in args), f"{name}: operand defined later or missing")
+        if op in _UNARY_OPS:
+            low = 2 if op == "mul" else 1
+            check(isinstance(const, int) and low <= const < modulus, f"{name}: bad constant")
+        else:
+            check(const is None, f"{name}: unexpected constant")
+        q = _Quantity(name, op, tuple(args), const, entry["value"])
+        check(isinstance(q.value, int) and 0 <= q.value < modulus, f"{name}: bad value")
+        if op != "given":
+            check(q.value == _apply(op, *_operands(q, values), modulus), f"{name}: wrong value")
+        values[name] = q.value
+        quantities.append(q)
+
+    target, order = raw["target"], raw["order"]
+    check(isinstance(target, str) and target in values, "unknown target")
+    check(
+        isinstance(order, list) and all(isinstance(name, str) for name in order),
+        "order is not a list of names",
+    )
+    check(sorted(order) == sorted(values), "order is not a permutation of the names")
+    needed = {target}
+    for q in reversed(quantities):
+        if q.name in needed:
+            needed.update(q.args)
+    derived = [q for q in quantities if q.op != "given"]
+    steps = tuple(q for q in derived if q.name in needed)
+    check(bool(steps) and steps[-1].name == target, "target is not derived")
+    return _World(
+        spec=json.dumps(raw, sort_keys=True, separators=(",", ":")),
+        modulus=modulus,
+        item=item,
+        target=target,
+        quantities=tuple(quantities),
+        order=tuple(order),
+        values=MappingProxyType(values),
+        steps=steps,
+        spurious=tuple(q for q in derived if q.name not in needed),
+    )

@@ -1,0 +1,126 @@
+"""SQL over the warehouse with DuckDB.
+
+Each table is a view over its Parquet files (``tables/<name>.parquet`` or every
+``tables/<name>/**/*.parquet``), created in a fresh in-memory database per connection:
+there is no shared ``.duckdb`` file for parallel runs to fight over, and a view always
+sees the partitions written so far. Named queries live in ``warehouse/sql/*.sql`` and
+are run as ``@name``.
+
+:func:`run_query` is read-only: it accepts SELECT-like statements (SELECT, WITH,
+DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) and refuses anything that writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from warehouse.layout import Warehouse
+
+SQL_DIR = Path(__file__).with_name("sql")
+_READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+class ReadOnlyError(ValueError):
+    """A statement that would write was refused."""
+
+
+class QueryError(ValueError):
+    """A query could not be run; the message says why."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple]
+
+
+def table_sources(warehouse: Warehouse) -> dict[str, str]:
+    """Table name -> the Parquet path or glob that holds it (tables with data only)."""
+    sources: dict[str, str] = {}
+    if not warehouse.tables.is_dir():
+        return sources
+    for entry in sorted(warehouse.tables.iterdir()):
+        if entry.is_file() and entry.suffix == ".parquet" and not entry.name.startswith("."):
+            sources[entry.stem] = str(entry)
+        elif entry.is_dir() and next(entry.rglob("*.parquet"), None) is not None:
+            sources[entry.name] = str(entry / "**" / "*.parquet")
+    return sources
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per warehouse table."""
+    con = duckdb.connect(":memory:")
+    for name, source in table_sources(warehouse).items():
+        con.execute(
+            f"CREATE VIEW {_quote_ident(name)} AS SELECT * FROM read_parquet("
+            f"{_quote_literal(source)}, union_by_name = true, hive_partitioning = false)"
+        )
+    return con
+
+
+def named_queries() -> dict[str, Path]:
+    """``name -> file`` for the queries shipped in ``warehouse/sql``."""
+    return {path.stem: path for path in sorted(SQL_DIR.glob("*.sql"))}
+
+
+def resolve_sql(text: str) -> str:
+    """The SQL to run: ``@name`` loads a named query, anything else is SQL itself."""
+    stripped = text.strip()
+    if stripped.startswith("@"):
+        queries = named_queries()
+        name = stripped[1:]
+        if name not in queries:
+            known = ", ".join(f"@{q}" for q in queries) or "none"
+            raise QueryError(f"no named query {stripped!r} (known: {known})")
+        return queries[name].read_text()
+    return text
+
+
+def check_read_only(sql: str) -> list[duckdb.Statement]:
+    """Parse ``sql`` and refuse it unless every statement only reads."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"could not parse the query: {exc}") from None
+    if not statements:
+        raise QueryError("empty query")
+    for statement in statements:
+        if statement.type not in _READ_ONLY:
+            kind = statement.type.name
+            raise ReadOnlyError(
+                f"refused: `synthdata sql` is read-only and this is a {kind} statement "
+                f"({statement.query.strip()[:60]!r}). The warehouse is written only by "
+                "materializing assets; query it with SELECT, WITH, DESCRIBE, SHOW or SUMMARIZE."
+            )
+    return statements
+
+
+def run_query(sql: str, warehouse: Warehouse) -> QueryResult:
+    """Run read-only SQL (or ``@name``) against the warehouse; the last statement's rows."""
+    statements = check_read_only(resolve_sql(sql))
+    con = connect(warehouse)
+    try:
+        relation = None
+        for statement in statements:
+            relation = con.execute(statement.query)
+        assert relation is not None
+        columns = [d[0] for d in relation.description] if relation.description else []
+        return QueryResult(columns=columns, rows=relation.fetchall())
+    except duckdb.CatalogException as exc:
+        known = ", ".join(table_sources(warehouse)) or "none yet: materialize some assets"
+        raise QueryError(f"{exc}\ntables in {warehouse.tables}: {known}") from None
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from None
+    finally:
+        con.close()
