@@ -3,7 +3,7 @@
 ::
 
     synthdata run                  materialize the study's assets for the current preset
-    synthdata sql "SELECT ..."     query the warehouse (read-only); @name runs warehouse/sql/name.sql
+    synthdata sql "SELECT ..."     query the warehouse, read-only (@name: warehouse/sql/name.sql)
     synthdata grade FILE.jsonl     grade model outputs against gold answers
     synthdata config               print the resolved configuration
     synthdata ui                   open the Dagster UI on the warehouse's instance
@@ -33,10 +33,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def _print_table(columns: list[str], rows: list[tuple], out: TextIO) -> None:
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
     out.write(line.rstrip() + "\n" + "  ".join("-" * w for w in widths) + "\n")
     for r in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
     out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
 
 
@@ -46,7 +46,7 @@ def _emit(columns: list[str], rows: list[tuple], fmt: str, out: TextIO) -> None:
         writer.writerow(columns)
         writer.writerows(rows)
     elif fmt == "json":
-        records = [dict(zip(columns, row)) for row in rows]
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
         out.write(json.dumps(records, indent=2, default=str) + "\n")
     else:
         _print_table(columns, rows, out)
@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("teacher_solutions (D_syn) by partition:")
     _print_table(result.columns, result.rows, sys.stdout)
     print(
-        "\nNext: query the tables with `synthdata sql \"SELECT ...\"`, "
+        '\nNext: query the tables with `synthdata sql "SELECT ..."`, '
         "or browse runs and assets with `make ui`."
     )
     return 0
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sql", help="run a read-only SQL query against the warehouse")
-    p.add_argument("query", help='SQL text, or @name for warehouse/sql/name.sql')
+    p.add_argument("query", help="SQL text, or @name for warehouse/sql/name.sql")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=cmd_sql)
 

@@ -322,8 +322,7 @@ def preset_dict(name: str) -> dict[str, Any]:
     """The raw overrides of a preset, with its name filled in."""
     if name not in _PRESETS:
         raise ConfigError(
-            f"invalid {PRESET_ENV}: preset {name!r} does not exist "
-            f"(allowed: {', '.join(PRESETS)})"
+            f"invalid {PRESET_ENV}: preset {name!r} does not exist (allowed: {', '.join(PRESETS)})"
         )
     return {"preset": name, **copy.deepcopy(_PRESETS[name])}
 

@@ -138,10 +138,7 @@ def training_subset(problems: pl.DataFrame, data_size: int, seed: int) -> pl.Dat
         )
     keys = [_order_key(seed, pid) for pid in train["problem_id"]]
     return (
-        train.with_columns(pl.Series("_order", keys))
-        .sort("_order")
-        .head(data_size)
-        .drop("_order")
+        train.with_columns(pl.Series("_order", keys)).sort("_order").head(data_size).drop("_order")
     )
 
 
@@ -170,7 +167,7 @@ def teacher_solutions(config: ExperimentConfig, subset: pl.DataFrame, seed: int)
         written = list(_oracle_solutions(config, subset, seed))
     else:
         written = list(_reference_solutions(subset))
-    gold = dict(zip(subset["problem_id"], subset["answer"]))
+    gold = dict(zip(subset["problem_id"], subset["answer"], strict=True))
     golds = [gold[w["problem_id"]] for w in written]
     grades = grade_many([w["solution"] for w in written], golds, config.answer_format)
     rows = [
@@ -184,7 +181,7 @@ def teacher_solutions(config: ExperimentConfig, subset: pl.DataFrame, seed: int)
             "n_lines": len(w["solution"].splitlines()),
             "teacher": config.teacher.kind,
         }
-        for w, g, gold_answer in zip(written, grades, golds)
+        for w, g, gold_answer in zip(written, grades, golds, strict=True)
     ]
     return pl.DataFrame(rows, schema=SOLUTION_SCHEMA)
 
@@ -192,7 +189,7 @@ def teacher_solutions(config: ExperimentConfig, subset: pl.DataFrame, seed: int)
 def gold_answers_parse(problems: pl.DataFrame, fmt: str) -> list[str]:
     """Ids of problems whose gold answer the verifier cannot read back (should be none)."""
     bad = []
-    for pid, answer in zip(problems["problem_id"], problems["answer"]):
+    for pid, answer in zip(problems["problem_id"], problems["answer"], strict=True):
         probe = embedded.final_answer_line(answer) if fmt == "embedded" else f"\\boxed{{{answer}}}"
         if not answer or extract_answer(probe, fmt) is None:
             bad.append(pid)

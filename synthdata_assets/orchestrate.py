@@ -51,7 +51,9 @@ def materialize(
     if partition:
         cmd += ["--partition", partition]
     label = f"{selection}" + (f" [{partition}]" if partition else "")
-    if echo:
+    live = echo and sys.stdout.isatty()
+    back = "\r" if live else ""  # overwrite the "…" line only on a terminal
+    if live:
         print(f"  … {label}", end="", flush=True)
     start = time.perf_counter()
     with open(log, "w") as handle:
@@ -60,8 +62,8 @@ def materialize(
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         if echo:
-            print(f"\r  ✗ {label} failed after {seconds:.1f}s (log: {log})", flush=True)
+            print(f"{back}  ✗ {label} failed after {seconds:.1f}s (log: {log})", flush=True)
         raise RunFailed(f"run of {label} failed; last lines of {log}:\n{tail}")
     if echo:
-        print(f"\r  ✓ {label}  {seconds:.1f}s", flush=True)
+        print(f"{back}  ✓ {label}  {seconds:.1f}s", flush=True)
     return RunRecord(selection=selection, partition=partition, seconds=seconds, log=log)

@@ -1,6 +1,5 @@
 """The IO manager, atomic writes, and the read-only SQL layer."""
 
-
 import subprocess
 import sys
 import textwrap
@@ -137,7 +136,9 @@ def test_killed_writer_leaves_no_partial_file(tmp_path: Path, stage: str, existi
     assert proc.returncode == -9, "the writer should have died by SIGKILL"
     folder = target.parent
     # What a reader globs is either the old complete file or nothing.
-    assert sorted(p.name for p in folder.glob("*.parquet")) == (["seed=0.parquet"] if existing else [])
+    assert sorted(p.name for p in folder.glob("*.parquet")) == (
+        ["seed=0.parquet"] if existing else []
+    )
     if existing:
         assert read_parquet(target).equals(old)
     leftovers = list(folder.glob(".seed=0.parquet.tmp-*"))
@@ -164,18 +165,25 @@ def test_failed_write_raises_and_cleans_up(tmp_path: Path) -> None:
 def _seed_tables(warehouse: Warehouse) -> None:
     for size, seed in [(10, 0), (20, 0), (20, 1)]:
         frame = pl.DataFrame(
-            {"problem_id": [f"p{i}" for i in range(size)], "is_correct": [i % 2 == 0 for i in range(size)]}
+            {
+                "problem_id": [f"p{i}" for i in range(size)],
+                "is_correct": [i % 2 == 0 for i in range(size)],
+            }
         ).with_columns(data_size=pl.lit(size), seed=pl.lit(seed), run_id=pl.lit("r"))
         write_parquet_atomic(
-            frame, warehouse.tables / "teacher_solutions" / f"data_size={size}" / f"seed={seed}.parquet"
+            frame,
+            warehouse.tables / "teacher_solutions" / f"data_size={size}" / f"seed={seed}.parquet",
         )
-    write_parquet_atomic(pl.DataFrame({"split": ["train", "test"]}), warehouse.tables / "problems.parquet")
+    write_parquet_atomic(
+        pl.DataFrame({"split": ["train", "test"]}), warehouse.tables / "problems.parquet"
+    )
 
 
 def test_sql_sees_every_partition_and_unpartitioned_tables(warehouse: Warehouse) -> None:
     _seed_tables(warehouse)
     result = run_query(
-        "SELECT data_size, seed, count(*) AS n, avg(is_correct::INT) AS rate FROM teacher_solutions "
+        "SELECT data_size, seed, count(*) AS n, avg(is_correct::INT) AS rate "
+        "FROM teacher_solutions "
         "GROUP BY ALL ORDER BY ALL",
         warehouse,
     )
@@ -220,7 +228,8 @@ def test_writes_are_refused_with_a_clear_message(warehouse: Warehouse, sql: str)
 
 
 @pytest.mark.parametrize(
-    "sql", ["SELECT 1", "WITH a AS (SELECT 1) SELECT * FROM a", "DESCRIBE SELECT 1", "EXPLAIN SELECT 1"]
+    "sql",
+    ["SELECT 1", "WITH a AS (SELECT 1) SELECT * FROM a", "DESCRIBE SELECT 1", "EXPLAIN SELECT 1"],
 )
 def test_reads_are_allowed(sql: str) -> None:
     assert check_read_only(sql)

@@ -53,7 +53,9 @@ class PolarsParquetIOManager(dg.UPathIOManager):
             # The base class joins dimension values in sorted dimension-name order.
             names = sorted(partitions_def.partition_dimension_names)
             values = partition.split("/")
-            partition = "/".join(f"{name}={value}" for name, value in zip(names, values))
+            partition = "/".join(
+                f"{name}={value}" for name, value in zip(names, values, strict=True)
+            )
         return self.make_safe_partition_path(path, partition)
 
     def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:

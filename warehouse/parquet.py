@@ -20,8 +20,10 @@ _TMP_MARK = ".tmp-"
 
 
 def _is_local(path: UPath | Path) -> bool:
-    return isinstance(path, Path) and not isinstance(path, UPath) or (
-        isinstance(path, UPath) and path.protocol in ("", "file", "local")
+    return (
+        isinstance(path, Path)
+        and not isinstance(path, UPath)
+        or (isinstance(path, UPath) and path.protocol in ("", "file", "local"))
     )
 
 

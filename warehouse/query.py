@@ -23,12 +23,12 @@ SQL_DIR = Path(__file__).with_name("sql")
 _READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
-class ReadOnlyError(ValueError):
-    """A statement that would write was refused."""
-
-
 class QueryError(ValueError):
     """A query could not be run; the message says why."""
+
+
+class ReadOnlyError(QueryError):
+    """A statement that would write was refused."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """Data assets: the problem pool and the teacher's solutions (D_syn)."""
 
-
 import dagster as dg
 import polars as pl
 
@@ -41,7 +40,9 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
                 "test_problems": test.height,
                 "mean_steps_train": float(train["n_steps"].mean() or 0.0),
                 "source": config.task.name,
-                "example": _markdown_sample(f"{pool['question'][0]}\n\nanswer: {pool['answer'][0]}"),
+                "example": _markdown_sample(
+                    f"{pool['question'][0]}\n\nanswer: {pool['answer'][0]}"
+                ),
             },
         )
         duplicates = pool.height - pool["problem_id"].n_unique()

@@ -1,0 +1,140 @@
+"""The first assets, materialized through Dagster on the tiny preset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from synthdata_assets import datasets
+from synthdata_assets.cli import main
+from synthdata_assets.config import load_config
+from synthdata_assets.defs import build_definitions
+from synthdata_assets.defs.partitions import partition_key
+from synthdata_assets.orchestrate import materialize
+from warehouse import Warehouse
+
+CONTRACT = {
+    "problems": ["problem_id", "split", "question", "answer", "source"],
+    "teacher_solutions": [
+        "problem_id",
+        "solution_id",
+        "solution",
+        "final_answer",
+        "is_correct",
+        "data_size",
+        "seed",
+        "run_id",
+    ],
+}
+
+
+def _run(defs: dg.Definitions, names: list[str], key=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        list(defs.assets or []),
+        selection=names,
+        partition_key=str(key) if key is not None else None,
+        resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+
+
+@pytest.fixture
+def tiny_defs(warehouse: Warehouse) -> dg.Definitions:
+    return build_definitions(load_config("tiny"), warehouse)
+
+
+def test_problems_and_teacher_solutions(tiny_defs: dg.Definitions, warehouse: Warehouse) -> None:
+    config = load_config("tiny")
+    result = _run(tiny_defs, ["problems"])
+    assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert {c.check_name for c in checks} == {"ids_unique", "answers_parse", "splits_disjoint"}
+    assert all(c.passed for c in checks)
+    problems = pl.read_parquet(warehouse.tables / "problems.parquet")
+    assert set(CONTRACT["problems"]) <= set(problems.columns)
+    assert problems.filter(pl.col("split") == "test").height == config.task.n_test
+
+    tables = {}
+    for size in config.data_sizes:
+        result = _run(tiny_defs, ["teacher_solutions"], partition_key(size, 0))
+        assert result.success
+        assert all(c.passed for c in result.get_asset_check_evaluations())
+        (mat,) = result.asset_materializations_for_node("teacher_solutions")
+        assert 0.5 < mat.metadata["pass_rate"].value <= 1.0
+        path = warehouse.tables / "teacher_solutions" / f"data_size={size}" / "seed=0.parquet"
+        tables[size] = pl.read_parquet(path)
+        assert set(CONTRACT["teacher_solutions"]) <= set(tables[size].columns)
+        assert tables[size]["problem_id"].n_unique() == size
+    small, large = (tables[s] for s in config.data_sizes)
+    # Nested subsets, and the same problem gets the same solution in every size.
+    joined = small.join(large, on="solution_id", suffix="_large")
+    assert joined.height == small.height
+    assert (joined["solution"] == joined["solution_large"]).all()
+    # The teacher's slips are graded wrong, and only them: the rate tracks the knob.
+    assert not small["is_correct"].all()
+
+
+def test_subsets_are_nested_and_seeded() -> None:
+    config = load_config("tiny")
+    pool = datasets.problem_pool(config)
+    a32 = datasets.training_subset(pool, 32, seed=0)["problem_id"].to_list()
+    a64 = datasets.training_subset(pool, 64, seed=0)["problem_id"].to_list()
+    b32 = datasets.training_subset(pool, 32, seed=1)["problem_id"].to_list()
+    assert a64[:32] == a32
+    assert a32 != b32
+    assert set(a64) <= set(pool.filter(pl.col("split") == "train")["problem_id"])
+    with pytest.raises(ValueError, match="exceeds"):
+        datasets.training_subset(pool, 10_000, seed=0)
+
+
+def test_teacher_pass_rate_follows_slip_rate() -> None:
+    config = load_config("tiny", overrides={"teacher": {"slip_rate": 0.5, "spurious_rate": 0.5}})
+    pool = datasets.problem_pool(config)
+    subset = datasets.training_subset(pool, 64, seed=0)
+    table = datasets.teacher_solutions(config, subset, seed=0)
+    assert 0.3 < table["is_correct"].mean() < 0.7
+    clean = load_config("tiny", overrides={"teacher": {"slip_rate": 0.0, "spurious_rate": 0.5}})
+    assert datasets.teacher_solutions(clean, subset, seed=0)["is_correct"].all()
+
+
+@pytest.mark.slow
+def test_cli_materialize_records_runs_in_the_instance(warehouse: Warehouse, capsys) -> None:
+    """The path the README takes: `dagster asset materialize` into the warehouse's instance."""
+    os.environ["SYNTHDATA_PRESET"] = "tiny"
+    try:
+        materialize("problems", warehouse, echo=False)
+        materialize("teacher_solutions", warehouse, partition="32|0", echo=False)
+    finally:
+        del os.environ["SYNTHDATA_PRESET"]
+    with dg.DagsterInstance.from_config(str(warehouse.dagster_home)) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 2 and all(r.is_success for r in runs)
+        assert {r.tags.get("dagster/partition") for r in runs} == {None, "32|0"}
+    assert main(["sql", "--format", "json", "@teacher_pass_rate"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["data_size"] == 32 and rows[0]["solutions"] == 32
+    assert 0.5 < rows[0]["pass_rate"] <= 1.0
+
+
+def test_invalid_config_stops_the_code_location(tmp_path, warehouse: Warehouse) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  backend: tgi\n")
+    env = {**os.environ, "SYNTHDATA_CONFIG": str(bad)}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import synthdata_assets.definitions"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "sampling.backend" in proc.stderr and "'transformers' or 'vllm'" in proc.stderr
+
+
+def test_sql_cli_refuses_writes_with_exit_code_2(warehouse: Warehouse, capsys) -> None:
+    assert main(["sql", "DELETE FROM problems"]) == 2
+    err = capsys.readouterr().err
+    assert "read-only" in err and "DELETE" in err
