@@ -117,6 +117,15 @@ class ModelConfig(_Section):
     allow_hub_download: bool = False
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads "
+                f"({self.num_heads})"
+            )
+        return self
+
 
 class SamplingConfig(_Section):
     """Generation budgets and the engine that spends them."""

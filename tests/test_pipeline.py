@@ -138,3 +138,35 @@ def test_sql_cli_refuses_writes_with_exit_code_2(warehouse: Warehouse, capsys) -
     assert main(["sql", "DELETE FROM problems"]) == 2
     err = capsys.readouterr().err
     assert "read-only" in err and "DELETE" in err
+
+
+@pytest.mark.slow
+def test_tiny_preset_end_to_end_through_evaluations(
+    tiny_defs: dg.Definitions, warehouse: Warehouse
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from warehouse.query import run_query
+
+    assert _run(tiny_defs, ["problems", "base_model"]).success
+    stages = ["teacher_solutions", "sft_model", "policy_samples", "rft_model", "evaluations"]
+    result = _run(tiny_defs, stages, partition_key(32, 0))
+    assert result.success
+    evals = pl.read_parquet(warehouse.tables / "evaluations" / "data_size=32" / "seed=0.parquet")
+    assert set(evals["method"]) == {"base", "sft", "rft"}
+    assert {"method", "data_size", "seed", "problem_id", "completion", "is_correct"} <= set(
+        evals.columns
+    )
+    n_test = load_config("tiny").task.n_test
+    assert evals.group_by("method").len()["len"].to_list() == [n_test] * 3
+    samples = pl.read_parquet(
+        warehouse.tables / "policy_samples" / "data_size=32" / "seed=0.parquet"
+    )
+    assert samples.height == 32 * load_config("tiny").sampling.samples_per_problem
+    # Every trained model is a row of the checkpoints view and an ordinary HF folder.
+    rows = run_query("SELECT method, path FROM checkpoints ORDER BY method", warehouse).rows
+    assert {m for m, _ in rows} == {"base", "sft", "rft"}
+    sft_path = dict(rows)["sft"]
+    model = AutoModelForCausalLM.from_pretrained(sft_path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(sft_path, local_files_only=True)
+    assert model.config.model_type == "llama" and tokenizer.is_fast

@@ -19,11 +19,15 @@ from pathlib import Path
 HOME_ENV = "SYNTHDATA_HOME"
 DEFAULT_HOME = ".synthdata"
 
-# Written to the instance folder once: the UI and the CLI read the same instance, and a
-# machine with no internet should not try to send telemetry.
+# Written to the instance folder once: the UI and the CLI read the same instance; a
+# machine with no internet should not try to send telemetry; and the steps that run a
+# model share one "accelerator" pool so that only one at a time holds the GPU (or cores).
 _DAGSTER_YAML = """\
 telemetry:
   enabled: false
+concurrency:
+  pools:
+    default_limit: 1
 """
 
 

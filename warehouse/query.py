@@ -61,11 +61,17 @@ def _quote_literal(text: str) -> str:
 def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per warehouse table."""
     con = duckdb.connect(":memory:")
-    for name, source in table_sources(warehouse).items():
+    sources = table_sources(warehouse)
+    for name, source in sources.items():
         con.execute(
             f"CREATE VIEW {_quote_ident(name)} AS SELECT * FROM read_parquet("
             f"{_quote_literal(source)}, union_by_name = true, hive_partitioning = false)"
         )
+    # Each model asset stores one row per trained model; `checkpoints` is all of them.
+    model_tables = [name for name in sources if name.endswith("_model")]
+    if model_tables:
+        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {_quote_ident(n)}" for n in model_tables)
+        con.execute(f"CREATE VIEW checkpoints AS {union}")
     return con
 
 

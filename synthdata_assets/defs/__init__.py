@@ -5,10 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.defs import data
+from synthdata_assets.defs import data, models
 from synthdata_assets.defs.resources import resources
 from warehouse import Warehouse
 
 
 def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Definitions:
-    return dg.Definitions(assets=[*data.build(config)], resources=resources(warehouse))
+    return dg.Definitions(
+        assets=[*data.build(config), *models.build(config, warehouse)],
+        resources=resources(warehouse),
+    )

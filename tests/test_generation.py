@@ -1,0 +1,227 @@
+"""Tests for the generation interface (training/generation.py), offline, on tiny models."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: nothing may download
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthdata_assets.config import ModelConfig, SamplingConfig, TrainingConfig
+from synthdata_assets.tasks.embedded import (
+    EmbeddedParams,
+    generate_problems,
+    oracle_solution,
+    pretraining_facts,
+)
+from training.checkpoint import save_checkpoint
+from training.generation import (
+    Completion,
+    Generator,
+    SamplingParams,
+    TransformersGenerator,
+    _choose,
+    _uniforms,
+    make_generator,
+)
+from training.model import build_tiny_llama
+from training.prompts import format_example, format_prompt
+from training.sft import train_sft
+from training.tokenizer import build_tokenizer
+
+PARAMS = EmbeddedParams()
+TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=256)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # A model this small gains nothing from a second thread, and OpenMP threads spin-wait when
+    # another process holds a core: on a busy 2-core laptop that made tests 50x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return generate_problems(PARAMS, 48, seed=0, split="train")
+
+
+@pytest.fixture(scope="module")
+def prompts(problems) -> list[str]:
+    return [format_prompt(p.question) for p in problems[:12]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(problems):
+    rng = random.Random(0)
+    texts = [p.question for p in problems] + [oracle_solution(p, rng=rng) for p in problems]
+    return build_tokenizer(texts + pretraining_facts(PARAMS, seed=0, n=200))
+
+
+@pytest.fixture(scope="module")
+def generator(tokenizer, problems) -> TransformersGenerator:
+    """A model trained briefly on the task. Its attention depends on content and position, so a
+    wrong position or a visible pad token changes what it generates (at initialisation
+    attention is nearly uniform and the next-token distribution nearly flat, which would hide
+    such bugs), and it has learned to end solutions with EOS."""
+    rng = random.Random(0)
+    examples = [format_example(p.question, oracle_solution(p, rng=rng)) for p in problems]
+    model = build_tiny_llama(TINY, tokenizer, seed=0)
+    config = TrainingConfig(batch_size=16, learning_rate=1e-2, warmup_ratio=0.0)
+    train_sft(model, tokenizer, examples, config=config, seed=0, max_seq_len=256, max_steps=150)
+    return TransformersGenerator(model, tokenizer, batch_size=4)
+
+
+def texts(results: list[list[Completion]]) -> list[list[str]]:
+    return [[c.text for c in samples] for samples in results]
+
+
+def test_sampling_params_validate() -> None:
+    for bad in ({"n": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"max_new_tokens": 0}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
+    with pytest.raises(ValueError, match="stop"):
+        SamplingParams(stop=("",))
+    params = SamplingParams.from_config(SamplingConfig(temperature=0.5), n=3, seed=7)
+    assert (params.n, params.temperature, params.max_new_tokens, params.seed) == (3, 0.5, 160, 7)
+
+
+def test_same_seed_same_samples_and_n_per_prompt(generator, prompts) -> None:
+    assert isinstance(generator, Generator)
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=11)
+    first = generator.generate(prompts, params)
+    assert len(first) == len(prompts) and all(len(samples) == 3 for samples in first)
+    assert first == generator.generate(prompts, params)
+    # n independent samples per prompt, not copies.
+    assert all(len(set(samples)) > 1 for samples in texts(first))
+    other = generator.generate(prompts, SamplingParams(**{**params.__dict__, "seed": 12}))
+    assert texts(other) != texts(first)
+    assert sum(a != b for a, b in zip(texts(other), texts(first), strict=True)) >= len(prompts) - 1
+
+
+def test_tiny_top_p_is_greedy(generator, prompts) -> None:
+    greedy = generator.generate(prompts, SamplingParams(max_new_tokens=12))
+    nucleus = SamplingParams(n=2, temperature=1.5, top_p=1e-6, max_new_tokens=12, seed=9)
+    assert texts(generator.generate(prompts, nucleus)) == [s * 2 for s in texts(greedy)]
+
+
+def test_samples_do_not_depend_on_the_batch(generator, prompts) -> None:
+    params = SamplingParams(n=2, temperature=0.8, top_p=0.9, max_new_tokens=10, seed=3)
+    together = generator.generate(prompts, params)
+    alone = TransformersGenerator(generator.model, generator.tokenizer, batch_size=1).generate(
+        prompts[::-1], params
+    )[::-1]
+    assert together == alone
+
+
+def test_greedy_is_deterministic_and_matches_unbatched(generator, prompts) -> None:
+    lengths = {len(generator.tokenizer(p)["input_ids"]) for p in prompts}
+    assert len(lengths) > 3  # batches really are left-padded
+    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=16)
+    batched = generator.generate(prompts, params)
+    assert batched == generator.generate(prompts, params)
+    assert all(samples[0] == samples[1] for samples in batched)
+    for prompt, samples in zip(prompts, batched, strict=True):
+        assert generator.generate([prompt], SamplingParams(max_new_tokens=16))[0][0] == samples[0]
+    # The KV-cache loop decodes what transformers' own generate() decodes.
+    tokenizer = generator.tokenizer
+    for prompt, samples in zip(prompts[:3], batched[:3], strict=True):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        reference = generator.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=16,
+            min_new_tokens=16,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        assert tokenizer.decode(reference[0, ids.shape[1] :]) == samples[0].text
+
+
+def test_sampling_equals_a_naive_reference(generator, prompts) -> None:
+    """The batched KV-cache loop samples what a full forward pass per token samples, given the
+    same random numbers: catches cache, position and padding bugs that argmax would hide."""
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=4)
+    results = generator.generate(prompts, params)
+    tokenizer, model = generator.tokenizer, generator.model
+    for prompt, samples in zip(prompts[:4], results[:4], strict=True):
+        uniforms = _uniforms([prompt], params.n, params)
+        for j, completion in enumerate(samples):
+            ids, new = tokenizer(prompt)["input_ids"], []
+            with torch.no_grad():
+                for step in range(params.max_new_tokens):
+                    logits = model(torch.tensor([ids + new])).logits[:, -1]
+                    new.append(int(_choose(logits, uniforms[j : j + 1, step], params)))
+            assert tokenizer.decode(new, skip_special_tokens=True) == completion.text
+
+
+def test_stop_strings_truncate(generator, prompts) -> None:
+    full = generator.generate(prompts[:1], SamplingParams(max_new_tokens=24))[0][0]
+    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
+    cut = generator.generate(prompts[:1], SamplingParams(max_new_tokens=24, stop=(stop, "@@")))
+    completion = cut[0][0]
+    assert completion.finish_reason == "stop"
+    assert completion.text == full.text[: full.text.index(stop)]
+    assert completion.num_tokens < full.num_tokens
+
+
+def test_max_new_tokens(generator, prompts) -> None:
+    results = generator.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=5))
+    for completion in (c for samples in results for c in samples):
+        assert completion.num_tokens <= 5
+        assert (
+            completion.finish_reason == "length"
+            and completion.num_tokens == 5
+            or (completion.finish_reason == "stop")
+        )
+    assert any(c.finish_reason == "length" for samples in results for c in samples)
+
+
+def test_eos_stops_generation(generator, problems) -> None:
+    prompts = [format_prompt(p.question) for p in problems[:8]]
+    results = generator.generate(prompts, SamplingParams(max_new_tokens=96))
+    stopped = [samples[0] for samples in results if samples[0].finish_reason == "stop"]
+    assert len(stopped) >= 6, texts(results)
+    for completion in stopped:
+        assert completion.text.endswith(".\n")
+        assert completion.text.splitlines()[-1].startswith("The answer is")
+        assert "<eos>" not in completion.text
+        # The EOS token is counted, not shown.
+        tokens = generator.tokenizer(completion.text, add_special_tokens=False)
+        assert completion.num_tokens == len(tokens["input_ids"]) + 1
+
+
+def test_long_prompts_are_left_truncated(generator) -> None:
+    lines: list[str] = []
+    logged = TransformersGenerator(generator.model, generator.tokenizer, log=lines.append)
+    prompt = format_prompt(" ".join(["Ann has 3 pens."] * 80))
+    assert len(generator.tokenizer(prompt)["input_ids"]) > 256
+    results = logged.generate([prompt], SamplingParams(max_new_tokens=8))
+    assert 1 <= results[0][0].num_tokens <= 8
+    assert any("left-truncated" in line for line in lines)
+    with pytest.raises(ValueError, match="no room"):
+        logged.generate([prompt], SamplingParams(max_new_tokens=256))
+
+
+def test_make_generator_loads_a_checkpoint(generator, prompts, tmp_path: Path) -> None:
+    folder = save_checkpoint(generator.model, generator.tokenizer, tmp_path / "ckpt", {})
+    loaded = make_generator("transformers", folder, batch_size=3)
+    assert isinstance(loaded, TransformersGenerator)
+    params = SamplingParams(n=2, temperature=0.7, max_new_tokens=8, seed=5)
+    assert loaded.generate(prompts, params) == generator.generate(prompts, params)
+    with pytest.raises(ValueError, match="unknown sampling backend"):
+        make_generator("tgi", folder)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_vllm_backend_missing_gives_install_hint(tmp_path: Path) -> None:
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[vllm\]'"):
+        make_generator("vllm", tmp_path)

@@ -1,0 +1,415 @@
+"""Tests for the tokenizer, the tiny model, the SFT trainer and checkpoints (training/).
+
+Everything runs offline on a model with one layer of width 32; the file takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: nothing may download
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from synthdata_assets.config import ModelConfig, TrainingConfig
+from synthdata_assets.tasks.embedded import (
+    EmbeddedParams,
+    generate_problems,
+    oracle_solution,
+    pretraining_facts,
+)
+from training.checkpoint import (
+    load_checkpoint,
+    load_model_reference,
+    read_meta,
+    save_checkpoint,
+)
+from training.model import build_tiny_llama, count_parameters
+from training.prompts import format_example, format_prompt
+from training.sft import IGNORE_INDEX, _lr_factor, collate_examples, encode_example, train_sft
+from training.tokenizer import build_tokenizer
+
+PARAMS = EmbeddedParams()
+TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=256)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # A model this small gains nothing from a second thread, and OpenMP threads spin-wait when
+    # another process holds a core: on a busy 2-core laptop that made these tests 50x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    problems = generate_problems(PARAMS, 200, seed=0, split="train")
+    rng = random.Random(0)
+    solutions = [oracle_solution(p, rng=rng, spurious_rate=0.3, slip_rate=0.3) for p in problems]
+    return (
+        [p.question for p in problems]
+        + solutions
+        + pretraining_facts(PARAMS, seed=0, n=300)
+        + [format_prompt(p.question) + s for p, s in zip(problems, solutions, strict=True)]
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer(texts: list[str]) -> PreTrainedTokenizerBase:
+    return build_tokenizer(texts)
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[tuple[str, str]]:
+    problems = generate_problems(PARAMS, 64, seed=1, split="train")
+    rng = random.Random(1)
+    return [format_example(p.question, oracle_solution(p, rng=rng)) for p in problems]
+
+
+def test_prompt_format() -> None:
+    assert format_prompt("Q?") == "Question: Q?\nSolution:\n"
+    assert format_example("Q?", "A\nThe answer is 1.") == (
+        "Question: Q?\nSolution:\n",
+        "A\nThe answer is 1.\n",
+    )
+
+
+def test_tokenizer_round_trips_task_text(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str]
+) -> None:
+    for text in [*texts, "  two spaces\n\n\ttab é ünïcode 999 ", ""]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+        assert tokenizer.unk_token_id not in ids
+
+
+def test_tokenizer_numbers_are_single_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    for number in range(PARAMS.modulus):
+        ids = tokenizer(f" {number}", add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, (number, tokenizer.convert_ids_to_tokens(ids))
+    step = tokenizer("Gus has 14 + 22 = 13 cards.\n", add_special_tokens=False)["input_ids"]
+    assert len(step) == 10  # Gus, has, 14, +, 22, =, 13, cards, ., \n
+
+
+def test_tokenizer_special_tokens_and_determinism(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str]
+) -> None:
+    assert tokenizer.is_fast
+    assert tokenizer.padding_side == "left"
+    assert [tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token] == [
+        "<pad>",
+        "<bos>",
+        "<eos>",
+        "<unk>",
+    ]
+    assert len(tokenizer) <= 512
+    assert build_tokenizer(texts).get_vocab() == tokenizer.get_vocab()
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_tokenizer(texts, vocab_size=100)
+
+
+def test_tokenizer_saves_and_loads_offline(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], tmp_path: Path
+) -> None:
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert loaded.is_fast
+    assert loaded.padding_side == "left"
+    assert (loaded.bos_token_id, loaded.eos_token_id, loaded.pad_token_id) == (
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
+    for text in texts[:50]:
+        assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+        assert loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_build_tiny_llama(tokenizer: PreTrainedTokenizerBase) -> None:
+    model = build_tiny_llama(TINY, tokenizer, seed=3)
+    config = model.config
+    assert config.vocab_size == len(tokenizer)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 1, 2)
+    assert config.max_position_embeddings == 256
+    assert config.tie_word_embeddings
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
+    assert model.dtype == torch.float32
+    same = build_tiny_llama(TINY, tokenizer, seed=3)
+    other = build_tiny_llama(TINY, tokenizer, seed=4)
+    state, same_state = model.state_dict(), same.state_dict()
+    assert all(torch.equal(state[k], same_state[k]) for k in state)
+    assert not torch.equal(
+        state["model.embed_tokens.weight"], other.state_dict()["model.embed_tokens.weight"]
+    )
+    assert count_parameters(model) == len(tokenizer) * 32 + 1 * (4 * 32 * 32 + 3 * 32 * 64) + (
+        2 * 32 + 32
+    )
+
+
+def test_labels_mask_prompt_and_padding(tokenizer: PreTrainedTokenizerBase) -> None:
+    short = encode_example(tokenizer, "Question: a\nSolution:\n", "b\n", max_seq_len=64)
+    long = encode_example(tokenizer, "Question: a b c d\nSolution:\n", "x y z\n", max_seq_len=64)
+    assert short is not None and long is not None
+    prompt_len = len(tokenizer("Question: a\nSolution:\n")["input_ids"])
+    completion = tokenizer("b\n", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert short.input_ids[prompt_len:] == completion
+    assert short.labels == [IGNORE_INDEX] * prompt_len + completion
+
+    batch = collate_examples([short, long], tokenizer.pad_token_id)
+    width = len(long.input_ids)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, width)
+    n = len(short.input_ids)
+    # Right padding: real tokens first, then pad with mask 0 and label -100.
+    assert batch["attention_mask"][0].tolist() == [1] * n + [0] * (width - n)
+    assert batch["input_ids"][0, n:].eq(tokenizer.pad_token_id).all()
+    expected = torch.tensor(short.labels + [IGNORE_INDEX] * (width - n))
+    assert torch.equal(batch["labels"][0], expected)
+    masked = batch["labels"][0].eq(IGNORE_INDEX)
+    positions = torch.arange(width)
+    assert torch.equal(masked, (positions < prompt_len) | (positions >= n))
+    assert batch["labels"][0, n - 1] == tokenizer.eos_token_id
+    assert batch["attention_mask"][1].all()
+
+    # Pretraining: an empty prompt masks only <bos>.
+    text = encode_example(tokenizer, "", "Ann has 3 + 4 = 7 pens.", max_seq_len=64)
+    assert text is not None
+    assert text.labels[0] == IGNORE_INDEX and IGNORE_INDEX not in text.labels[1:]
+    assert text.input_ids[0] == tokenizer.bos_token_id
+
+    assert encode_example(tokenizer, "Question: a\nSolution:\n", "b\n", max_seq_len=5) is None
+
+
+def test_train_sft_reduces_loss(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+) -> None:
+    model = build_tiny_llama(TINY, tokenizer, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lines: list[str] = []
+    config = TrainingConfig(epochs=8, batch_size=16, learning_rate=3e-3, warmup_ratio=0.1)
+    stats = train_sft(
+        model, tokenizer, examples, config=config, seed=0, max_seq_len=256, log=lines.append
+    )
+    assert stats.steps == 32 == len(stats.losses)  # 8 epochs x 4 updates
+    assert stats.epochs == pytest.approx(8.0)
+    assert all(math.isfinite(loss) for loss in stats.losses)
+    first = sum(stats.losses[:3]) / 3
+    assert first > 5.0  # about ln(vocab) at initialisation
+    assert stats.mean_loss_last_10pct < first - 1.5, stats.losses
+    assert stats.final_loss == stats.losses[-1]
+    assert stats.tokens > 0 and stats.tokens_per_second > 0 and stats.seconds > 0
+    assert stats.examples == 64 and stats.dropped == 0
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)
+    assert not model.training
+    assert any("update 32/32" in line and "tokens/s" in line for line in lines)
+
+
+def test_train_sft_is_seeded(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+) -> None:
+    config = TrainingConfig(batch_size=8, bf16=False)
+    runs = []
+    for seed in (0, 0, 1):
+        model = build_tiny_llama(TINY, tokenizer, seed=0)
+        runs.append(
+            train_sft(
+                model, tokenizer, examples, config=config, seed=seed, max_seq_len=256, max_steps=3
+            ).losses
+        )
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_max_steps_overrides_epochs_and_long_examples_drop(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+) -> None:
+    config = TrainingConfig(epochs=1, batch_size=16, bf16=False)
+    # max_steps runs past one epoch (4 updates) by reshuffling.
+    stats = train_sft(
+        build_tiny_llama(TINY, tokenizer),
+        tokenizer,
+        examples[:40],
+        config=config,
+        seed=0,
+        max_seq_len=256,
+        max_steps=7,
+    )
+    assert stats.steps == 7 and stats.epochs == pytest.approx(7 / 3)
+
+    lengths = [
+        len(encode_example(tokenizer, p, c, max_seq_len=10**6).input_ids) for p, c in examples
+    ]
+    cutoff = sorted(lengths)[len(lengths) // 2]
+    stats = train_sft(
+        build_tiny_llama(TINY, tokenizer),
+        tokenizer,
+        examples,
+        config=config,
+        seed=0,
+        max_seq_len=cutoff,
+        max_steps=1,
+    )
+    assert stats.dropped == sum(n > cutoff for n in lengths) > 0
+    assert stats.examples == 64 - stats.dropped
+    with pytest.raises(ValueError, match="max_seq_len"):
+        train_sft(
+            build_tiny_llama(TINY, tokenizer),
+            tokenizer,
+            examples,
+            config=config,
+            seed=0,
+            max_seq_len=8,
+        )
+    assert (
+        train_sft(
+            build_tiny_llama(TINY, tokenizer),
+            tokenizer,
+            examples,
+            config=config,
+            seed=0,
+            max_seq_len=256,
+            max_steps=0,
+        ).steps
+        == 0
+    )
+
+
+def test_gradient_accumulation_keeps_the_batch(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+) -> None:
+    config = TrainingConfig(batch_size=16, bf16=False)
+    kwargs = {"config": config, "seed": 0, "max_seq_len": 256, "max_steps": 2}
+    whole = train_sft(build_tiny_llama(TINY, tokenizer), tokenizer, examples, **kwargs)
+    lines: list[str] = []
+    split = train_sft(
+        build_tiny_llama(TINY, tokenizer),
+        tokenizer,
+        examples,
+        micro_batch_size=4,
+        log=lines.append,
+        **kwargs,
+    )
+    assert "1 process(es) x 4 x <= 4" in lines[0]
+    assert split.steps == whole.steps == 2
+    assert split.tokens == whole.tokens  # the same examples, in micro-batches
+    # The first update sees the same model and examples: its loss is the mean over micro-batches.
+    assert split.losses[0] == pytest.approx(whole.losses[0], rel=0.02)
+
+
+def test_learning_rate_schedule() -> None:
+    factors = [_lr_factor(update, 4, 20) for update in range(20)]
+    assert factors[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]  # linear warmup, then cosine from the top
+    assert all(a > b for a, b in zip(factors[4:], factors[5:], strict=False))
+    assert factors[-1] < 0.01
+    assert _lr_factor(0, 0, 10) == 1.0
+
+
+def test_pretraining_with_empty_prompts(tokenizer: PreTrainedTokenizerBase) -> None:
+    texts = pretraining_facts(PARAMS, seed=0, n=32)
+    stats = train_sft(
+        build_tiny_llama(TINY, tokenizer),
+        tokenizer,
+        [("", t) for t in texts],
+        config=TrainingConfig(batch_size=8),
+        seed=0,
+        max_seq_len=256,
+        max_steps=4,
+    )
+    assert stats.steps == 4 and all(math.isfinite(x) for x in stats.losses)
+
+
+@pytest.fixture(scope="module")
+def saved(tokenizer: PreTrainedTokenizerBase, tmp_path_factory: pytest.TempPathFactory):
+    model = build_tiny_llama(TINY, tokenizer, seed=5)
+    folder = tmp_path_factory.mktemp("ckpt") / "sft"
+    save_checkpoint(model, tokenizer, folder, {"stage": "sft", "seed": 5, "loss": 1.25})
+    return model, folder
+
+
+def test_checkpoint_loads_with_plain_transformers(
+    tokenizer: PreTrainedTokenizerBase, saved
+) -> None:
+    model, folder = saved
+    assert (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "meta.json").read_text()) == {
+        "stage": "sft",
+        "seed": 5,
+        "loss": 1.25,
+    }
+    assert read_meta(folder)["stage"] == "sft"
+    loaded = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    loaded_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert loaded_tokenizer.is_fast
+    text = format_prompt("Ann has 3 pens. How many pens does Ann have? Count modulo 23.")
+    ids = loaded_tokenizer(text, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model.eval()(ids).logits)
+    again, again_tokenizer = load_checkpoint(folder, dtype="float32")
+    assert not again.training and again_tokenizer.eos_token_id == tokenizer.eos_token_id
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, loaded(ids).logits)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(folder.parent / "missing")
+
+
+def test_checkpoint_overwrite_and_crash(
+    tokenizer: PreTrainedTokenizerBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_tiny_llama(TINY, tokenizer, seed=0)
+    folder = tmp_path / "ckpts" / "rft"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the tokenizer")
+
+    # A crash after the weights are written leaves nothing under the final name.
+    with monkeypatch.context() as patch:
+        patch.setattr(type(tokenizer), "save_pretrained", crash)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(model, tokenizer, folder, {"version": 1})
+    assert not folder.exists()
+    assert list(folder.parent.iterdir()) == []  # the partial folder was cleaned up
+
+    save_checkpoint(model, tokenizer, folder, {"version": 1})
+    # A crash while replacing a checkpoint leaves the old one intact.
+    with monkeypatch.context() as patch:
+        patch.setattr(type(tokenizer), "save_pretrained", crash)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(model, tokenizer, folder, {"version": 2})
+    assert read_meta(folder) == {"version": 1}
+    save_checkpoint(model, tokenizer, folder, {"version": 2})
+    assert read_meta(folder) == {"version": 2}
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["rft"]
+
+
+def test_load_model_reference(saved, tmp_path: Path) -> None:
+    _, folder = saved
+    model, tokenizer = load_model_reference(folder, allow_hub_download=False)
+    assert model.config.hidden_size == 32 and tokenizer.is_fast
+    missing = tmp_path / "deepseek-math-7b-base"
+    with pytest.raises(FileNotFoundError) as info:
+        load_model_reference(missing, allow_hub_download=False)
+    message = str(info.value)
+    assert "not a local folder" in message
+    assert "set model.name to its path" in message
+    assert "model.allow_hub_download: true" in message

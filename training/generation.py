@@ -1,0 +1,378 @@
+"""One sampling interface for every stage: policy samples, step rollouts, evaluation.
+
+.. code-block:: python
+
+    generator = make_generator("transformers", checkpoint_folder, batch_size=64, log=print)
+    params = SamplingParams(n=4, temperature=0.7, max_new_tokens=160, seed=0)
+    completions = generator.generate([format_prompt(q) for q in questions], params)
+    completions[i][j].text  # sample j of prompt i; also .num_tokens and .finish_reason
+
+Semantics shared by both backends
+---------------------------------
+- ``generate`` returns one list of ``n`` :class:`Completion` per prompt, in prompt order.
+- ``temperature == 0`` is greedy decoding (the ``n`` completions of a prompt are then equal);
+  otherwise softmax sampling at ``temperature`` restricted to the ``top_p`` nucleus.
+- Generation stops at the EOS token or at the first occurrence of any ``stop`` string
+  (``finish_reason == "stop"``; the text ends before the stop string, and holds no EOS), or
+  after ``max_new_tokens`` tokens (``"length"``). ``num_tokens`` counts the generated tokens,
+  the EOS or the token that completed a stop string included.
+- Prompts are encoded with the tokenizer's special tokens (``<bos>``), exactly as the trainer
+  encodes them (:func:`training.sft.encode_example`).
+
+The transformers backend
+------------------------
+:class:`TransformersGenerator` runs a hand-written decoding loop over the model's forward pass
+with a KV cache, rather than ``model.generate``. Measured on 2 CPU cores with a 0.16M-parameter
+Llama trained on the embedded task (256 prompts, batches of 64, up to 96 new tokens, best of
+3): greedy, 20.6k new tokens/s against 17.9k for ``generate``; ``n=4`` at temperature 0.7,
+29.9k against 13.1k. The gain comes from what only the hand loop can do:
+
+- each prompt is prefilled once and its KV cache copied ``n`` times, instead of prefilling
+  ``n`` copies of the prompt;
+- finished sequences leave the batch at once instead of decoding padding to the end;
+- every sample draws its randomness from its own stream, seeded by ``(seed, prompt text,
+  sample index)``, so a completion does not depend on which other prompts share the call or
+  the batch, on ``batch_size`` or on prompt order: sampling the first 250 problems of a
+  subset gives the same samples as sampling them within 500. (Floating-point results of a
+  padded batch can differ in the last bits from an unpadded one, so near-ties in the
+  probabilities may still resolve differently in a different batch; with the same call and
+  seed, outputs are identical.)
+
+Sampling draws one uniform number ``u`` per step from that stream and takes the token at which
+the cumulative probability reaches ``1 - u`` (over the vocabulary in id order, or over the
+nucleus sorted by decreasing probability when ``top_p < 1``): inverse-CDF sampling, exact for
+the distribution and cheap in random numbers.
+
+Batches hold up to ``batch_size`` prompts (each with its ``n`` samples), longest prompts first
+and sorted by length so that left padding stays small. A prompt longer than the model's
+context minus ``max_new_tokens`` is left-truncated (keeping ``<bos>``) with a warning through
+``log``, so that prompt and completion always fit in ``max_position_embeddings``. Progress goes
+to ``log`` after a batch when 10 seconds have passed since the last line, and at the end of
+calls longer than a second: sequences done, new tokens per second.
+
+``torch.compile`` is not used: it made sampling slower on the 2-core CPU (shapes change every
+step). Thread counts are the caller's business (``torch.set_num_threads``).
+
+The vLLM backend
+----------------
+``make_generator("vllm", folder)`` imports :mod:`training.vllm_backend` only then; vLLM is the
+optional extra ``pip install -e ".[vllm]"`` (GPU machines). It honours the same
+``SamplingParams`` (vLLM seeds each request from ``seed``; its random streams differ from the
+transformers backend's, so the two backends give different samples for the same seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from synthdata_assets.config import SamplingConfig
+from training.checkpoint import Dtype, load_checkpoint
+
+BACKENDS: tuple[str, ...] = ("transformers", "vllm")
+_LOG_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample; see the module docstring for the exact semantics."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @classmethod
+    def from_config(
+        cls, sampling: SamplingConfig, *, n: int, seed: int, stop: tuple[str, ...] = ()
+    ) -> SamplingParams:
+        """Temperature, top-p and token budget from the experiment's ``sampling`` section."""
+        return cls(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            stop=stop,
+            seed=seed,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation of a prompt."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_new_tokens)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that samples completions for prompts."""
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams
+    ) -> list[list[Completion]]: ...
+
+
+class TransformersGenerator:
+    """Batched sampling from a transformers causal LM (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        batch_size: int = 64,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; generation could never stop")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.log = log or (lambda _message: None)
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = frozenset(i for i in [tokenizer.eos_token_id, *eos_ids] if i is not None)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+        self.context = model.config.max_position_embeddings
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        dtype: Dtype = None,
+        batch_size: int = 64,
+        log: Callable[[str], None] | None = None,
+    ) -> TransformersGenerator:
+        """A generator over the checkpoint in ``folder`` (see :func:`load_checkpoint`)."""
+        model, tokenizer = load_checkpoint(folder, device=device, dtype=dtype)
+        return cls(model, tokenizer, batch_size=batch_size, log=log)
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        """``params.n`` completions for each prompt, in prompt order."""
+        prompts = list(prompts)
+        room = self.context - params.max_new_tokens
+        if room < 1:
+            raise ValueError(
+                f"max_new_tokens ({params.max_new_tokens}) leaves no room for a prompt in the "
+                f"model's context of {self.context} tokens"
+            )
+        encoded = [self._encode(prompt, room) for prompt in prompts]
+        truncated = sum(cut for _, cut in encoded)
+        if truncated:
+            self.log(
+                f"warning: {truncated} prompt(s) longer than {room} tokens (context "
+                f"{self.context} - max_new_tokens {params.max_new_tokens}) were left-truncated"
+            )
+        # Greedy samples of one prompt are all equal: decode once, repeat.
+        draws = 1 if params.temperature == 0 else params.n
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i][0]), reverse=True)
+        results: list[list[Completion]] = [[] for _ in prompts]
+        total, done, new_tokens = len(prompts) * params.n, 0, 0
+        start = last_log = time.perf_counter()
+        for first in range(0, len(order), self.batch_size):
+            batch = order[first : first + self.batch_size]
+            completions = self._generate_batch(
+                [encoded[i][0] for i in batch], [prompts[i] for i in batch], draws, params
+            )
+            for i, samples in zip(batch, completions, strict=True):
+                results[i] = samples * (params.n // draws)
+                new_tokens += sum(c.num_tokens for c in samples)
+            done += len(batch) * params.n
+            now = time.perf_counter()
+            # Quick calls (single prompts, tests) stay quiet; long ones report as they go.
+            if now - last_log >= _LOG_INTERVAL_S or (done == total and now - start >= 1.0):
+                self.log(
+                    f"sampled {done}/{total} sequences, "
+                    f"{new_tokens / max(now - start, 1e-9):,.0f} new tokens/s"
+                )
+                last_log = now
+        return results
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _encode(self, prompt: str, room: int) -> tuple[list[int], bool]:
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if len(ids) <= room:
+            return ids, False
+        head = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []
+        return head + ids[len(ids) - (room - len(head)) :], True
+
+    def _generate_batch(
+        self,
+        prompt_ids: list[list[int]],
+        prompts: list[str],
+        draws: int,
+        params: SamplingParams,
+    ) -> list[list[Completion]]:
+        device = self.device
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            mask[row, width - len(ids) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :]
+        next_position = positions[:, -1] + 1
+        if draws > 1:
+            cache.batch_repeat_interleave(draws)
+            logits = logits.repeat_interleave(draws, dim=0)
+            mask = mask.repeat_interleave(draws, dim=0)
+            next_position = next_position.repeat_interleave(draws, dim=0)
+        uniforms = _uniforms(prompts, draws, params).to(device) if params.temperature > 0 else None
+
+        rows = len(prompt_ids) * draws
+        active = list(range(rows))  # batch position -> row
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        finish = [""] * rows
+        stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1
+        for step in range(params.max_new_tokens):
+            chosen = _choose(logits, None if uniforms is None else uniforms[:, step], params)
+            keep = []
+            for position, (row, token) in enumerate(zip(active, chosen.tolist(), strict=True)):
+                tokens[row].append(token)
+                if token in self.eos_ids or (
+                    params.stop and self._ends_with_stop(tokens[row], params.stop, stop_window)
+                ):
+                    finish[row] = "stop"
+                elif step == params.max_new_tokens - 1:
+                    finish[row] = "length"
+                else:
+                    keep.append(position)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, next_position, chosen = mask[index], next_position[index], chosen[index]
+                uniforms = None if uniforms is None else uniforms[index]
+                active = [active[position] for position in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            out = self.model(
+                input_ids=chosen[:, None],
+                attention_mask=mask,
+                position_ids=next_position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1, :]
+            next_position = next_position + 1
+
+        return [
+            [
+                self._completion(tokens[row], finish[row], params.stop)
+                for row in range(p * draws, (p + 1) * draws)
+            ]
+            for p in range(len(prompt_ids))
+        ]
+
+    def _ends_with_stop(self, tokens: list[int], stop: tuple[str, ...], window: int) -> bool:
+        # Checked after every token, so a new stop string ends within the last token, and the
+        # last `window` tokens (at least one byte each) cover it. Decoding only them keeps the
+        # check O(1) per token instead of O(length).
+        tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+        return any(s in tail for s in stop)
+
+    def _completion(self, tokens: list[int], finish: str, stop: tuple[str, ...]) -> Completion:
+        ids = tokens[:-1] if tokens and tokens[-1] in self.eos_ids else tokens
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cuts = [text.find(s) for s in stop if s in text]
+        if cuts:
+            text = text[: min(cuts)]
+        return Completion(text=text, num_tokens=len(tokens), finish_reason=finish)
+
+
+def make_generator(backend: str, folder: str | os.PathLike[str], **kwargs: Any) -> Generator:
+    """The generator of ``backend`` ("transformers" or "vllm") over a checkpoint folder.
+
+    ``kwargs`` go to the backend: ``device``, ``dtype``, ``batch_size``, ``log`` for
+    transformers; see :class:`training.vllm_backend.VLLMGenerator` for vLLM.
+    """
+    if backend == "transformers":
+        return TransformersGenerator.from_pretrained(folder, **kwargs)
+    if backend == "vllm":
+        try:
+            module = importlib.import_module("training.vllm_backend")
+        except ImportError as exc:
+            raise ImportError(
+                f"sampling.backend 'vllm' needs the vLLM engine, which is not installed ({exc}). "
+                "On a GPU machine run: pip install -e '.[vllm]'; "
+                "otherwise set sampling.backend: transformers"
+            ) from exc
+        return module.VLLMGenerator(folder, **kwargs)
+    raise ValueError(f"unknown sampling backend {backend!r} (allowed: {', '.join(BACKENDS)})")
+
+
+def _uniforms(prompts: Sequence[str], draws: int, params: SamplingParams) -> torch.Tensor:
+    """``[len(prompts) * draws, max_new_tokens]`` uniforms; row ``p * draws + j`` is sample
+    ``j`` of prompt ``p``, from a stream that depends only on ``(seed, prompt, j)``."""
+    streams = []
+    for prompt in prompts:
+        for j in range(draws):
+            key = hashlib.sha256(f"{params.seed}\0{j}\0{prompt}".encode()).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "big") >> 1)
+            streams.append(torch.rand(params.max_new_tokens, generator=generator))
+    return torch.stack(streams)
+
+
+def _choose(
+    logits: torch.Tensor, uniforms: torch.Tensor | None, params: SamplingParams
+) -> torch.Tensor:
+    """The next token of every row: argmax, or inverse-CDF sampling with ``uniforms``."""
+    if uniforms is None:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    order = None
+    if params.top_p < 1:
+        probs, order = probs.sort(dim=-1, descending=True, stable=True)
+        # The nucleus: tokens whose more probable predecessors hold less than top_p.
+        probs = probs * ((probs.cumsum(dim=-1) - probs) < params.top_p)
+    cdf = probs.cumsum(dim=-1)
+    # 1 - u lies in (0, 1], so the target lies in (0, total]: the first index reaching it
+    # always has positive probability and exists even after float rounding.
+    target = (1.0 - uniforms).unsqueeze(-1) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, target)
+    return (index if order is None else order.gather(-1, index)).squeeze(-1)
