@@ -59,6 +59,29 @@ def embedded_params(config: ExperimentConfig) -> embedded.EmbeddedParams:
     )
 
 
+def _problem_row(
+    problem: embedded.EmbeddedProblem | realdata.RealProblem,
+    split: str,
+    *,
+    source: str,
+    n_steps: int,
+    spec: str | None = None,
+    reference_solution: str | None = None,
+    meta: str | None = None,
+) -> dict:
+    return {
+        "problem_id": problem.problem_id,
+        "split": split,
+        "question": problem.question,
+        "answer": problem.answer,
+        "source": source,
+        "n_steps": n_steps,
+        "spec": spec,
+        "reference_solution": reference_solution,
+        "meta": meta,
+    }
+
+
 def _embedded_rows(config: ExperimentConfig) -> list[dict]:
     params = embedded_params(config)
     seed = config.task.pool_seed
@@ -68,23 +91,11 @@ def _embedded_rows(config: ExperimentConfig) -> list[dict]:
         params, config.task.n_test + config.task.n_test // 4 + 8, seed=seed, split="test"
     )
     test = embedded.exclude_overlap(test, train)[: config.task.n_test]
-    rows = []
-    for split, problems in (("train", train), ("test", test)):
-        for p in problems:
-            rows.append(
-                {
-                    "problem_id": p.problem_id,
-                    "split": split,
-                    "question": p.question,
-                    "answer": p.answer,
-                    "source": "embedded",
-                    "n_steps": p.n_steps,
-                    "spec": p.spec,
-                    "reference_solution": None,
-                    "meta": None,
-                }
-            )
-    return rows
+    return [
+        _problem_row(p, split, source="embedded", n_steps=p.n_steps, spec=p.spec)
+        for split, problems in (("train", train), ("test", test))
+        for p in problems
+    ]
 
 
 def _real_rows(config: ExperimentConfig) -> list[dict]:
@@ -100,23 +111,18 @@ def _real_rows(config: ExperimentConfig) -> list[dict]:
             f"{len(train)} (after task.n_train_pool={task.n_train_pool}); lower data_sizes "
             "or point task.train_path at a larger set"
         )
-    rows = []
-    for split, problems in (("train", train), ("test", test)):
-        for p in problems:
-            rows.append(
-                {
-                    "problem_id": p.problem_id,
-                    "split": split,
-                    "question": p.question,
-                    "answer": p.answer,
-                    "source": p.source,
-                    "n_steps": len(p.steps),
-                    "spec": None,
-                    "reference_solution": p.solution,
-                    "meta": json.dumps(p.meta, sort_keys=True) if p.meta else None,
-                }
-            )
-    return rows
+    return [
+        _problem_row(
+            p,
+            split,
+            source=p.source,
+            n_steps=len(p.steps),
+            reference_solution=p.solution,
+            meta=json.dumps(p.meta, sort_keys=True) if p.meta else None,
+        )
+        for split, problems in (("train", train), ("test", test))
+        for p in problems
+    ]
 
 
 def problem_pool(config: ExperimentConfig) -> pl.DataFrame:
