@@ -86,6 +86,10 @@ def test_prompt_format() -> None:
         "Question: Q?\nSolution:\n",
         "A\nThe answer is 1.\n",
     )
+    # A sampled completion (ending with its newline) round-trips to the same example.
+    assert format_example("Q?", "A\nThe answer is 1.\n") == format_example(
+        "Q?", "A\nThe answer is 1."
+    )
 
 
 def test_tokenizer_round_trips_task_text(

@@ -50,8 +50,11 @@ context minus ``max_new_tokens`` is left-truncated (keeping ``<bos>``) with a wa
 to ``log`` after a batch when 10 seconds have passed since the last line, and at the end of
 calls longer than a second: sequences done, new tokens per second.
 
-``torch.compile`` is not used: it made sampling slower on the 2-core CPU (shapes change every
-step). Thread counts are the caller's business (``torch.set_num_threads``).
+The KV cache is transformers' ``DynamicCache`` (grown by concatenation); a preallocated
+buffer measured slower here, as attention then runs over strided views. ``torch.compile`` is
+not used: it made sampling slower on the 2-core CPU (shapes change every step). Thread counts
+are the caller's business (``torch.set_num_threads``); note that when another process keeps a
+core busy, two torch threads spin-wait on each other and run many times slower than one.
 
 The vLLM backend
 ----------------
@@ -173,7 +176,10 @@ class TransformersGenerator:
         batch_size: int = 64,
         log: Callable[[str], None] | None = None,
     ) -> TransformersGenerator:
-        """A generator over the checkpoint in ``folder`` (see :func:`load_checkpoint`)."""
+        """A generator over the checkpoint in ``folder`` (see :func:`load_checkpoint`), on
+        ``device`` (default: the GPU when there is one, else the CPU)."""
+        if device is None and torch.cuda.is_available():
+            device = "cuda"
         model, tokenizer = load_checkpoint(folder, device=device, dtype=dtype)
         return cls(model, tokenizer, batch_size=batch_size, log=log)
 

@@ -11,8 +11,9 @@ A training example is a ``(prompt, completion)`` pair::
 The prompt ends with the newline after ``Solution:``; the completion is the solution's lines
 plus a final newline. The trainer appends the tokenizer's EOS token after the completion, so
 the model learns to end a solution by emitting EOS after the answer line, and generation stops
-there. Every stage must build its text through these two functions: a prompt that differs by
-one character between training and sampling is a different task for a small model.
+there: a sampled solution's text ends with that last newline. Every stage must build its text
+through these two functions: a prompt that differs by one character between training and
+sampling is a different task for a small model.
 """
 
 from __future__ import annotations
@@ -24,5 +25,10 @@ def format_prompt(question: str) -> str:
 
 
 def format_example(question: str, solution: str) -> tuple[str, str]:
-    """The ``(prompt, completion)`` pair that teaches ``solution`` for ``question``."""
-    return format_prompt(question), solution + "\n"
+    """The ``(prompt, completion)`` pair that teaches ``solution`` for ``question``.
+
+    The completion is the solution plus one newline. A sampled completion already ends with
+    that newline (the model emits EOS after it), so trailing newlines are dropped first: a
+    self-generated solution trains exactly like a teacher's.
+    """
+    return format_prompt(question), solution.rstrip("\n") + "\n"

@@ -26,6 +26,10 @@ into ``ceil(n / batch_size)`` full batches (the last one topped up from the star
 permutation). To save padding, batches are formed from chunks of 8 batches sorted by length,
 and their order is then shuffled; all of it is a function of ``seed`` and the epoch.
 
+An update's loss is the mean over its micro-batches of their per-token means (the usual
+accumulation; equal to the per-token mean of the whole batch when it is one micro-batch).
+``TrainStats.losses`` records it per update, as seen by the main process.
+
 ``max_steps``, when given, overrides ``config.epochs``: training runs exactly that many
 updates, reshuffling at each pass over the data (pretraining uses this). Otherwise it runs
 ``config.epochs`` passes.
@@ -38,13 +42,18 @@ Devices and precision
 ``accelerate.Accelerator`` does device placement, data sharding across processes, gradient
 accumulation and synchronisation, backward and clipping, so the same loop runs on a laptop
 CPU (``python ...``) and on several GPUs (``accelerate launch ...``, DDP/FSDP/DeepSpeed from
-its config). bf16 comes from an explicit ``torch.autocast`` around the forward pass on the
-accelerator's device type when ``config.bf16`` is set, rather than from the Accelerator's
+its config). Two CPU processes under ``torchrun`` matched one process accumulating the same
+micro-batches (bit-identical weights with one micro-batch per process and update, equal up to
+float summation order with several). Progress is logged by the main process only.
+
+bf16 comes from an explicit ``torch.autocast`` around the forward pass on the accelerator's
+device type when ``config.bf16`` is set, rather than from the Accelerator's
 ``mixed_precision`` flag: that flag lives in a process-wide singleton that refuses a second
 value in the same process (stages with different settings, tests), and ``prepare`` would
 leave the model's ``forward`` patched after training. Weights stay in their own dtype
 (float32 for the tiny model). Thread counts are the caller's business
-(``torch.set_num_threads``).
+(``torch.set_num_threads``); when another process keeps a core busy, two torch threads
+spin-wait on each other and run many times slower than one.
 
 The model is trained in place and left in eval mode on the accelerator's device.
 """
@@ -141,7 +150,6 @@ def train_sft(
     micro_batch_size: int | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` in place on ``(prompt, completion)`` pairs; see the module docstring."""
-    emit = log or (lambda _message: None)
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"max_steps must be >= 0, got {max_steps}")
     if micro_batch_size is not None and micro_batch_size < 1:
@@ -165,6 +173,11 @@ def train_sft(
 
     accelerator = Accelerator()
     processes = accelerator.num_processes
+
+    def emit(message: str) -> None:
+        if log is not None and accelerator.is_main_process:
+            log(message)
+
     per_process = math.ceil(config.batch_size / processes)
     micro = min(micro_batch_size or per_process, per_process)
     accumulation = math.ceil(per_process / micro)
