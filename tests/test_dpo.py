@@ -1,0 +1,284 @@
+"""Tests for the DPO trainer (training/dpo.py): exact token masks, the frozen reference, weights.
+
+Everything runs offline on a model with one layer of width 32; the file takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: nothing may download
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from synthdata_assets.config import ModelConfig, TrainingConfig
+from synthdata_assets.tasks.embedded import EmbeddedParams, generate_problems, oracle_solution
+from training.dpo import (
+    DPOStats,
+    PreferenceExample,
+    encode_response,
+    sequence_logprobs,
+    train_dpo,
+)
+from training.model import build_tiny_llama
+from training.prompts import format_example
+from training.sft import IGNORE_INDEX, TrainStats, encode_example
+from training.tokenizer import build_tokenizer
+
+PARAMS = EmbeddedParams()
+TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=256)
+CONFIG = TrainingConfig(bf16=False, warmup_ratio=0.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # See tests/test_training.py: a second OpenMP thread only spin-waits on a busy laptop.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[PreferenceExample]:
+    """Correct solutions over wrong ones: even pairs are per-step (cut, no EOS), odd ones full."""
+    problems = generate_problems(PARAMS, 16, seed=2, split="train")
+    rng = random.Random(2)
+    out = []
+    for i, problem in enumerate(problems):
+        prompt, chosen = format_example(problem.question, oracle_solution(problem, rng=rng))
+        _, wrong = format_example(
+            problem.question, oracle_solution(problem, rng=rng, slip_rate=1.0)
+        )
+        if i % 2:
+            out.append(PreferenceExample(prompt, chosen, wrong))
+        else:
+            good, bad = chosen.splitlines(), wrong.splitlines()
+            first_wrong = next(k for k, (a, b) in enumerate(zip(good, bad, strict=True)) if a != b)
+            cut = "\n".join(bad[: first_wrong + 1]) + "\n"
+            out.append(PreferenceExample(prompt, chosen, cut, rejected_has_eos=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(pairs: list[PreferenceExample]) -> PreTrainedTokenizerBase:
+    return build_tokenizer([p.prompt + p.chosen for p in pairs] + [p.rejected for p in pairs])
+
+
+def _train(model, tokenizer, pairs, **kwargs) -> DPOStats:
+    options = {
+        "beta": 0.5,
+        "learning_rate": 3e-3,
+        "epochs": 1,
+        "batch_size": 8,
+        "config": CONFIG,
+        "seed": 0,
+        "max_seq_len": 256,
+    }
+    return train_dpo(model, tokenizer, pairs, **{**options, **kwargs})
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_token_masks_are_exact(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    pair = pairs[0]
+    prompt_ids = tokenizer(pair.prompt)["input_ids"]
+    assert prompt_ids[0] == tokenizer.bos_token_id
+    body = tokenizer(pair.rejected, add_special_tokens=False)["input_ids"]
+    with_eos = encode_response(tokenizer, pair.prompt, pair.rejected, has_eos=True)
+    without = encode_response(tokenizer, pair.prompt, pair.rejected, has_eos=False)
+    assert with_eos == encode_example(tokenizer, pair.prompt, pair.rejected, max_seq_len=10**6)
+    assert without.input_ids == [*prompt_ids, *body]
+    assert without.labels == [IGNORE_INDEX] * len(prompt_ids) + body
+    assert with_eos.input_ids == [*prompt_ids, *body, tokenizer.eos_token_id]
+    assert (
+        encode_response(tokenizer, pair.prompt, pair.rejected, has_eos=True, max_seq_len=8) is None
+    )
+    with pytest.raises(ValueError, match="no token to score"):
+        encode_response(tokenizer, pair.prompt, "", has_eos=False)
+
+    # The summed log-prob is exactly the completion tokens' (+ EOS), padding and batching aside.
+    model = build_tiny_llama(TINY, tokenizer, seed=1).eval()
+    prompts = [p.prompt for p in pairs[:5]]
+    completions = [p.rejected for p in pairs[:5]]
+    for has_eos in (True, False):
+        got = sequence_logprobs(model, tokenizer, prompts, completions, has_eos, batch_size=3)
+        for prompt, completion, value in zip(prompts, completions, got, strict=True):
+            start = len(tokenizer(prompt)["input_ids"])
+            ids = (
+                tokenizer(prompt)["input_ids"]
+                + tokenizer(completion, add_special_tokens=False)["input_ids"]
+            )
+            ids += [tokenizer.eos_token_id] * has_eos
+            with torch.no_grad():
+                logps = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+            manual = sum(logps[t - 1, ids[t]].item() for t in range(start, len(ids)))
+            assert value == pytest.approx(manual, abs=1e-4)
+
+    # A cut negative differs from the same text with EOS by exactly log p(EOS | text).
+    no_eos, eos = (
+        sequence_logprobs(model, tokenizer, [pair.prompt], [pair.rejected], flag)[0]
+        for flag in (False, True)
+    )
+    with torch.no_grad():
+        last = model(torch.tensor([without.input_ids])).logits[0, -1]
+    assert eos - no_eos == pytest.approx(
+        torch.log_softmax(last, -1)[tokenizer.eos_token_id].item(), abs=1e-4
+    )
+    assert not model.training
+
+
+def test_train_dpo_learns_the_preference(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    model = build_tiny_llama(TINY, tokenizer, seed=0)
+    initial = copy.deepcopy(model)
+    lines: list[str] = []
+    stats = _train(model, tokenizer, pairs, epochs=6, log=lines.append)
+    assert isinstance(stats, TrainStats)
+    assert stats.steps == 12 == len(stats.losses) and stats.epochs == pytest.approx(6.0)
+    # The policy starts as the reference: every implicit reward is 0 and the loss log 2.
+    assert stats.losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert stats.mean_loss_last_10pct < 0.4, stats.losses
+    assert stats.reward_accuracy > 0.9 and stats.mean_margin > 1.0
+    assert stats.examples == 16 and stats.dropped == 0 and stats.zero_weight == 0
+    assert stats.tokens > 0 and stats.tokens_per_second > 0
+    assert not _same_weights(model, initial)
+    assert not model.training
+    assert any("update 12/12" in line and "tokens/s" in line for line in lines)
+
+    # Measured afresh: the chosen-vs-rejected margin over the reference rose for most pairs.
+    def margins(policy) -> list[float]:
+        scores = [
+            sequence_logprobs(
+                policy,
+                tokenizer,
+                [p.prompt for p in pairs],
+                [getattr(p, side) for p in pairs],
+                [getattr(p, f"{side}_has_eos") for p in pairs],
+            )
+            for side in ("chosen", "rejected")
+        ]
+        return [c - r for c, r in zip(*scores, strict=True)]
+
+    before, after = margins(initial), margins(model)
+    assert sum(a > b for a, b in zip(after, before, strict=True)) >= 14
+
+
+def test_reference_is_computed_once_from_the_start_policy(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    base = build_tiny_llama(TINY, tokenizer, seed=0)
+    calls = []
+    runs = {}
+    for epochs in (1, 3):
+        reference = copy.deepcopy(base)
+        handle = reference.register_forward_hook(lambda *args: calls.append(1))
+        model = copy.deepcopy(base)
+        runs[epochs] = (_train(model, tokenizer, pairs, epochs=epochs, reference_model=reference),)
+        handle.remove()
+        assert _same_weights(reference, base)  # the reference is never trained
+        # 16 pairs = 32 sequences, scored 16 (two micro-batches of pairs) per forward pass.
+        assert len(calls) == 2
+        calls.clear()
+        runs[epochs] += (model,)
+    # Without a reference model, the policy's own starting weights are the reference.
+    model = copy.deepcopy(base)
+    stats = _train(model, tokenizer, pairs, epochs=3)
+    assert stats.losses == runs[3][0].losses
+    assert _same_weights(model, runs[3][1])
+
+
+def test_zero_weight_pairs_do_not_count(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    kept, extra = pairs[:12], pairs[12:]
+    plain = build_tiny_llama(TINY, tokenizer, seed=0)
+    expected = _train(plain, tokenizer, kept, epochs=2)
+    weighted = build_tiny_llama(TINY, tokenizer, seed=0)
+    stats = _train(
+        weighted, tokenizer, kept + extra, epochs=2, weights=[1.0] * 12 + [0.0] * len(extra)
+    )
+    assert stats.losses == expected.losses
+    assert stats.examples == 12 and stats.zero_weight == 4
+    assert _same_weights(weighted, plain)
+
+    # Weights are normalised per update: scaling them all changes nothing...
+    scaled = build_tiny_llama(TINY, tokenizer, seed=0)
+    again = _train(scaled, tokenizer, kept, epochs=2, weights=[2.0] * 12)
+    assert again.losses == pytest.approx(expected.losses, rel=1e-6)
+    # ...and over the whole batch, not per micro-batch.
+    uneven = [0.25 + i % 4 for i in range(12)]
+    whole = _train(build_tiny_llama(TINY, tokenizer, seed=0), tokenizer, kept, weights=uneven)
+    split = _train(
+        build_tiny_llama(TINY, tokenizer, seed=0),
+        tokenizer,
+        kept,
+        weights=uneven,
+        micro_batch_size=3,
+    )
+    assert split.losses == pytest.approx(whole.losses, rel=1e-4)
+    with pytest.raises(ValueError, match="weight"):
+        _train(build_tiny_llama(TINY, tokenizer), tokenizer, kept, weights=[-1.0] * 12)
+    with pytest.raises(ValueError, match="weight 0"):
+        _train(build_tiny_llama(TINY, tokenizer), tokenizer, kept, weights=[0.0] * 12)
+
+
+def test_train_dpo_is_seeded(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    runs = []
+    for seed in (0, 0, 1):
+        model = build_tiny_llama(TINY, tokenizer, seed=0)
+        runs.append((_train(model, tokenizer, pairs, seed=seed, max_steps=3, batch_size=4), model))
+    assert runs[0][0].losses == runs[1][0].losses
+    assert _same_weights(runs[0][1], runs[1][1])
+    assert runs[0][0].losses != runs[2][0].losses
+    assert runs[0][0].steps == 3
+
+
+def test_long_pairs_drop_and_edge_cases(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    lengths = [
+        max(
+            len(encode_response(tokenizer, p.prompt, p.chosen, has_eos=p.chosen_has_eos).input_ids),
+            len(
+                encode_response(
+                    tokenizer, p.prompt, p.rejected, has_eos=p.rejected_has_eos
+                ).input_ids
+            ),
+        )
+        for p in pairs
+    ]
+    cutoff = sorted(lengths)[len(lengths) // 2]
+    stats = _train(
+        build_tiny_llama(TINY, tokenizer), tokenizer, pairs, max_seq_len=cutoff, max_steps=1
+    )
+    assert stats.dropped == sum(n > cutoff for n in lengths) > 0
+    assert stats.examples == 16 - stats.dropped
+    with pytest.raises(ValueError, match="max_seq_len=8"):
+        _train(build_tiny_llama(TINY, tokenizer), tokenizer, pairs, max_seq_len=8)
+    assert _train(build_tiny_llama(TINY, tokenizer), tokenizer, pairs, max_steps=0).steps == 0
+    with pytest.raises(ValueError, match="no token to score"):
+        _train(
+            build_tiny_llama(TINY, tokenizer),
+            tokenizer,
+            [PreferenceExample("Question: x\nSolution:\n", "a\n", "", rejected_has_eos=False)],
+        )
+    # bf16 autocast runs (the tiny model's weights stay float32).
+    model = build_tiny_llama(TINY, tokenizer)
+    stats = _train(model, tokenizer, pairs, config=TrainingConfig(bf16=True), max_steps=2)
+    assert stats.steps == 2 and all(math.isfinite(x) for x in stats.losses)
+    assert model.dtype == torch.float32
