@@ -157,6 +157,51 @@ class TrainingConfig(_Section):
     dpo_epochs: int = Field(2, ge=1)
 
 
+class CreditConfig(_Section):
+    """Per-step credit assignment: step rollouts, Q-values, first pits, preference pairs.
+
+    The defaults are the paper's reading: best-of-K (K = 5) around pi_sft as the rollout
+    policy, the first step whose Q is 0 as the first pit, per-step pairs for per-step DPO.
+    """
+
+    max_negatives_per_problem: int = Field(
+        8, ge=1, description="Negatives per problem that get step rollouts."
+    )
+    rollout_positives: bool = Field(
+        False, description="Also roll out positives (to flag their spurious steps)."
+    )
+    rollouts_per_prefix: int = Field(5, ge=1, description="M completions per step prefix.")
+    rollout_temperature: float | None = Field(
+        None, ge=0.0, le=5.0, description="Rollout temperature (default: sampling.temperature)."
+    )
+    rollout_policy: Literal["pi_sft", "best_of_k"] = "best_of_k"
+    k: int = Field(5, ge=1, description="K of the best-of-K rollout policy.")
+    pit_rule: Literal["first_zero", "largest_drop"] = "first_zero"
+    step_rule: Literal["auto", "lines", "blank_lines", "sentences"] = Field(
+        "auto", description="How a solution splits into steps (auto: the task's default)."
+    )
+    spurious_threshold: float = Field(
+        -0.2, description="Steps of positives with an advantage below this are spurious."
+    )
+    per_step_pair_kind: Literal["per_step", "shared_prefix", "edit_distance"] = Field(
+        "per_step", description="The pairs per_step_dpo_model trains on."
+    )
+    advantage_weighted: bool = Field(
+        False,
+        description="Weight each per-step pair by exp(-A_pit / dpo_beta), normalised to mean "
+        "1: pits that lose more value count more.",
+    )
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> CreditConfig:
+        if self.rollout_policy == "best_of_k" and self.rollouts_per_prefix < self.k:
+            raise ValueError(
+                f"best_of_k with k={self.k} needs rollouts_per_prefix >= {self.k} "
+                f"(got {self.rollouts_per_prefix})"
+            )
+        return self
+
+
 class ExperimentConfig(_Section):
     """A whole study: the sweep and every stage's settings."""
 
@@ -170,6 +215,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     sampling: SamplingConfig = SamplingConfig()
     training: TrainingConfig = TrainingConfig()
+    credit: CreditConfig = CreditConfig()
 
     @field_validator("data_sizes")
     @classmethod

@@ -140,6 +140,14 @@ def test_sql_cli_refuses_writes_with_exit_code_2(warehouse: Warehouse, capsys) -
     assert "read-only" in err and "DELETE" in err
 
 
+METHODS = {"base", "sft", "rft", "per_step_dpo", "dpo"}
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = result.asset_materializations_for_node(asset)
+    return {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+
+
 @pytest.mark.slow
 def test_tiny_preset_end_to_end_through_evaluations(
     tiny_defs: dg.Definitions, warehouse: Warehouse
@@ -149,24 +157,78 @@ def test_tiny_preset_end_to_end_through_evaluations(
     from warehouse.query import run_query
 
     assert _run(tiny_defs, ["problems", "base_model"]).success
-    stages = ["teacher_solutions", "sft_model", "policy_samples", "rft_model", "evaluations"]
-    result = _run(tiny_defs, stages, partition_key(32, 0))
+    stages = [
+        "teacher_solutions",
+        "sft_model",
+        "policy_samples",
+        "rft_model",
+        "step_rollouts",
+        "step_advantages",
+        "preference_pairs",
+        "per_step_dpo_model",
+        "dpo_model",
+        "evaluations",
+    ]
+    key = partition_key(32, 0)
+    result = _run(tiny_defs, stages, key)
     assert result.success
-    evals = pl.read_parquet(warehouse.tables / "evaluations" / "data_size=32" / "seed=0.parquet")
-    assert set(evals["method"]) == {"base", "sft", "rft"}
+    part = ("data_size=32", "seed=0.parquet")
+    evals = pl.read_parquet(warehouse.tables.joinpath("evaluations", *part))
+    assert set(evals["method"]) == METHODS
     assert {"method", "data_size", "seed", "problem_id", "completion", "is_correct"} <= set(
         evals.columns
     )
-    n_test = load_config("tiny").task.n_test
-    assert evals.group_by("method").len()["len"].to_list() == [n_test] * 3
-    samples = pl.read_parquet(
-        warehouse.tables / "policy_samples" / "data_size=32" / "seed=0.parquet"
+    config = load_config("tiny")
+    n_test = config.task.n_test
+    assert evals.group_by("method").len()["len"].to_list() == [n_test] * len(METHODS)
+    samples = pl.read_parquet(warehouse.tables.joinpath("policy_samples", *part))
+    assert samples.height == 32 * config.sampling.samples_per_problem
+
+    # Credit assignment: every negative's prefixes rolled out M times, Q and pits per step.
+    rollouts = pl.read_parquet(warehouse.tables.joinpath("step_rollouts", *part))
+    assert {"sample_id", "step_idx", "rollout_idx", "completion", "is_correct"} <= set(
+        rollouts.columns
     )
-    assert samples.height == 32 * load_config("tiny").sampling.samples_per_problem
+    assert rollouts.group_by("sample_id", "step_idx").len()["len"].unique().to_list() == [
+        config.credit.rollouts_per_prefix
+    ]
+    first = _metadata(result, "step_rollouts")
+    assert first["completions_generated"] > 0 and first["completions_reused"] == 0
+    adv = pl.read_parquet(warehouse.tables.joinpath("step_advantages", *part))
+    assert {
+        "sample_id",
+        "step_idx",
+        "step_text",
+        "q_value",
+        "advantage",
+        "n_rollouts",
+        "is_first_pit",
+    } <= set(adv.columns)
+    negatives = adv.filter(~pl.col("sample_is_correct"))["sample_id"].n_unique()
+    assert adv.filter(pl.col("is_first_pit")).height == negatives > 0  # first_zero: every one
+    pairs = pl.read_parquet(warehouse.tables.joinpath("preference_pairs", *part))
+    assert {"per_step", "outcome"} <= set(pairs["kind"])
+    per_step = pairs.filter(pl.col("kind") == "per_step")
+    assert not per_step["rejected_has_eos"].any() and per_step["chosen_has_eos"].all()
+
     # Every trained model is a row of the checkpoints view and an ordinary HF folder.
     rows = run_query("SELECT method, path FROM checkpoints ORDER BY method", warehouse).rows
-    assert {m for m, _ in rows} == {"base", "sft", "rft"}
+    assert {m for m, _ in rows} == METHODS
     sft_path = dict(rows)["sft"]
     model = AutoModelForCausalLM.from_pretrained(sft_path, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(sft_path, local_files_only=True)
     assert model.config.model_type == "llama" and tokenizer.is_fast
+
+    # Another pit rule: the rollouts are all reused, nothing is generated.
+    other = build_definitions(
+        load_config("tiny", overrides={"credit": {"pit_rule": "largest_drop"}}), warehouse
+    )
+    again = _run(other, ["step_rollouts", "step_advantages"], key)
+    assert again.success
+    second = _metadata(again, "step_rollouts")
+    assert second["completions_generated"] == 0
+    assert second["completions_reused"] == first["completions_generated"]
+    assert _metadata(again, "step_advantages")["completions_generated"] == 0
+    assert pl.read_parquet(warehouse.tables.joinpath("step_rollouts", *part)).height == (
+        rollouts.height
+    )

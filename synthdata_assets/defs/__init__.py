@@ -5,13 +5,17 @@ from __future__ import annotations
 import dagster as dg
 
 from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.defs import data, models
+from synthdata_assets.defs import credit, data, models
 from synthdata_assets.defs.resources import resources
 from warehouse import Warehouse
 
 
 def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Definitions:
     return dg.Definitions(
-        assets=[*data.build(config), *models.build(config, warehouse)],
+        assets=[
+            *data.build(config),
+            *models.build(config, warehouse),
+            *credit.build(config, warehouse),
+        ],
         resources=resources(warehouse),
     )

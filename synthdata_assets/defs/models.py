@@ -1,4 +1,4 @@
-"""Model assets: the base model, SFT, policy samples, RFT and evaluation.
+"""Model assets: the base model, SFT, policy samples, RFT and evaluation of every model.
 
 Every step that runs a model joins the ``accelerator`` concurrency pool (limit 1 in the
 warehouse's Dagster instance), so parallel runs never fight over one GPU or the CPU cores.
@@ -18,7 +18,7 @@ GROUP = "models"
 POOL = "accelerator"
 
 
-def _checkpoint_metadata(row: pl.DataFrame) -> dict:
+def checkpoint_metadata(row: pl.DataFrame) -> dict:
     r = row.row(0, named=True)
     return {
         "path": dg.MetadataValue.path(r["path"]),
@@ -26,6 +26,7 @@ def _checkpoint_metadata(row: pl.DataFrame) -> dict:
         "tokens_per_second": r["tokens_per_second"],
         "train_examples": r["train_examples"],
         "parameters": r["parameters"],
+        **({"reward_accuracy": r["reward_accuracy"]} if "reward_accuracy" in r else {}),
     }
 
 
@@ -50,7 +51,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         row = learning.build_base_model(
             config, problems, warehouse.checkpoints / "base", context.log.info
         )
-        return dg.Output(row, metadata=_checkpoint_metadata(row))
+        return dg.Output(row, metadata=checkpoint_metadata(row))
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def sft_model(
@@ -71,7 +72,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
             seed,
             context.log.info,
         )
-        return dg.Output(row, metadata=_checkpoint_metadata(row))
+        return dg.Output(row, metadata=checkpoint_metadata(row))
 
     @dg.asset(group_name=GROUP, kinds={"pytorch", "polars"}, pool=POOL, partitions_def=partitions)
     def policy_samples(
@@ -125,7 +126,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
             seed,
             context.log.info,
         )
-        return dg.Output(row, metadata=_checkpoint_metadata(row))
+        return dg.Output(row, metadata=checkpoint_metadata(row))
 
     @dg.asset(group_name=GROUP, kinds={"pytorch", "polars"}, pool=POOL, partitions_def=partitions)
     def evaluations(
@@ -134,11 +135,19 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         base_model: pl.DataFrame,
         sft_model: pl.DataFrame,
         rft_model: pl.DataFrame,
+        per_step_dpo_model: pl.DataFrame,
+        dpo_model: pl.DataFrame,
     ):
         """Every model's answers to the test split: greedy accuracy and pass@k."""
         _, seed = current_partition(context)
         test = problems.filter(pl.col("split") == "test")
-        models = {"base": base_model, "sft": sft_model, "rft": rft_model}
+        models = {
+            "base": base_model,
+            "sft": sft_model,
+            "rft": rft_model,
+            "per_step_dpo": per_step_dpo_model,
+            "dpo": dpo_model,
+        }
         table = pl.concat(
             [
                 learning.evaluate_model(config, method, m["path"][0], test, seed, context.log.info)
