@@ -2,7 +2,7 @@
 
 ::
 
-    synthdata run                  materialize the study's assets for the current preset
+    synthdata run [--force]        the whole study: new partitions, then the scaling curves
     synthdata sql "SELECT ..."     query the warehouse, read-only (@name: warehouse/sql/name.sql)
     synthdata grade FILE.jsonl     grade model outputs against gold answers
     synthdata config               print the resolved configuration
@@ -123,12 +123,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _materialized(warehouse: Warehouse, asset: str) -> set[str]:
+    """Partition keys of ``asset`` materialized in the warehouse's Dagster instance."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from synthdata_assets.defs.study import PARTITIONED_ASSETS
     from synthdata_assets.orchestrate import RunFailed, materialize
-    from warehouse.query import run_query
 
     config = load_config()
     warehouse = Warehouse.from_env().activate()
+    keys = [f"{size}|{seed}" for size, seed in config.partition_keys]
     print(
         f"synthdata: preset {config.preset}, task {config.task.name}, "
         f"data sizes {list(config.data_sizes)}, seeds {list(config.seeds)}"
@@ -136,24 +145,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"warehouse: {warehouse.root}")
     start = time.perf_counter()
     try:
-        materialize("problems", warehouse)
-        for size, seed in config.partition_keys:
-            materialize("teacher_solutions", warehouse, partition=f"{size}|{seed}")
+        done = set() if args.force else _materialized(warehouse, "evaluations")
+        if args.force or not (warehouse.tables / "base_model.parquet").exists():
+            materialize("problems,base_model", warehouse)
+        else:
+            print("  = problems, base_model: already materialized")
+        for key in keys:
+            if key in done:
+                print(f"  = [{key}]: already materialized (--force recomputes)")
+                continue
+            materialize(",".join(PARTITIONED_ASSETS), warehouse, partition=key, label=key)
+        materialize("scaling_curves", warehouse)
     except RunFailed as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 1
     print(f"\nall runs done in {time.perf_counter() - start:.1f}s\n")
-    sizes = ", ".join(str(s) for s in config.data_sizes)
-    seeds = ", ".join(str(s) for s in config.seeds)
-    result = run_query(
-        "SELECT data_size, seed, count(*) AS solutions, count(DISTINCT problem_id) AS problems,"
-        " round(avg(is_correct::INTEGER), 4) AS teacher_pass_rate FROM teacher_solutions"
-        f" WHERE data_size IN ({sizes}) AND seed IN ({seeds})"
-        " GROUP BY ALL ORDER BY data_size, seed",
-        warehouse,
-    )
-    print("teacher_solutions (D_syn) by partition:")
-    _print_table(result.columns, result.rows, sys.stdout)
+    report = warehouse.reports / "scaling_report.md"
+    print(report.read_text())
+    print(f"plot: {warehouse.reports / 'scaling_curves.png'}")
     print(
         '\nNext: query the tables with `synthdata sql "SELECT ..."`, '
         "or browse runs and assets with `make ui`."
@@ -176,7 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthdata", description=__doc__.split("::")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="materialize the study's assets for the current preset")
+    p = sub.add_parser(
+        "run",
+        help="materialize the whole study for the current preset: every data_size x seed "
+        "partition not yet materialized, then the scaling curves",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="recompute partitions that are already materialized"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sql", help="run a read-only SQL query against the warehouse")

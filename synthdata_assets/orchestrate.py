@@ -3,13 +3,16 @@
 Every run goes through ``dagster asset materialize`` against the code location in
 ``workspace.yaml``, so the runs, their logs and the materialized partitions show in
 ``dagster dev -w workspace.yaml`` afterwards, exactly as if they had been launched there.
-Dagster's own event log is long; it goes to a file per run under ``reports/logs`` and the
-terminal gets one line per run (and the log's tail when a run fails).
+Dagster's own event log is long; it goes to a file per run under ``reports/logs``. The
+terminal gets the stages' own progress lines (their ``INFO`` messages: training updates,
+sampling throughput, accuracies), one line per finished run, and the log's tail when a run
+fails.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +22,8 @@ from pathlib import Path
 from warehouse import Warehouse
 
 CODE_MODULE = "synthdata_assets.definitions"
+# "<time> - dagster - INFO - <job> - <run id> - <step> - <message>": a stage's own log line.
+_INFO = re.compile(r" - dagster - INFO - [^ ]+ - [0-9a-f-]{36} - (?P<step>[\w.]+) - (?P<msg>.*)$")
 
 
 class RunFailed(RuntimeError):
@@ -39,7 +44,12 @@ def _log_name(selection: str, partition: str | None) -> str:
 
 
 def materialize(
-    selection: str, warehouse: Warehouse, partition: str | None = None, *, echo: bool = True
+    selection: str,
+    warehouse: Warehouse,
+    partition: str | None = None,
+    *,
+    echo: bool = True,
+    label: str | None = None,
 ) -> RunRecord:
     """Materialize ``selection`` (asset names, comma-separated) in one Dagster run."""
     warehouse.activate()
@@ -50,20 +60,34 @@ def materialize(
     cmd += ["--select", selection]
     if partition:
         cmd += ["--partition", partition]
-    label = f"{selection}" + (f" [{partition}]" if partition else "")
-    live = echo and sys.stdout.isatty()
-    back = "\r" if live else ""  # overwrite the "…" line only on a terminal
-    if live:
-        print(f"  … {label}", end="", flush=True)
+    label = label or f"{selection}" + (f" [{partition}]" if partition else "")
+    label = f"[{label}]" if label and partition and not label.startswith("[") else label
+    if echo:
+        print(f"  … {label}", flush=True)
     start = time.perf_counter()
-    with open(log, "w") as handle:
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
+    with (
+        open(log, "w") as handle,
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+            text=True,
+            errors="replace",
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            handle.write(line)
+            match = _INFO.search(line.rstrip("\n"))
+            if echo and match:
+                print(f"      {match['step']}: {match['msg']}", flush=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         if echo:
-            print(f"{back}  ✗ {label} failed after {seconds:.1f}s (log: {log})", flush=True)
+            print(f"  ✗ {label} failed after {seconds:.1f}s (log: {log})", flush=True)
         raise RunFailed(f"run of {label} failed; last lines of {log}:\n{tail}")
     if echo:
-        print(f"{back}  ✓ {label}  {seconds:.1f}s", flush=True)
+        print(f"  ✓ {label}  {seconds:.1f}s", flush=True)
     return RunRecord(selection=selection, partition=partition, seconds=seconds, log=log)

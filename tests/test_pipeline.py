@@ -32,13 +32,15 @@ CONTRACT = {
 }
 
 
-def _run(defs: dg.Definitions, names: list[str], key=None) -> dg.ExecuteInProcessResult:
+def _run(
+    defs: dg.Definitions, names: list[str], key=None, instance=None
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         list(defs.assets or []),
         selection=names,
         partition_key=str(key) if key is not None else None,
         resources=defs.resources,
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
     )
 
 
@@ -149,28 +151,23 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
 
 
 @pytest.mark.slow
-def test_tiny_preset_end_to_end_through_evaluations(
-    tiny_defs: dg.Definitions, warehouse: Warehouse
-) -> None:
+def test_tiny_preset_end_to_end(warehouse: Warehouse) -> None:
+    """Every asset on the tiny preset: one data size first, then a second one added to the
+    configuration, which the backfill schedule asks for alone; then the scaling curves."""
+    with dg.instance_for_test() as instance:
+        _end_to_end(warehouse, instance)
+
+
+def _end_to_end(warehouse: Warehouse, instance: dg.DagsterInstance) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from synthdata_assets.defs.study import PARTITIONED_ASSETS
     from warehouse.query import run_query
 
-    assert _run(tiny_defs, ["problems", "base_model"]).success
-    stages = [
-        "teacher_solutions",
-        "sft_model",
-        "policy_samples",
-        "rft_model",
-        "step_rollouts",
-        "step_advantages",
-        "preference_pairs",
-        "per_step_dpo_model",
-        "dpo_model",
-        "evaluations",
-    ]
+    tiny_defs = build_definitions(load_config("tiny", overrides={"data_sizes": [32]}), warehouse)
+    assert _run(tiny_defs, ["problems", "base_model"], instance=instance).success
     key = partition_key(32, 0)
-    result = _run(tiny_defs, stages, key)
+    result = _run(tiny_defs, list(PARTITIONED_ASSETS), key, instance=instance)
     assert result.success
     part = ("data_size=32", "seed=0.parquet")
     evals = pl.read_parquet(warehouse.tables.joinpath("evaluations", *part))
@@ -232,3 +229,23 @@ def test_tiny_preset_end_to_end_through_evaluations(
     assert pl.read_parquet(warehouse.tables.joinpath("step_rollouts", *part)).height == (
         rollouts.height
     )
+
+    # A data size added to the configuration: the schedule requests only the new partition.
+    both = build_definitions(load_config("tiny"), warehouse)
+    schedule = both.resolve_schedule_def("study_backfill_schedule")
+    requests = list(
+        schedule.evaluate_tick(
+            dg.build_schedule_context(instance=instance, repository_def=both.get_repository_def())
+        ).run_requests
+    )
+    assert [r.partition_key for r in requests] == [str(partition_key(64, 0))]
+    assert _run(both, list(PARTITIONED_ASSETS), partition_key(64, 0), instance=instance).success
+    curves = _run(both, ["scaling_curves"], instance=instance)
+    assert curves.success
+    table = pl.read_parquet(warehouse.tables / "scaling_curves.parquet")
+    assert {"method", "data_size", "seed", "accuracy", "test_error", "n_test"} <= set(table.columns)
+    assert set(table["method"]) == METHODS and set(table["data_size"]) == {32, 64}
+    assert (warehouse.reports / "scaling_curves.png").read_bytes()[:4] == b"\x89PNG"
+    report = (warehouse.reports / "scaling_report.md").read_text()
+    assert all(method in report for method in METHODS)
+    assert "plot" in _metadata(curves, "scaling_curves")

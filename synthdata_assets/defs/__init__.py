@@ -5,17 +5,21 @@ from __future__ import annotations
 import dagster as dg
 
 from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.defs import credit, data, models
+from synthdata_assets.defs import credit, data, models, study
 from synthdata_assets.defs.resources import resources
 from warehouse import Warehouse
 
 
 def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Definitions:
+    studied = study.build(config, warehouse)
     return dg.Definitions(
         assets=[
             *data.build(config),
             *models.build(config, warehouse),
             *credit.build(config, warehouse),
+            *studied["assets"],
         ],
+        jobs=studied["jobs"],
+        schedules=studied["schedules"],
         resources=resources(warehouse),
     )
