@@ -38,3 +38,4 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(SYNTHDATA_HOME)
+include vllm.mk

@@ -80,7 +80,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from synthdata_assets.config import SamplingConfig
 from training.checkpoint import Dtype, load_checkpoint
 
-BACKENDS: tuple[str, ...] = ("transformers", "vllm")
+BACKENDS: tuple[str, ...] = ("transformers", "vllm", "openai")
 _LOG_INTERVAL_S = 10.0
 
 
@@ -349,6 +349,9 @@ def make_generator(backend: str, folder: str | os.PathLike[str], **kwargs: Any) 
                 "otherwise set sampling.backend: transformers"
             ) from exc
         return module.VLLMGenerator(folder, **kwargs)
+    if backend == "openai":  # `folder` is the server's URL; see training/openai_backend.py
+        module = importlib.import_module("training.openai_backend")
+        return module.OpenAIGenerator(folder, **kwargs)
     raise ValueError(f"unknown sampling backend {backend!r} (allowed: {', '.join(BACKENDS)})")
 
 
