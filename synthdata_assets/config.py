@@ -52,10 +52,15 @@ class _Section(BaseModel):
 class EmbeddedTaskConfig(_Section):
     """Knobs of the built-in word-problem generator (see ``tasks/embedded.py``)."""
 
-    modulus: int = Field(23, ge=3, le=997, description="Arithmetic is modulo this number.")
+    modulus: int = Field(7, ge=3, le=997, description="Arithmetic is modulo this number.")
     min_steps: int = Field(2, ge=1, le=12, description="Fewest needed steps per problem.")
     max_steps: int = Field(4, ge=1, le=12, description="Most needed steps per problem.")
     n_distractors: int = Field(2, ge=0, le=12, description="Unneeded quantities per problem.")
+    shuffle: bool = Field(
+        False,
+        description="Sentences in random order (else dependency order, distractors mixed in).",
+    )
+    multiply: bool = Field(False, description="Allow 'times as many' steps.")
 
     @model_validator(mode="after")
     def _steps_ordered(self) -> EmbeddedTaskConfig:
@@ -110,10 +115,15 @@ class ModelConfig(_Section):
     name: str = Field("tiny-llama", min_length=1)
     hidden_size: int = Field(64, ge=8)
     num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
+    num_heads: int = Field(2, ge=1, description="Heads; head size 32 or more runs on vLLM.")
     intermediate_size: int = Field(256, ge=8)
     max_seq_len: int = Field(384, ge=32)
-    pretrain_steps: int = Field(1500, ge=0, description="tiny-llama pretraining updates.")
+    arithmetic_steps: int = Field(
+        2500, ge=0, description="tiny-llama pretraining, phase 1: arithmetic-table updates."
+    )
+    pretrain_steps: int = Field(
+        1000, ge=0, description="tiny-llama pretraining, phase 2: easier-problem updates."
+    )
     allow_hub_download: bool = False
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
 
@@ -283,23 +293,28 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "model": {
             "hidden_size": 32,
             "num_layers": 1,
-            "num_heads": 2,
+            "num_heads": 1,
             "intermediate_size": 64,
             "max_seq_len": 256,
+            "arithmetic_steps": 30,
             "pretrain_steps": 30,
         },
         "sampling": {"max_new_tokens": 96, "samples_per_problem": 2, "eval_samples": 2},
         "training": {"epochs": 1, "batch_size": 16, "dpo_epochs": 1},
+        "credit": {"rollout_positives": True},
     },
     "demo": {
         "data_sizes": [250, 500, 1000, 2000],
         "seeds": [0],
         "task": {"n_train_pool": 2000, "n_test": 200},
+        # One negative per problem keeps the demo's rollouts to about a minute.
+        "credit": {"max_negatives_per_problem": 1},
     },
     "embedded": {
         "data_sizes": [250, 500, 1000, 2000, 4000],
         "seeds": [0, 1, 2],
         "task": {"n_train_pool": 4000, "n_test": 400},
+        "credit": {"max_negatives_per_problem": 2},
     },
     "paper": {
         "data_sizes": [8000, 16000, 32000, 64000, 128000],

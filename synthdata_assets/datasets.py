@@ -56,6 +56,8 @@ def embedded_params(config: ExperimentConfig) -> embedded.EmbeddedParams:
         min_steps=knobs.min_steps,
         max_steps=knobs.max_steps,
         n_distractors=knobs.n_distractors,
+        shuffle=knobs.shuffle,
+        multiply=knobs.multiply,
     )
 
 

@@ -208,6 +208,25 @@ def _end_to_end(warehouse: Warehouse, instance: dg.DagsterInstance) -> None:
     per_step = pairs.filter(pl.col("kind") == "per_step")
     assert not per_step["rejected_has_eos"].any() and per_step["chosen_has_eos"].all()
 
+    # The README's named step-table queries.
+    shares = run_query("@first_pit_share", warehouse)
+    assert sum(row[shares.columns.index("share")] for row in shares.rows) == pytest.approx(1.0)
+    by_step = run_query("@advantage_by_step", warehouse)
+    cols = by_step.columns
+    assert {r[cols.index("step_idx")] for r in by_step.rows} >= {0, 1}
+    assert all(
+        r[cols.index("mean_advantage")] is None
+        for r in by_step.rows
+        if r[cols.index("step_idx")] == 0
+    )
+    spurious = run_query("@spurious_steps", warehouse)  # tiny rolls out positives too
+    positive_steps = adv.filter(pl.col("sample_is_correct") & (pl.col("step_idx") >= 1)).height
+    assert sum(r[spurious.columns.index("positive_steps")] for r in spurious.rows) == (
+        positive_steps
+    )
+    accuracy = run_query("@method_accuracy", warehouse)
+    assert {r[0] for r in accuracy.rows} == METHODS
+
     # Every trained model is a row of the checkpoints view and an ordinary HF folder.
     rows = run_query("SELECT method, path FROM checkpoints ORDER BY method", warehouse).rows
     assert {m for m, _ in rows} == METHODS

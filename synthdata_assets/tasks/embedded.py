@@ -112,6 +112,8 @@ class EmbeddedParams:
     min_steps: int = 2
     max_steps: int = 4
     n_distractors: int = 2
+    shuffle: bool = True
+    multiply: bool = True
 
     def __post_init__(self) -> None:
         if self.modulus < 3 or not _is_prime(self.modulus):
@@ -188,7 +190,14 @@ def generate_problems(
     for i in range(n):
         rng = _rng("problem", seed, split, i)
         n_steps = rng.randint(params.min_steps, params.max_steps)
-        spec = _build_spec(rng, params.modulus, n_steps, params.n_distractors)
+        spec = _build_spec(
+            rng,
+            params.modulus,
+            n_steps,
+            params.n_distractors,
+            shuffle=params.shuffle,
+            ops=_ops(params),
+        )
         problems.append(EmbeddedProblem.from_spec(f"emb-{split}-{i:06d}", spec))
     return problems
 
@@ -283,6 +292,59 @@ def pretraining_facts(params: EmbeddedParams, *, seed: int, n: int) -> list[str]
     return texts
 
 
+def arithmetic_drill(
+    params: EmbeddedParams, *, seed: int, copies: int = 8
+) -> list[tuple[str, str]]:
+    """Every arithmetic fact of the task ``copies`` times, as ``(prompt, completion)`` pairs in
+    step grammar: ``("Bob has 3 + 5 =", " 1")``, each copy with another random name (seeded).
+
+    The first pretraining phase of the tiny base model trains on these with the loss on the
+    result alone: a ``p x p`` table per operation is learned in seconds this way, while spread
+    thinly through long texts it stays on a loss plateau for thousands of updates. With one
+    name per fact a model memorises (name, a, b) and answers wrongly for any other name; the
+    copies make the result a function of the operands alone.
+    """
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    p = params.modulus
+    rng = _rng("drill", seed)
+    pairs = []
+    for op in [op for op in _UNARY_OPS if op in _ops(params)]:
+        for a in range(p):
+            for b in range(p):
+                for name in rng.sample(NAMES, min(copies, len(NAMES))):
+                    pairs.append((f"{name} has {a} {_SYMBOL[op]} {b} =", f" {_apply(op, a, b, p)}"))
+    return pairs
+
+
+def easy_problems(
+    params: EmbeddedParams, *, seed: int, n: int, max_steps: int = 2
+) -> list[tuple[str, str]]:
+    """``n`` (question, solution) pairs of easier problems than the task's: 1..``max_steps``
+    needed steps and at most one distractor. The second pretraining phase trains on them, so
+    that the base model reads questions and writes solutions in the task's format before it
+    sees any fine-tuning data (problem ``i`` depends only on ``(seed, i)``)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    out = []
+    for i in range(n):
+        rng = _rng("easy", seed, i)
+        spec = _build_spec(
+            rng,
+            params.modulus,
+            rng.randint(1, max_steps),
+            rng.randrange(2),
+            shuffle=params.shuffle,
+            ops=_ops(params),
+        )
+        world = _parse(spec)
+        lines = [_step_line(q, world.values, world.item) for q in world.steps]
+        out.append(
+            (_question(world), "\n".join([*lines, final_answer_line(world.values[world.target])]))
+        )
+    return out
+
+
 def _rng(*parts: object) -> random.Random:
     digest = hashlib.sha256("/".join(["synthdata.embedded", *map(str, parts)]).encode()).digest()
     return random.Random(int.from_bytes(digest[:16], "big"))
@@ -343,7 +405,19 @@ def _question(world: _World) -> str:
     return " ".join([*sentences, ask])
 
 
-def _build_spec(rng: random.Random, modulus: int, n_steps: int, n_distractors: int) -> str:
+def _ops(params: EmbeddedParams) -> tuple[str, ...]:
+    return _DERIVED_OPS if params.multiply else tuple(op for op in _DERIVED_OPS if op != "mul")
+
+
+def _build_spec(
+    rng: random.Random,
+    modulus: int,
+    n_steps: int,
+    n_distractors: int,
+    *,
+    shuffle: bool = True,
+    ops: tuple[str, ...] = _DERIVED_OPS,
+) -> str:
     names = list(NAMES)
     rng.shuffle(names)
     item = rng.choice(ITEMS)
@@ -400,12 +474,10 @@ def _build_spec(rng: random.Random, modulus: int, n_steps: int, n_distractors: i
         if u == 0:
             shapes.append(("sum_leaf_leaf", 1))
         feasible = [shape for shape, after in shapes if 1 <= after <= steps_after + 1]
-        ops = [
-            op
-            for op in _DERIVED_OPS
-            if any(shape.startswith("sum") == (op == "sum") for shape in feasible)
+        usable = [
+            op for op in ops if any(shape.startswith("sum") == (op == "sum") for shape in feasible)
         ]
-        op = rng.choice(ops)
+        op = rng.choice(usable)
         shape = rng.choice([s for s in feasible if s.startswith("sum") == (op == "sum")])
         if shape == "unary_leaf":
             args = [leaf()]
@@ -433,12 +505,20 @@ def _build_spec(rng: random.Random, modulus: int, n_steps: int, n_distractors: i
     for _ in range(n_distractors - n_derived):
         new_given()
     for _ in range(n_derived):
-        op = rng.choice(_DERIVED_OPS)
+        op = rng.choice(ops)
         pool = [str(q["name"]) for q in quantities]
         new_derived(op, rng.sample(pool, 2 if op == "sum" else 1))
 
     order = [str(q["name"]) for q in quantities]
-    rng.shuffle(order)
+    if shuffle:
+        rng.shuffle(order)
+    else:
+        # Dependency order, with each distractor at a random place after its operands.
+        n_needed = len(order) - n_distractors
+        order = order[:n_needed]
+        for q in quantities[n_needed:]:
+            after = max((order.index(str(a)) + 1 for a in q["args"]), default=0)
+            order.insert(rng.randint(after, len(order)), str(q["name"]))
     spec = {
         "item": item,
         "modulus": modulus,
