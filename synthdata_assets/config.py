@@ -94,11 +94,19 @@ class TaskConfig(_Section):
 class TeacherConfig(_Section):
     """Who writes the synthetic solutions (D_syn) that SFT trains on."""
 
-    kind: Literal["oracle", "reference"] = Field(
+    kind: Literal["oracle", "reference", "endpoint"] = Field(
         "oracle",
         description="oracle: the embedded task's exact solver with noise knobs; "
-        "reference: the data set's own worked solutions (gsm8k/math).",
+        "reference: the data set's own worked solutions (gsm8k/math); "
+        "endpoint: a model served behind an OpenAI-compatible API (teacher.base_url).",
     )
+    base_url: str | None = Field(
+        None, description="endpoint: the server's root URL, e.g. http://127.0.0.1:8000."
+    )
+    model: str | None = Field(None, description="endpoint: model name (default: the first one).")
+    concurrency: int = Field(8, ge=1, description="endpoint: requests in flight.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="endpoint: sampling temperature.")
+    max_new_tokens: int = Field(512, ge=1, description="endpoint: token budget per solution.")
     solutions_per_problem: int = Field(1, ge=1, le=64)
     spurious_rate: float = Field(
         0.1, ge=0.0, le=1.0, description="Oracle: chance of a correct but unneeded step."
@@ -249,10 +257,10 @@ class ExperimentConfig(_Section):
     def _consistent(self) -> ExperimentConfig:
         task = self.task
         if task.name == "embedded":
-            if self.teacher.kind != "oracle":
+            if self.teacher.kind == "reference":
                 raise ValueError(
-                    f"teacher.kind '{self.teacher.kind}' needs a real data set; "
-                    "the embedded task uses teacher.kind 'oracle'"
+                    "teacher.kind 'reference' needs a real data set; "
+                    "the embedded task uses teacher.kind 'oracle' (or 'endpoint')"
                 )
             if max(self.data_sizes) > task.n_train_pool:
                 raise ValueError(
@@ -271,6 +279,12 @@ class ExperimentConfig(_Section):
                     f"task '{task.name}' reads local files: set "
                     + " and ".join(f"task.{f}" for f in missing)
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _endpoint_named(self) -> ExperimentConfig:
+        if self.teacher.kind == "endpoint" and not self.teacher.base_url:
+            raise ValueError("teacher.kind 'endpoint' needs teacher.base_url")
         return self
 
     @property

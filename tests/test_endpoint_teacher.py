@@ -259,3 +259,42 @@ def test_teacher_solutions_from_a_vllm_server(tmp_path: Path) -> None:
     assert again.equals(sampled)
     rows = [json.loads(line) for line in cache.read_text().splitlines()]
     assert len(rows) == 18 + 6
+
+
+def test_teacher_solutions_asset_with_an_endpoint_teacher(
+    teacher_stub: Stub, tmp_path: Path
+) -> None:
+    """`teacher.kind: endpoint` in the configuration: the asset asks the server, caches the
+    answers under the warehouse, and a larger data size asks only for its new problems."""
+    import dagster as dg
+
+    from synthdata_assets.defs import build_definitions
+    from synthdata_assets.defs.partitions import partition_key
+    from warehouse import Warehouse
+
+    warehouse = Warehouse(tmp_path / "home")
+    config = load_config(
+        "tiny", overrides={"teacher": {"kind": "endpoint", "base_url": teacher_stub.url}}
+    )
+    defs = build_definitions(config, warehouse)
+
+    def run(names: list[str], key=None) -> None:
+        result = dg.materialize(
+            list(defs.assets or []),
+            selection=names,
+            partition_key=str(key) if key is not None else None,
+            resources=defs.resources,
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+        assert result.success
+
+    run(["problems"])
+    run(["teacher_solutions"], partition_key(32, 0))
+    assert teacher_stub.requests == 32
+    table = pl.read_parquet(
+        warehouse.tables / "teacher_solutions" / "data_size=32" / "seed=0.parquet"
+    )
+    assert table.height == 32 and (table["teacher"] == "endpoint").all()
+    assert 0 < table["is_correct"].sum() < table.height
+    run(["teacher_solutions"], partition_key(64, 0))
+    assert teacher_stub.requests == 64  # the first 32 problems came from the cache

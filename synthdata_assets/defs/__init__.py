@@ -14,7 +14,7 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
     studied = study.build(config, warehouse)
     return dg.Definitions(
         assets=[
-            *data.build(config),
+            *data.build(config, warehouse),
             *models.build(config, warehouse),
             *credit.build(config, warehouse),
             *studied["assets"],

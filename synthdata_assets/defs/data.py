@@ -1,11 +1,14 @@
 """Data assets: the problem pool and the teacher's solutions (D_syn)."""
 
+import hashlib
+
 import dagster as dg
 import polars as pl
 
-from synthdata_assets import datasets
+from synthdata_assets import datasets, teachers
 from synthdata_assets.config import ExperimentConfig
 from synthdata_assets.defs.partitions import current_partition, study_partitions
+from warehouse import Warehouse
 
 GROUP = "data"
 
@@ -14,7 +17,7 @@ def _markdown_sample(text: str) -> dg.MetadataValue:
     return dg.MetadataValue.md("```\n" + text + "\n```")
 
 
-def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
+def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefinition]:
     partitions = study_partitions(config)
     fmt = config.answer_format
 
@@ -62,6 +65,25 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             metadata={"questions_in_both": len(shared)},
         )
 
+    def _endpoint_solutions(subset: pl.DataFrame, seed: int, log) -> pl.DataFrame:
+        # One cache per server, model and seed, shared by every data size: subsets are nested,
+        # so a larger size requests only its new problems, and a crashed run resumes.
+        t = config.teacher
+        digest = hashlib.sha256(f"{t.base_url}\x1f{t.model}".encode()).hexdigest()[:12]
+        return teachers.endpoint_teacher_solutions(
+            subset,
+            base_url=str(t.base_url),
+            model=t.model,
+            n=t.solutions_per_problem,
+            temperature=t.temperature,
+            max_new_tokens=t.max_new_tokens,
+            seed=seed,
+            answer_format=config.answer_format,
+            cache_path=warehouse.root / "cache" / "teacher" / digest / f"seed={seed}.jsonl",
+            concurrency=t.concurrency,
+            log=log,
+        )
+
     @dg.asset(
         group_name=GROUP,
         kinds={"polars", "parquet"},
@@ -76,7 +98,10 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         """The teacher's graded step-by-step solutions for this partition's problems."""
         data_size, seed = current_partition(context)
         subset = datasets.training_subset(problems, data_size, seed)
-        table = datasets.teacher_solutions(config, subset, seed)
+        if config.teacher.kind == "endpoint":
+            table = _endpoint_solutions(subset, seed, context.log.info)
+        else:
+            table = datasets.teacher_solutions(config, subset, seed)
         pass_rate = float(table["is_correct"].mean() or 0.0)
         context.log.info(f"{table.height} solutions, pass rate {pass_rate:.3f}")
         yield dg.Output(
