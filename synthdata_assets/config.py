@@ -192,6 +192,12 @@ class CreditConfig(_Section):
     rollout_temperature: float | None = Field(
         None, ge=0.0, le=5.0, description="Rollout temperature (default: sampling.temperature)."
     )
+    rollout_backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="Engine for step rollouts. auto: vLLM where it is installed and a GPU is "
+        "present (measured faster there), else sampling.backend; on CPUs vLLM measured no "
+        "faster than the transformers backend at these model sizes (README, Backends).",
+    )
     rollout_policy: Literal["pi_sft", "best_of_k"] = "best_of_k"
     k: int = Field(5, ge=1, description="K of the best-of-K rollout policy.")
     pit_rule: Literal["first_zero", "largest_drop"] = "first_zero"

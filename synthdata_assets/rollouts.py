@@ -142,6 +142,20 @@ def rollout_key(checkpoint: str, prompt: str, params: SamplingParams) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def rollout_backend(config: ExperimentConfig) -> str:
+    """The engine of the rollouts: ``credit.rollout_backend``, resolving ``auto``."""
+    chosen = config.credit.rollout_backend
+    if chosen != "auto":
+        return chosen
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        return "vllm"
+    return config.sampling.backend
+
+
 def rollout_params(config: ExperimentConfig, seed: int) -> SamplingParams:
     temperature = config.credit.rollout_temperature
     return SamplingParams(

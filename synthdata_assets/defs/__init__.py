@@ -22,4 +22,8 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
         jobs=studied["jobs"],
         schedules=studied["schedules"],
         resources=resources(warehouse),
+        # Every step of a run in one process: a process per step would import torch,
+        # transformers and the model again (about 7 s each, more than most demo steps take).
+        # Runs still queue on the `accelerator` pool, so parallel runs never share the device.
+        executor=dg.in_process_executor,
     )
