@@ -83,6 +83,9 @@ def main() -> None:
         "--single-problems", type=int, default=10, help="negatives for the one-at-a-time loop"
     )
     parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument(
+        "--batch-size", type=int, help="prompts per forward pass (default: the preset's)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rollouts")
     args = parser.parse_args()
@@ -96,7 +99,8 @@ def main() -> None:
         pool = datasets.problem_pool(config)
         learning.build_base_model(config, pool, work / "base", print)
         checkpoint = str(work / "base")
-    generator = make_generator(args.backend, checkpoint, batch_size=config.sampling.batch_size)
+    batch_size = args.batch_size or config.sampling.batch_size
+    generator = make_generator(args.backend, checkpoint, batch_size=batch_size)
     m = config.credit.rollouts_per_prefix
     params = SamplingParams(
         n=m,
@@ -135,7 +139,7 @@ def main() -> None:
         "checkpoint": checkpoint if args.checkpoint else f"built ({args.pretrain_steps} updates)",
         "parameters": count_parameters(n_params) if n_params is not None else None,
         "rollouts_per_prefix": m,
-        "batch_size": config.sampling.batch_size,
+        "batch_size": batch_size,
         "max_new_tokens": params.max_new_tokens,
         "threads": args.threads,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -149,7 +153,7 @@ def main() -> None:
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     md = [
         f"Rollout generation, {args.preset} preset model ({result['parameters']:,} parameters), "
-        f"backend {args.backend}, M = {m}, {result['machine']}:",
+        f"backend {args.backend}, M = {m}, {batch_size} prompts per batch, {result['machine']}:",
         "",
         "| mode | prefixes | completions | new tokens | seconds | new tokens/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
