@@ -36,8 +36,8 @@ defaults below work around what breaks there, each overridable by keyword:
   (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set): no engine process to spawn, so callers
   need no ``if __name__ == "__main__"`` guard;
 - vLLM's CPU attention supports only some head sizes (32, 64, 80, ..., 256, 512): the
-  project's small presets (head_dim 16) fail with a clear error here, before the engine
-  starts; use the transformers backend for them.
+  presets use 32; a checkpoint with another head size fails with a clear error here, before
+  the engine starts (use the transformers backend for it).
 
 :meth:`VLLMGenerator.token_logprobs` gives each token's log-probability under the model
 (vLLM's prompt log-probs): DPO's reference log-probs without a forward pass in the trainer.
