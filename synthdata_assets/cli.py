@@ -131,6 +131,12 @@ def _materialized(warehouse: Warehouse, asset: str) -> set[str]:
         return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
 
 
+def _study_fingerprint(config) -> str:
+    """Everything that decides what a partition holds, except which partitions exist."""
+    fields = config.model_dump(mode="json", exclude={"preset", "data_sizes", "seeds"})
+    return json.dumps(fields, sort_keys=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from synthdata_assets.defs.study import PARTITIONED_ASSETS
     from synthdata_assets.orchestrate import RunFailed, materialize
@@ -144,6 +150,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"warehouse: {warehouse.root}")
     start = time.perf_counter()
+    # Partitions are reused only if they were made under the same settings: a warehouse that
+    # last ran another configuration (say, the tiny preset) is recomputed, not mixed in.
+    stamp = warehouse.root / "study.json"
+    fingerprint = _study_fingerprint(config)
+    if not args.force and stamp.exists() and stamp.read_text() != fingerprint:
+        print("the configuration differs from the one this warehouse was built with: recomputing")
+        args.force = True
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
     try:
         done = set() if args.force else _materialized(warehouse, "evaluations")
         if args.force or not (warehouse.tables / "base_model.parquet").exists():

@@ -268,3 +268,14 @@ def _end_to_end(warehouse: Warehouse, instance: dg.DagsterInstance) -> None:
     report = (warehouse.reports / "scaling_report.md").read_text()
     assert all(method in report for method in METHODS)
     assert "plot" in _metadata(curves, "scaling_curves")
+
+
+def test_run_reuses_partitions_only_under_the_same_settings() -> None:
+    from synthdata_assets.cli import _study_fingerprint
+
+    tiny = load_config("tiny")
+    more_sizes = load_config("tiny", overrides={"data_sizes": [32, 64, 128], "seeds": [0, 1]})
+    assert _study_fingerprint(tiny) == _study_fingerprint(more_sizes)
+    assert _study_fingerprint(tiny) != _study_fingerprint(load_config("demo"))
+    other_rule = load_config("tiny", overrides={"credit": {"pit_rule": "largest_drop"}})
+    assert _study_fingerprint(tiny) != _study_fingerprint(other_rule)
