@@ -60,8 +60,10 @@ def materialize(
     cmd += ["--select", selection]
     if partition:
         cmd += ["--partition", partition]
-    label = label or f"{selection}" + (f" [{partition}]" if partition else "")
-    label = f"[{label}]" if label and partition and not label.startswith("[") else label
+    if label is None:
+        label = selection + (f" [{partition}]" if partition else "")
+    elif partition:
+        label = f"[{label}]"
     if echo:
         print(f"  … {label}", flush=True)
     start = time.perf_counter()
