@@ -119,3 +119,39 @@ def test_tiny_preset_end_to_end_on_vllm(
     # Every generating stage ran on vLLM: policy samples and step rollouts from pi_sft, and
     # the evaluation of each of the five models.
     assert len(engines) >= 2 + len(METHODS), engines
+
+
+def test_tiny_preset_with_a_teacher_served_by_vllm(warehouse: Warehouse, tmp_path) -> None:
+    """The tiny preset end to end with `teacher.kind: endpoint`: teacher solutions come from a
+    real vLLM server on 127.0.0.1 through the OpenAI-compatible backend, the rest of the
+    study runs on them as usual."""
+    from test_endpoint_teacher import _vllm_server
+    from test_openai_backend import _tiny_trained_checkpoint
+
+    teacher = _tiny_trained_checkpoint(tmp_path / "teacher")
+    with _vllm_server(teacher, tmp_path / "server.log") as url:
+        overrides = {
+            **OVERRIDES,
+            "sampling": {"backend": "transformers"},
+            # A briefly trained teacher is right now and then; several solutions per problem
+            # give SFT some verified positives to train on.
+            "teacher": {
+                "kind": "endpoint",
+                "base_url": url,
+                "solutions_per_problem": 4,
+                "temperature": 1.0,
+                "max_new_tokens": 96,
+            },
+        }
+        defs = build_definitions(load_config("tiny", overrides=overrides), warehouse)
+        with dg.instance_for_test() as instance:
+            assert _run(defs, ["problems", "base_model"], None, instance).success
+            result = _run(defs, PARTITIONED_ASSETS, partition_key(32, 0), instance)
+    assert result.success
+    part = ("data_size=32", "seed=0.parquet")
+    solutions = pl.read_parquet(warehouse.tables.joinpath("teacher_solutions", *part))
+    assert solutions.height == 32 * 4 and (solutions["teacher"] == "endpoint").all()
+    assert solutions["is_correct"].any()
+    evals = pl.read_parquet(warehouse.tables.joinpath("evaluations", *part))
+    assert set(evals["method"]) == METHODS
+    assert (warehouse.root / "cache" / "teacher").is_dir()
