@@ -145,6 +145,14 @@ def _no_nulls(df: pl.DataFrame, columns: Iterable[str], name: str) -> None:
             raise ValueError(f"{name}.{c} has {n} null value(s)")
 
 
+def _typed(df: pl.DataFrame, schema: dict[str, pl.DataType], name: str) -> pl.DataFrame:
+    """``df``'s columns of ``schema``, cast to its types, none of them null."""
+    _require(df, schema, name)
+    out = df.select(pl.col(c).cast(dtype) for c, dtype in schema.items())
+    _no_nulls(out, out.columns, name)
+    return out
+
+
 def _first_row(df: pl.DataFrame) -> dict:
     return df.row(0, named=True)
 
@@ -178,21 +186,21 @@ def q_values(
         raise ValueError(f"unknown rollout policy {policy!r}; allowed: {ROLLOUT_POLICIES}")
     if policy == "best_of_k" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"best_of_k needs an integer k >= 1, got {k!r}")
-    _require(rollouts, ["sample_id", "step_idx", "rollout_idx", "is_correct"], "rollouts")
-    _require(terminal, ["sample_id", "n_steps", "is_correct"], "terminal")
-    r = rollouts.select(
-        pl.col("sample_id").cast(pl.String),
-        pl.col("step_idx").cast(pl.Int64),
-        pl.col("rollout_idx").cast(pl.Int64),
-        pl.col("is_correct").cast(pl.Boolean),
+    r = _typed(
+        rollouts,
+        {
+            "sample_id": pl.String,
+            "step_idx": pl.Int64,
+            "rollout_idx": pl.Int64,
+            "is_correct": pl.Boolean,
+        },
+        "rollouts",
     )
-    t = terminal.select(
-        pl.col("sample_id").cast(pl.String),
-        pl.col("n_steps").cast(pl.Int64),
-        pl.col("is_correct").cast(pl.Boolean),
+    t = _typed(
+        terminal,
+        {"sample_id": pl.String, "n_steps": pl.Int64, "is_correct": pl.Boolean},
+        "terminal",
     )
-    _no_nulls(r, r.columns, "rollouts")
-    _no_nulls(t, t.columns, "terminal")
     _no_duplicates(r, ["sample_id", "step_idx", "rollout_idx"], "rollouts")
     _no_duplicates(t, ["sample_id"], "terminal")
     empty = t.filter(pl.col("n_steps") < 1)
@@ -299,25 +307,27 @@ def step_advantages(
     """
     if pit_rule not in PIT_RULES:
         raise ValueError(f"unknown pit rule {pit_rule!r}; allowed: {PIT_RULES}")
-    _require(q, ["sample_id", "step_idx", "q_value", "n_rollouts"], "q")
-    _require(
-        steps, ["sample_id", "problem_id", "step_idx", "step_text", "sample_is_correct"], "steps"
+    qq = _typed(
+        q,
+        {
+            "sample_id": pl.String,
+            "step_idx": pl.Int64,
+            "q_value": pl.Float64,
+            "n_rollouts": pl.Int64,
+        },
+        "q",
     )
-    qq = q.select(
-        pl.col("sample_id").cast(pl.String),
-        pl.col("step_idx").cast(pl.Int64),
-        pl.col("q_value").cast(pl.Float64),
-        pl.col("n_rollouts").cast(pl.Int64),
+    ss = _typed(
+        steps,
+        {
+            "sample_id": pl.String,
+            "problem_id": pl.String,
+            "step_idx": pl.Int64,
+            "step_text": pl.String,
+            "sample_is_correct": pl.Boolean,
+        },
+        "steps",
     )
-    ss = steps.select(
-        pl.col("sample_id").cast(pl.String),
-        pl.col("problem_id").cast(pl.String),
-        pl.col("step_idx").cast(pl.Int64),
-        pl.col("step_text").cast(pl.String),
-        pl.col("sample_is_correct").cast(pl.Boolean),
-    )
-    _no_nulls(qq, qq.columns, "q")
-    _no_nulls(ss, ss.columns, "steps")
     _no_duplicates(qq, ["sample_id", "step_idx"], "q")
     _no_duplicates(ss, ["sample_id", "step_idx"], "steps")
 

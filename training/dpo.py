@@ -90,6 +90,7 @@ from training.sft import (
     _lr_factor,
     _micro_batches,
     _param_groups,
+    _run_summary,
     collate_examples,
 )
 
@@ -436,18 +437,10 @@ def train_dpo(
         last_epoch = accelerator.reduce(last_epoch.to(accelerator.device), "sum").cpu()
     accelerator.unwrap_model(prepared).eval()
     accelerator.free_memory()
-    tail = losses[-max(1, math.ceil(len(losses) / 10)) :]
     return DPOStats(
-        steps=len(losses),
-        epochs=len(losses) / updates_per_epoch,
-        final_loss=losses[-1],
-        mean_loss_last_10pct=sum(tail) / len(tail),
-        tokens=tokens,
-        tokens_per_second=tokens / max(seconds, 1e-9),
-        seconds=seconds,
+        **_run_summary(losses, updates_per_epoch, tokens, seconds),
         examples=len(pairs),
         dropped=dropped,
-        losses=losses,
         reward_accuracy=float(last_epoch[1] / last_epoch[0]),
         mean_margin=float(last_epoch[2] / last_epoch[0]),
         zero_weight=zero_weight,

@@ -262,19 +262,26 @@ def train_sft(
 
     accelerator.unwrap_model(prepared).eval()
     accelerator.free_memory()
-    tail = losses[-max(1, math.ceil(len(losses) / 10)) :]
     return TrainStats(
-        steps=len(losses),
-        epochs=len(losses) / updates_per_epoch,
-        final_loss=losses[-1],
-        mean_loss_last_10pct=sum(tail) / len(tail),
-        tokens=tokens,
-        tokens_per_second=tokens / max(seconds, 1e-9),
-        seconds=seconds,
+        **_run_summary(losses, updates_per_epoch, tokens, seconds),
         examples=len(kept),
         dropped=dropped,
-        losses=losses,
     )
+
+
+def _run_summary(losses: list[float], updates_per_epoch: int, tokens: int, seconds: float) -> dict:
+    """The :class:`TrainStats` fields every trainer (SFT, DPO) derives from its loss curve."""
+    tail = losses[-max(1, math.ceil(len(losses) / 10)) :]
+    return {
+        "steps": len(losses),
+        "epochs": len(losses) / updates_per_epoch,
+        "final_loss": losses[-1],
+        "mean_loss_last_10pct": sum(tail) / len(tail),
+        "tokens": tokens,
+        "tokens_per_second": tokens / max(seconds, 1e-9),
+        "seconds": seconds,
+        "losses": losses,
+    }
 
 
 def _micro_batches(
