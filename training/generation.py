@@ -76,6 +76,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicLayer
 
 from synthdata_assets.config import SamplingConfig
 from training.checkpoint import Dtype, load_checkpoint
@@ -203,26 +204,16 @@ class TransformersGenerator:
         # Greedy samples of one prompt are all equal: decode once, repeat.
         draws = 1 if params.temperature == 0 else params.n
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i][0]), reverse=True)
+        tokens, finish = self._decode(
+            [encoded[i][0] for i in order], [prompts[i] for i in order], draws, params
+        )
         results: list[list[Completion]] = [[] for _ in prompts]
-        total, done, new_tokens = len(prompts) * params.n, 0, 0
-        start = last_log = time.perf_counter()
-        for first in range(0, len(order), self.batch_size):
-            batch = order[first : first + self.batch_size]
-            completions = self._generate_batch(
-                [encoded[i][0] for i in batch], [prompts[i] for i in batch], draws, params
-            )
-            for i, samples in zip(batch, completions, strict=True):
-                results[i] = samples * (params.n // draws)
-                new_tokens += sum(c.num_tokens for c in samples)
-            done += len(batch) * params.n
-            now = time.perf_counter()
-            # Quick calls (single prompts, tests) stay quiet; long ones report as they go.
-            if now - last_log >= _LOG_INTERVAL_S or (done == total and now - start >= 1.0):
-                self.log(
-                    f"sampled {done}/{total} sequences, "
-                    f"{new_tokens / max(now - start, 1e-9):,.0f} new tokens/s"
-                )
-                last_log = now
+        for rank, i in enumerate(order):
+            samples = [
+                self._completion(tokens[row], finish[row], params.stop)
+                for row in range(rank * draws, (rank + 1) * draws)
+            ]
+            results[i] = samples * (params.n // draws)
         return results
 
     @property
@@ -236,13 +227,95 @@ class TransformersGenerator:
         head = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []
         return head + ids[len(ids) - (room - len(head)) :], True
 
-    def _generate_batch(
+    def _decode(
         self,
         prompt_ids: list[list[int]],
         prompts: list[str],
         draws: int,
         params: SamplingParams,
-    ) -> list[list[Completion]]:
+    ) -> tuple[list[list[int]], list[str]]:
+        """Continuous batching: the new tokens and finish reason of every row (row
+        ``p * draws + j`` is sample ``j`` of prompt ``p``)."""
+        capacity = self.batch_size * draws  # rows in flight
+        # Refill once a quarter of the rows (at least one prompt's) has finished: each refill
+        # costs a prefill and a copy of the cache, so not after every finished row.
+        refill_at = capacity - max(draws, capacity // 4)
+        rows = len(prompt_ids) * draws
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        finish = [""] * rows
+        stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1
+        started, done, new_tokens = 0, 0, 0
+        start = last_log = time.perf_counter()
+        batch: _Batch | None = None
+        while True:
+            live = 0 if batch is None else batch.live
+            if started < len(prompt_ids) and live <= refill_at:
+                group = range(
+                    started, min(started + max(1, (capacity - live) // draws), len(prompt_ids))
+                )
+                started = group.stop
+                fresh = self._prefill(
+                    [prompt_ids[p] for p in group],
+                    [prompts[p] for p in group],
+                    group.start,
+                    draws,
+                    params,
+                )
+                batch = fresh if batch is None else batch.absorb(fresh)
+            if batch is None:
+                break
+            chosen = _choose(batch.logits, batch.uniforms_now(), params)
+            finished = []
+            for position, (row, token) in enumerate(zip(batch.rows, chosen.tolist(), strict=True)):
+                if row < 0:  # finished earlier; the place waits for a new row or compaction
+                    continue
+                tokens[row].append(token)
+                if token in self.eos_ids or (
+                    params.stop and self._ends_with_stop(tokens[row], params.stop, stop_window)
+                ):
+                    finish[row] = "stop"
+                elif len(tokens[row]) == params.max_new_tokens:
+                    finish[row] = "length"
+                else:
+                    continue
+                finished.append(position)
+                done += 1
+                new_tokens += len(tokens[row])
+            if finished:
+                batch.retire(finished)
+            now = time.perf_counter()
+            # Quick calls (single prompts, tests) stay quiet; long ones report as they go.
+            if now - last_log >= _LOG_INTERVAL_S or (done == rows and now - start >= 1.0):
+                self.log(
+                    f"sampled {done * (params.n // draws)}/{rows * (params.n // draws)} "
+                    f"sequences, {new_tokens / max(now - start, 1e-9):,.0f} new tokens/s"
+                )
+                last_log = now
+            if batch.live == 0:
+                batch = None
+                if started == len(prompt_ids):
+                    break
+                continue
+            # Finished rows keep decoding (their tokens are ignored) until new rows take their
+            # places. Once no prompt is left, they go when they are a quarter of the batch:
+            # dropping them copies the whole cache.
+            if started == len(prompt_ids) and 4 * (len(batch.rows) - batch.live) >= len(batch.rows):
+                keep = torch.tensor([p for p, row in enumerate(batch.rows) if row >= 0])
+                chosen = chosen[keep.to(chosen.device)]
+                batch = batch.compact()
+            batch.advance(self.model, chosen)
+        return tokens, finish
+
+    def _prefill(
+        self,
+        prompt_ids: list[list[int]],
+        prompts: list[str],
+        first: int,
+        draws: int,
+        params: SamplingParams,
+    ) -> _Batch:
+        """The prompts' KV cache and next-token logits, each prompt repeated ``draws`` times;
+        the prompts are ``first, first + 1, ...`` of the call."""
         device = self.device
         width = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
@@ -252,7 +325,7 @@ class TransformersGenerator:
             mask[row, width - len(ids) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache = _GrowingCache(self.model.config.num_hidden_layers)
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -269,51 +342,15 @@ class TransformersGenerator:
             mask = mask.repeat_interleave(draws, dim=0)
             next_position = next_position.repeat_interleave(draws, dim=0)
         uniforms = _uniforms(prompts, draws, params).to(device) if params.temperature > 0 else None
-
-        rows = len(prompt_ids) * draws
-        active = list(range(rows))  # batch position -> row
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        finish = [""] * rows
-        stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1
-        for step in range(params.max_new_tokens):
-            chosen = _choose(logits, None if uniforms is None else uniforms[:, step], params)
-            keep = []
-            for position, (row, token) in enumerate(zip(active, chosen.tolist(), strict=True)):
-                tokens[row].append(token)
-                if token in self.eos_ids or (
-                    params.stop and self._ends_with_stop(tokens[row], params.stop, stop_window)
-                ):
-                    finish[row] = "stop"
-                elif step == params.max_new_tokens - 1:
-                    finish[row] = "length"
-                else:
-                    keep.append(position)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, next_position, chosen = mask[index], next_position[index], chosen[index]
-                uniforms = None if uniforms is None else uniforms[index]
-                active = [active[position] for position in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            out = self.model(
-                input_ids=chosen[:, None],
-                attention_mask=mask,
-                position_ids=next_position[:, None],
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1, :]
-            next_position = next_position + 1
-
-        return [
-            [
-                self._completion(tokens[row], finish[row], params.stop)
-                for row in range(p * draws, (p + 1) * draws)
-            ]
-            for p in range(len(prompt_ids))
-        ]
+        return _Batch(
+            cache=cache,
+            mask=mask,
+            next_position=next_position,
+            logits=logits,
+            rows=list(range(first * draws, (first + len(prompt_ids)) * draws)),
+            steps=torch.zeros(len(prompt_ids) * draws, dtype=torch.long, device=device),
+            uniforms=uniforms,
+        )
 
     def _ends_with_stop(self, tokens: list[int], stop: tuple[str, ...], window: int) -> bool:
         # Checked after every token, so a new stop string ends within the last token, and the
@@ -329,6 +366,249 @@ class TransformersGenerator:
         if cuts:
             text = text[: min(cuts)]
         return Completion(text=text, num_tokens=len(tokens), finish_reason=finish)
+
+
+class _GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views into buffers with room to grow along
+    the sequence, so that a decoding step writes its column in place.
+
+    Hand-written because transformers' caches either concatenate every step (``DynamicLayer``:
+    a copy of the whole cache per token; at 640 rows the two copies per layer took half of a
+    decoding step) or preallocate the full context and attend over all of it with one shared
+    write position (``StaticCache``), which rules out rows of different lengths joining and
+    leaving the batch. Attention over the strided view costs about a fifth more than over a
+    contiguous tensor, far less than the copy.
+    """
+
+    ROOM = 64  # columns allocated ahead
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if length == 0 or length + new > self._keys.shape[-2]:
+            keys, values = self._allocate(key_states, length + new + self.ROOM)
+            if length:
+                keys[:, :, :length] = self.keys
+                values[:, :, :length] = self.values
+            self._keys, self._values = keys, values
+        self._keys[:, :, length : length + new] = key_states
+        self._values[:, :, length : length + new] = value_states
+        self._view(length + new)
+        return self.keys, self.values
+
+    @staticmethod
+    def _allocate(like: torch.Tensor, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Every column is written before it is read (the view covers written columns only).
+        shape = (like.shape[0], like.shape[1], columns, like.shape[3])
+        return like.new_empty(shape), like.new_empty(shape)
+
+    def _view(self, length: int) -> None:
+        self.keys = self._keys[:, :, :length]
+        self.values = self._values[:, :, :length]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        length = self.get_seq_length()
+        self._keys = self._keys.repeat_interleave(repeats, dim=0)
+        self._values = self._values.repeat_interleave(repeats, dim=0)
+        self._view(length)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        length = self.get_seq_length()
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._view(length)
+
+    def trim_left(self, columns: int) -> None:
+        """Drop the first ``columns`` positions (padding that no row attends to any more)."""
+        length = self.get_seq_length()
+        self._keys = self._keys[:, :, columns:]
+        self._values = self._values[:, :, columns:]
+        self._view(length - columns)
+
+    def stack(self, other: _GrowingLayer) -> None:
+        """Append ``other``'s rows below this layer's, both right-aligned (left padding)."""
+        mine, theirs = self.get_seq_length(), other.get_seq_length()
+        width = max(mine, theirs)
+        rows, (_, heads, _, size) = len(self.keys), self.keys.shape
+        # Uninitialised but for the padding, which must be finite: masked attention weights
+        # are exactly 0, and 0 * NaN would still be NaN. The room ahead is written before read.
+        keys = self.keys.new_empty((rows + len(other.keys), heads, width + self.ROOM, size))
+        values = torch.empty_like(keys)
+        for buffer, top, bottom in (
+            (keys, self.keys, other.keys),
+            (values, self.values, other.values),
+        ):
+            buffer[:rows, :, : width - mine] = 0
+            buffer[rows:, :, : width - theirs] = 0
+            buffer[:rows, :, width - mine : width] = top
+            buffer[rows:, :, width - theirs : width] = bottom
+        self._keys, self._values = keys, values
+        self._view(width)
+
+    def widen(self, width: int) -> None:
+        """Left-pads every row to ``width`` positions."""
+        length = self.get_seq_length()
+        if width <= length:
+            return
+        rows, (_, heads, _, size) = len(self.keys), self.keys.shape
+        keys = self.keys.new_empty((rows, heads, width + self.ROOM, size))
+        values = torch.empty_like(keys)
+        for buffer, old in ((keys, self.keys), (values, self.values)):
+            buffer[:, :, : width - length] = 0
+            buffer[:, :, width - length : width] = old
+        self._keys, self._values = keys, values
+        self._view(width)
+
+    def place(self, slots: torch.Tensor, other: _GrowingLayer) -> None:
+        """Overwrites rows ``slots`` with ``other``'s rows, right-aligned (in place: the other
+        rows are not copied)."""
+        width, theirs = self.get_seq_length(), other.get_seq_length()
+        for buffer, new in ((self._keys, other.keys), (self._values, other.values)):
+            buffer[slots, :, : width - theirs] = 0
+            buffer[slots, :, width - theirs : width] = new
+
+
+class _GrowingCache(DynamicCache):
+    """A ``DynamicCache`` made of :class:`_GrowingLayer`."""
+
+    def __init__(self, num_layers: int) -> None:  # pylint: disable=super-init-not-called
+        Cache.__init__(self, layers=[_GrowingLayer() for _ in range(num_layers)])
+
+    def trim_left(self, columns: int) -> None:
+        for layer in self.layers:
+            layer.trim_left(columns)
+
+    def stack(self, other: _GrowingCache) -> None:
+        for layer, theirs in zip(self.layers, other.layers, strict=True):
+            layer.stack(theirs)
+
+    def widen(self, width: int) -> None:
+        for layer in self.layers:
+            layer.widen(width)
+
+    def place(self, slots: torch.Tensor, other: _GrowingCache) -> None:
+        for layer, theirs in zip(self.layers, other.layers, strict=True):
+            layer.place(slots, theirs)
+
+
+@dataclass
+class _Batch:
+    """The rows in flight in :meth:`TransformersGenerator._decode`: their KV cache, attention
+    mask, next position, pending next-token logits, call-wide row number (-1 once finished),
+    tokens drawn so far and random numbers."""
+
+    cache: _GrowingCache
+    mask: torch.Tensor
+    next_position: torch.Tensor
+    logits: torch.Tensor
+    rows: list[int]
+    steps: torch.Tensor
+    uniforms: torch.Tensor | None
+
+    @property
+    def live(self) -> int:
+        return sum(row >= 0 for row in self.rows)
+
+    def uniforms_now(self) -> torch.Tensor | None:
+        """Each row's random number for the token it draws next."""
+        if self.uniforms is None:
+            return None
+        step = self.steps.clamp(max=self.uniforms.shape[1] - 1)  # finished rows run on
+        return self.uniforms.gather(1, step[:, None]).squeeze(1)
+
+    def compact(self) -> _Batch:
+        """Drops the finished rows and the padding columns no remaining row needs."""
+        keep = [position for position, row in enumerate(self.rows) if row >= 0]
+        if len(keep) == len(self.rows):
+            return self
+        index = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        mask = self.mask[index]
+        first = int(mask.any(dim=0).nonzero()[0])
+        if first:
+            self.cache.trim_left(first)
+            mask = mask[:, first:]
+        return _Batch(
+            cache=self.cache,
+            mask=mask,
+            next_position=self.next_position[index],
+            logits=self.logits[index],
+            rows=[self.rows[position] for position in keep],
+            steps=self.steps[index],
+            uniforms=None if self.uniforms is None else self.uniforms[index],
+        )
+
+    def retire(self, positions: list[int]) -> None:
+        """Marks rows finished; their positions stay in the batch until reused or compacted,
+        masked out so that they do not hold back :meth:`trim`."""
+        for position in positions:
+            self.rows[position] = -1
+        self.mask[torch.tensor(positions, device=self.mask.device)] = 0
+
+    def trim(self) -> None:
+        """Drops the leading columns that no row attends to (a view: nothing is copied)."""
+        if bool(self.mask[:, 0].any()):
+            return
+        first = int(self.mask.any(dim=0).nonzero()[0])
+        self.cache.trim_left(first)
+        self.mask = self.mask[:, first:]
+
+    def absorb(self, fresh: _Batch) -> _Batch:
+        """Adds ``fresh``'s rows, in the places of finished rows when there are enough (in
+        place), else below the remaining rows (a copy of the cache)."""
+        free = [position for position, row in enumerate(self.rows) if row < 0]
+        if len(fresh.rows) > len(free):
+            return self.compact().merge(fresh)
+        width = fresh.mask.shape[1]
+        if width > self.mask.shape[1]:
+            self.cache.widen(width)
+            self.mask = torch.nn.functional.pad(self.mask, (width - self.mask.shape[1], 0))
+        free = free[: len(fresh.rows)]
+        slots = torch.tensor(free, device=self.mask.device)
+        self.cache.place(slots, fresh.cache)
+        self.mask[slots] = torch.nn.functional.pad(fresh.mask, (self.mask.shape[1] - width, 0))
+        self.next_position[slots] = fresh.next_position
+        self.logits[slots] = fresh.logits
+        self.steps[slots] = fresh.steps
+        if self.uniforms is not None:
+            self.uniforms[slots] = fresh.uniforms
+        for position, row in zip(free, fresh.rows, strict=True):
+            self.rows[position] = row
+        return self
+
+    def merge(self, other: _Batch) -> _Batch:
+        """This batch's rows followed by ``other``'s, left-padded to a common width."""
+        self.cache.stack(other.cache)
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        mask = torch.cat(
+            [torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in (self.mask, other.mask)]
+        )
+        return _Batch(
+            cache=self.cache,
+            mask=mask,
+            next_position=torch.cat([self.next_position, other.next_position]),
+            logits=torch.cat([self.logits, other.logits]),
+            rows=self.rows + other.rows,
+            steps=torch.cat([self.steps, other.steps]),
+            uniforms=None if self.uniforms is None else torch.cat([self.uniforms, other.uniforms]),
+        )
+
+    def advance(self, model: PreTrainedModel, chosen: torch.Tensor) -> None:
+        """Feeds every row its chosen token; the logits become those of the next token."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        out = model(
+            input_ids=chosen[:, None],
+            attention_mask=self.mask,
+            position_ids=self.next_position[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.logits = out.logits[:, -1, :]
+        self.next_position = self.next_position + 1
+        self.steps = self.steps + 1
+        self.trim()
 
 
 def make_generator(backend: str, folder: str | os.PathLike[str], **kwargs: Any) -> Generator:
