@@ -27,6 +27,8 @@ from training.generation import (
     SamplingParams,
     TransformersGenerator,
     _choose,
+    _extended_by,
+    _prefix_family_order,
     _uniforms,
     make_generator,
 )
@@ -161,6 +163,35 @@ def test_sampling_equals_a_naive_reference(generator, prompts) -> None:
                     logits = model(torch.tensor([ids + new])).logits[:, -1]
                     new.append(int(_choose(logits, uniforms[j : j + 1, step], params)))
             assert tokenizer.decode(new, skip_special_tokens=True) == completion.text
+
+
+def test_step_prefixes_share_their_prefill(generator, problems) -> None:
+    """Step-rollout prompts (every step prefix of a solution, plus duplicates) are prefilled
+    once per solution and sampled through continuous batching; every completion is what the
+    prompt gets alone, with no other prompt to share or batch with."""
+    rng = random.Random(1)
+    prompts = []
+    for problem in problems[20:26]:
+        lines = oracle_solution(problem, rng=rng, slip_rate=1.0).splitlines(keepends=True)
+        head = format_prompt(problem.question)
+        prompts += [head + "".join(lines[:j]) for j in range(len(lines))]
+    prompts += prompts[:3]  # duplicates
+    random.Random(2).shuffle(prompts)
+    ids = [generator.tokenizer(p)["input_ids"] for p in prompts]
+    order = _prefix_family_order(ids)
+    assert sorted(order) == list(range(len(prompts)))
+    source = _extended_by(ids)
+    assert len(set(source)) == 6  # one prefill per solution
+    assert all(ids[source[i]][: len(ids[i])] == ids[i] for i in range(len(ids)))
+    sampled = SamplingParams(n=3, temperature=1.0, max_new_tokens=14, seed=8)
+    greedy = SamplingParams(max_new_tokens=14)
+    alone = TransformersGenerator(generator.model, generator.tokenizer, batch_size=1)
+    for batch_size in (5, 64):  # refills in place, and one group sharing everything
+        shared = TransformersGenerator(generator.model, generator.tokenizer, batch_size=batch_size)
+        for params in (sampled, greedy):
+            assert shared.generate(prompts, params) == [
+                alone.generate([p], params)[0] for p in prompts
+            ]
 
 
 def test_stop_strings_truncate(generator, prompts) -> None:

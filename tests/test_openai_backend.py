@@ -115,18 +115,18 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 outcome = stub.fail(body, attempt, stub.served)
                 if outcome is None:
                     stub.served += 1
-            try:
-                time.sleep(stub.delay)
-                if outcome == "drop":
-                    self.close_connection = True
-                elif outcome is not None:
-                    message = {"error": {"message": f"stub says {outcome}"}}
-                    self._send(outcome, message, **{"Retry-After": "0"})
-                else:
-                    self._send(200, canned(body))
-            finally:
-                with stub.lock:
-                    stub.in_flight -= 1
+            time.sleep(stub.delay)
+            # Out of flight before the client can see an answer: once it has one, it may send
+            # the next request before this thread would get past the send.
+            with stub.lock:
+                stub.in_flight -= 1
+            if outcome == "drop":
+                self.close_connection = True
+            elif outcome is not None:
+                message = {"error": {"message": f"stub says {outcome}"}}
+                self._send(outcome, message, **{"Retry-After": "0"})
+            else:
+                self._send(200, canned(body))
 
     return Handler
 

@@ -25,36 +25,45 @@ The transformers backend
 with a KV cache, rather than ``model.generate``. Measured on 2 CPU cores with a 0.16M-parameter
 Llama trained on the embedded task (256 prompts, batches of 64, up to 96 new tokens, best of
 3): greedy, 20.6k new tokens/s against 17.9k for ``generate``; ``n=4`` at temperature 0.7,
-29.9k against 13.1k. The gain comes from what only the hand loop can do:
+29.9k against 13.1k (before continuous batching, which added about a third on the step-rollout
+workload; see ``benchmarks/rollouts.py``). The gain comes from what only the hand loop can do:
 
 - each prompt is prefilled once and its KV cache copied ``n`` times, instead of prefilling
-  ``n`` copies of the prompt;
-- finished sequences leave the batch at once instead of decoding padding to the end;
+  ``n`` copies of the prompt; a prompt whose tokens begin another prompt of the same prefill
+  group (the step prefixes of one solution, duplicates) is not prefilled at all: its cache
+  and next-token logits are read off the longer prompt's (vLLM calls this prefix caching);
+- continuous batching: up to ``batch_size`` prompts (each with its ``n`` samples) are in
+  flight; a finished sequence stops counting at once, and when a quarter of the rows have
+  finished, new prompts are prefilled into their places, so the batch stays full instead of
+  decoding a long tail for a few sequences;
 - every sample draws its randomness from its own stream, seeded by ``(seed, prompt text,
-  sample index)``, so a completion does not depend on which other prompts share the call or
-  the batch, on ``batch_size`` or on prompt order: sampling the first 250 problems of a
-  subset gives the same samples as sampling them within 500. (Floating-point results of a
-  padded batch can differ in the last bits from an unpadded one, so near-ties in the
-  probabilities may still resolve differently in a different batch; with the same call and
-  seed, outputs are identical.)
+  sample index)`` and indexed by the sample's own token count, so a completion does not
+  depend on which other prompts share the call or the batch, on ``batch_size`` or on prompt
+  order: sampling the first 250 problems of a subset gives the same samples as sampling them
+  within 500. (Floating-point results of a padded batch can differ in the last bits from an
+  unpadded one, so near-ties in the probabilities may still resolve differently in a
+  different batch; with the same call and seed, outputs are identical.)
 
 Sampling draws one uniform number ``u`` per step from that stream and takes the token at which
 the cumulative probability reaches ``1 - u`` (over the vocabulary in id order, or over the
 nucleus sorted by decreasing probability when ``top_p < 1``): inverse-CDF sampling, exact for
 the distribution and cheap in random numbers.
 
-Batches hold up to ``batch_size`` prompts (each with its ``n`` samples), longest prompts first
-and sorted by length so that left padding stays small. A prompt longer than the model's
-context minus ``max_new_tokens`` is left-truncated (keeping ``<bos>``) with a warning through
-``log``, so that prompt and completion always fit in ``max_position_embeddings``. Progress goes
-to ``log`` after a batch when 10 seconds have passed since the last line, and at the end of
-calls longer than a second: sequences done, new tokens per second.
+Prompts are taken longest first, with the prompts that begin a longer one right after it, so
+that left padding stays small and prefixes meet their extensions in one prefill. A prompt
+longer than the model's context minus ``max_new_tokens`` is left-truncated (keeping ``<bos>``)
+with a warning through ``log``, so that prompt and completion always fit in
+``max_position_embeddings``. Progress goes to ``log`` when 10 seconds have passed since the
+last line, and at the end of calls longer than a second: sequences done, new tokens per second.
 
-The KV cache is transformers' ``DynamicCache`` (grown by concatenation); a preallocated
-buffer measured slower here, as attention then runs over strided views. ``torch.compile`` is
-not used: it made sampling slower on the 2-core CPU (shapes change every step). Thread counts
-are the caller's business (``torch.set_num_threads``); note that when another process keeps a
-core busy, two torch threads spin-wait on each other and run many times slower than one.
+The KV cache (:class:`_GrowingCache`) keeps keys and values in buffers with room to grow, so a
+decoding step writes one column in place; rows joining the batch are right-aligned to it
+(left padding), and leading columns that no row needs any more are dropped as a view.
+Transformers' ``DynamicCache`` concatenates instead, copying the whole cache every token: at
+640 rows that copy took half of a decoding step. ``torch.compile`` is not used: it made
+sampling slower on the 2-core CPU (shapes change every step). Thread counts are the caller's
+business (``torch.set_num_threads``); note that when another process keeps a core busy, two
+torch threads spin-wait on each other and run many times slower than one.
 
 The vLLM backend
 ----------------
@@ -203,7 +212,7 @@ class TransformersGenerator:
             )
         # Greedy samples of one prompt are all equal: decode once, repeat.
         draws = 1 if params.temperature == 0 else params.n
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i][0]), reverse=True)
+        order = _prefix_family_order([ids for ids, _ in encoded])
         tokens, finish = self._decode(
             [encoded[i][0] for i in order], [prompts[i] for i in order], draws, params
         )
@@ -317,25 +326,53 @@ class TransformersGenerator:
         """The prompts' KV cache and next-token logits, each prompt repeated ``draws`` times;
         the prompts are ``first, first + 1, ...`` of the call."""
         device = self.device
-        width = max(len(ids) for ids in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-        for row, ids in enumerate(prompt_ids):
+        # Prefix sharing: a prompt whose tokens begin another prompt of the group (a step prefix
+        # of the same solution, a duplicate) is not prefilled; its cache and next-token logits
+        # are read off the longer prompt's, as vLLM's prefix caching does.
+        source = _extended_by(prompt_ids)
+        leaves = sorted(set(source))
+        # Shared prompts need the logits at inner positions: [leaves, positions, vocabulary].
+        # Past a quarter of a GiB of float32 (large vocabularies), prefill every prompt.
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if len(leaves) * max(len(ids) for ids in prompt_ids) * vocab > 2**26:
+            source, leaves = list(range(len(prompt_ids))), list(range(len(prompt_ids)))
+        width = max(len(prompt_ids[leaf]) for leaf in leaves)
+        input_ids = torch.full((len(leaves), width), self.pad_id, dtype=torch.long)
+        leaf_mask = torch.zeros((len(leaves), width), dtype=torch.long)
+        for row, leaf in enumerate(leaves):
+            ids = prompt_ids[leaf]
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            leaf_mask[row, width - len(ids) :] = 1
+        input_ids, leaf_mask = input_ids.to(device), leaf_mask.to(device)
+        positions = (leaf_mask.cumsum(-1) - 1).clamp(min=0)
+        # Column of each prompt's last token within its leaf's row.
+        row_of = {leaf: row for row, leaf in enumerate(leaves)}
+        src = torch.tensor([row_of[leaf] for leaf in source], device=device)
+        lengths = torch.tensor([len(ids) for ids in prompt_ids], device=device)
+        last = width - torch.tensor([len(prompt_ids[leaf]) for leaf in source], device=device)
+        last = last + lengths - 1
+        columns = torch.unique(last)
+        shared = len(leaves) < len(prompt_ids)
         cache = _GrowingCache(self.model.config.num_hidden_layers)
         out = self.model(
             input_ids=input_ids,
-            attention_mask=mask,
+            attention_mask=leaf_mask,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=columns if shared else 1,
         )
-        logits = out.logits[:, -1, :]
-        next_position = positions[:, -1] + 1
+        if not shared:
+            logits, mask = out.logits[:, -1, :], leaf_mask
+        else:
+            logits = out.logits[src, torch.searchsorted(columns, last)]
+            # Each prompt right-aligned at `width`: its column j reads its leaf's column
+            # j + (own length - leaf length); columns left of the prompt are padding, masked.
+            j = torch.arange(width, device=device)
+            read = (j[None, :] + (last + 1 - width)[:, None]).clamp(min=0)
+            cache.gather_rows(src, read)
+            mask = (j[None, :] >= (width - lengths)[:, None]).long()
+        next_position = lengths.clone()
         if draws > 1:
             cache.batch_repeat_interleave(draws)
             logits = logits.repeat_interleave(draws, dim=0)
@@ -389,7 +426,7 @@ class _GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if length == 0 or length + new > self._keys.shape[-2]:
-            keys, values = self._allocate(key_states, length + new + self.ROOM)
+            keys, values = self._allocate(key_states, len(key_states), length + new + self.ROOM)
             if length:
                 keys[:, :, :length] = self.keys
                 values[:, :, :length] = self.values
@@ -400,9 +437,9 @@ class _GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
     @staticmethod
-    def _allocate(like: torch.Tensor, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _allocate(like: torch.Tensor, rows: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Every column is written before it is read (the view covers written columns only).
-        shape = (like.shape[0], like.shape[1], columns, like.shape[3])
+        shape = (rows, like.shape[1], columns, like.shape[3])
         return like.new_empty(shape), like.new_empty(shape)
 
     def _view(self, length: int) -> None:
@@ -461,6 +498,16 @@ class _GrowingLayer(DynamicLayer):
         self._keys, self._values = keys, values
         self._view(width)
 
+    def gather_rows(self, rows: torch.Tensor, columns: torch.Tensor) -> None:
+        """Row ``r`` becomes old row ``rows[r]`` read at columns ``columns[r]``."""
+        width = columns.shape[1]
+        keys, values = self._allocate(self.keys, len(rows), width + self.ROOM)
+        for buffer, old in ((keys, self.keys), (values, self.values)):
+            # [rows, width, heads, size] -> [rows, heads, width, size]
+            buffer[:, :, :width] = old.transpose(1, 2)[rows[:, None], columns].transpose(1, 2)
+        self._keys, self._values = keys, values
+        self._view(width)
+
     def place(self, slots: torch.Tensor, other: _GrowingLayer) -> None:
         """Overwrites rows ``slots`` with ``other``'s rows, right-aligned (in place: the other
         rows are not copied)."""
@@ -483,6 +530,10 @@ class _GrowingCache(DynamicCache):
     def stack(self, other: _GrowingCache) -> None:
         for layer, theirs in zip(self.layers, other.layers, strict=True):
             layer.stack(theirs)
+
+    def gather_rows(self, rows: torch.Tensor, columns: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.gather_rows(rows, columns)
 
     def widen(self, width: int) -> None:
         for layer in self.layers:
@@ -633,6 +684,30 @@ def make_generator(backend: str, folder: str | os.PathLike[str], **kwargs: Any) 
         module = importlib.import_module("training.openai_backend")
         return module.OpenAIGenerator(folder, **kwargs)
     raise ValueError(f"unknown sampling backend {backend!r} (allowed: {', '.join(BACKENDS)})")
+
+
+def _extended_by(prompt_ids: list[list[int]]) -> list[int]:
+    """For each prompt, the index of the longest prompt whose tokens begin with all of its
+    tokens, through chains of prefixes (itself when there is none). In lexicographic order a
+    prompt's extensions follow it directly, so comparing neighbours finds the chains."""
+    lex = sorted(range(len(prompt_ids)), key=lambda i: prompt_ids[i])
+    source = list(range(len(prompt_ids)))
+    for shorter, longer in zip(reversed(lex[:-1]), reversed(lex[1:]), strict=True):
+        ids = prompt_ids[shorter]
+        if prompt_ids[longer][: len(ids)] == ids:
+            source[shorter] = source[longer]
+    return source
+
+
+def _prefix_family_order(prompt_ids: list[list[int]]) -> list[int]:
+    """Prompt indices with every prompt next to the longer prompts it begins (so that they
+    share a prefill), families longest first (so that left padding stays small)."""
+    source = _extended_by(prompt_ids)
+    families: dict[int, list[int]] = {}
+    for i, leaf in enumerate(source):
+        families.setdefault(leaf, []).append(i)
+    ranked = sorted(families.items(), key=lambda item: len(prompt_ids[item[0]]), reverse=True)
+    return [i for leaf, members in ranked for i in [leaf, *(m for m in members if m != leaf)]]
 
 
 def _uniforms(prompts: Sequence[str], draws: int, params: SamplingParams) -> torch.Tensor:
