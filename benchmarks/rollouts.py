@@ -4,9 +4,13 @@ What it measures: the ``step_rollouts`` workload (M completions from every step 
 negative solutions) on a model of the preset's architecture, in new tokens per second,
 
 - **batched**: every prefix in one ``generate`` call, as ``step_rollouts`` does (the
-  generator packs ``sampling.batch_size`` prompts x M samples per forward pass);
+  generator keeps ``sampling.batch_size`` prompts x M samples in flight, refilling the places
+  of finished ones, and prefills the prefixes of one solution once);
 - **one prefix at a time**: one ``generate`` call per prefix (its M samples still share
   that call), the naive loop over prefixes.
+
+The two modes alternate ``--repeats`` times (3) and the median run of each is reported, with
+every run's figure beside it: on a shared 2-core machine single runs vary by tens of percent.
 
 The model is a checkpoint folder (``--checkpoint``, e.g. a demo run's
 ``checkpoints/sft/data_size=1000/seed=0``) or, by default, the preset's base model
