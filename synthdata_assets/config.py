@@ -152,7 +152,7 @@ class SamplingConfig(_Section):
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(160, ge=1)
-    batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+    batch_size: int = Field(128, ge=1, description="Prompts in flight per generation call.")
     samples_per_problem: int = Field(
         4, ge=1, description="K self-generated samples per training problem."
     )

@@ -20,6 +20,7 @@ from synthdata_assets.tasks.embedded import (
     oracle_solution,
     pretraining_facts,
 )
+from training import generation
 from training.checkpoint import save_checkpoint
 from training.generation import (
     Completion,
@@ -165,10 +166,15 @@ def test_sampling_equals_a_naive_reference(generator, prompts) -> None:
             assert tokenizer.decode(new, skip_special_tokens=True) == completion.text
 
 
-def test_step_prefixes_share_their_prefill(generator, problems) -> None:
+@pytest.mark.parametrize("slow_lane_after", [96, 2])
+def test_step_prefixes_share_their_prefill(
+    generator, problems, slow_lane_after: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Step-rollout prompts (every step prefix of a solution, plus duplicates) are prefilled
-    once per solution and sampled through continuous batching; every completion is what the
-    prompt gets alone, with no other prompt to share or batch with."""
+    once per solution and sampled through continuous batching (with rows moving to the slow
+    lane after 2 tokens, in the second case); every completion is what the prompt gets alone,
+    with no other prompt to share or batch with."""
+    monkeypatch.setattr(generation, "_SLOW_LANE_AFTER", slow_lane_after)
     rng = random.Random(1)
     prompts = []
     for problem in problems[20:26]:
@@ -183,7 +189,7 @@ def test_step_prefixes_share_their_prefill(generator, problems) -> None:
     source = _extended_by(ids)
     assert len(set(source)) == 6  # one prefill per solution
     assert all(ids[source[i]][: len(ids[i])] == ids[i] for i in range(len(ids)))
-    sampled = SamplingParams(n=3, temperature=1.0, max_new_tokens=14, seed=8)
+    sampled = SamplingParams(n=3, temperature=1.5, max_new_tokens=40, seed=8)
     greedy = SamplingParams(max_new_tokens=14)
     alone = TransformersGenerator(generator.model, generator.tokenizer, batch_size=1)
     for batch_size in (5, 64):  # refills in place, and one group sharing everything

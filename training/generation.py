@@ -92,6 +92,7 @@ from training.checkpoint import Dtype, load_checkpoint
 
 BACKENDS: tuple[str, ...] = ("transformers", "vllm", "openai")
 _LOG_INTERVAL_S = 10.0
+_SLOW_LANE_AFTER = 96  # tokens drawn before a row leaves the main batch (see _decode)
 
 
 @dataclass(frozen=True)
@@ -257,9 +258,27 @@ class TransformersGenerator:
         stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1
         started, done, new_tokens = 0, 0, 0
         start = last_log = time.perf_counter()
-        batch: _Batch | None = None
+        # Two lanes, each one batch: new prompts join `main`; rows that have drawn
+        # _SLOW_LANE_AFTER tokens move to `slow`. All rows of a batch end at the same column,
+        # so in one batch a long-running row would make every row attend over its length in
+        # padding (measured: 40% of the attention was padding on the step-rollout workload).
+        main: _Batch | None = None
+        slow: _Batch | None = None
         while True:
-            live = 0 if batch is None else batch.live
+            live = 0 if main is None else main.live
+            if started < len(prompt_ids) and live <= refill_at and main is not None:
+                # Long-running rows leave for the slow lane when new rows arrive (then, rather
+                # than every step, so that the slow lane's cache is copied rarely).
+                old = [
+                    position
+                    for position, row in enumerate(main.rows)
+                    if row >= 0 and len(tokens[row]) >= _SLOW_LANE_AFTER
+                ]
+                if old:
+                    moved = main.take(old)
+                    main.retire(old)
+                    slow = moved if slow is None else slow.compact().merge(moved)
+                    live = main.live
             if started < len(prompt_ids) and live <= refill_at:
                 group = range(
                     started, min(started + max(1, (capacity - live) // draws), len(prompt_ids))
@@ -272,28 +291,33 @@ class TransformersGenerator:
                     draws,
                     params,
                 )
-                batch = fresh if batch is None else batch.absorb(fresh)
-            if batch is None:
+                main = fresh if main is None else main.absorb(fresh)
+            if main is None and slow is None:
                 break
-            chosen = _choose(batch.logits, batch.uniforms_now(), params)
-            finished = []
-            for position, (row, token) in enumerate(zip(batch.rows, chosen.tolist(), strict=True)):
-                if row < 0:  # finished earlier; the place waits for a new row or compaction
+            for batch in (main, slow):
+                if batch is None:
                     continue
-                tokens[row].append(token)
-                if token in self.eos_ids or (
-                    params.stop and self._ends_with_stop(tokens[row], params.stop, stop_window)
+                batch.choose(params)
+                finished = []
+                for position, (row, token) in enumerate(
+                    zip(batch.rows, batch.chosen.tolist(), strict=True)
                 ):
-                    finish[row] = "stop"
-                elif len(tokens[row]) == params.max_new_tokens:
-                    finish[row] = "length"
-                else:
-                    continue
-                finished.append(position)
-                done += 1
-                new_tokens += len(tokens[row])
-            if finished:
-                batch.retire(finished)
+                    if row < 0:  # finished earlier; the place waits for a new row or compaction
+                        continue
+                    tokens[row].append(token)
+                    if token in self.eos_ids or (
+                        params.stop and self._ends_with_stop(tokens[row], params.stop, stop_window)
+                    ):
+                        finish[row] = "stop"
+                    elif len(tokens[row]) == params.max_new_tokens:
+                        finish[row] = "length"
+                    else:
+                        continue
+                    finished.append(position)
+                    done += 1
+                    new_tokens += len(tokens[row])
+                if finished:
+                    batch.retire(finished)
             now = time.perf_counter()
             # Quick calls (single prompts, tests) stay quiet; long ones report as they go.
             if now - last_log >= _LOG_INTERVAL_S or (done == rows and now - start >= 1.0):
@@ -302,19 +326,20 @@ class TransformersGenerator:
                     f"sequences, {new_tokens / max(now - start, 1e-9):,.0f} new tokens/s"
                 )
                 last_log = now
-            if batch.live == 0:
-                batch = None
-                if started == len(prompt_ids):
-                    break
-                continue
+            main = None if main is None or main.live == 0 else main
+            slow = None if slow is None or slow.live == 0 else slow
+            if main is None and slow is None and started == len(prompt_ids):
+                break
             # Finished rows keep decoding (their tokens are ignored) until new rows take their
-            # places. Once no prompt is left, they go when they are a quarter of the batch:
-            # dropping them copies the whole cache.
-            if started == len(prompt_ids) and 4 * (len(batch.rows) - batch.live) >= len(batch.rows):
-                keep = torch.tensor([p for p, row in enumerate(batch.rows) if row >= 0])
-                chosen = chosen[keep.to(chosen.device)]
-                batch = batch.compact()
-            batch.advance(self.model, chosen)
+            # places; in a lane that gets no new rows they go once they are a quarter of it
+            # (dropping them copies the lane's cache).
+            if main is not None and started == len(prompt_ids):
+                main = main.compact(at_least=0.25)
+            if slow is not None:
+                slow = slow.compact(at_least=0.25)
+            for batch in (main, slow):
+                if batch is not None:
+                    batch.advance(self.model)
         return tokens, finish
 
     def _prefill(
@@ -496,6 +521,15 @@ class _GrowingLayer(DynamicLayer):
         self._keys, self._values = keys, values
         self._view(width)
 
+    def copy_rows(self, other: _GrowingLayer, rows: torch.Tensor, first: int) -> None:
+        """Becomes a copy of ``other``'s ``rows`` from column ``first`` on."""
+        width = other.get_seq_length() - first
+        self.dtype, self.device, self.is_initialized = other.dtype, other.device, True
+        self._keys, self._values = self._allocate(other.keys, len(rows), width + self.ROOM)
+        self._keys[:, :, :width] = other.keys[rows, :, first:]
+        self._values[:, :, :width] = other.values[rows, :, first:]
+        self._view(width)
+
     def gather_rows(self, rows: torch.Tensor, columns: torch.Tensor) -> None:
         """Row ``r`` becomes old row ``rows[r]`` read at columns ``columns[r]``."""
         width = columns.shape[1]
@@ -533,6 +567,13 @@ class _GrowingCache(DynamicCache):
         for layer in self.layers:
             layer.gather_rows(rows, columns)
 
+    def take(self, rows: torch.Tensor, first: int) -> _GrowingCache:
+        """A new cache holding copies of ``rows`` from column ``first`` on."""
+        taken = _GrowingCache(len(self.layers))
+        for mine, theirs in zip(taken.layers, self.layers, strict=True):
+            mine.copy_rows(theirs, rows, first)
+        return taken
+
     def widen(self, width: int) -> None:
         for layer in self.layers:
             layer.widen(width)
@@ -544,9 +585,9 @@ class _GrowingCache(DynamicCache):
 
 @dataclass
 class _Batch:
-    """The rows in flight in :meth:`TransformersGenerator._decode`: their KV cache, attention
+    """Rows in flight in :meth:`TransformersGenerator._decode`: their KV cache, attention
     mask, next position, pending next-token logits, call-wide row number (-1 once finished),
-    tokens drawn so far and random numbers."""
+    tokens drawn so far, random numbers, and the tokens just drawn (fed by :meth:`advance`)."""
 
     cache: _GrowingCache
     mask: torch.Tensor
@@ -555,43 +596,48 @@ class _Batch:
     rows: list[int]
     steps: torch.Tensor
     uniforms: torch.Tensor | None
+    chosen: torch.Tensor | None = None
 
     @property
     def live(self) -> int:
         return sum(row >= 0 for row in self.rows)
 
-    def uniforms_now(self) -> torch.Tensor | None:
-        """Each row's random number for the token it draws next."""
-        if self.uniforms is None:
-            return None
-        step = self.steps.clamp(max=self.uniforms.shape[1] - 1)  # finished rows run on
-        return self.uniforms.gather(1, step[:, None]).squeeze(1)
+    def choose(self, params: SamplingParams) -> None:
+        """Draws every row's next token (finished rows draw too; it is ignored)."""
+        uniforms = None
+        if self.uniforms is not None:
+            step = self.steps.clamp(max=self.uniforms.shape[1] - 1)  # finished rows run on
+            uniforms = self.uniforms.gather(1, step[:, None]).squeeze(1)
+        self.chosen = _choose(self.logits, uniforms, params)
 
-    def compact(self) -> _Batch:
-        """Drops the finished rows and the padding columns no remaining row needs."""
-        keep = [position for position, row in enumerate(self.rows) if row >= 0]
-        if len(keep) == len(self.rows):
-            return self
-        index = torch.tensor(keep, device=self.mask.device)
-        self.cache.batch_select_indices(index)
+    def take(self, positions: list[int]) -> _Batch:
+        """A new batch of copies of the rows at ``positions``, without the padding columns
+        that none of them needs."""
+        index = torch.tensor(positions, device=self.mask.device)
         mask = self.mask[index]
         first = int(mask.any(dim=0).nonzero()[0])
-        if first:
-            self.cache.trim_left(first)
-            mask = mask[:, first:]
         return _Batch(
-            cache=self.cache,
-            mask=mask,
+            cache=self.cache.take(index, first),
+            mask=mask[:, first:],
             next_position=self.next_position[index],
             logits=self.logits[index],
-            rows=[self.rows[position] for position in keep],
+            rows=[self.rows[position] for position in positions],
             steps=self.steps[index],
             uniforms=None if self.uniforms is None else self.uniforms[index],
+            chosen=None if self.chosen is None else self.chosen[index],
         )
 
+    def compact(self, at_least: float = 0.0) -> _Batch:
+        """Without the finished rows, if they are more than ``at_least`` of the rows."""
+        keep = [position for position, row in enumerate(self.rows) if row >= 0]
+        dead = len(self.rows) - len(keep)
+        if dead == 0 or dead < at_least * len(self.rows):
+            return self
+        return self.take(keep)
+
     def retire(self, positions: list[int]) -> None:
-        """Marks rows finished; their positions stay in the batch until reused or compacted,
-        masked out so that they do not hold back :meth:`trim`."""
+        """Marks rows gone (finished or moved); their positions stay in the batch until reused
+        or compacted, masked out so that they do not hold back :meth:`trim`."""
         for position in positions:
             self.rows[position] = -1
         self.mask[torch.tensor(positions, device=self.mask.device)] = 0
@@ -625,6 +671,7 @@ class _Batch:
             self.uniforms[slots] = fresh.uniforms
         for position, row in zip(free, fresh.rows, strict=True):
             self.rows[position] = row
+        self.chosen = None  # drawn before the new rows came; draw again
         return self
 
     def merge(self, other: _Batch) -> _Batch:
@@ -634,6 +681,7 @@ class _Batch:
         mask = torch.cat(
             [torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in (self.mask, other.mask)]
         )
+        both = self.chosen is not None and other.chosen is not None
         return _Batch(
             cache=self.cache,
             mask=mask,
@@ -642,13 +690,15 @@ class _Batch:
             rows=self.rows + other.rows,
             steps=torch.cat([self.steps, other.steps]),
             uniforms=None if self.uniforms is None else torch.cat([self.uniforms, other.uniforms]),
+            chosen=torch.cat([self.chosen, other.chosen]) if both else None,
         )
 
-    def advance(self, model: PreTrainedModel, chosen: torch.Tensor) -> None:
-        """Feeds every row its chosen token; the logits become those of the next token."""
+    def advance(self, model: PreTrainedModel) -> None:
+        """Feeds every row its drawn token; the logits become those of the next token."""
+        assert self.chosen is not None, "choose() before advance()"
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
         out = model(
-            input_ids=chosen[:, None],
+            input_ids=self.chosen[:, None],
             attention_mask=self.mask,
             position_ids=self.next_position[:, None],
             past_key_values=self.cache,
@@ -657,6 +707,7 @@ class _Batch:
         self.logits = out.logits[:, -1, :]
         self.next_position = self.next_position + 1
         self.steps = self.steps + 1
+        self.chosen = None
         self.trim()
 
 
@@ -704,7 +755,7 @@ def _prefix_family_order(prompt_ids: list[list[int]]) -> list[int]:
     families: dict[int, list[int]] = {}
     for i, leaf in enumerate(source):
         families.setdefault(leaf, []).append(i)
-    ranked = sorted(families.items(), key=lambda item: len(prompt_ids[item[0]]), reverse=True)
+    ranked = sorted(families.items(), key=lambda item: len(prompt_ids[item[0]]))
     return [i for leaf, members in ranked for i in [leaf, *(m for m in members if m != leaf)]]
 
 
