@@ -35,7 +35,8 @@ workload; see ``benchmarks/rollouts.py``). The gain comes from what only the han
 - continuous batching: up to ``batch_size`` prompts (each with its ``n`` samples) are in
   flight; a finished sequence stops counting at once, and when a quarter of the rows have
   finished, new prompts are prefilled into their places, so the batch stays full instead of
-  decoding a long tail for a few sequences;
+  decoding a long tail for a few sequences; rows that have drawn 96 tokens move to a second
+  batch (the slow lane), because every row of a batch attends over the longest row's span;
 - every sample draws its randomness from its own stream, seeded by ``(seed, prompt text,
   sample index)`` and indexed by the sample's own token count, so a completion does not
   depend on which other prompts share the call or the batch, on ``batch_size`` or on prompt
@@ -372,10 +373,10 @@ class TransformersGenerator:
             leaf_mask[row, width - len(ids) :] = 1
         input_ids, leaf_mask = input_ids.to(device), leaf_mask.to(device)
         positions = (leaf_mask.cumsum(-1) - 1).clamp(min=0)
-        # Column of each prompt's last token within its leaf's row.
         row_of = {leaf: row for row, leaf in enumerate(leaves)}
         src = torch.tensor([row_of[leaf] for leaf in source], device=device)
         lengths = torch.tensor([len(ids) for ids in prompt_ids], device=device)
+        # The column of each prompt's last token within its leaf's row.
         last = width - torch.tensor([len(prompt_ids[leaf]) for leaf in source], device=device)
         last = last + lengths - 1
         columns = torch.unique(last)
