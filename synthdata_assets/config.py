@@ -201,6 +201,12 @@ class CreditConfig(_Section):
     rollout_policy: Literal["pi_sft", "best_of_k"] = "best_of_k"
     k: int = Field(5, ge=1, description="K of the best-of-K rollout policy.")
     pit_rule: Literal["first_zero", "largest_drop"] = "first_zero"
+    early_stop: bool = Field(
+        False,
+        description="Stop rolling out a negative after its first pit (the first step whose M "
+        "rollouts all fail): fewer completions, no Q-values after the pit. Needs pit_rule "
+        "first_zero.",
+    )
     step_rule: Literal["auto", "lines", "blank_lines", "sentences"] = Field(
         "auto", description="How a solution splits into steps (auto: the task's default)."
     )
@@ -215,6 +221,15 @@ class CreditConfig(_Section):
         description="Weight each per-step pair by exp(-A_pit / dpo_beta), normalised to mean "
         "1: pits that lose more value count more.",
     )
+
+    @model_validator(mode="after")
+    def _early_stop_needs_first_zero(self) -> CreditConfig:
+        if self.early_stop and self.pit_rule != "first_zero":
+            raise ValueError(
+                f"early_stop needs pit_rule 'first_zero' (got {self.pit_rule!r}): the largest "
+                "drop can come after the first zero, so every prefix must be rolled out"
+            )
+        return self
 
     @model_validator(mode="after")
     def _k_fits(self) -> CreditConfig:

@@ -22,7 +22,9 @@ rollouts correct, under the rollout policy (``ROLLOUT_POLICIES``):
 
 Missing data is an error, never a silent zero: a prefix ``0..L-1`` without rollouts, a
 rollout of a prefix outside ``0..L-1``, a rollout of a sample without a terminal row, or
-duplicate rollout ids all raise ``ValueError`` naming the sample and step. A sample must have
+duplicate rollout ids all raise ``ValueError`` naming the sample and step. The one exception
+is early stop (``stopped_at_pit``): the prefixes after the first one ``i >= 1`` whose
+rollouts all failed were never rolled out, and their Q is null (unknown), not 0. A sample must have
 at least one step (an empty solution has no prefixes to credit: drop it upstream).
 
 Advantages and pits (``step_advantages``)
@@ -145,11 +147,13 @@ def _no_nulls(df: pl.DataFrame, columns: Iterable[str], name: str) -> None:
             raise ValueError(f"{name}.{c} has {n} null value(s)")
 
 
-def _typed(df: pl.DataFrame, schema: dict[str, pl.DataType], name: str) -> pl.DataFrame:
-    """``df``'s columns of ``schema``, cast to its types, none of them null."""
+def _typed(
+    df: pl.DataFrame, schema: dict[str, pl.DataType], name: str, nullable: Iterable[str] = ()
+) -> pl.DataFrame:
+    """``df``'s columns of ``schema``, cast to its types, none of them null but ``nullable``."""
     _require(df, schema, name)
     out = df.select(pl.col(c).cast(dtype) for c, dtype in schema.items())
-    _no_nulls(out, out.columns, name)
+    _no_nulls(out, [c for c in out.columns if c not in set(nullable)], name)
     return out
 
 
@@ -176,11 +180,15 @@ def q_values(
     *,
     policy: str = "best_of_k",
     k: int = 5,
+    stopped_at_pit: bool = False,
 ) -> pl.DataFrame:
     """Q of every prefix ``0..L`` of every sample (``Q_SCHEMA``), sorted by sample and step.
 
     ``rollouts``: sample_id, step_idx (0..L-1), rollout_idx, is_correct.
     ``terminal``: sample_id, n_steps (L), is_correct (the finished sample's grade).
+    ``stopped_at_pit``: rollouts were stopped at the first pit (``credit.early_stop``), so the
+    prefixes after the first prefix ``i >= 1`` whose rollouts all failed may be missing; their
+    Q is null (unknown, not 0), with ``n_rollouts`` 0. Any other missing prefix still raises.
     """
     if policy not in ROLLOUT_POLICIES:
         raise ValueError(f"unknown rollout policy {policy!r}; allowed: {ROLLOUT_POLICIES}")
@@ -237,21 +245,36 @@ def q_values(
         .explode("step_idx")
         .join(counts, on=["sample_id", "step_idx"], how="left")
     )
-    missing = grid.filter(pl.col("n_rollouts").is_null())
+    if stopped_at_pit:
+        zero = (pl.col("step_idx") >= 1) & (pl.col("n_correct") == 0)
+        pit = pl.when(zero).then(pl.col("step_idx")).min().over("sample_id")
+        grid = grid.with_columns(
+            (pl.col("n_rollouts").is_null() & (pl.col("step_idx") > pit))
+            .fill_null(False)
+            .alias("skipped")
+        )
+    else:
+        grid = grid.with_columns(pl.lit(False).alias("skipped"))
+    missing = grid.filter(pl.col("n_rollouts").is_null() & ~pl.col("skipped"))
     if missing.height:
         row = _first_row(missing.sort("sample_id", "step_idx"))
         raise ValueError(
             f"no rollouts for sample {row['sample_id']!r} at step_idx {row['step_idx']} "
             f"({missing.height} prefixes missing in all); every prefix 0..L-1 must be rolled "
             "out (a missing prefix is never read as Q = 0)"
+            + ("" if not stopped_at_pit else ", up to the first one whose rollouts all fail")
         )
+    grid = grid.with_columns(pl.col("n_rollouts").fill_null(0), pl.col("n_correct").fill_null(0))
     grid = grid.with_columns(
-        (pl.col("n_correct") / pl.col("n_rollouts")).cast(pl.Float64).alias("success_rate")
+        pl.when(~pl.col("skipped"))
+        .then(pl.col("n_correct") / pl.col("n_rollouts"))
+        .cast(pl.Float64)
+        .alias("success_rate")
     )
     if policy == "pi_sft":
         q = pl.col("success_rate")
     else:
-        short = grid.filter(pl.col("n_rollouts") < k)
+        short = grid.filter((pl.col("n_rollouts") < k) & ~pl.col("skipped"))
         if short.height:
             row = _first_row(short.sort("sample_id", "step_idx"))
             raise ValueError(
@@ -270,7 +293,8 @@ def q_values(
             )
         q = 1.0 - failing
     rolled = grid.with_columns(
-        q.cast(pl.Float64).alias("q_value"), pl.lit(False).alias("is_terminal")
+        pl.when(~pl.col("skipped")).then(q).cast(pl.Float64).alias("q_value"),
+        pl.lit(False).alias("is_terminal"),
     )
     value = pl.col("is_correct").cast(pl.Float64)
     finals = t.select(
@@ -316,7 +340,16 @@ def step_advantages(
             "n_rollouts": pl.Int64,
         },
         "q",
+        nullable=["q_value"],
     )
+    unknown = qq.filter(pl.col("q_value").is_null() & (pl.col("n_rollouts") > 0))
+    if unknown.height:
+        row = _first_row(unknown)
+        raise ValueError(
+            f"q: sample {row['sample_id']!r} step {row['step_idx']} has a null q_value from "
+            f"{row['n_rollouts']} rollouts; only prefixes skipped by early stop (no rollouts) "
+            "may have an unknown Q"
+        )
     ss = _typed(
         steps,
         {

@@ -26,7 +26,16 @@ draw sample ``j`` of a prompt from a stream seeded by (seed, prompt, j), so a ro
 same key and index is the same completion whether it is generated now or was generated
 before. ``step_rollouts`` therefore reads its previous file for the partition and generates
 only the (key, index) pairs it lacks: re-estimating Q with another policy, K or pit rule
-generates nothing, and raising M generates only the new indices. The checkpoint's identity is
+generates nothing, and raising M generates only the new indices.
+
+Early stop (``credit.early_stop``)
+----------------------------------
+Off by default. On, the prefixes are rolled out in rounds (prefix 0 of every sample, then
+prefix 1, ...; each round one batched call) and a negative stops after its first pit, the
+first prefix ``i >= 1`` whose M rollouts all fail: its later prefixes are never generated and
+their Q is null in ``step_advantages``. It needs ``pit_rule: first_zero``. The rows it does
+generate have the same keys as a full run's, so turning it off later generates only the
+skipped prefixes. The checkpoint's identity is
 the Dagster run that wrote it, so retraining pi_sft invalidates every rollout.
 
 """
@@ -95,6 +104,7 @@ def rolled_out_samples(samples: pl.DataFrame, config: ExperimentConfig) -> pl.Da
         samples.filter(~pl.col("is_correct"))
         .group_by("problem_id", maintain_order=True)
         .head(config.credit.max_negatives_per_problem)
+        .select(samples.columns)  # group_by puts the key first
     )
     if not config.credit.rollout_positives:
         return negatives
@@ -261,7 +271,10 @@ def generate_rollouts(
         stats["generated"] += len(keys) * m
         stats["prompts"] += len(keys)
 
-    fetch(requests)
+    if config.credit.early_stop:
+        requests = _roll_out_until_pits(requests, chosen, outcomes, fetch, stats)
+    else:
+        fetch(requests)
 
     rows = []
     for sid, pid, i, _text, _prompt, key in requests:
@@ -288,12 +301,57 @@ def generate_rollouts(
     table = pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
     stats["samples"] = chosen.height
     stats["tokens_per_second"] = stats["new_tokens"] / stats["seconds"] if stats["seconds"] else 0.0
+    stats.setdefault("skipped_prefixes", 0)
     log(
         f"step rollouts: {chosen.height} samples, {len(requests)} prefixes, "
         f"{stats['generated']} completions generated ({stats['prompts']} distinct prompts x {m}), "
         f"{stats['reused']} reused"
+        + (
+            f", {stats['skipped_prefixes']} prefixes after first pits skipped"
+            if config.credit.early_stop
+            else ""
+        )
     )
     return table, stats
+
+
+def _roll_out_until_pits(
+    requests: list[tuple],
+    chosen: pl.DataFrame,
+    outcomes: dict[str, list[dict]],
+    fetch: Callable[[Sequence[tuple]], None],
+    stats: dict,
+) -> list[tuple]:
+    """``credit.early_stop``: roll out prefix 0 of every sample, then prefix 1, ..., each
+    round one batched call across the samples still going; a negative stops after the first
+    prefix ``i >= 1`` whose M rollouts all fail. That prefix is its first pit under
+    ``first_zero`` whatever the rollout policy (pi_sft and best-of-K both give Q = 0 exactly
+    when no rollout succeeds), so the later prefixes cannot change the pit; positives have no
+    pit and are rolled out in full. Returns the requests that were rolled out, in order."""
+    negative = dict(chosen.select("sample_id", ~pl.col("is_correct")).iter_rows())
+    by_sample: dict[str, list[tuple]] = {}
+    for request in requests:
+        by_sample.setdefault(request[0], []).append(request)
+    going = list(by_sample)
+    done: set[tuple[str, int]] = set()
+    step = 0
+    while going:
+        batch = [by_sample[sid][step] for sid in going]
+        fetch(batch)
+        done.update((sid, step) for sid in going)
+        still = []
+        for sid, request in zip(going, batch, strict=True):
+            pit = (
+                step >= 1
+                and negative[sid]
+                and not any(r["is_correct"] for r in outcomes[request[5]])
+            )
+            if not pit and step + 1 < len(by_sample[sid]):
+                still.append(sid)
+        going = still
+        step += 1
+    stats["skipped_prefixes"] = len(requests) - len(done)
+    return [r for r in requests if (r[0], r[2]) in done]
 
 
 def advantages(
@@ -312,6 +370,7 @@ def advantages(
         terminal.select("sample_id", "n_steps", "is_correct"),
         policy=config.credit.rollout_policy,
         k=config.credit.k,
+        stopped_at_pit=config.credit.early_stop,
     )
     return credit.step_advantages(
         q,

@@ -162,6 +162,55 @@ def test_q_values_missing_and_bad_inputs():
     assert empty.height == 0 and empty.schema == Q_SCHEMA
 
 
+def test_q_values_stopped_at_pit():
+    """With early stop, the prefixes after the first all-failing prefix i >= 1 may be missing:
+    their Q is null, never 0; any other gap still raises."""
+    terminal = terminal_frame([("a", 4, False), ("b", 3, False)])
+    stopped = {
+        ("a", 0): [True] * 5,
+        ("a", 1): [True, False, False, False, False],
+        ("a", 2): [False] * 5,  # the first pit: prefixes 3 is never rolled out
+        ("b", 0): [False] * 5,  # q_0 == 0 is not a pit: b goes on
+        ("b", 1): [True] * 5,
+        ("b", 2): [True] * 5,
+    }
+    with pytest.raises(ValueError, match="no rollouts for sample 'a' at step_idx 3"):
+        q_values(rollouts_frame(stopped), terminal)
+    for policy in ("pi_sft", "best_of_k"):
+        q = q_values(rollouts_frame(stopped), terminal, policy=policy, stopped_at_pit=True)
+        assert q_of(q, "a")[2:] == [0.0, None, 0.0]
+        assert (
+            q.filter((pl.col("sample_id") == "a") & (pl.col("step_idx") == 3)).row(0, named=True)[
+                "n_rollouts"
+            ]
+            == 0
+        )
+        assert None not in q_of(q, "b")
+    gap = {key: v for key, v in stopped.items() if key != ("a", 1)}
+    with pytest.raises(ValueError, match="step_idx 1.*up to the first one whose rollouts all"):
+        q_values(rollouts_frame(gap), terminal, stopped_at_pit=True)
+    adv = step_advantages(
+        q_values(rollouts_frame(stopped), terminal, stopped_at_pit=True),
+        pl.DataFrame(
+            {
+                "sample_id": ["a"] * 4 + ["b"] * 3,
+                "problem_id": ["p"] * 7,
+                "step_idx": [1, 2, 3, 4, 1, 2, 3],
+                "step_text": ["x"] * 7,
+                "sample_is_correct": [False] * 7,
+            }
+        ),
+    )
+    assert pits_of(adv) == {"a": 2, "b": 3}
+    assert adv.filter(pl.col("sample_id") == "a")["advantage"].to_list()[3:] == [None, None]
+    q, steps = hand_q({"n": (False, [0.5, 0.0, 0.0])})
+    q = q.with_columns(
+        pl.when(pl.col("step_idx") == 1).then(None).otherwise(pl.col("q_value")).alias("q_value")
+    )
+    with pytest.raises(ValueError, match="null q_value from 4 rollouts"):
+        step_advantages(q, steps)
+
+
 # --------------------------------------------------------------------------------------------
 # advantages and pits
 

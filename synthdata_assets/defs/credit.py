@@ -58,6 +58,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
                 "completions_generated": stats["generated"],
                 "completions_reused": stats["reused"],
                 "distinct_prompts_generated": stats["prompts"],
+                "prefixes_skipped_after_pits": stats["skipped_prefixes"],
                 "new_tokens": stats["new_tokens"],
                 "tokens_per_second": round(stats["tokens_per_second"], 1),
                 "rollout_success_rate": float(table["is_correct"].mean()) if table.height else None,
