@@ -21,7 +21,7 @@ from synthdata_assets.datasets import embedded_params
 from synthdata_assets.tasks import embedded
 from synthdata_assets.verify import grade_many
 from training.checkpoint import load_checkpoint, load_model_reference, save_checkpoint
-from training.generation import SamplingParams, make_generator
+from training.generation import SamplingParams, TransformersGenerator, make_generator
 from training.model import build_tiny_llama, count_parameters
 from training.prompts import format_example, format_prompt
 from training.sft import train_sft
@@ -115,7 +115,7 @@ def build_base_model(
     )
     model = build_tiny_llama(m, tokenizer, seed=config.task.pool_seed)
     log(f"base model: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}")
-    stats = None
+    stats, drill_accuracy = None, None
     if m.arithmetic_steps > 0:
         # Phase 1: the arithmetic table, loss on results only (see embedded.arithmetic_drill).
         log(f"pretraining phase 1: {len(drill)} arithmetic facts, {m.arithmetic_steps} updates")
@@ -129,6 +129,8 @@ def build_base_model(
             log=log,
             max_steps=m.arithmetic_steps,
         )
+        drill_accuracy = _drill_accuracy(model, tokenizer, drill)
+        log(f"pretraining phase 1: arithmetic drill accuracy {drill_accuracy:.1%} (greedy)")
     if m.pretrain_steps > 0:
         # Phase 2: easier problems in the task's format, with the facts mixed in so that the
         # table is not forgotten.
@@ -146,7 +148,19 @@ def build_base_model(
         )
     save_checkpoint(model, tokenizer, folder, {"method": "base", "preset": config.preset})
     row = _checkpoint_row("base", folder, "", stats, model)
-    return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+    row["drill_accuracy"] = drill_accuracy
+    return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
+
+
+def _drill_accuracy(model, tokenizer, drill: Sequence[tuple[str, str]]) -> float:
+    """Share of the arithmetic drill's facts the model completes right, greedily (one token:
+    results are single tokens). Phase 1 is a lottery at a fixed budget (see ModelConfig
+    .arithmetic_steps); this says whether the base model got the table."""
+    outputs = TransformersGenerator(model, tokenizer, batch_size=256).generate(
+        [prompt for prompt, _ in drill], SamplingParams(max_new_tokens=1)
+    )
+    right = sum(o[0].text.strip() == c.strip() for o, (_, c) in zip(outputs, drill, strict=True))
+    return right / len(drill)
 
 
 def fine_tune(

@@ -166,6 +166,8 @@ def _end_to_end(warehouse: Warehouse, instance: dg.DagsterInstance) -> None:
 
     tiny_defs = build_definitions(load_config("tiny", overrides={"data_sizes": [32]}), warehouse)
     assert _run(tiny_defs, ["problems", "base_model"], instance=instance).success
+    base = pl.read_parquet(warehouse.tables / "base_model.parquet")
+    assert 0.0 <= base["drill_accuracy"][0] <= 1.0  # phase 1's result, shown in the UI too
     key = partition_key(32, 0)
     result = _run(tiny_defs, list(PARTITIONED_ASSETS), key, instance=instance)
     assert result.success

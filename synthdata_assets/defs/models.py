@@ -27,6 +27,7 @@ def checkpoint_metadata(row: pl.DataFrame) -> dict:
         "train_examples": r["train_examples"],
         "parameters": r["parameters"],
         **({"reward_accuracy": r["reward_accuracy"]} if "reward_accuracy" in r else {}),
+        **({"drill_accuracy": r["drill_accuracy"]} if r.get("drill_accuracy") is not None else {}),
     }
 
 
