@@ -14,9 +14,10 @@ the problem's prompt followed by the sample's first ``i`` steps, which end with 
 a rollout starts on a fresh line. Each completion is graded as ``prefix + completion``.
 
 Every prompt of a partition goes to the generator in ONE call, which batches across samples
-and prefixes (the generator sorts prompts by length and fills batches of
-``sampling.batch_size`` prompts x M samples). Identical prompts are generated once: prefix 0 is
-the same for every negative of a problem, and so is any shared opening step.
+and prefixes (the transformers generator keeps ``sampling.batch_size`` prompts x M samples in
+flight, refilling finished places, and prefills the prefixes of one sample once). Identical
+prompts are generated once: prefix 0 is the same for every negative of a problem, and so is
+any shared opening step.
 
 Reuse
 -----
@@ -26,7 +27,8 @@ draw sample ``j`` of a prompt from a stream seeded by (seed, prompt, j), so a ro
 same key and index is the same completion whether it is generated now or was generated
 before. ``step_rollouts`` therefore reads its previous file for the partition and generates
 only the (key, index) pairs it lacks: re-estimating Q with another policy, K or pit rule
-generates nothing, and raising M generates only the new indices.
+generates nothing, and raising M generates only the new indices. The checkpoint's identity is
+the Dagster run that wrote it, so retraining pi_sft invalidates every rollout.
 
 Early stop (``credit.early_stop``)
 ----------------------------------
@@ -35,8 +37,7 @@ prefix 1, ...; each round one batched call) and a negative stops after its first
 first prefix ``i >= 1`` whose M rollouts all fail: its later prefixes are never generated and
 their Q is null in ``step_advantages``. It needs ``pit_rule: first_zero``. The rows it does
 generate have the same keys as a full run's, so turning it off later generates only the
-skipped prefixes. The checkpoint's identity is
-the Dagster run that wrote it, so retraining pi_sft invalidates every rollout.
+skipped prefixes.
 
 """
 
