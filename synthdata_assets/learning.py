@@ -67,8 +67,9 @@ _EASY_PER_STEP = 16
 # Phase 1 of pretraining (the arithmetic table): short examples, large batches, a high
 # learning rate and weight decay, which is what gets a tiny model off the loss plateau of
 # learning a modular table (measured on 2 cores: the mod-7 table of the demo preset, 8 names
-# per fact, to loss 0.0000 in 2500 updates of 64, about a minute; long mixed texts left a
-# mod-23 table at chance after 1500 updates). The checkpoint row reports phase 2's stats.
+# per fact, to loss 0.0000 in 2500 updates of 64, about a minute, though other problem pools
+# needed more, see ModelConfig.arithmetic_steps; long mixed texts left a mod-23 table at
+# chance after 1500 updates). The checkpoint row reports phase 2's stats.
 _DRILL_TRAINING = TrainingConfig(
     batch_size=64, learning_rate=3e-3, weight_decay=0.1, warmup_ratio=0.02, bf16=False
 )

@@ -25,8 +25,8 @@ The transformers backend
 with a KV cache, rather than ``model.generate``. Measured on 2 CPU cores with a 0.16M-parameter
 Llama trained on the embedded task (256 prompts, batches of 64, up to 96 new tokens, best of
 3): greedy, 20.6k new tokens/s against 17.9k for ``generate``; ``n=4`` at temperature 0.7,
-29.9k against 13.1k (before continuous batching, which added about a third on the step-rollout
-workload; see ``benchmarks/rollouts.py``). The gain comes from what only the hand loop can do:
+29.9k against 13.1k (before the continuous batching below; ``benchmarks/rollouts.py`` has
+current figures). The gain comes from what only the hand loop can do:
 
 - each prompt is prefilled once and its KV cache copied ``n`` times, instead of prefilling
   ``n`` copies of the prompt; a prompt whose tokens begin another prompt of the same prefill
@@ -50,8 +50,9 @@ the cumulative probability reaches ``1 - u`` (over the vocabulary in id order, o
 nucleus sorted by decreasing probability when ``top_p < 1``): inverse-CDF sampling, exact for
 the distribution and cheap in random numbers.
 
-Prompts are taken longest first, with the prompts that begin a longer one right after it, so
-that left padding stays small and prefixes meet their extensions in one prefill. A prompt
+Prompts are taken in families (a prompt with the prompts that begin it), shortest families
+first, so that prefixes meet their extensions in one prefill and rows joining a running batch
+are about as long as the rows already in it (measured faster than longest first). A prompt
 longer than the model's context minus ``max_new_tokens`` is left-truncated (keeping ``<bos>``)
 with a warning through ``log``, so that prompt and completion always fit in
 ``max_position_embeddings``. Progress goes to ``log`` when 10 seconds have passed since the
@@ -470,6 +471,8 @@ class _GrowingLayer(DynamicLayer):
         self.keys = self._keys[:, :, :length]
         self.values = self._values[:, :, :length]
 
+    # The decoder does not call these two (it uses gather_rows and take); they keep the
+    # buffers consistent if transformers' own cache operations are applied to this layer.
     def batch_repeat_interleave(self, repeats: int) -> None:
         length = self.get_seq_length()
         self._keys = self._keys.repeat_interleave(repeats, dim=0)
@@ -490,35 +493,27 @@ class _GrowingLayer(DynamicLayer):
 
     def stack(self, other: _GrowingLayer) -> None:
         """Append ``other``'s rows below this layer's, both right-aligned (left padding)."""
-        mine, theirs = self.get_seq_length(), other.get_seq_length()
-        width = max(mine, theirs)
-        rows, (_, heads, _, size) = len(self.keys), self.keys.shape
-        # Uninitialised but for the padding, which must be finite: masked attention weights
-        # are exactly 0, and 0 * NaN would still be NaN. The room ahead is written before read.
-        keys = self.keys.new_empty((rows + len(other.keys), heads, width + self.ROOM, size))
-        values = torch.empty_like(keys)
-        for buffer, top, bottom in (
-            (keys, self.keys, other.keys),
-            (values, self.values, other.values),
-        ):
-            buffer[:rows, :, : width - mine] = 0
-            buffer[rows:, :, : width - theirs] = 0
-            buffer[:rows, :, width - mine : width] = top
-            buffer[rows:, :, width - theirs : width] = bottom
-        self._keys, self._values = keys, values
-        self._view(width)
+        self._right_align([self, other], max(self.get_seq_length(), other.get_seq_length()))
 
     def widen(self, width: int) -> None:
         """Left-pads every row to ``width`` positions."""
-        length = self.get_seq_length()
-        if width <= length:
-            return
-        rows, (_, heads, _, size) = len(self.keys), self.keys.shape
-        keys = self.keys.new_empty((rows, heads, width + self.ROOM, size))
-        values = torch.empty_like(keys)
-        for buffer, old in ((keys, self.keys), (values, self.values)):
-            buffer[:, :, : width - length] = 0
-            buffer[:, :, width - length : width] = old
+        if width > self.get_seq_length():
+            self._right_align([self], width)
+
+    def _right_align(self, parts: list[_GrowingLayer], width: int) -> None:
+        """New buffers holding ``parts``' rows one below the other, each right-aligned at
+        ``width``. They are uninitialised but for the padding, which must be finite: masked
+        attention weights are exactly 0, and 0 * NaN would still be NaN. The room ahead is
+        written before it is read."""
+        rows = sum(len(part.keys) for part in parts)
+        keys, values = self._allocate(self.keys, rows, width + self.ROOM)
+        top = 0
+        for part in parts:
+            length, bottom = part.get_seq_length(), top + len(part.keys)
+            for buffer, old in ((keys, part.keys), (values, part.values)):
+                buffer[top:bottom, :, : width - length] = 0
+                buffer[top:bottom, :, width - length : width] = old
+            top = bottom
         self._keys, self._values = keys, values
         self._view(width)
 
@@ -616,7 +611,7 @@ class _Batch:
         that none of them needs."""
         index = torch.tensor(positions, device=self.mask.device)
         mask = self.mask[index]
-        first = int(mask.any(dim=0).nonzero()[0])
+        first = _first_used_column(mask)
         return _Batch(
             cache=self.cache.take(index, first),
             mask=mask[:, first:],
@@ -647,7 +642,7 @@ class _Batch:
         """Drops the leading columns that no row attends to (a view: nothing is copied)."""
         if bool(self.mask[:, 0].any()):
             return
-        first = int(self.mask.any(dim=0).nonzero()[0])
+        first = _first_used_column(self.mask)
         self.cache.trim_left(first)
         self.mask = self.mask[:, first:]
 
@@ -710,6 +705,11 @@ class _Batch:
         self.steps = self.steps + 1
         self.chosen = None
         self.trim()
+
+
+def _first_used_column(mask: torch.Tensor) -> int:
+    """The first column that some row of ``mask`` attends to."""
+    return int(mask.any(dim=0).nonzero()[0])
 
 
 def make_generator(backend: str, folder: str | os.PathLike[str], **kwargs: Any) -> Generator:
