@@ -202,6 +202,23 @@ def test_problem_structure(problems: list[EmbeddedProblem]) -> None:
     assert non_topological > len(problems) // 2
 
 
+def test_dependency_order_states_the_steps_in_solution_order() -> None:
+    # With shuffle off, a solution computes the derived quantities in the order the question
+    # states them and stops at the asked-for one: every sentence comes after its operands, and
+    # every derived distractor after the target.
+    params = EmbeddedParams(modulus=7, n_distractors=3, shuffle=False)
+    for problem in generate_problems(params, 200, seed=3, split="train"):
+        spec, qs = json.loads(problem.spec), quantities(problem)
+        order = spec["order"]
+        position = {name: i for i, name in enumerate(order)}
+        assert all(position[a] < position[n] for n in qs for a in qs[n]["args"])
+        target_at = position[spec["target"]]
+        derived_before = [n for n in order[: target_at + 1] if qs[n]["op"] != "given"]
+        assert [line.split(" ")[0] for line in solve(problem)] == derived_before
+        distractors = set(qs) - needed_names(problem)
+        assert all(position[n] > target_at for n in distractors if qs[n]["op"] != "given")
+
+
 def test_sentences_render_the_spec(problems: list[EmbeddedProblem]) -> None:
     for problem in problems[:50]:
         spec = json.loads(problem.spec)

@@ -25,9 +25,18 @@ A quantity is given, or defined from earlier ones (all results mod ``p``)::
     Dee has 2 times as many apples as Cid.               Dee = Cid * 2   (constant in 2..p-1)
     Eve has as many apples as Bob and Dee together.      Eve = Bob + Dee
 
-The question holds one defining sentence per quantity, in a seeded random order (so it is usually
-not the order of computation), on one line, and ends with
-``How many apples does Eve have? Count modulo 23.``
+The question holds one defining sentence per quantity on one line, and ends with
+``How many apples does Eve have? Count modulo 23.`` The sentences come in one of two orders
+(``EmbeddedParams.shuffle``):
+
+- **shuffled**: a seeded random order, usually not the order of computation;
+- **dependency order**: every quantity after its operands, and every derived distractor after
+  the asked-for quantity too (given distractors, which have no operands, go anywhere).
+  A solution then computes the derived quantities in the order the question states them and
+  stops at the asked-for one. With derived distractors mixed in before it, choosing the first
+  step means tracing the target's dependencies back through several sentences before writing
+  anything, which a tiny model does not learn from a few thousand examples (measured: SFT
+  stayed at chance at every data size; see the README's *Calibration*).
 
 Solution grammar
 ----------------
@@ -513,11 +522,14 @@ def _build_spec(
     if shuffle:
         rng.shuffle(order)
     else:
-        # Dependency order, with each distractor at a random place after its operands.
+        # Dependency order: each given distractor anywhere, each derived one at a random place
+        # after its operands and after the target (see "Question grammar" in the docstring).
         n_needed = len(order) - n_distractors
         order = order[:n_needed]
         for q in quantities[n_needed:]:
             after = max((order.index(str(a)) + 1 for a in q["args"]), default=0)
+            if q["op"] != "given":
+                after = max(after, order.index(target) + 1)
             order.insert(rng.randint(after, len(order)), str(q["name"]))
     spec = {
         "item": item,
