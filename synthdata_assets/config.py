@@ -138,7 +138,7 @@ class ModelConfig(_Section):
         2500,
         ge=0,
         description="tiny-llama pretraining, phase 2: easier-problem updates. At 1000 the base "
-        "model had not yet learned to copy from the question (SFT stayed at chance).",
+        "model read operand values from the question too poorly for SFT to leave chance.",
     )
     allow_hub_download: bool = False
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
