@@ -149,11 +149,17 @@ def test_greedy_is_deterministic_and_matches_unbatched(generator, prompts) -> No
         assert tokenizer.decode(reference[0, ids.shape[1] :]) == samples[0].text
 
 
-def test_sampling_equals_a_naive_reference(generator, prompts) -> None:
+@pytest.mark.parametrize("share_prompts_from", [0, 10**6])
+def test_sampling_equals_a_naive_reference(
+    generator, prompts, share_prompts_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The batched KV-cache loop samples what a full forward pass per token samples, given the
-    same random numbers: catches cache, position and padding bugs that argmax would hide."""
+    same random numbers: catches cache, position and padding bugs that argmax would hide.
+    Both ways of holding the prompts' cache: shared by a prompt's samples, copied per row."""
+    monkeypatch.setattr(generation, "_SHARE_PROMPTS_FROM", share_prompts_from)
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=4)
-    results = generator.generate(prompts, params)
+    one_prefill = TransformersGenerator(generator.model, generator.tokenizer, batch_size=64)
+    results = one_prefill.generate(prompts, params)
     tokenizer, model = generator.tokenizer, generator.model
     for prompt, samples in zip(prompts[:4], results[:4], strict=True):
         uniforms = _uniforms([prompt], params.n, params)
@@ -166,15 +172,21 @@ def test_sampling_equals_a_naive_reference(generator, prompts) -> None:
             assert tokenizer.decode(new, skip_special_tokens=True) == completion.text
 
 
-@pytest.mark.parametrize("slow_lane_after", [96, 2])
+@pytest.mark.parametrize(("slow_lane_after", "share_prompts_from"), [(96, 64), (2, 64), (2, 10**6)])
 def test_step_prefixes_share_their_prefill(
-    generator, problems, slow_lane_after: int, monkeypatch: pytest.MonkeyPatch
+    generator,
+    problems,
+    slow_lane_after: int,
+    share_prompts_from: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Step-rollout prompts (every step prefix of a solution, plus duplicates) are prefilled
     once per solution and sampled through continuous batching (with rows moving to the slow
-    lane after 2 tokens, in the second case); every completion is what the prompt gets alone,
-    with no other prompt to share or batch with."""
+    lane after 2 tokens, in the later cases; in the last, rows hold copies of their prompts'
+    cache whenever the call fits in one prefill); every completion is what the prompt gets
+    alone, with no other prompt to share or batch with."""
     monkeypatch.setattr(generation, "_SLOW_LANE_AFTER", slow_lane_after)
+    monkeypatch.setattr(generation, "_SHARE_PROMPTS_FROM", share_prompts_from)
     rng = random.Random(1)
     prompts = []
     for problem in problems[20:26]:
