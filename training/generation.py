@@ -404,7 +404,7 @@ class TransformersGenerator:
         last = last + lengths - 1
         columns = torch.unique(last)
         shared = len(leaves) < len(prompt_ids)
-        cache = _GrowingCache(self.model.config.num_hidden_layers)
+        cache = DynamicCache()  # one forward pass: nothing to grow
         out = self.model(
             input_ids=input_ids,
             attention_mask=leaf_mask,
@@ -466,48 +466,56 @@ class TransformersGenerator:
 
 
 class _GrowingLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose keys and values are views into buffers with room to grow along
-    the sequence, so that a decoding step writes its column in place.
+    """A ``DynamicLayer`` for decoding: keys and values live in zero-initialised buffers with
+    room to grow along the sequence, so that a decoding step writes its column in place, and
+    :meth:`update` hands attention the whole buffers, room included (the caller masks the
+    columns not yet written; they hold zeros, finite, so masked weights stay exactly 0).
+    ``keys`` and ``values`` are the written columns.
 
     Hand-written because transformers' caches either concatenate every step (``DynamicLayer``:
     a copy of the whole cache per token; at 640 rows the two copies per layer took half of a
     decoding step) or preallocate the full context and attend over all of it with one shared
     write position (``StaticCache``), which rules out rows of different lengths joining and
-    leaving the batch. Attention over the strided view costs about a fifth more than over a
-    contiguous tensor, far less than the copy.
+    leaving the batch. Attention reads whole buffers rather than a view of their written
+    columns because batched matrix products over such a view (rows strided by the buffer's
+    width) ran 2x slower than over a contiguous tensor on the CPU; the room is kept small and
+    the cache compacted (:meth:`compact`) when it runs out.
     """
 
-    ROOM = 64  # columns allocated ahead
+    ROOM = 16  # columns allocated ahead
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         length, new = self.get_seq_length(), key_states.shape[-2]
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        if length == 0 or length + new > self._keys.shape[-2]:
-            keys, values = self._allocate(key_states, len(key_states), length + new + self.ROOM)
-            if length:
-                keys[:, :, :length] = self.keys
-                values[:, :, :length] = self.values
-            self._keys, self._values = keys, values
+        if length + new > self.capacity:
+            raise RuntimeError("no room in the decoding cache: reserve it before the step")
         self._keys[:, :, length : length + new] = key_states
         self._values[:, :, length : length + new] = value_states
         self._view(length + new)
-        return self.keys, self.values
+        return self._keys, self._values
 
-    @staticmethod
-    def _allocate(like: torch.Tensor, rows: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # Every column is written before it is read (the view covers written columns only).
-        shape = (rows, like.shape[1], columns, like.shape[3])
-        return like.new_empty(shape), like.new_empty(shape)
+    @property
+    def capacity(self) -> int:
+        """Columns allocated (written ones and room)."""
+        return self._keys.shape[-2]
+
+    def _allocate(
+        self, like: torch.Tensor, rows: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffers for ``width`` columns that the caller writes, and zeroed room after them."""
+        shape = (rows, like.shape[1], width + self.ROOM, like.shape[3])
+        keys, values = like.new_empty(shape), like.new_empty(shape)
+        keys[:, :, width:] = 0
+        values[:, :, width:] = 0
+        return keys, values
 
     def _view(self, length: int) -> None:
         self.keys = self._keys[:, :, :length]
         self.values = self._values[:, :, :length]
 
-    # The decoder does not call these two (it uses take and stack); they keep the buffers
-    # consistent if transformers' own cache operations are applied to this layer.
+    # The decoder does not call these two; they keep the buffers consistent if transformers'
+    # own cache operations are applied to this layer.
     def batch_repeat_interleave(self, repeats: int) -> None:
         length = self.get_seq_length()
         self._keys = self._keys.repeat_interleave(repeats, dim=0)
@@ -522,51 +530,50 @@ class _GrowingLayer(DynamicLayer):
     def start_empty(self, like: torch.Tensor, rows: int) -> None:
         """``rows`` rows of no columns yet, shaped like ``like`` ([any, heads, any, size])."""
         self.dtype, self.device, self.is_initialized = like.dtype, like.device, True
-        self._keys, self._values = self._allocate(like, rows, self.ROOM)
+        self._keys, self._values = self._allocate(like, rows, 0)
         self._view(0)
 
     def start_copies(self, keys: torch.Tensor, values: torch.Tensor, repeats: int) -> None:
         """Row ``p * repeats + r`` holds ``keys[p]`` and ``values[p]`` for every ``r``."""
         rows, width = len(keys) * repeats, keys.shape[2]
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self._keys, self._values = self._allocate(keys, rows, width + self.ROOM)
+        self._keys, self._values = self._allocate(keys, rows, width)
         for buffer, new in ((self._keys, keys), (self._values, values)):
             buffer[:, :, :width].unflatten(0, (len(keys), repeats)).copy_(new[:, None])
         self._view(width)
 
-    def trim_left(self, columns: int) -> None:
-        """Drop the first ``columns`` positions (padding that no row attends to any more)."""
-        length = self.get_seq_length()
-        self._keys = self._keys[:, :, columns:]
-        self._values = self._values[:, :, columns:]
-        self._view(length - columns)
+    def compact(self, first: int) -> None:
+        """Drops the first ``first`` columns (padding that no row attends to any more) into new
+        buffers with fresh room."""
+        self.copy_rows(self, None, first)
 
     def stack(self, other: _GrowingLayer) -> None:
-        """Append ``other``'s rows below this layer's, both right-aligned (left padding). They
-        are uninitialised but for the padding, which must be finite: masked attention weights
-        are exactly 0, and 0 * NaN would still be NaN. The room ahead is written before it is
-        read."""
+        """Append ``other``'s rows below this layer's, both right-aligned (left padding)."""
         width = max(self.get_seq_length(), other.get_seq_length())
-        keys, values = self._allocate(
-            self.keys, len(self.keys) + len(other.keys), width + self.ROOM
-        )
+        rows = len(self.keys) + len(other.keys)
+        keys, values = self._allocate(self.keys, rows, width)
         top = 0
         for part in (self, other):
             length, bottom = part.get_seq_length(), top + len(part.keys)
             for buffer, old in ((keys, part.keys), (values, part.values)):
-                buffer[top:bottom, :, : width - length] = 0
+                buffer[top:bottom, :, : width - length] = (
+                    0  # padding: finite, see the class docstring
+                )
                 buffer[top:bottom, :, width - length : width] = old
             top = bottom
         self._keys, self._values = keys, values
         self._view(width)
 
-    def copy_rows(self, other: _GrowingLayer, rows: torch.Tensor, first: int) -> None:
-        """Becomes a copy of ``other``'s ``rows`` from column ``first`` on."""
+    def copy_rows(self, other: _GrowingLayer, rows: torch.Tensor | None, first: int) -> None:
+        """Becomes a copy of ``other``'s ``rows`` (all: None) from column ``first`` on."""
         width = other.get_seq_length() - first
+        every = slice(None) if rows is None else rows
+        count = len(other.keys) if rows is None else len(rows)
+        keys, values = self._allocate(other.keys, count, width)
+        keys[:, :, :width] = other.keys[every, :, first:]
+        values[:, :, :width] = other.values[every, :, first:]
         self.dtype, self.device, self.is_initialized = other.dtype, other.device, True
-        self._keys, self._values = self._allocate(other.keys, len(rows), width + self.ROOM)
-        self._keys[:, :, :width] = other.keys[rows, :, first:]
-        self._values[:, :, :width] = other.values[rows, :, first:]
+        self._keys, self._values = keys, values
         self._view(width)
 
 
@@ -592,9 +599,13 @@ class _GrowingCache(DynamicCache):
             layer.start_copies(keys, values, repeats)
         return cache
 
-    def trim_left(self, columns: int) -> None:
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].capacity
+
+    def compact(self, first: int) -> None:
         for layer in self.layers:
-            layer.trim_left(columns)
+            layer.compact(first)
 
     def stack(self, other: _GrowingCache) -> None:
         for layer, theirs in zip(self.layers, other.layers, strict=True):
@@ -674,21 +685,24 @@ class _SharedPrompts:
             self.mask = _pad_left(self.mask, theirs)
         width = self.mask.shape[1]
         for mine, new in zip(self.keys + self.values, other.keys + other.values, strict=True):
-            mine[slots, :, : width - theirs] = 0  # finite: see _GrowingLayer.stack
+            mine[slots, :, : width - theirs] = 0  # finite: masked weights must stay 0, not NaN
             mine[slots, :, width - theirs :] = new
         self.mask[slots] = _pad_left(other.mask, width)
         self._bias = None
 
     def retire(self, prompts: list[int]) -> None:
         """Masks ``prompts`` out (no sample of theirs runs any more), and drops the leading
-        columns that no prompt needs then (a view: nothing is copied)."""
+        columns that no prompt needs then, once they are a quarter of the width (a copy:
+        attention over a view strided by the old width ran 2x slower, see _GrowingLayer)."""
         self.mask[torch.tensor(prompts, device=self.mask.device)] = False
         self._bias = None
         if bool(self.mask[:, 0].any()) or not bool(self.mask.any()):
             return
         first = _first_used_column(self.mask)
-        self.keys = [k[:, :, first:] for k in self.keys]
-        self.values = [v[:, :, first:] for v in self.values]
+        if first < self.mask.shape[1] // 4:
+            return
+        self.keys = [k[:, :, first:].contiguous() for k in self.keys]
+        self.values = [v[:, :, first:].contiguous() for v in self.values]
         self.mask = self.mask[:, first:]
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -891,12 +905,13 @@ class _Batch:
         """Marks ``prompts`` and all their samples gone (moved to another batch)."""
         self.retire(self._positions(prompts).tolist())
 
-    def trim(self) -> None:
-        """Drops the leading columns that no row attends to (a view: nothing is copied)."""
-        if self.mask.shape[1] == 0 or bool(self.mask[:, 0].any()):
+    def make_room(self) -> None:
+        """Compacts the cache when it has no room for the next column, dropping the leading
+        columns that no row attends to any more."""
+        if self.cache.capacity > self.mask.shape[1]:
             return
         first = _first_used_column(self.mask) if bool(self.mask.any()) else self.mask.shape[1]
-        self.cache.trim_left(first)
+        self.cache.compact(first)
         self.mask = self.mask[:, first:]
 
     def absorb(self, fresh: _Batch) -> _Batch:
@@ -948,17 +963,21 @@ class _Batch:
     def advance(self, model: PreTrainedModel) -> None:
         """Feeds every row its drawn token; the logits become those of the next token."""
         assert self.chosen is not None, "choose() before advance()"
+        self.make_room()
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        # Attention sees the cache's whole buffers (see _GrowingLayer): the room is masked.
         # Masks are passed 4D, which transformers hands to attention as they are (a query of
         # one token sees every cached column the mask allows).
+        attend = self.mask.new_zeros((len(self.rows), self.cache.capacity))
+        attend[:, : self.mask.shape[1]] = self.mask
         shared: dict[str, Any] = {}
         if self.prompts is None:
-            mask = self.mask[:, None, None, :]  # SDPA's form
+            mask = attend[:, None, None, :]  # SDPA's form
         else:
             # _shared_prompt_attention's form: [rows, kv heads, 1, columns], 0 or -inf.
             keys = self.prompts.keys[0]
-            mask = keys.new_zeros((len(self.rows), keys.shape[1], 1, self.mask.shape[1]))
-            mask.masked_fill_(~self.mask[:, None, None, :], -torch.inf)
+            mask = keys.new_zeros((len(self.rows), keys.shape[1], 1, attend.shape[1]))
+            mask.masked_fill_(~attend[:, None, None, :], -torch.inf)
             shared["shared_prompts"] = self.prompts  # passed on to _shared_prompt_attention
         out = model(
             input_ids=self.chosen[:, None],
@@ -972,7 +991,6 @@ class _Batch:
         self.next_position = self.next_position + 1
         self.steps = self.steps + 1
         self.chosen = None
-        self.trim()
 
 
 def _first_used_column(mask: torch.Tensor) -> int:
