@@ -65,8 +65,8 @@ last line, and at the end of calls longer than a second: sequences done, new tok
 
 The cache of the tokens each row has drawn (:class:`_GrowingCache`) keeps keys and values in
 buffers with room to grow, so a decoding step writes one column in place; rows joining the
-batch start at the current column (the columns before are masked), and leading columns that
-no row needs any more are dropped as a view.
+batch start at the current column (the columns before are masked), and when the room runs
+out the buffers are copied without the leading columns that no row needs any more.
 Transformers' ``DynamicCache`` concatenates instead, copying the whole cache every token: at
 640 rows that copy took half of a decoding step. ``torch.compile`` is not used: it made
 sampling slower on the 2-core CPU (shapes change every step). Thread counts are the caller's
@@ -489,7 +489,7 @@ class _GrowingLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         length, new = self.get_seq_length(), key_states.shape[-2]
         if length + new > self.capacity:
-            raise RuntimeError("no room in the decoding cache: reserve it before the step")
+            raise RuntimeError("no room in the decoding cache: _Batch.make_room() first")
         self._keys[:, :, length : length + new] = key_states
         self._values[:, :, length : length + new] = value_states
         self._view(length + new)
@@ -556,9 +556,8 @@ class _GrowingLayer(DynamicLayer):
         for part in (self, other):
             length, bottom = part.get_seq_length(), top + len(part.keys)
             for buffer, old in ((keys, part.keys), (values, part.values)):
-                buffer[top:bottom, :, : width - length] = (
-                    0  # padding: finite, see the class docstring
-                )
+                # Padding: finite, see the class docstring.
+                buffer[top:bottom, :, : width - length] = 0
                 buffer[top:bottom, :, width - length : width] = old
             top = bottom
         self._keys, self._values = keys, values
@@ -628,9 +627,10 @@ class _SharedPrompts:
     The ``n`` samples of a prompt (rows ``p * n`` to ``p * n + n - 1`` of the batch) attend
     over it through :func:`_shared_prompt_attention`, and over their own new tokens in the
     batch's :class:`_GrowingCache`. Reading the prompt once for its ``n`` samples instead of
-    once per sample (vLLM and FlashInfer call this cascade attention) cut decoding attention
-    3x on the step-rollout workload, where prompts are ~90 tokens and completions ~20; it
-    also makes prefills and refills cheaper, since nothing is copied ``n`` times.
+    once per sample (vLLM and FlashInfer call this cascade attention) ran attention 3x
+    faster in isolation at 128 prompts x 5 samples of ~110 prompt and ~20 own tokens (the
+    step-rollout workload; end to end see ``benchmarks/rollouts.py``); it also makes prefills
+    and refills cheaper, since nothing is copied ``n`` times.
     """
 
     keys: list[torch.Tensor]
@@ -640,7 +640,7 @@ class _SharedPrompts:
 
     @classmethod
     def gather(
-        cls, cache: _GrowingCache, rows: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor
+        cls, cache: DynamicCache, rows: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor
     ) -> _SharedPrompts:
         """Prompt ``p`` is ``cache``'s row ``rows[p]`` read at columns ``columns[p]``."""
         keys, values = [], []
@@ -730,7 +730,7 @@ def _shared_prompt_attention(
     shared_prompts: _SharedPrompts | None = None,
     dropout: float = 0.0,
     **kwargs: Any,
-) -> tuple[torch.Tensor | None, None]:
+) -> tuple[torch.Tensor, None]:
     """Attention of one new token per row over its prompt (shared by the prompt's ``n``
     samples, see :class:`_SharedPrompts`) and over its own tokens (``key``, ``value``: the
     sample cache after this step's update; ``attention_mask``: ``[rows, kv heads, 1,
@@ -891,7 +891,7 @@ class _Batch:
 
     def retire(self, positions: list[int]) -> None:
         """Marks rows gone (finished); their positions stay in the batch until reused or
-        compacted, masked out so that they do not hold back :meth:`trim`. A prompt whose
+        compacted, masked out so that they do not hold back :meth:`make_room`. A prompt whose
         samples have all gone is masked out too."""
         for position in positions:
             self.rows[position] = -1
