@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from warehouse.parquet import temp_sibling
 
 __all__ = [
     "FIT_SCHEMA",
@@ -633,13 +634,14 @@ def plot_curves(table: pl.DataFrame, fits: pl.DataFrame, path: str | os.PathLike
     ax.grid(True, which="both", alpha=0.3)
     if stats:
         ax.legend(fontsize=8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Written beside the target and renamed over it, like the tables; created with open() so
+    # that it gets the usual permissions (mkstemp's files are private to their owner).
+    tmp = temp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
+        fig.savefig(tmp, format="png")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -306,6 +307,9 @@ def test_plot_and_report(tmp_path: Path, study: pl.DataFrame, study_mults: pl.Da
     assert plot_curves(table, fits, out) == out
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["scaling.png"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any file, not private
     plot_curves(table, fits, out)  # overwrite in place
     report = report_markdown(table, fits, study_mults, out, relative_to=tmp_path)
     for method in ("base", "sft", "sft_twin", "per_step_dpo"):
