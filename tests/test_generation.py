@@ -6,6 +6,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: nothing may download
 
+import copy
 import importlib.util
 import random
 from pathlib import Path
@@ -210,6 +211,24 @@ def test_step_prefixes_share_their_prefill(
             assert shared.generate(prompts, params) == [
                 alone.generate([p], params)[0] for p in prompts
             ]
+
+
+def test_bfloat16_model_in_both_layouts(
+    generator, prompts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bfloat16 model (what GPUs run) samples through the shared-prompt attention (bfloat16
+    products, float32 softmax) and through the copied layout's SDPA. Rounding makes long
+    greedy answers drift from the float32 model's, so the first tokens are compared: they
+    agree on most prompts (a near-tie may flip)."""
+    model = copy.deepcopy(generator.model).to(torch.bfloat16)
+    params = SamplingParams(max_new_tokens=3)
+    reference = texts(generator.generate(prompts, params))
+    for share_prompts_from in (0, 10**6):
+        monkeypatch.setattr(generation, "_SHARE_PROMPTS_FROM", share_prompts_from)
+        bf16 = TransformersGenerator(model, generator.tokenizer, batch_size=64)
+        answers = texts(bf16.generate(prompts, params))
+        same = sum(a == b for a, b in zip(answers, reference, strict=True))
+        assert same >= len(prompts) * 3 // 4
 
 
 def test_stop_strings_truncate(generator, prompts) -> None:
