@@ -842,8 +842,11 @@ class _Batch:
 
     def live_prompts(self) -> list[int]:
         """The prompts with a sample still running."""
-        d = self.draws
-        return [p for p in range(len(self.rows) // d) if max(self.rows[p * d : p * d + d]) >= 0]
+        return [p for p in range(len(self.rows) // self.draws) if not self._finished(p)]
+
+    def _finished(self, prompt: int) -> bool:
+        """Whether all samples of ``prompt`` have finished (or moved)."""
+        return max(self.rows[prompt * self.draws : (prompt + 1) * self.draws]) < 0
 
     def choose(self, params: SamplingParams) -> None:
         """Draws every row's next token (finished rows draw too; it is ignored)."""
@@ -863,7 +866,7 @@ class _Batch:
         columns that none of them needs."""
         index = self._positions(prompts)
         mask = self.mask[index]
-        first = _first_used_column(mask) if bool(mask.any()) else mask.shape[1]
+        first = _first_used_column(mask)
         return _Batch(
             prompts=None
             if self.prompts is None
@@ -896,8 +899,7 @@ class _Batch:
         for position in positions:
             self.rows[position] = -1
         self.mask[torch.tensor(positions, device=self.mask.device)] = False
-        d = self.draws
-        gone = {p // d for p in positions if max(self.rows[p // d * d : p // d * d + d]) < 0}
+        gone = {p // self.draws for p in positions if self._finished(p // self.draws)}
         if gone and self.prompts is not None:
             self.prompts.retire(sorted(gone))
 
@@ -910,7 +912,7 @@ class _Batch:
         columns that no row attends to any more."""
         if self.cache.capacity > self.mask.shape[1]:
             return
-        first = _first_used_column(self.mask) if bool(self.mask.any()) else self.mask.shape[1]
+        first = _first_used_column(self.mask)
         self.cache.compact(first)
         self.mask = self.mask[:, first:]
 
@@ -918,9 +920,8 @@ class _Batch:
         """Adds ``fresh``'s prompts (just prefilled: no new tokens yet), in the places of
         finished prompts when there are enough (in place), else below the remaining rows (a
         copy of the cache)."""
-        d = self.draws
-        free = [p for p in range(len(self.rows) // d) if max(self.rows[p * d : p * d + d]) < 0]
-        count = len(fresh.rows) // d
+        free = [p for p in range(len(self.rows) // self.draws) if self._finished(p)]
+        count = len(fresh.rows) // self.draws
         assert self.prompts is not None and fresh.prompts is not None, "see _prefill(share)"
         if count > len(free):
             return self.compact().merge(fresh)
@@ -994,8 +995,9 @@ class _Batch:
 
 
 def _first_used_column(mask: torch.Tensor) -> int:
-    """The first column that some row of ``mask`` attends to."""
-    return int(mask.any(dim=0).nonzero()[0])
+    """The first column that some row of ``mask`` attends to (the width when none does)."""
+    used = mask.any(dim=0).nonzero()
+    return int(used[0]) if len(used) else mask.shape[1]
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
