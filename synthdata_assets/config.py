@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from training.config import ModelConfig, SamplingConfig, Section, TrainingConfig
 
 PresetName = Literal["tiny", "demo", "embedded", "paper"]
 PRESETS: tuple[str, ...] = get_args(PresetName)
@@ -43,13 +45,7 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names each bad field and what it allows."""
 
 
-class _Section(BaseModel):
-    # Unknown keys are errors, not silently ignored: a typo in a YAML override must
-    # not run a different experiment than the one the researcher asked for.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EmbeddedTaskConfig(_Section):
+class EmbeddedTaskConfig(Section):
     """Knobs of the built-in word-problem generator (see ``tasks/embedded.py``)."""
 
     modulus: int = Field(7, ge=3, le=997, description="Arithmetic is modulo this number.")
@@ -72,7 +68,7 @@ class EmbeddedTaskConfig(_Section):
         return self
 
 
-class TaskConfig(_Section):
+class TaskConfig(Section):
     """Where problems come from and how many are held out for testing."""
 
     name: Literal["embedded", "gsm8k", "math"] = Field(
@@ -92,7 +88,7 @@ class TaskConfig(_Section):
     embedded: EmbeddedTaskConfig = EmbeddedTaskConfig()
 
 
-class TeacherConfig(_Section):
+class TeacherConfig(Section):
     """Who writes the synthetic solutions (D_syn) that SFT trains on."""
 
     kind: Literal["oracle", "reference", "endpoint"] = Field(
@@ -117,73 +113,7 @@ class TeacherConfig(_Section):
     )
 
 
-class ModelConfig(_Section):
-    """The learner. ``tiny-llama`` is built and pretrained here; anything else is a
-    Hugging Face model folder (or hub id when ``allow_hub_download`` is set)."""
-
-    name: str = Field("tiny-llama", min_length=1)
-    hidden_size: int = Field(64, ge=8)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(2, ge=1, description="Heads; head size 32 or more runs on vLLM.")
-    intermediate_size: int = Field(256, ge=8)
-    max_seq_len: int = Field(384, ge=32)
-    arithmetic_steps: int = Field(
-        5000,
-        ge=0,
-        description="tiny-llama pretraining, phase 1: arithmetic-table updates. At 2500 the "
-        "table was learned in some runs and not others (drill accuracy 52-100%, depending on "
-        "the pool the tokenizer is built from); 5000 learned it in every run tried.",
-    )
-    pretrain_steps: int = Field(
-        2500,
-        ge=0,
-        description="tiny-llama pretraining, phase 2: easier-problem updates. At 1000 the base "
-        "model read operand values from the question too poorly for SFT to leave chance.",
-    )
-    allow_hub_download: bool = False
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads "
-                f"({self.num_heads})"
-            )
-        return self
-
-
-class SamplingConfig(_Section):
-    """Generation budgets and the engine that spends them."""
-
-    backend: Literal["transformers", "vllm"] = "transformers"
-    temperature: float = Field(0.7, ge=0.0, le=5.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(160, ge=1)
-    batch_size: int = Field(128, ge=1, description="Prompts in flight per generation call.")
-    samples_per_problem: int = Field(
-        4, ge=1, description="K self-generated samples per training problem."
-    )
-    eval_samples: int = Field(4, ge=1, description="n samples per test problem for pass@k.")
-
-
-class TrainingConfig(_Section):
-    """Optimisation budgets shared by SFT, RFT and the DPO variants."""
-
-    epochs: int = Field(3, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
-    batch_size: int = Field(32, ge=1)
-    weight_decay: float = Field(0.0, ge=0.0)
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    bf16: bool = Field(True, description="bf16 autocast (helps on CPU and GPU).")
-    rft_max_per_problem: int = Field(4, ge=1, description="RFT: distinct positives kept.")
-    rft_init: Literal["base", "sft"] = "base"
-    dpo_beta: float = Field(0.1, gt=0.0)
-    dpo_learning_rate: float = Field(2e-4, gt=0.0)
-    dpo_epochs: int = Field(2, ge=1)
-
-
-class CreditConfig(_Section):
+class CreditConfig(Section):
     """Per-step credit assignment: step rollouts, Q-values, first pits, preference pairs.
 
     The defaults are the paper's reading: best-of-K (K = 5) around pi_sft as the rollout
@@ -249,7 +179,7 @@ class CreditConfig(_Section):
         return self
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     """A whole study: the sweep and every stage's settings."""
 
     preset: PresetName = DEFAULT_PRESET

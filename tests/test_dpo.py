@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from synthdata_assets.config import ModelConfig, TrainingConfig
+from training.config import ModelConfig, TrainingConfig
 from synthdata_assets.tasks.embedded import EmbeddedParams, generate_problems, oracle_solution
 from training.dpo import (
     DPOStats,

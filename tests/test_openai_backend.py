@@ -328,7 +328,7 @@ def _tiny_trained_checkpoint(folder: Path) -> Path:
     32 (vLLM's CPU attention has no 16), trained briefly on the task."""
     import torch
 
-    from synthdata_assets.config import ModelConfig, TrainingConfig
+    from training.config import ModelConfig, TrainingConfig
     from synthdata_assets.tasks.embedded import (
         EmbeddedParams,
         generate_problems,

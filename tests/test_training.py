@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from synthdata_assets.config import ModelConfig, TrainingConfig
+from training.config import ModelConfig, TrainingConfig
 from synthdata_assets.tasks.embedded import (
     EmbeddedParams,
     generate_problems,

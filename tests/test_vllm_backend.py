@@ -35,7 +35,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import torch
 
-from synthdata_assets.config import ModelConfig, TrainingConfig
+from training.config import ModelConfig, TrainingConfig
 from synthdata_assets.tasks.embedded import (
     EmbeddedParams,
     generate_problems,

@@ -80,7 +80,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from synthdata_assets.config import TrainingConfig
+from training.config import TrainingConfig
 from training.sft import (
     ADAM_BETAS,
     IGNORE_INDEX,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from synthdata_assets.config import ModelConfig
+from training.config import ModelConfig
 
 
 def build_tiny_llama(

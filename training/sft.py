@@ -71,7 +71,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from synthdata_assets.config import TrainingConfig
+from training.config import TrainingConfig
 
 IGNORE_INDEX = -100
 ADAM_BETAS = (0.9, 0.95)
