@@ -30,8 +30,7 @@ method x data_size x seed x test problem, with ``is_correct``) into:
     problem draw for every method and size, so comparisons stay paired), then recompute
     table -> reference fit -> summary. Resamples where the reference fit is undefined are
     dropped and counted in ``note``; with fewer than half left the interval is null. It is
-    vectorised numpy over a correctness tensor [method, size, seed, problem]: 1000 resamples
-    of 5 methods x 5 sizes x 3 seeds x 400 problems take well under a second.
+    vectorised numpy over a correctness tensor [method, size, seed, problem].
 ``plot_curves(table, fits, path)`` and ``report_markdown(table, fits, mults, plot_path)``
     a log-log figure (Agg, written atomically) and a short markdown summary.
 
@@ -474,104 +473,163 @@ def multipliers(
     df = _normalise_evaluations(evaluations)
     if df.height == 0:
         return pl.DataFrame(schema=MULTIPLIER_SCHEMA)
-    methods, sizes, seeds, problems, correct, present = _tensor(df)
-    m, n, k, p = correct.shape
+    methods, sizes, _, _, correct, present = _tensor(df)
     log_n = np.log(np.asarray(sizes, dtype=float))
     method_sizes = present.any(axis=(2, 3))  # [M, N]
     n_sizes = method_sizes.sum(axis=1)
 
-    table = scaling_table(df)
-    fits = fit_power_laws(table)
-    ref_fit = _fit_row(fits, reference)
-    problem = _reference_problem(reference, methods, ref_fit)
+    problem = _reference_problem(
+        reference, methods, _fit_row(fit_power_laws(scaling_table(df)), reference)
+    )
     if problem is not None:
-        rows = [
-            {
-                "method": method,
-                "multiplier": None,
-                "ci_low": None,
-                "ci_high": None,
-                "n_sizes": int(n_sizes[i]),
-                "extrapolated": None,
-                "note": problem,
-            }
-            for i, method in enumerate(methods)
-        ]
-        return pl.DataFrame(rows, schema=MULTIPLIER_SCHEMA)
+        return _undefined_multipliers(methods, n_sizes, problem)
     ref = methods.index(reference)
 
     # Point estimate: every seed once, every problem once (same code path as the bootstrap).
-    ident = np.arange(k)[None, :]
-    err, tests = _resampled_errors(correct, present, ident, np.ones((1, k, p)))
+    k, p = correct.shape[2:]
+    err, tests = _resampled_errors(correct, present, np.arange(k)[None, :], np.ones((1, k, p)))
     summary, per_size, _, _ = _summaries(err, tests, log_n, ref, method_sizes)
     ref_sizes = np.asarray(sizes)[method_sizes[ref]]
-    lo, hi = float(ref_sizes.min()), float(ref_sizes.max())
+    ref_range = float(ref_sizes.min()), float(ref_sizes.max())
     log_ref = per_size[0] + log_n[None, :]  # [M, N]
 
-    ci = np.full((m, 2), np.nan)
+    ci = np.full((len(methods), 2), np.nan)
     boot_note = ""
     if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        draws = []
-        chunk = max(1, min(_BOOT_CHUNK, _BOOT_CELLS // (k * p)))
-        for start in range(0, n_boot, chunk):
-            nb = min(chunk, n_boot - start)
-            seed_idx = rng.integers(0, k, size=(nb, k))
-            prob_idx = rng.integers(0, p, size=(nb, k, p))
-            offsets = np.arange(nb * k)[:, None] * p
-            weights = np.bincount(
-                (prob_idx.reshape(nb * k, p) + offsets).ravel(), minlength=nb * k * p
-            ).reshape(nb, k, p)
-            err_b, tests_b = _resampled_errors(correct, present, seed_idx, weights.astype(float))
-            draws.append(_summaries(err_b, tests_b, log_n, ref, method_sizes)[0])
-        boot = np.concatenate(draws, axis=0)  # [n_boot, M]
-        alpha = (1.0 - confidence) / 2.0
-        for i in range(m):
-            ok = np.isfinite(boot[:, i])
-            if ok.sum() * 2 >= n_boot:
-                ci[i] = np.quantile(boot[ok, i], [alpha, 1.0 - alpha])
-        dropped = int((~np.isfinite(boot[:, ref])).sum())
-        if dropped:
-            boot_note = (
-                f"{dropped} of {n_boot} bootstrap resamples had an undefined {reference} fit "
-                "(b <= 0) and were dropped"
-            )
-            if dropped * 2 > n_boot:
-                boot_note += "; too few left for an interval"
+        boot = _bootstrap(correct, present, log_n, ref, method_sizes, n_boot=n_boot, seed=seed)
+        ci = _percentile_intervals(boot, confidence)
+        boot_note = _dropped_note(boot[:, ref], reference)
 
-    rows = []
-    for i, method in enumerate(methods):
-        notes = []
-        used = np.isfinite(per_size[0, i])
-        extrapolated = False
-        if method == reference:
-            notes.append("reference method: 1x by definition")
-        else:
-            extrapolated = any(_outside(float(x), lo, hi) for x in log_ref[i, used])
-            if extrapolated:
-                notes.append(
-                    f"extrapolated: the {reference}-equivalent data size lies outside the "
-                    f"measured {reference} range {int(lo)}-{int(hi)} at some size"
-                )
-        value = _exp_or_none(summary[0, i])
-        if value is None and np.isfinite(summary[0, i]):
-            notes.append("multiplier beyond float range; undefined")
-        elif value is None:
-            notes.append("no data size with a finite error; undefined")
-        if boot_note:
-            notes.append(boot_note)
-        rows.append(
-            {
-                "method": method,
-                "multiplier": value,
-                "ci_low": _exp_or_none(ci[i, 0]),
-                "ci_high": _exp_or_none(ci[i, 1]),
-                "n_sizes": int(n_sizes[i]),
-                "extrapolated": extrapolated if value is not None else None,
-                "note": "; ".join(notes) or None,
-            }
+    rows = [
+        _multiplier_row(
+            method,
+            reference,
+            summary[0, i],
+            log_ref[i, np.isfinite(per_size[0, i])],
+            ref_range,
+            ci[i],
+            int(n_sizes[i]),
+            boot_note,
         )
+        for i, method in enumerate(methods)
+    ]
     return pl.DataFrame(rows, schema=MULTIPLIER_SCHEMA)
+
+
+def _undefined_multipliers(methods: list[str], n_sizes: np.ndarray, note: str) -> pl.DataFrame:
+    rows = [
+        {
+            "method": method,
+            "multiplier": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n_sizes": int(n_sizes[i]),
+            "extrapolated": None,
+            "note": note,
+        }
+        for i, method in enumerate(methods)
+    ]
+    return pl.DataFrame(rows, schema=MULTIPLIER_SCHEMA)
+
+
+def _bootstrap(
+    correct: np.ndarray,
+    present: np.ndarray,
+    log_n: np.ndarray,
+    ref: int,
+    method_sizes: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+) -> np.ndarray:
+    """Summary log multipliers [n_boot, M] of paired resamples: seeds with replacement, then
+    in each drawn seed slot problems with replacement, the same draw for every method and size.
+    """
+    _, _, k, p = correct.shape
+    rng = np.random.default_rng(seed)
+    draws = []
+    chunk = max(1, min(_BOOT_CHUNK, _BOOT_CELLS // (k * p)))
+    for start in range(0, n_boot, chunk):
+        nb = min(chunk, n_boot - start)
+        seed_idx = rng.integers(0, k, size=(nb, k))
+        prob_idx = rng.integers(0, p, size=(nb, k, p))
+        offsets = np.arange(nb * k)[:, None] * p
+        weights = np.bincount(
+            (prob_idx.reshape(nb * k, p) + offsets).ravel(), minlength=nb * k * p
+        ).reshape(nb, k, p)
+        err_b, tests_b = _resampled_errors(correct, present, seed_idx, weights.astype(float))
+        draws.append(_summaries(err_b, tests_b, log_n, ref, method_sizes)[0])
+    return np.concatenate(draws, axis=0)
+
+
+def _percentile_intervals(boot: np.ndarray, confidence: float) -> np.ndarray:
+    """[M, 2] percentile interval of each method's finite resamples; NaN where fewer than half
+    of the resamples are finite."""
+    n_boot, m = boot.shape
+    ci = np.full((m, 2), np.nan)
+    alpha = (1.0 - confidence) / 2.0
+    for i in range(m):
+        ok = np.isfinite(boot[:, i])
+        if ok.sum() * 2 >= n_boot:
+            ci[i] = np.quantile(boot[ok, i], [alpha, 1.0 - alpha])
+    return ci
+
+
+def _dropped_note(ref_boot: np.ndarray, reference: str) -> str:
+    """How many resamples had an undefined reference fit, or "" when none."""
+    n_boot = len(ref_boot)
+    dropped = int((~np.isfinite(ref_boot)).sum())
+    if not dropped:
+        return ""
+    note = (
+        f"{dropped} of {n_boot} bootstrap resamples had an undefined {reference} fit "
+        "(b <= 0) and were dropped"
+    )
+    if dropped * 2 > n_boot:
+        note += "; too few left for an interval"
+    return note
+
+
+def _multiplier_row(
+    method: str,
+    reference: str,
+    log_summary: float,
+    log_ref_sizes: np.ndarray,
+    ref_range: tuple[float, float],
+    ci: np.ndarray,
+    n_sizes: int,
+    boot_note: str,
+) -> dict:
+    """One ``MULTIPLIER_SCHEMA`` row; ``log_ref_sizes`` are the log reference-equivalent sizes
+    at the method's sizes with a finite error."""
+    notes = []
+    extrapolated = False
+    if method == reference:
+        notes.append("reference method: 1x by definition")
+    else:
+        lo, hi = ref_range
+        extrapolated = any(_outside(float(x), lo, hi) for x in log_ref_sizes)
+        if extrapolated:
+            notes.append(
+                f"extrapolated: the {reference}-equivalent data size lies outside the "
+                f"measured {reference} range {int(lo)}-{int(hi)} at some size"
+            )
+    value = _exp_or_none(log_summary)
+    if value is None and np.isfinite(log_summary):
+        notes.append("multiplier beyond float range; undefined")
+    elif value is None:
+        notes.append("no data size with a finite error; undefined")
+    if boot_note:
+        notes.append(boot_note)
+    return {
+        "method": method,
+        "multiplier": value,
+        "ci_low": _exp_or_none(ci[0]),
+        "ci_high": _exp_or_none(ci[1]),
+        "n_sizes": n_sizes,
+        "extrapolated": extrapolated if value is not None else None,
+        "note": "; ".join(notes) or None,
+    }
 
 
 # --------------------------------------------------------------------------- plot
@@ -676,69 +734,79 @@ def report_markdown(
     base = Path(relative_to) if relative_to is not None else plot_path.parent
     rel = os.path.relpath(plot_path, base)
     lines = ["# Scaling curves (Setlur et al. 2024)", ""]
-
-    _require(table, ("method", "data_size", "accuracy"), "scaling table")
-    if table.height:
-        sizes = sorted(table["data_size"].unique().to_list())
-        acc = table.group_by(["method", "data_size"]).agg(
-            mean=pl.col("accuracy").mean(), seeds=pl.len()
-        )
-        cells = {(r["method"], r["data_size"]): r for r in acc.iter_rows(named=True)}
-        n_seeds = table["seed"].n_unique() if "seed" in table.columns else 1
-        lines += [
-            f"Test accuracy (%), mean over seeds ({n_seeds} seed(s)); columns are data sizes.",
-            "",
-            "| method | " + " | ".join(str(s) for s in sizes) + " |",
-            "| --- |" + " ---: |" * len(sizes),
-        ]
-        for method in table["method"].unique(maintain_order=True).to_list():
-            row = [
-                f"{100 * cells[(method, s)]['mean']:.1f}" if (method, s) in cells else "—"
-                for s in sizes
-            ]
-            lines.append(f"| {method} | " + " | ".join(row) + " |")
-    else:
-        lines.append("No evaluations yet.")
-    lines.append("")
-
+    lines += _accuracy_section(table)
     if fits.height:
-        lines += ["Power-law fits, test error = a · n^(-b):", ""]
-        for r in fits.iter_rows(named=True):
-            if r["b"] is None:
-                lines.append(f"- {r['method']}: no fit ({r['n_points']} data size(s); needs 2)")
-            else:
-                r2 = "n/a" if r["r2"] is None else f"{r['r2']:.2f}"
-                lines.append(
-                    f"- {r['method']}: a = {r['a']:.3g}, b = {r['b']:.3f} "
-                    f"(R² {r2}, {r['n_points']} sizes)"
-                )
-        lines.append("")
-
+        lines += _fit_section(fits)
     if mults.height:
-        ref_word = reference.upper() if reference == "sft" else reference
-        ref_fit = _fit_row(fits, reference) if fits.height else None
-        ref_range = ""
-        if ref_fit is not None and ref_fit["min_size"] is not None:
-            ref_range = f" ({ref_fit['min_size']}–{ref_fit['max_size']})"
-        lines += [f"Effective data multipliers (vs. {reference}):", ""]
-        for r in mults.iter_rows(named=True):
-            name = r["method"]
-            if r["multiplier"] is None:
-                lines.append(f"- {name}: undefined — {r['note'] or 'no estimate'}")
-                continue
-            if name == reference:
-                lines.append(f"- {name}: reference (1x by definition)")
-                continue
-            text = f"- {name}: {_fmt_x(r['multiplier'])}x {ref_word} data"
-            if r["ci_low"] is not None and r["ci_high"] is not None:
-                text += f" ({100 * confidence:g}% CI {_fmt_x(r['ci_low'])}–{_fmt_x(r['ci_high'])})"
-            else:
-                text += " (no interval)"
-            text += f" over {r['n_sizes']} size(s)"
-            if r["extrapolated"]:
-                text += f"; extrapolated beyond the measured {reference} data sizes{ref_range}"
-            lines.append(text)
-        lines.append("")
-
+        lines += _multiplier_section(fits, mults, reference=reference, confidence=confidence)
     lines += [f"![test error vs. data size]({rel})", f"Plot: `{rel}`", ""]
     return "\n".join(lines)
+
+
+def _accuracy_section(table: pl.DataFrame) -> list[str]:
+    """Mean test accuracy per method (rows) and data size (columns)."""
+    _require(table, ("method", "data_size", "accuracy"), "scaling table")
+    if not table.height:
+        return ["No evaluations yet.", ""]
+    sizes = sorted(table["data_size"].unique().to_list())
+    acc = table.group_by(["method", "data_size"]).agg(
+        mean=pl.col("accuracy").mean(), seeds=pl.len()
+    )
+    cells = {(r["method"], r["data_size"]): r for r in acc.iter_rows(named=True)}
+    n_seeds = table["seed"].n_unique() if "seed" in table.columns else 1
+    lines = [
+        f"Test accuracy (%), mean over seeds ({n_seeds} seed(s)); columns are data sizes.",
+        "",
+        "| method | " + " | ".join(str(s) for s in sizes) + " |",
+        "| --- |" + " ---: |" * len(sizes),
+    ]
+    for method in table["method"].unique(maintain_order=True).to_list():
+        row = [
+            f"{100 * cells[(method, s)]['mean']:.1f}" if (method, s) in cells else "—"
+            for s in sizes
+        ]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def _fit_section(fits: pl.DataFrame) -> list[str]:
+    lines = ["Power-law fits, test error = a · n^(-b):", ""]
+    for r in fits.iter_rows(named=True):
+        if r["b"] is None:
+            lines.append(f"- {r['method']}: no fit ({r['n_points']} data size(s); needs 2)")
+        else:
+            r2 = "n/a" if r["r2"] is None else f"{r['r2']:.2f}"
+            lines.append(
+                f"- {r['method']}: a = {r['a']:.3g}, b = {r['b']:.3f} "
+                f"(R² {r2}, {r['n_points']} sizes)"
+            )
+    return [*lines, ""]
+
+
+def _multiplier_section(
+    fits: pl.DataFrame, mults: pl.DataFrame, *, reference: str, confidence: float
+) -> list[str]:
+    ref_word = reference.upper() if reference == "sft" else reference
+    ref_fit = _fit_row(fits, reference) if fits.height else None
+    ref_range = ""
+    if ref_fit is not None and ref_fit["min_size"] is not None:
+        ref_range = f" ({ref_fit['min_size']}–{ref_fit['max_size']})"
+    lines = [f"Effective data multipliers (vs. {reference}):", ""]
+    for r in mults.iter_rows(named=True):
+        name = r["method"]
+        if r["multiplier"] is None:
+            lines.append(f"- {name}: undefined — {r['note'] or 'no estimate'}")
+            continue
+        if name == reference:
+            lines.append(f"- {name}: reference (1x by definition)")
+            continue
+        text = f"- {name}: {_fmt_x(r['multiplier'])}x {ref_word} data"
+        if r["ci_low"] is not None and r["ci_high"] is not None:
+            text += f" ({100 * confidence:g}% CI {_fmt_x(r['ci_low'])}–{_fmt_x(r['ci_high'])})"
+        else:
+            text += " (no interval)"
+        text += f" over {r['n_sizes']} size(s)"
+        if r["extrapolated"]:
+            text += f"; extrapolated beyond the measured {reference} data sizes{ref_range}"
+        lines.append(text)
+    return [*lines, ""]

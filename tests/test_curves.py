@@ -284,6 +284,23 @@ def test_missing_reference():
     assert row["multiplier"] == pytest.approx(1.0)
 
 
+def test_resamples_with_an_undefined_reference_fit_are_dropped():
+    """An SFT slope barely above 0: some resamples fit b <= 0; they are counted in the note,
+    and the interval is null once more than half are dropped."""
+    laws = {"sft": lambda n: 0.5 * n**-0.03, "rft": lambda n: 0.45 * n**-0.03}
+    notes = {}
+    for seed in (1, 2):
+        ev = make_evals(laws, sizes=[8, 512], n_seeds=2, n_problems=80, seed=seed)
+        notes[seed] = by_method(multipliers(ev, n_boot=100))["rft"]
+    kept, too_few = notes[2], notes[1]
+    assert "40 of 100 bootstrap resamples had an undefined sft fit" in kept["note"]
+    assert "too few left" not in kept["note"]
+    assert kept["ci_low"] is not None and kept["ci_high"] is not None
+    assert "51 of 100" in too_few["note"] and "too few left for an interval" in too_few["note"]
+    assert too_few["multiplier"] is not None
+    assert too_few["ci_low"] is None and too_few["ci_high"] is None
+
+
 def _scaled(k: float) -> Callable[[float], float]:
     return lambda n: sft_law(k * n)
 

@@ -33,10 +33,8 @@ The question holds one defining sentence per quantity on one line, and ends with
 - **dependency order**: every quantity after its operands, and every derived distractor after
   the asked-for quantity too (given distractors, which have no operands, go anywhere).
   A solution then computes the derived quantities in the order the question states them and
-  stops at the asked-for one. With derived distractors mixed in before it, choosing the first
-  step means tracing the target's dependencies back through several sentences before writing
-  anything, which a tiny model does not learn from a few thousand examples (measured: SFT
-  stayed at chance at every data size; see the README's *Calibration*).
+  stops at the asked-for one, without first tracing the target's dependencies back through
+  the sentences.
 
 Solution grammar
 ----------------
@@ -221,8 +219,7 @@ def exclude_overlap(
 
 def solve(problem: EmbeddedProblem) -> list[str]:
     """The minimal correct step lines, in dependency order, without the answer line."""
-    world = _parse(problem.spec)
-    return [_step_line(q, world.values, world.item) for q in world.steps]
+    return _minimal_solution(_parse(problem.spec))[:-1]
 
 
 def oracle_solution(
@@ -294,10 +291,7 @@ def pretraining_facts(params: EmbeddedParams, *, seed: int, n: int) -> list[str]
             texts.append(f"{name} has {a} {_SYMBOL[op]} {b} = {_apply(op, a, b, p)} {item}.")
         else:
             world = _parse(_build_spec(rng, p, 1, 0))
-            lines = [_step_line(q, world.values, world.item) for q in world.steps]
-            texts.append(
-                "\n".join([_question(world), *lines, final_answer_line(world.values[world.target])])
-            )
+            texts.append("\n".join([_question(world), *_minimal_solution(world)]))
     return texts
 
 
@@ -308,10 +302,8 @@ def arithmetic_drill(
     step grammar: ``("Bob has 3 + 5 =", " 1")``, each copy with another random name (seeded).
 
     The first pretraining phase of the tiny base model trains on these with the loss on the
-    result alone: a ``p x p`` table per operation is learned in seconds this way, while spread
-    thinly through long texts it stays on a loss plateau for thousands of updates. With one
-    name per fact a model memorises (name, a, b) and answers wrongly for any other name; the
-    copies make the result a function of the operands alone.
+    result alone. The copies under different names make the result a function of the operands
+    alone, so that a model cannot memorise (name, a, b) instead.
     """
     if copies < 1:
         raise ValueError(f"copies must be >= 1, got {copies}")
@@ -347,10 +339,7 @@ def easy_problems(
             ops=_ops(params),
         )
         world = _parse(spec)
-        lines = [_step_line(q, world.values, world.item) for q in world.steps]
-        out.append(
-            (_question(world), "\n".join([*lines, final_answer_line(world.values[world.target])]))
-        )
+        out.append((_question(world), "\n".join(_minimal_solution(world))))
     return out
 
 
@@ -380,6 +369,12 @@ def _operands(q: _Quantity, values: Mapping[str, int]) -> tuple[int, int]:
 def _step_line(q: _Quantity, values: Mapping[str, int], item: str) -> str:
     a, b = _operands(q, values)
     return f"{q.name} has {a} {_SYMBOL[q.op]} {b} = {values[q.name]} {item}."
+
+
+def _minimal_solution(world: _World) -> list[str]:
+    """The needed step lines in dependency order, then the answer line."""
+    lines = [_step_line(q, world.values, world.item) for q in world.steps]
+    return [*lines, final_answer_line(world.values[world.target])]
 
 
 def _values_with_slip(world: _World, slipped: _Quantity, rng: random.Random) -> dict[str, int]:
@@ -427,118 +422,164 @@ def _build_spec(
     shuffle: bool = True,
     ops: tuple[str, ...] = _DERIVED_OPS,
 ) -> str:
-    names = list(NAMES)
-    rng.shuffle(names)
-    item = rng.choice(ITEMS)
-    quantities: list[dict[str, object]] = []
-    values: dict[str, int] = {}
+    draft = _SpecDraft(rng, modulus)
+    target = _grow_needed(draft, n_steps, ops)
+    _add_distractors(draft, n_distractors, ops)
+    order = _sentence_order(rng, draft.quantities, target, n_distractors, shuffle=shuffle)
+    spec = {
+        "item": draft.item,
+        "modulus": modulus,
+        "order": order,
+        "quantities": draft.quantities,
+        "target": target,
+    }
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
-    def new_given() -> str:
-        name = names.pop()
-        values[name] = rng.randrange(modulus)
-        quantities.append(
-            {"name": name, "op": "given", "args": [], "const": None, "value": values[name]}
+
+class _SpecDraft:
+    """The quantities of a spec being drawn, each under a fresh name from a shuffled list."""
+
+    def __init__(self, rng: random.Random, modulus: int) -> None:
+        self.rng = rng
+        self.modulus = modulus
+        self.names = list(NAMES)
+        rng.shuffle(self.names)
+        self.item = rng.choice(ITEMS)
+        self.quantities: list[dict[str, object]] = []
+        self.values: dict[str, int] = {}
+
+    def given(self) -> str:
+        name = self.names.pop()
+        self.values[name] = self.rng.randrange(self.modulus)
+        self._add(name, "given", [], None)
+        return name
+
+    def derived(self, op: str, args: list[str]) -> str:
+        const = None if op == "sum" else self.rng.randint(2 if op == "mul" else 1, self.modulus - 1)
+        a = self.values[args[0]]
+        b = self.values[args[1]] if const is None else const
+        name = self.names.pop()
+        self.values[name] = _apply(op, a, b, self.modulus)
+        self._add(name, op, args, const)
+        return name
+
+    def _add(self, name: str, op: str, args: list[str], const: int | None) -> None:
+        self.quantities.append(
+            {"name": name, "op": op, "args": args, "const": const, "value": self.values[name]}
         )
+
+
+class _NeededGraph:
+    """The quantities the target depends on, as they are grown.
+
+    Every derived quantity but the last is consumed by a later one, which makes all of them
+    ancestors of the target. ``open`` holds the derived quantities not yet consumed; ``leaves``
+    the givens; ``closed`` the consumed derived quantities.
+    """
+
+    def __init__(self, draft: _SpecDraft) -> None:
+        self.draft = draft
+        self.leaves: list[str] = []
+        self.open: list[str] = []
+        self.closed: list[str] = []
+
+    def operands(self, shape: str) -> list[str]:
+        """The operands of a step of this shape (see ``_feasible_shapes``), in drawn order."""
+        if shape == "unary_leaf":
+            return [self._leaf()]
+        if shape == "unary_open":
+            return [self._take_open()]
+        if shape == "sum_open_open":
+            return [self._take_open(), self._take_open()]
+        if shape == "sum_leaf_leaf":
+            self.leaves.extend([self.draft.given(), self.draft.given()])
+            return self.leaves[-2:]
+        others = self.leaves + self.closed
+        first = self._take_open()
+        if others and self.draft.rng.random() < _REUSE_PROB:
+            return [first, self.draft.rng.choice(others)]
+        self.leaves.append(self.draft.given())
+        return [first, self.leaves[-1]]
+
+    def _leaf(self) -> str:
+        if self.leaves and self.draft.rng.random() < _REUSE_PROB:
+            return self.draft.rng.choice(self.leaves)
+        self.leaves.append(self.draft.given())
+        return self.leaves[-1]
+
+    def _take_open(self) -> str:
+        name = self.draft.rng.choice(self.open)
+        self.open.remove(name)
+        self.closed.append(name)
         return name
 
-    def new_derived(op: str, args: list[str]) -> str:
-        const = None if op == "sum" else rng.randint(2 if op == "mul" else 1, modulus - 1)
-        a = values[args[0]]
-        b = values[args[1]] if const is None else const
-        name = names.pop()
-        values[name] = _apply(op, a, b, modulus)
-        quantities.append(
-            {"name": name, "op": op, "args": args, "const": const, "value": values[name]}
-        )
-        return name
 
-    # The needed graph is grown so that every derived quantity but the last is consumed by a later
-    # one, which makes all of them ancestors of the target. "Open" derived quantities are not yet
-    # consumed; a shape is feasible only if the remaining steps (each sum of two open quantities
-    # closes one) can still merge the open ones into a single target.
-    leaves: list[str] = []
-    open_: list[str] = []
-    closed: list[str] = []
+def _feasible_shapes(n_open: int, steps_after: int) -> list[str]:
+    """The step shapes after which the remaining steps can still merge the open quantities into
+    a single target (a sum of two open quantities closes one)."""
+    shapes = [("unary_leaf", n_open + 1)]
+    if n_open >= 1:
+        shapes += [("unary_open", n_open), ("sum_open_other", n_open)]
+    if n_open >= 2:
+        shapes.append(("sum_open_open", n_open - 1))
+    if n_open == 0:
+        shapes.append(("sum_leaf_leaf", 1))
+    return [shape for shape, open_after in shapes if 1 <= open_after <= steps_after + 1]
 
-    def leaf() -> str:
-        if leaves and rng.random() < _REUSE_PROB:
-            return rng.choice(leaves)
-        leaves.append(new_given())
-        return leaves[-1]
 
-    def take_open() -> str:
-        name = rng.choice(open_)
-        open_.remove(name)
-        closed.append(name)
-        return name
-
+def _grow_needed(draft: _SpecDraft, n_steps: int, ops: tuple[str, ...]) -> str:
+    """Add the needed givens and ``n_steps`` derived quantities; returns the target's name."""
+    rng = draft.rng
+    graph = _NeededGraph(draft)
     for k in range(n_steps):
-        steps_after = n_steps - k - 1
-        u = len(open_)
-        shapes = [("unary_leaf", u + 1)]
-        if u >= 1:
-            shapes += [("unary_open", u), ("sum_open_other", u)]
-        if u >= 2:
-            shapes.append(("sum_open_open", u - 1))
-        if u == 0:
-            shapes.append(("sum_leaf_leaf", 1))
-        feasible = [shape for shape, after in shapes if 1 <= after <= steps_after + 1]
+        feasible = _feasible_shapes(len(graph.open), n_steps - k - 1)
         usable = [
             op for op in ops if any(shape.startswith("sum") == (op == "sum") for shape in feasible)
         ]
         op = rng.choice(usable)
         shape = rng.choice([s for s in feasible if s.startswith("sum") == (op == "sum")])
-        if shape == "unary_leaf":
-            args = [leaf()]
-        elif shape == "unary_open":
-            args = [take_open()]
-        elif shape == "sum_open_open":
-            args = [take_open(), take_open()]
-        elif shape == "sum_leaf_leaf":
-            leaves.extend([new_given(), new_given()])
-            args = leaves[-2:]
-        else:
-            others = leaves + closed
-            first = take_open()
-            if others and rng.random() < _REUSE_PROB:
-                args = [first, rng.choice(others)]
-            else:
-                leaves.append(new_given())
-                args = [first, leaves[-1]]
+        args = graph.operands(shape)
         rng.shuffle(args)
-        open_.append(new_derived(op, args))
-    (target,) = open_
+        graph.open.append(draft.derived(op, args))
+    (target,) = graph.open
+    return target
 
-    # Distractors come after the needed graph, so nothing needed can depend on them.
+
+def _add_distractors(draft: _SpecDraft, n_distractors: int, ops: tuple[str, ...]) -> None:
+    """Add the distractors after the needed graph, so nothing needed can depend on them."""
+    rng = draft.rng
     n_derived = rng.randint((n_distractors + 1) // 2, n_distractors) if n_distractors else 0
     for _ in range(n_distractors - n_derived):
-        new_given()
+        draft.given()
     for _ in range(n_derived):
         op = rng.choice(ops)
-        pool = [str(q["name"]) for q in quantities]
-        new_derived(op, rng.sample(pool, 2 if op == "sum" else 1))
+        pool = [str(q["name"]) for q in draft.quantities]
+        draft.derived(op, rng.sample(pool, 2 if op == "sum" else 1))
 
+
+def _sentence_order(
+    rng: random.Random,
+    quantities: list[dict[str, object]],
+    target: str,
+    n_distractors: int,
+    *,
+    shuffle: bool,
+) -> list[str]:
+    """The names in sentence order: shuffled, or the dependency order of the module docstring
+    (each given distractor anywhere, each derived one at a random place after its operands and
+    after the target)."""
     order = [str(q["name"]) for q in quantities]
     if shuffle:
         rng.shuffle(order)
-    else:
-        # Dependency order: each given distractor anywhere, each derived one at a random place
-        # after its operands and after the target (see "Question grammar" in the docstring).
-        n_needed = len(order) - n_distractors
-        order = order[:n_needed]
-        for q in quantities[n_needed:]:
-            after = max((order.index(str(a)) + 1 for a in q["args"]), default=0)
-            if q["op"] != "given":
-                after = max(after, order.index(target) + 1)
-            order.insert(rng.randint(after, len(order)), str(q["name"]))
-    spec = {
-        "item": item,
-        "modulus": modulus,
-        "order": order,
-        "quantities": quantities,
-        "target": target,
-    }
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        return order
+    n_needed = len(order) - n_distractors
+    order = order[:n_needed]
+    for q in quantities[n_needed:]:
+        after = max((order.index(str(a)) + 1 for a in q["args"]), default=0)
+        if q["op"] != "given":
+            after = max(after, order.index(target) + 1)
+        order.insert(rng.randint(after, len(order)), str(q["name"]))
+    return order
 
 
 @functools.lru_cache(maxsize=4096)
