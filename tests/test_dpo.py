@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from training.config import ModelConfig, TrainingConfig
 from synthdata_assets.tasks.embedded import EmbeddedParams, generate_problems, oracle_solution
+from training.config import ModelConfig, TrainingConfig
 from training.dpo import (
     DPOStats,
     PreferenceExample,
@@ -145,7 +145,15 @@ def test_train_dpo_learns_the_preference(
     model = build_tiny_llama(TINY, tokenizer, seed=0)
     initial = copy.deepcopy(model)
     lines: list[str] = []
-    stats = _train(model, tokenizer, pairs, epochs=6, log=lines.append)
+    reports: list[tuple[int, int, dict[str, float]]] = []
+    stats = _train(
+        model,
+        tokenizer,
+        pairs,
+        epochs=6,
+        log=lines.append,
+        progress=lambda done, total, **figures: reports.append((done, total, figures)),
+    )
     assert isinstance(stats, TrainStats)
     assert stats.steps == 12 == len(stats.losses) and stats.epochs == pytest.approx(6.0)
     # The policy starts as the reference: every implicit reward is 0 and the loss log 2.
@@ -156,7 +164,14 @@ def test_train_dpo_learns_the_preference(
     assert stats.tokens > 0 and stats.tokens_per_second > 0
     assert not _same_weights(model, initial)
     assert not model.training
-    assert any("update 12/12" in line and "tokens/s" in line for line in lines)
+    # Progress after every update; the log: the reference pass, the start and the end.
+    assert [(done, total) for done, total, _ in reports] == [(n, 12) for n in range(1, 13)]
+    assert [figures["loss"] for _, _, figures in reports] == stats.losses
+    figures = reports[-1][2]
+    assert set(figures) == {"loss", "lr", "tokens_per_s", "reward_accuracy"}
+    assert 0.0 <= figures["reward_accuracy"] <= 1.0 and figures["tokens_per_s"] > 0
+    assert [line.split(" ")[0] for line in lines] == ["reference", "DPO", "DPO"]
+    assert lines[2].startswith("DPO done: 12 updates") and "reward accuracy" in lines[2]
 
     # Measured afresh: the chosen-vs-rejected margin over the reference rose for most pairs.
     def margins(policy) -> list[float]:

@@ -18,7 +18,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from training.config import ModelConfig, TrainingConfig
 from synthdata_assets.tasks.embedded import (
     EmbeddedParams,
     generate_problems,
@@ -31,10 +30,12 @@ from training.checkpoint import (
     read_meta,
     save_checkpoint,
 )
+from training.config import ModelConfig, TrainingConfig
 from training.model import build_tiny_llama, count_parameters
 from training.prompts import format_example, format_prompt
-from training.sft import IGNORE_INDEX, _lr_factor, collate_examples, encode_example, train_sft
+from training.sft import IGNORE_INDEX, collate_examples, encode_example, train_sft
 from training.tokenizer import build_tokenizer
+from training.trainer import lr_factor
 
 PARAMS = EmbeddedParams()
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=256)
@@ -209,9 +210,17 @@ def test_train_sft_reduces_loss(
     model = build_tiny_llama(TINY, tokenizer, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lines: list[str] = []
+    reports: list[tuple[int, int, dict[str, float]]] = []
     config = TrainingConfig(epochs=8, batch_size=16, learning_rate=3e-3, warmup_ratio=0.1)
     stats = train_sft(
-        model, tokenizer, examples, config=config, seed=0, max_seq_len=256, log=lines.append
+        model,
+        tokenizer,
+        examples,
+        config=config,
+        seed=0,
+        max_seq_len=256,
+        log=lines.append,
+        progress=lambda done, total, **figures: reports.append((done, total, figures)),
     )
     assert stats.steps == 32 == len(stats.losses)  # 8 epochs x 4 updates
     assert stats.epochs == pytest.approx(8.0)
@@ -225,7 +234,16 @@ def test_train_sft_reduces_loss(
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == len(before)
     assert not model.training
-    assert any("update 32/32" in line and "tokens/s" in line for line in lines)
+    # Progress after every update; the log says only when training starts and ends.
+    assert [(done, total) for done, total, _ in reports] == [(n, 32) for n in range(1, 33)]
+    assert [figures["loss"] for _, _, figures in reports] == stats.losses
+    assert all(set(figures) == {"loss", "lr", "tokens_per_s"} for _, _, figures in reports)
+    assert all(figures["tokens_per_s"] > 0 for _, _, figures in reports)
+    lrs = [figures["lr"] for _, _, figures in reports]
+    assert max(lrs) == pytest.approx(3e-3) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert len(lines) == 2
+    assert lines[0].startswith("training on 64 examples") and "bf16 autocast: " in lines[0]
+    assert lines[1].startswith("training done: 32 updates") and "tokens/s" in lines[1]
 
 
 def test_train_sft_is_seeded(
@@ -321,11 +339,11 @@ def test_gradient_accumulation_keeps_the_batch(
 
 
 def test_learning_rate_schedule() -> None:
-    factors = [_lr_factor(update, 4, 20) for update in range(20)]
+    factors = [lr_factor(update, 4, 20) for update in range(20)]
     assert factors[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]  # linear warmup, then cosine from the top
     assert all(a > b for a, b in zip(factors[4:], factors[5:], strict=False))
     assert factors[-1] < 0.01
-    assert _lr_factor(0, 0, 10) == 1.0
+    assert lr_factor(0, 0, 10) == 1.0
 
 
 def test_pretraining_with_empty_prompts(tokenizer: PreTrainedTokenizerBase) -> None:

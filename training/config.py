@@ -77,7 +77,12 @@ class TrainingConfig(Section):
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    bf16: bool = Field(True, description="bf16 autocast (helps on CPU and GPU).")
+    bf16: bool | None = Field(
+        None,
+        description="bf16 autocast of the forward passes. None: where the hardware computes bf16 "
+        "natively (a CUDA GPU with bf16, a CPU with avx512_bf16 or amx_bf16), else float32; "
+        "true/false force it.",
+    )
     rft_max_per_problem: int = Field(4, ge=1, description="RFT: distinct positives kept.")
     rft_init: Literal["base", "sft"] = "base"
     dpo_beta: float = Field(0.1, gt=0.0)

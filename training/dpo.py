@@ -12,13 +12,13 @@ the prompt, and ``ref`` is the frozen starting policy (pi_sft).
 Why not TRL's ``DPOTrainer``: TRL is not a dependency here, it pulls in ``datasets``, and its
 ``tokenize_row`` appends EOS to every chosen and rejected completion, while a per-step DPO
 negative (a solution cut right after its first wrong step) must get none. This module gives
-exact control over which responses end with EOS, and reuses the SFT trainer's tokens,
-batching, schedule and accelerate loop.
+exact control over which responses end with EOS, and shares the SFT trainer's tokens,
+batching, schedule and accelerate loop (:mod:`training.trainer`).
 
 Tokens and masks
 ----------------
-Each sequence is encoded exactly as :func:`training.sft.encode_example` does:
-``tokenizer(prompt)`` (with its special tokens, i.e. ``<bos>``) followed by
+Each sequence is encoded by :func:`encode_response` (:mod:`training.trainer`), as SFT
+encodes an example: ``tokenizer(prompt)`` (with its special tokens, i.e. ``<bos>``) followed by
 ``tokenizer(completion, add_special_tokens=False)``, so token boundaries match SFT and
 sampling. EOS is appended **only** when the response's ``*_has_eos`` flag is set. Log-probs
 are summed over exactly those completion tokens (plus that EOS); never over the prompt or
@@ -45,30 +45,35 @@ training with them is bit-identical to training without them. Weights must be fi
 
 Batches, schedule, devices
 --------------------------
-As in :mod:`training.sft`: ``batch_size`` pairs per update over all processes and
+As in :mod:`training.trainer`: ``batch_size`` pairs per update over all processes and
 accumulation steps, ``micro_batch_size`` pairs per forward pass (a forward pass holds
 ``2 x micro`` sequences: the chosen ones, then the rejected ones), seeded length-grouped
-batches from :func:`training.sft._micro_batches` (keyed on the longer sequence of each pair),
-AdamW with ``config.weight_decay`` on matrices, linear warmup over ``config.warmup_ratio`` then
-cosine decay, gradient clipping at 1.0, bf16 autocast when ``config.bf16``, ``accelerate`` for
-devices and several processes. ``max_steps`` overrides ``epochs``. The model is trained in
-place and left in eval mode.
+batches from :func:`training.trainer.micro_batches` (keyed on the longer sequence of each
+pair), AdamW with ``config.weight_decay`` on matrices, linear warmup over
+``config.warmup_ratio`` then cosine decay, gradient clipping at 1.0, bf16 autocast as
+``config.bf16`` and the hardware decide (:mod:`training.precision`), ``accelerate`` for devices
+and several processes. ``max_steps`` overrides ``epochs``. The model is trained in place and
+left in eval mode.
 
-Statistics
-----------
+Statistics and progress
+-----------------------
 ``reward_accuracy`` is the share of pairs whose implicit reward
 ``beta * (log pi - log ref)`` is higher for the chosen response, and ``mean_margin`` the mean
 of ``reward(chosen) - reward(rejected)``, both over the last epoch's updates (the last
 ``ceil(pairs / batch_size)`` updates), measured at the forward pass of each update, i.e. just
 before its optimizer step, and summed over processes. ``losses`` holds each update's weighted
 loss over its whole batch, all processes included (one scalar all-reduce per update).
-Checked under ``ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2`` with uneven pair weights:
-it matches one process accumulating the same micro-batches (equal losses and reward
-statistics, weights equal up to float summation order).
+
+``log`` gets a line for the reference pass, one when training starts and one when it ends;
+``progress`` (a :class:`training.progress.Progress`) is called after every update with the
+updates done, the total, and the figures ``loss``, ``lr`` (for the next update),
+``tokens_per_s`` (since the start) and ``reward_accuracy`` (of that update's pairs on the main
+process).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -76,26 +81,26 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from training import trainer
 from training.config import TrainingConfig
-from training.sft import (
-    ADAM_BETAS,
+from training.progress import Progress
+from training.trainer import (
     IGNORE_INDEX,
-    MAX_GRAD_NORM,
     EncodedExample,
     TrainStats,
-    _lr_factor,
-    _micro_batches,
-    _param_groups,
-    _run_summary,
     collate_examples,
+    encode_response,
 )
 
-# Progress lines per run, about.
-_LOG_LINES = 20
+__all__ = [
+    "DPOStats",
+    "PreferenceExample",
+    "encode_response",
+    "sequence_logprobs",
+    "train_dpo",
+]
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ class PreferenceExample:
 
 @dataclass
 class DPOStats(TrainStats):
-    """:class:`training.sft.TrainStats` plus the preference statistics of the last epoch."""
+    """:class:`training.trainer.TrainStats` plus the preference statistics of the last epoch."""
 
     reward_accuracy: float = math.nan
     mean_margin: float = math.nan
@@ -138,36 +143,6 @@ class _Slot:
     scale: float
 
 
-def encode_response(
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    completion: str,
-    *,
-    has_eos: bool,
-    max_seq_len: int | None = None,
-) -> EncodedExample | None:
-    """Ids and labels of ``prompt + completion`` (+ EOS iff ``has_eos``); ``None`` if too long.
-
-    With ``has_eos=True`` this is exactly :func:`training.sft.encode_example`.
-    """
-    if has_eos and tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token; the model could never stop")
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if has_eos:
-        completion_ids = [*completion_ids, tokenizer.eos_token_id]
-    if not completion_ids:
-        raise ValueError(
-            f"the completion {completion!r} has no token to score (empty and without EOS)"
-        )
-    if max_seq_len is not None and len(prompt_ids) + len(completion_ids) > max_seq_len:
-        return None
-    return EncodedExample(
-        input_ids=[*prompt_ids, *completion_ids],
-        labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids,
-    )
-
-
 def sequence_logprobs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -191,7 +166,7 @@ def sequence_logprobs(
         encode_response(tokenizer, p, c, has_eos=e)
         for p, c, e in zip(prompts, completions, has_eos, strict=True)
     ]
-    pad_id = _pad_id(tokenizer)
+    pad_id = trainer.pad_token_id(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -219,6 +194,7 @@ def train_dpo(
     micro_batch_size: int | None = None,
     max_steps: int | None = None,
     weights: Sequence[float] | None = None,
+    progress: Progress | None = None,
 ) -> DPOStats:
     """Train ``model`` in place with DPO on ``examples``; see the module docstring.
 
@@ -229,10 +205,53 @@ def train_dpo(
         raise ValueError(f"beta and learning_rate must be > 0, got {beta} and {learning_rate}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    if max_steps is not None and max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    if micro_batch_size is not None and micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    trainer.check_budget(max_steps, micro_batch_size)
+    pairs, counts = _encode_pairs(tokenizer, examples, weights, max_seq_len)
+    if max_steps == 0:
+        return DPOStats(**trainer.run_summary([], 1, 0, 0.0), **counts)
+    # The DPO step size, epochs and batch size in place of the supervised ones.
+    dpo_config = config.model_copy(
+        update={"learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size}
+    )
+    run = trainer.TrainingRun(
+        "DPO", len(pairs), dpo_config, max_steps, micro_batch_size, log=log, progress=progress
+    )
+    pad_id = trainer.pad_token_id(tokenizer)
+    reference_start = time.perf_counter()
+    reference = _reference_logprobs(
+        reference_model if reference_model is not None else model,
+        pairs,
+        pad_id,
+        run=run,
+        restore_device=reference_model is not None,
+    )
+    reference_seconds = time.perf_counter() - reference_start
+    slots, batches = _weighted_slots(pairs, run, seed)
+    collate = functools.partial(_collate, pairs=pairs, reference=reference, pad_id=pad_id)
+    run.prepare(model, slots, batches, collate)
+    run.emit(
+        f"DPO (beta {beta}) on {len(pairs)} pairs ({counts['dropped']} dropped as longer than "
+        f"{max_seq_len} tokens, {counts['zero_weight']} of weight 0): {run.plan}, "
+        f"device {run.device}, {run.precision}"
+    )
+    last_epoch = _run_updates(run, beta)
+    preference = {
+        "reward_accuracy": float(last_epoch[1] / last_epoch[0]),
+        "mean_margin": float(last_epoch[2] / last_epoch[0]),
+    }
+    return DPOStats(
+        **run.finish(**preference), **counts, **preference, reference_seconds=reference_seconds
+    )
+
+
+def _encode_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[PreferenceExample],
+    weights: Sequence[float] | None,
+    max_seq_len: int,
+) -> tuple[list[_Pair], dict[str, int]]:
+    """The pairs of non-zero weight that fit in ``max_seq_len``, and the ``DPOStats`` counts
+    ``examples``, ``dropped`` and ``zero_weight``; raises if no pair is left."""
     if not examples:
         raise ValueError("train_dpo needs at least one preference pair")
     if weights is None:
@@ -241,10 +260,8 @@ def train_dpo(
         raise ValueError(f"{len(weights)} weights for {len(examples)} pairs")
     if any(not math.isfinite(w) or w < 0 for w in weights):
         raise ValueError("pair weights must be finite and >= 0")
-
     zero_weight = sum(w == 0 for w in weights)
     pairs: list[_Pair] = []
-    dropped = 0
     for example, weight in zip(examples, weights, strict=True):
         if weight == 0:
             continue
@@ -255,9 +272,7 @@ def train_dpo(
                 (example.rejected, example.rejected_has_eos),
             )
         )
-        if chosen is None or rejected is None:
-            dropped += 1
-        else:
+        if chosen is not None and rejected is not None:
             pairs.append(_Pair(chosen, rejected, float(weight)))
     if not pairs:
         if zero_weight == len(examples):
@@ -266,192 +281,78 @@ def train_dpo(
             f"all {len(examples) - zero_weight} pairs with a non-zero weight are longer than "
             f"max_seq_len={max_seq_len} tokens; raise model.max_seq_len"
         )
-    if max_steps == 0:
-        return DPOStats(
-            steps=0,
-            epochs=0.0,
-            final_loss=math.nan,
-            mean_loss_last_10pct=math.nan,
-            tokens=0,
-            tokens_per_second=0.0,
-            seconds=0.0,
-            examples=len(pairs),
-            dropped=dropped,
-            zero_weight=zero_weight,
-        )
-    pad_id = _pad_id(tokenizer)
+    dropped = len(examples) - zero_weight - len(pairs)
+    return pairs, {"examples": len(pairs), "dropped": dropped, "zero_weight": zero_weight}
 
-    accelerator = Accelerator()
-    processes = accelerator.num_processes
 
-    def emit(message: str) -> None:
-        if log is not None and accelerator.is_main_process:
-            log(message)
+def _weighted_slots(
+    pairs: Sequence[_Pair], run: trainer.TrainingRun, seed: int
+) -> tuple[list[_Slot], list[list[int]]]:
+    """Every micro-batch of the run as a list of slots, and the slots' indices per micro-batch.
 
-    per_process = math.ceil(batch_size / processes)
-    micro = min(micro_batch_size or per_process, per_process)
-    accumulation = math.ceil(per_process / micro)
-    chunks_per_batch = accumulation * processes
-    if chunks_per_batch > batch_size:
-        raise ValueError(
-            f"the DPO batch size ({batch_size}) is smaller than processes x accumulation "
-            f"steps ({processes} x {accumulation}); raise it or micro_batch_size"
-        )
-    accelerator.gradient_accumulation_steps = accumulation
-
-    # The reference, once, before any update.
-    reference_start = time.perf_counter()
-    reference = _reference_logprobs(
-        reference_model if reference_model is not None else model,
-        pairs,
-        pad_id,
-        accelerator=accelerator,
-        batch_size=micro,
-        bf16=config.bf16,
-        restore_device=reference_model is not None,
-    )
-    reference_seconds = time.perf_counter() - reference_start
-    reference_tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
-    emit(
-        f"reference log-probs of {len(pairs)} pairs in {reference_seconds:.1f}s "
-        f"({reference_tokens / max(reference_seconds, 1e-9):,.0f} tokens/s)"
-    )
-
-    updates_per_epoch = math.ceil(len(pairs) / batch_size)
-    total_updates = max_steps if max_steps is not None else epochs * updates_per_epoch
-    micro_batches = _micro_batches(
-        [pair.length for pair in pairs],
-        batch_size=batch_size,
-        chunks_per_batch=chunks_per_batch,
-        total_updates=total_updates,
-        seed=seed,
-    )
-    # Normalise each update by its total weight, over all of its micro-batches: accelerate
-    # divides each micro-batch loss by the accumulation steps and DDP averages over processes,
-    # so a micro-batch contributes chunks_per_batch * sum(w * loss) / sum_update(w).
+    Each update is normalised by its total weight, over all of its micro-batches: accelerate
+    divides each micro-batch loss by the accumulation steps and DDP averages over processes,
+    so a micro-batch contributes ``chunks_per_batch * sum(w * loss) / sum_update(w)``.
+    """
+    chunks_per_batch = run.plan.chunks_per_batch
+    order = trainer.micro_batches([pair.length for pair in pairs], run.plan, seed=seed)
     slots: list[_Slot] = []
     batches: list[list[int]] = []
-    for update in range(total_updates):
-        chunk = micro_batches[update * chunks_per_batch : (update + 1) * chunks_per_batch]
+    for update in range(run.plan.total_updates):
+        chunk = order[update * chunks_per_batch : (update + 1) * chunks_per_batch]
         total_weight = sum(pairs[i].weight for mb in chunk for i in mb)
         for mb in chunk:
             batches.append(list(range(len(slots), len(slots) + len(mb))))
             slots += [_Slot(i, chunks_per_batch / total_weight) for i in mb]
+    return slots, batches
 
-    def collate(batch: Sequence[_Slot]) -> dict[str, torch.Tensor]:
-        chosen = [pairs[slot.pair].chosen for slot in batch]
-        rejected = [pairs[slot.pair].rejected for slot in batch]
-        collated = collate_examples([*chosen, *rejected], pad_id)
-        index = torch.tensor([slot.pair for slot in batch])
-        collated["reference"] = reference[index]
-        collated["weight"] = torch.tensor([pairs[slot.pair].weight for slot in batch])
-        collated["scale"] = torch.tensor([slot.scale for slot in batch])
-        return collated
 
-    loader = DataLoader(
-        slots,  # type: ignore[arg-type]  # a list is a map-style dataset
-        batch_sampler=batches,
-        collate_fn=collate,
-    )
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay), lr=learning_rate, betas=ADAM_BETAS
-    )
-    warmup = math.ceil(config.warmup_ratio * total_updates)
-    # accelerate steps a prepared scheduler once per process at each update.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step // processes, warmup, total_updates)
-    )
-    model.train()
-    prepared, optimizer, loader, scheduler = accelerator.prepare(
-        model, optimizer, loader, scheduler
-    )
-    emit(
-        f"DPO (beta {beta}) on {len(pairs)} pairs ({dropped} dropped as longer than "
-        f"{max_seq_len} tokens, {zero_weight} of weight 0): {total_updates} updates of "
-        f"{batch_size} ({processes} process(es) x {accumulation} x <= {micro}), "
-        f"device {accelerator.device}, bf16 autocast {config.bf16}"
-    )
+def _collate(
+    batch: Sequence[_Slot], *, pairs: Sequence[_Pair], reference: torch.Tensor, pad_id: int
+) -> dict[str, torch.Tensor]:
+    """A micro-batch: chosen rows then rejected rows, with each pair's reference, weight, scale."""
+    chosen = [pairs[slot.pair].chosen for slot in batch]
+    rejected = [pairs[slot.pair].rejected for slot in batch]
+    collated = collate_examples([*chosen, *rejected], pad_id)
+    index = torch.tensor([slot.pair for slot in batch])
+    collated["reference"] = reference[index]
+    collated["weight"] = torch.tensor([pairs[slot.pair].weight for slot in batch])
+    collated["scale"] = torch.tensor([slot.scale for slot in batch])
+    return collated
 
-    losses: list[float] = []
-    # Per update, this process's [pairs, chosen reward higher, sum of margins].
+
+def _run_updates(run: trainer.TrainingRun, beta: float) -> torch.Tensor:
+    """Run every update; return ``[pairs, chosen reward higher, sum of margins]`` over the last
+    epoch's updates, summed over processes."""
+    plan = run.plan
+
+    def loss_function(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        sums = _logprob_sums(model, batch, device_type=run.device.type, bf16=run.precision.bf16)
+        chosen, rejected = sums.chunk(2)
+        ref = batch["reference"]
+        margins = beta * (chosen - ref[:, 0]) - beta * (rejected - ref[:, 1])
+        loss = (-F.logsigmoid(margins) * batch["weight"]).sum() * batch["scale"][0]
+        margin = margins.detach().double().cpu()
+        return loss, torch.tensor([len(margin), float((margin > 0).sum()), float(margin.sum())])
+
     update_counts: list[torch.Tensor] = []
-    counts = torch.zeros(3, dtype=torch.float64)
-    tokens = 0
-    step_losses: list[float] = []
-    log_every = max(1, total_updates // _LOG_LINES)
-    last_log_time, last_log_tokens = time.perf_counter(), 0
-    start = last_log_time
-    for batch in loader:
-        with accelerator.accumulate(prepared):
-            sums = _logprob_sums(
-                prepared, batch, device_type=accelerator.device.type, bf16=config.bf16
-            )
-            chosen, rejected = sums.chunk(2)
-            ref = batch["reference"]
-            reward_chosen = beta * (chosen - ref[:, 0])
-            reward_rejected = beta * (rejected - ref[:, 1])
-            pair_losses = -F.logsigmoid(reward_chosen - reward_rejected)
-            loss = (pair_losses * batch["weight"]).sum() * batch["scale"][0]
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(prepared.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        margin = (reward_chosen - reward_rejected).detach().double().cpu()
-        counts += torch.tensor([len(margin), float((margin > 0).sum()), float(margin.sum())])
-        step_losses.append(loss.item())
-        tokens += int(batch["attention_mask"].sum())
-        if not accelerator.sync_gradients:
-            continue
+    for micro in run.updates(loss_function):
+        counts = torch.zeros(3, dtype=torch.float64)
+        for _, tally in micro:
+            counts += tally
+        update_counts.append(counts)
         # Micro-batch losses are pre-scaled so that this is the update's loss with one process,
         # and this process's share times the processes with several (so their mean is exact).
-        update_loss = sum(step_losses) / accumulation
-        if processes > 1:
-            update_loss = accelerator.reduce(
-                torch.tensor(update_loss, device=accelerator.device), "mean"
+        update_loss = sum(loss for loss, _ in micro) / plan.accumulation
+        if plan.processes > 1:
+            update_loss = run.accelerator.reduce(
+                torch.tensor(update_loss, device=run.device), "mean"
             ).item()
-        losses.append(update_loss)
-        update_counts.append(counts)
-        step_losses, counts = [], torch.zeros(3, dtype=torch.float64)
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(
-                f"the DPO loss became {losses[-1]} at update {len(losses)}; "
-                "lower training.dpo_learning_rate"
-            )
-        if len(losses) % log_every == 0 or len(losses) == total_updates:
-            now = time.perf_counter()
-            recent = losses[-log_every:]
-            seen = torch.stack(update_counts[-log_every:]).sum(0)
-            emit(
-                f"update {len(losses)}/{total_updates} loss {sum(recent) / len(recent):.4f} "
-                f"reward accuracy {seen[1] / seen[0]:.3f} margin {seen[2] / seen[0]:.3f} "
-                f"lr {scheduler.get_last_lr()[0]:.2e} "
-                f"{(tokens - last_log_tokens) / max(now - last_log_time, 1e-9):,.0f} tokens/s"
-            )
-            last_log_time, last_log_tokens = now, tokens
-    seconds = time.perf_counter() - start
-
-    last_epoch = torch.stack(update_counts[-updates_per_epoch:]).sum(0)
-    if processes > 1:
-        last_epoch = accelerator.reduce(last_epoch.to(accelerator.device), "sum").cpu()
-    accelerator.unwrap_model(prepared).eval()
-    accelerator.free_memory()
-    return DPOStats(
-        **_run_summary(losses, updates_per_epoch, tokens, seconds),
-        examples=len(pairs),
-        dropped=dropped,
-        reward_accuracy=float(last_epoch[1] / last_epoch[0]),
-        mean_margin=float(last_epoch[2] / last_epoch[0]),
-        zero_weight=zero_weight,
-        reference_seconds=reference_seconds,
-    )
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    # Many base-model tokenizers have no pad token; padding is masked anyway.
-    pad_id = tokenizer.pad_token_id
-    return tokenizer.eos_token_id if pad_id is None else pad_id
+        run.record(update_loss, reward_accuracy=float(counts[1] / counts[0]))
+    last_epoch = torch.stack(update_counts[-plan.updates_per_epoch :]).sum(0)
+    if plan.processes > 1:
+        last_epoch = run.accelerator.reduce(last_epoch.to(run.device), "sum").cpu()
+    return last_epoch
 
 
 def _logprob_sums(
@@ -496,12 +397,16 @@ def _reference_logprobs(
     pairs: Sequence[_Pair],
     pad_id: int,
     *,
-    accelerator: Accelerator,
-    batch_size: int,
-    bf16: bool,
+    run: trainer.TrainingRun,
     restore_device: bool,
 ) -> torch.Tensor:
-    """``(pairs, 2)`` reference log-prob sums (chosen, rejected); each process scores a share."""
+    """``(pairs, 2)`` reference log-prob sums (chosen, rejected); each process scores a share.
+
+    Scored before any update, in eval mode, in the run's precision, a training micro-batch
+    of pairs (twice as many sequences) per forward pass.
+    """
+    start = time.perf_counter()
+    accelerator = run.accelerator
     was_training = reference.training
     original_device = next(reference.parameters()).device
     reference.to(accelerator.device).eval()
@@ -509,14 +414,13 @@ def _reference_logprobs(
     mine = list(range(rank, len(pairs), processes))
     sequences = [pairs[i].chosen for i in mine] + [pairs[i].rejected for i in mine]
     try:
-        # batch_size pairs per forward pass, i.e. as many sequences as a training micro-batch.
         scores = _score(
             reference,
             sequences,
             pad_id,
-            batch_size=2 * batch_size,
+            batch_size=2 * run.plan.micro,
             device=accelerator.device,
-            bf16=bf16,
+            bf16=run.precision.bf16,
         )
     finally:
         reference.train(was_training)
@@ -527,4 +431,10 @@ def _reference_logprobs(
         result = accelerator.reduce(result.to(accelerator.device), "sum").cpu()
     if restore_device and original_device != accelerator.device:
         reference.to(original_device)  # a separate reference goes back where it came from
+    seconds = time.perf_counter() - start
+    tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
+    run.emit(
+        f"reference log-probs of {len(pairs)} pairs in {seconds:.1f}s "
+        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"
+    )
     return result
