@@ -150,7 +150,7 @@ def transformers_part(work: Path, prompts: list[str], batch_size: int, repeats: 
 def vllm_part(work: Path, prompts: list[str], repeats: int) -> list[dict]:
     import vllm
 
-    from training.vllm_backend import VLLMGenerator
+    from training.generation.vllm_engine import VLLMGenerator
 
     rows = []
     for name in MODELS:

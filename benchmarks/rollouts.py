@@ -83,7 +83,7 @@ def median_run(runs: list[dict]) -> dict:
     return ranked[(len(ranked) - 1) // 2]
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--checkpoint", help="model folder (default: build one, see above)")
@@ -99,39 +99,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each mode (median)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rollouts")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser.parse_args()
 
-    config = load_config(args.preset, overrides={"model": {"pretrain_steps": args.pretrain_steps}})
+
+def checkpoint_folder(args: argparse.Namespace, config) -> str:
+    """``--checkpoint``, or a base model of the preset built here."""
+    if args.checkpoint is not None:
+        return args.checkpoint
     work = Path(tempfile.mkdtemp(prefix="synthdata-bench-"))
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        print(f"building a {args.preset}-preset base model ({args.pretrain_steps} updates)...")
-        pool = datasets.problem_pool(config)
-        learning.build_base_model(config, pool, work / "base", print)
-        checkpoint = str(work / "base")
-    batch_size = args.batch_size or config.sampling.batch_size
-    generator = make_generator(args.backend, checkpoint, batch_size=batch_size)
-    m = config.credit.rollouts_per_prefix
-    params = SamplingParams(
-        n=m,
-        temperature=config.sampling.temperature,
-        top_p=config.sampling.top_p,
-        max_new_tokens=config.sampling.max_new_tokens,
-        seed=0,
-    )
-    prompts = negative_prefixes(config, args.problems, seed=123)
-    single = negative_prefixes(config, args.single_problems, seed=456)
-    generator.generate(prompts[:8], params)  # warm-up
+    print(f"building a {args.preset}-preset base model ({args.pretrain_steps} updates)...")
+    pool = datasets.problem_pool(config)
+    learning.build_base_model(config, pool, work / "base", print)
+    return str(work / "base")
 
-    # The two modes alternate, `--repeats` times each, and the median run of each counts: on a
-    # shared 2-core machine single runs vary by tens of percent.
+
+def alternating_runs(
+    generator, prompts: list[str], single: list[str], params, repeats: int
+) -> tuple[list[dict], list[dict]]:
+    """``repeats`` runs of each mode, alternating: all of ``prompts`` in one call, and each of
+    ``single`` in a call of its own."""
     batched_runs, single_runs = [], []
-    for repeat in range(args.repeats):
-        print(f"[{repeat + 1}/{args.repeats}] batched: {len(prompts)} prefixes x {m} rollouts...")
+    for repeat in range(repeats):
+        print(f"[{repeat + 1}/{repeats}] batched: {len(prompts)} prefixes x {params.n} rollouts...")
         batched_runs.append(timed(generator, prompts, params))
         print(f"  {batched_runs[-1]['tokens_per_second']:,.0f} new tokens/s")
-        print(f"[{repeat + 1}/{args.repeats}] one prefix at a time: {len(single)} prefixes...")
+        print(f"[{repeat + 1}/{repeats}] one prefix at a time: {len(single)} prefixes...")
         start = time.perf_counter()
         runs = [timed(generator, [p], params) for p in single]
         seconds = time.perf_counter() - start
@@ -139,43 +131,23 @@ def main() -> None:
         single_runs.append(
             {
                 "prompts": len(single),
-                "completions": len(single) * m,
+                "completions": len(single) * params.n,
                 "new_tokens": tokens,
                 "seconds": round(seconds, 3),
                 "tokens_per_second": round(tokens / seconds, 1),
             }
         )
         print(f"  {single_runs[-1]['tokens_per_second']:,.0f} new tokens/s")
-    batched = median_run(batched_runs)
-    one = median_run(single_runs)
-    speedup = batched["tokens_per_second"] / one["tokens_per_second"]
-    from training.model import count_parameters  # noqa: PLC0415
+    return batched_runs, single_runs
 
-    n_params = getattr(generator, "model", None)
-    result = {
-        "preset": args.preset,
-        "backend": args.backend,
-        "checkpoint": checkpoint if args.checkpoint else f"built ({args.pretrain_steps} updates)",
-        "parameters": count_parameters(n_params) if n_params is not None else None,
-        "rollouts_per_prefix": m,
-        "batch_size": batch_size,
-        "max_new_tokens": params.max_new_tokens,
-        "threads": args.threads,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
-        "repeats": args.repeats,
-        "batched": batched,
-        "one_prefix_at_a_time": one,
-        "batched_runs": [r["tokens_per_second"] for r in batched_runs],
-        "one_prefix_at_a_time_runs": [r["tokens_per_second"] for r in single_runs],
-        "speedup": round(speedup, 1),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = args.out.with_suffix(".json")
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+def markdown(result: dict) -> str:
+    batched, one = result["batched"], result["one_prefix_at_a_time"]
+    parameters = "?" if result["parameters"] is None else f"{result['parameters']:,}"
     md = [
-        f"Rollout generation, {args.preset} preset model ({result['parameters']:,} parameters), "
-        f"backend {args.backend}, M = {m}, {batch_size} prompts per batch, {result['machine']}:",
+        f"Rollout generation, {result['preset']} preset model ({parameters} "
+        f"parameters), backend {result['backend']}, M = {result['rollouts_per_prefix']}, "
+        f"{result['batch_size']} prompts per batch, {result['machine']}:",
         "",
         "| mode | prefixes | completions | new tokens | seconds | new tokens/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -187,14 +159,64 @@ def main() -> None:
         )
     md += [
         "",
-        f"Median of {args.repeats} alternating runs per mode (new tokens/s of each run: batched "
-        f"{', '.join(f'{r:,.0f}' for r in result['batched_runs'])}; one at a time "
+        f"Median of {result['repeats']} alternating runs per mode (new tokens/s of each run: "
+        f"batched {', '.join(f'{r:,.0f}' for r in result['batched_runs'])}; one at a time "
         f"{', '.join(f'{r:,.0f}' for r in result['one_prefix_at_a_time_runs'])}).",
         "",
-        f"Batched is {speedup:.1f}x faster per token.",
+        f"Batched is {result['speedup']:.1f}x faster per token.",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    return "\n".join(md) + "\n"
+
+
+def main() -> None:
+    args = arguments()
+    torch.set_num_threads(args.threads)
+    config = load_config(args.preset, overrides={"model": {"pretrain_steps": args.pretrain_steps}})
+    checkpoint = checkpoint_folder(args, config)
+    batch_size = args.batch_size or config.sampling.batch_size
+    generator = make_generator(args.backend, checkpoint, batch_size=batch_size)
+    params = SamplingParams(
+        n=config.credit.rollouts_per_prefix,
+        temperature=config.sampling.temperature,
+        top_p=config.sampling.top_p,
+        max_new_tokens=config.sampling.max_new_tokens,
+        seed=0,
+    )
+    prompts = negative_prefixes(config, args.problems, seed=123)
+    single = negative_prefixes(config, args.single_problems, seed=456)
+    generator.generate(prompts[:8], params)  # warm-up
+    # The two modes alternate, `--repeats` times each, and the median run of each counts: on a
+    # shared 2-core machine single runs vary by tens of percent.
+    batched_runs, single_runs = alternating_runs(generator, prompts, single, params, args.repeats)
+    batched = median_run(batched_runs)
+    one = median_run(single_runs)
+    from training.model import count_parameters  # noqa: PLC0415
+
+    n_params = getattr(generator, "model", None)
+    result = {
+        "preset": args.preset,
+        "backend": args.backend,
+        "checkpoint": checkpoint if args.checkpoint else f"built ({args.pretrain_steps} updates)",
+        "parameters": count_parameters(n_params) if n_params is not None else None,
+        "rollouts_per_prefix": params.n,
+        "batch_size": batch_size,
+        "max_new_tokens": params.max_new_tokens,
+        "threads": args.threads,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "repeats": args.repeats,
+        "batched": batched,
+        "one_prefix_at_a_time": one,
+        "batched_runs": [r["tokens_per_second"] for r in batched_runs],
+        "one_prefix_at_a_time_runs": [r["tokens_per_second"] for r in single_runs],
+        "speedup": round(batched["tokens_per_second"] / one["tokens_per_second"], 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path = args.out.with_suffix(".json")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    args.out.with_suffix(".md").write_text(text)
+    print(text, end="")
     print(f"wrote {json_path} and {args.out.with_suffix('.md')}")
 
 

@@ -79,7 +79,7 @@ fi
 # Fails the build here, not in the tests, when an import is broken.
 VLLM_ENABLE_V1_MULTIPROCESSING=0 "$VENV/bin/python" -c '
 import dagster, duckdb, math_verify, polars, transformers, vllm
-import synthdata_assets.defs, training.generation, training.vllm_backend
+import synthdata_assets.defs, training.generation, training.generation.vllm_engine
 print(f"vllm-env: vllm {vllm.__version__}, transformers {transformers.__version__}, "
       f"dagster {dagster.__version__}")'
 touch "$VENV/.installed"

@@ -8,15 +8,7 @@ checkpoint with marker ``vllm`` (``make test-vllm``).
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -24,7 +16,7 @@ import pytest
 
 # The stub server and the vLLM helpers of the backend's tests (tests/ is on sys.path).
 import test_openai_backend
-from test_openai_backend import Stub, _free_port, _tail, _tiny_trained_checkpoint
+from test_openai_backend import Stub, _tiny_trained_checkpoint, needs_vllm, vllm_server
 from test_openai_backend import stub as stub  # the fixture
 
 from synthdata_assets import datasets
@@ -32,7 +24,8 @@ from synthdata_assets.config import load_config
 from synthdata_assets.tasks import embedded
 from synthdata_assets.teachers import endpoint_teacher_solutions
 from synthdata_assets.verify import grade_many
-from training.openai_backend import OpenAIBackendError, prompt_seed
+from training.generation import prompt_seed
+from training.generation.openai_engine import OpenAIBackendError
 from training.prompts import format_prompt
 
 
@@ -156,57 +149,13 @@ def test_greedy_teacher_asks_once_per_problem(teacher_stub: Stub, pool: pl.DataF
 # Against a real vLLM server (make test-vllm)
 
 
-@contextlib.contextmanager
-def _vllm_server(folder: Path, log_path: Path) -> Iterator[str]:
-    """tests/test_openai_backend.py's `vllm serve` start-up: the server's URL once healthy."""
-    for key, value in test_openai_backend.VLLM_CPU_ENV.items():
-        os.environ.setdefault(key, value)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
-        "--model", str(folder), "--served-model-name", "tiny",
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--enforce-eager", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "32768",
-    ]  # fmt: skip
-    env = {**test_openai_backend.VLLM_CPU_ENV, **os.environ}
-    with open(log_path, "wb") as log_file:
-        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"vLLM server exited ({server.returncode}):\n{_tail(log_path)}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not healthy after 240 s:\n{_tail(log_path)}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-@pytest.mark.vllm
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-@pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None,
-    reason="vLLM is not installed here; run `make test-vllm` (its own .venv-vllm)",
-)
+@needs_vllm
 def test_teacher_solutions_from_a_vllm_server(tmp_path: Path) -> None:
     import torch
 
     from training.checkpoint import load_checkpoint
-    from training.generation import SamplingParams, TransformersGenerator
+    from training.generation import SamplingParams
+    from training.generation.transformers_engine import TransformersGenerator
 
     folder = _tiny_trained_checkpoint(tmp_path / "ckpt")
     # Problems of the family the checkpoint was trained on (tests/test_openai_backend.py's).
@@ -231,7 +180,7 @@ def test_teacher_solutions_from_a_vllm_server(tmp_path: Path) -> None:
         "concurrency": 4,
         "log": lines.append,
     }
-    with _vllm_server(folder, tmp_path / "server.log") as url:
+    with vllm_server(folder, tmp_path / "server.log") as url:
         sampled = endpoint_teacher_solutions(subset, base_url=url, model=None, **options)
         greedy = endpoint_teacher_solutions(
             subset, base_url=url, model=None, **{**options, "temperature": 0.0, "n": 1}
@@ -267,9 +216,9 @@ def test_teacher_solutions_asset_with_an_endpoint_teacher(
     """`teacher.kind: endpoint` in the configuration: the asset asks the server, caches the
     answers under the warehouse, and a larger data size asks only for its new problems."""
     import dagster as dg
+    from synthdata_assets.defs.partitions import partition_key
 
     from synthdata_assets.defs import build_definitions
-    from synthdata_assets.defs.partitions import partition_key
     from warehouse import Warehouse
 
     warehouse = Warehouse(tmp_path / "home")

@@ -1,4 +1,5 @@
-"""Tests for the generation interface (training/generation.py), offline, on tiny models."""
+"""Tests for the generation interface (training/generation/) and its transformers engine,
+offline, on tiny models."""
 
 from __future__ import annotations
 
@@ -9,31 +10,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: nothing may 
 import copy
 import importlib.util
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from synthdata_assets.config import ModelConfig, SamplingConfig, TrainingConfig
 from synthdata_assets.tasks.embedded import (
     EmbeddedParams,
     generate_problems,
     oracle_solution,
     pretraining_facts,
 )
-from training import generation
 from training.checkpoint import save_checkpoint
-from training.generation import (
-    Completion,
-    Generator,
-    SamplingParams,
-    TransformersGenerator,
-    _choose,
-    _extended_by,
-    _prefix_family_order,
-    _uniforms,
-    make_generator,
-)
+from training.config import ModelConfig, TrainingConfig
+from training.generation import Completion, Generator, SamplingParams, interface, make_generator
+from training.generation import transformers_engine as engine
+from training.generation.decode_batch import choose_tokens, sample_uniforms
+from training.generation.transformers_engine import TransformersGenerator
 from training.model import build_tiny_llama
 from training.prompts import format_example, format_prompt
 from training.sft import train_sft
@@ -94,11 +89,28 @@ def test_sampling_params_validate() -> None:
             SamplingParams(**bad)
     with pytest.raises(ValueError, match="stop"):
         SamplingParams(stop=("",))
-    params = SamplingParams.from_config(SamplingConfig(temperature=0.5), n=3, seed=7)
-    assert (params.n, params.temperature, params.max_new_tokens, params.seed) == (3, 0.5, 160, 7)
 
 
-def test_same_seed_same_samples_and_n_per_prompt(generator, prompts) -> None:
+def test_the_interface_imports_no_engine() -> None:
+    """``training.generation`` loads without torch, transformers or vLLM: an engine (and its
+    heavy dependencies) is imported only when ``make_generator`` picks it."""
+    code = (
+        "import sys, training.generation\n"
+        "from training.generation import SamplingParams, Completion, Generator, prompt_seed\n"
+        "heavy = {'torch', 'transformers', 'vllm'} & set(sys.modules)\n"
+        "engines = [m for m in sys.modules if m.endswith('_engine')]\n"
+        "assert not heavy and not engines, (heavy, engines)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks every engine passes (tests/test_vllm_backend.py runs them on the vLLM engine)
+
+
+def check_seeded_samples(generator: Generator, prompts: list[str]) -> None:
+    """The same seed gives the same samples, ``n`` distinct samples per prompt, and another
+    seed other samples."""
     assert isinstance(generator, Generator)
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=11)
     first = generator.generate(prompts, params)
@@ -107,14 +119,73 @@ def test_same_seed_same_samples_and_n_per_prompt(generator, prompts) -> None:
     # n independent samples per prompt, not copies.
     assert all(len(set(samples)) > 1 for samples in texts(first))
     other = generator.generate(prompts, SamplingParams(**{**params.__dict__, "seed": 12}))
-    assert texts(other) != texts(first)
     assert sum(a != b for a, b in zip(texts(other), texts(first), strict=True)) >= len(prompts) - 1
 
 
-def test_tiny_top_p_is_greedy(generator, prompts) -> None:
+def check_tiny_top_p_is_greedy(generator: Generator, prompts: list[str]) -> None:
     greedy = generator.generate(prompts, SamplingParams(max_new_tokens=12))
     nucleus = SamplingParams(n=2, temperature=1.5, top_p=1e-6, max_new_tokens=12, seed=9)
     assert texts(generator.generate(prompts, nucleus)) == [s * 2 for s in texts(greedy)]
+
+
+def check_stop_strings_truncate(generator: Generator, prompts: list[str]) -> None:
+    full = generator.generate(prompts[:1], SamplingParams(max_new_tokens=24))[0][0]
+    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
+    cut = generator.generate(prompts[:1], SamplingParams(max_new_tokens=24, stop=(stop, "@@")))
+    completion = cut[0][0]
+    assert completion.finish_reason == "stop"
+    assert completion.text == full.text[: full.text.index(stop)]
+    assert completion.num_tokens < full.num_tokens
+
+
+def check_max_new_tokens(generator: Generator, prompts: list[str]) -> None:
+    results = generator.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=5))
+    for completion in (c for samples in results for c in samples):
+        assert completion.num_tokens <= 5
+        assert completion.finish_reason in ("stop", "length")
+        if completion.finish_reason == "length":
+            assert completion.num_tokens == 5
+    assert any(c.finish_reason == "length" for samples in results for c in samples)
+
+
+def check_eos_stops(generator: Generator, prompts: list[str]) -> list[Completion]:
+    """Most solutions end at EOS, which ``num_tokens`` counts and the text does not show; the
+    completions that stopped."""
+    results = generator.generate(prompts, SamplingParams(max_new_tokens=96))
+    stopped = [samples[0] for samples in results if samples[0].finish_reason == "stop"]
+    assert len(stopped) >= 6, texts(results)
+    for completion in stopped:
+        # The model learned to end a solution line with EOS.
+        assert completion.text.endswith(".\n")
+        assert "<eos>" not in completion.text
+        tokens = generator.tokenizer(completion.text, add_special_tokens=False)
+        assert completion.num_tokens == len(tokens["input_ids"]) + 1
+    return stopped
+
+
+def check_left_truncation(generator: Generator, lines: list[str]) -> tuple[str, Completion]:
+    """A prompt longer than the context allows is cut with a warning (``lines``: what the
+    generator has logged); the prompt and its completion."""
+    prompt = format_prompt(" ".join(["Ann has 3 pens."] * 80))
+    assert len(generator.tokenizer(prompt)["input_ids"]) > 256
+    completion = generator.generate([prompt], SamplingParams(max_new_tokens=8))[0][0]
+    assert 1 <= completion.num_tokens <= 8
+    assert any("left-truncated" in line for line in lines)
+    with pytest.raises(ValueError, match="no room"):
+        generator.generate([prompt], SamplingParams(max_new_tokens=256))
+    return prompt, completion
+
+
+# ---------------------------------------------------------------------------------------------
+# The transformers engine
+
+
+def test_same_seed_same_samples_and_n_per_prompt(generator, prompts) -> None:
+    check_seeded_samples(generator, prompts)
+
+
+def test_tiny_top_p_is_greedy(generator, prompts) -> None:
+    check_tiny_top_p_is_greedy(generator, prompts)
 
 
 def test_samples_do_not_depend_on_the_batch(generator, prompts) -> None:
@@ -157,19 +228,19 @@ def test_sampling_equals_a_naive_reference(
     """The batched KV-cache loop samples what a full forward pass per token samples, given the
     same random numbers: catches cache, position and padding bugs that argmax would hide.
     Both ways of holding the prompts' cache: shared by a prompt's samples, copied per row."""
-    monkeypatch.setattr(generation, "_SHARE_PROMPTS_FROM", share_prompts_from)
+    monkeypatch.setattr(engine, "_SHARE_PROMPTS_FROM", share_prompts_from)
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=4)
     one_prefill = TransformersGenerator(generator.model, generator.tokenizer, batch_size=64)
     results = one_prefill.generate(prompts, params)
     tokenizer, model = generator.tokenizer, generator.model
     for prompt, samples in zip(prompts[:4], results[:4], strict=True):
-        uniforms = _uniforms([prompt], params.n, params)
+        uniforms = sample_uniforms([prompt], params.n, params)
         for j, completion in enumerate(samples):
             ids, new = tokenizer(prompt)["input_ids"], []
             with torch.no_grad():
                 for step in range(params.max_new_tokens):
                     logits = model(torch.tensor([ids + new])).logits[:, -1]
-                    new.append(int(_choose(logits, uniforms[j : j + 1, step], params)))
+                    new.append(int(choose_tokens(logits, uniforms[j : j + 1, step], params)))
             assert tokenizer.decode(new, skip_special_tokens=True) == completion.text
 
 
@@ -186,8 +257,8 @@ def test_step_prefixes_share_their_prefill(
     lane after 2 tokens, in the later cases; in the last, rows hold copies of their prompts'
     cache whenever the call fits in one prefill); every completion is what the prompt gets
     alone, with no other prompt to share or batch with."""
-    monkeypatch.setattr(generation, "_SLOW_LANE_AFTER", slow_lane_after)
-    monkeypatch.setattr(generation, "_SHARE_PROMPTS_FROM", share_prompts_from)
+    monkeypatch.setattr(engine, "_SLOW_LANE_AFTER", slow_lane_after)
+    monkeypatch.setattr(engine, "_SHARE_PROMPTS_FROM", share_prompts_from)
     rng = random.Random(1)
     prompts = []
     for problem in problems[20:26]:
@@ -197,9 +268,9 @@ def test_step_prefixes_share_their_prefill(
     prompts += prompts[:3]  # duplicates
     random.Random(2).shuffle(prompts)
     ids = [generator.tokenizer(p)["input_ids"] for p in prompts]
-    order = _prefix_family_order(ids)
+    order = engine.prefix_family_order(ids)
     assert sorted(order) == list(range(len(prompts)))
-    source = _extended_by(ids)
+    source = engine.extended_by(ids)
     assert len(set(source)) == 6  # one prefill per solution
     assert all(ids[source[i]][: len(ids[i])] == ids[i] for i in range(len(ids)))
     sampled = SamplingParams(n=3, temperature=1.5, max_new_tokens=40, seed=8)
@@ -224,59 +295,54 @@ def test_bfloat16_model_in_both_layouts(
     params = SamplingParams(max_new_tokens=3)
     reference = texts(generator.generate(prompts, params))
     for share_prompts_from in (0, 10**6):
-        monkeypatch.setattr(generation, "_SHARE_PROMPTS_FROM", share_prompts_from)
+        monkeypatch.setattr(engine, "_SHARE_PROMPTS_FROM", share_prompts_from)
         bf16 = TransformersGenerator(model, generator.tokenizer, batch_size=64)
         answers = texts(bf16.generate(prompts, params))
         same = sum(a == b for a, b in zip(answers, reference, strict=True))
         assert same >= len(prompts) * 3 // 4
 
 
+def test_progress_counts_finished_prompts(
+    generator, prompts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``progress`` hears of prompts as all their samples finish, always once at the end, and
+    at most once per interval otherwise; it changes no sample."""
+    calls: list[tuple[int, int, dict[str, float]]] = []
+
+    def progress(done: int, total: int, **figures: float) -> None:
+        calls.append((done, total, figures))
+
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=4)
+    monkeypatch.setattr(interface, "PROGRESS_INTERVAL_S", 0.0)
+    assert generator.generate(prompts, params, progress=progress) == generator.generate(
+        prompts, params
+    )
+    done = [d for d, _, _ in calls]
+    assert len(calls) > 1 and done == sorted(done) and done[-1] == len(prompts)
+    assert all(t == len(prompts) and f["new_tokens_per_s"] > 0 for _, t, f in calls)
+    calls.clear()
+    monkeypatch.setattr(interface, "PROGRESS_INTERVAL_S", 1e9)
+    generator.generate(prompts, params, progress=progress)
+    assert 1 <= len(calls) <= 2 and calls[-1][:2] == (len(prompts), len(prompts))
+
+
 def test_stop_strings_truncate(generator, prompts) -> None:
-    full = generator.generate(prompts[:1], SamplingParams(max_new_tokens=24))[0][0]
-    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
-    cut = generator.generate(prompts[:1], SamplingParams(max_new_tokens=24, stop=(stop, "@@")))
-    completion = cut[0][0]
-    assert completion.finish_reason == "stop"
-    assert completion.text == full.text[: full.text.index(stop)]
-    assert completion.num_tokens < full.num_tokens
+    check_stop_strings_truncate(generator, prompts)
 
 
 def test_max_new_tokens(generator, prompts) -> None:
-    results = generator.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=5))
-    for completion in (c for samples in results for c in samples):
-        assert completion.num_tokens <= 5
-        assert (
-            completion.finish_reason == "length"
-            and completion.num_tokens == 5
-            or (completion.finish_reason == "stop")
-        )
-    assert any(c.finish_reason == "length" for samples in results for c in samples)
+    check_max_new_tokens(generator, prompts)
 
 
 def test_eos_stops_generation(generator, problems) -> None:
-    prompts = [format_prompt(p.question) for p in problems[:8]]
-    results = generator.generate(prompts, SamplingParams(max_new_tokens=96))
-    stopped = [samples[0] for samples in results if samples[0].finish_reason == "stop"]
-    assert len(stopped) >= 6, texts(results)
-    for completion in stopped:
-        assert completion.text.endswith(".\n")
-        assert completion.text.splitlines()[-1].startswith("The answer is")
-        assert "<eos>" not in completion.text
-        # The EOS token is counted, not shown.
-        tokens = generator.tokenizer(completion.text, add_special_tokens=False)
-        assert completion.num_tokens == len(tokens["input_ids"]) + 1
+    stopped = check_eos_stops(generator, [format_prompt(p.question) for p in problems[:8]])
+    assert all(c.text.splitlines()[-1].startswith("The answer is") for c in stopped)
 
 
 def test_long_prompts_are_left_truncated(generator) -> None:
     lines: list[str] = []
     logged = TransformersGenerator(generator.model, generator.tokenizer, log=lines.append)
-    prompt = format_prompt(" ".join(["Ann has 3 pens."] * 80))
-    assert len(generator.tokenizer(prompt)["input_ids"]) > 256
-    results = logged.generate([prompt], SamplingParams(max_new_tokens=8))
-    assert 1 <= results[0][0].num_tokens <= 8
-    assert any("left-truncated" in line for line in lines)
-    with pytest.raises(ValueError, match="no room"):
-        logged.generate([prompt], SamplingParams(max_new_tokens=256))
+    check_left_truncation(logged, lines)
 
 
 def test_make_generator_loads_a_checkpoint(generator, prompts, tmp_path: Path) -> None:

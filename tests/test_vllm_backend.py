@@ -1,8 +1,9 @@
-"""Conformance tests of the vLLM backend (training/vllm_backend.py) on a tiny trained Llama.
+"""Conformance tests of the vLLM engine (training/generation/vllm_engine.py) on a tiny trained
+Llama.
 
 They need vLLM, which lives in its own virtualenv: ``make test-vllm`` (it builds
 ``.venv-vllm`` first). In the main venv the whole module is skipped. The checks are those the
-transformers backend passes (tests/test_generation.py), plus agreement with that backend on
+transformers engine passes (tests/test_generation.py), plus agreement with that engine on
 the same checkpoint: greedy completions equal, prompt log-probs within 1e-4.
 """
 
@@ -22,39 +23,42 @@ if importlib.util.find_spec("vllm") is None:
         allow_module_level=True,
     )
 
+# What vLLM runs with on CPUs and the checkpoint (tests/ is on sys.path; that module imports
+# neither torch nor vLLM).
+from test_openai_backend import VLLM_CPU_ENV, _tiny_trained_checkpoint
+
 # Only where vLLM is (the environment of the main venv's other tests stays untouched), before
 # torch and vLLM read them: nothing may download; on CPUs an in-process engine with an
 # explicit KV cache and one unpinned thread (`make test-vllm` sets the same).
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+for key, value in VLLM_CPU_ENV.items():
+    os.environ.setdefault(key, value)
 
 import torch
 
-from training.config import ModelConfig, TrainingConfig
+# The checks every engine passes, and the problems and prompts they run on (fixtures).
+from test_generation import (
+    check_eos_stops,
+    check_left_truncation,
+    check_max_new_tokens,
+    check_seeded_samples,
+    check_stop_strings_truncate,
+    check_tiny_top_p_is_greedy,
+)
+from test_generation import problems as problems
+from test_generation import prompts as prompts
+
 from synthdata_assets.tasks.embedded import (
-    EmbeddedParams,
-    generate_problems,
     oracle_solution,
-    pretraining_facts,
 )
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.generation import (
-    Completion,
-    Generator,
-    SamplingParams,
-    TransformersGenerator,
-    make_generator,
-)
+from training.config import ModelConfig
+from training.generation import SamplingParams, make_generator, prompt_seed
+from training.generation.transformers_engine import TransformersGenerator
+from training.generation.vllm_engine import VLLMGenerator, on_cpu
 from training.model import build_tiny_llama
 from training.prompts import format_example, format_prompt
-from training.sft import train_sft
 from training.tokenizer import build_tokenizer
-from training.vllm_backend import VLLMGenerator, on_cpu, prompt_seed
 
 pytestmark = [
     pytest.mark.vllm,
@@ -62,42 +66,13 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
 ]
 
-PARAMS = EmbeddedParams()
-# tests/test_generation.py's model has head_dim 16, which vLLM's CPU attention does not
-# support (32, 64, 80, ...): the same model with hidden_size 64 over 2 heads (head_dim 32).
-TINY = ModelConfig(
-    hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, max_seq_len=256
-)
-
 
 @pytest.fixture(scope="module")
-def problems():
-    return generate_problems(PARAMS, 48, seed=0, split="train")
-
-
-@pytest.fixture(scope="module")
-def prompts(problems) -> list[str]:
-    return [format_prompt(p.question) for p in problems[:12]]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(problems, tmp_path_factory) -> Path:
-    """A model trained briefly on the task, as in tests/test_generation.py: its attention
-    depends on content and position, and it has learned to end solutions with EOS."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rng = random.Random(0)
-        texts_ = [p.question for p in problems] + [oracle_solution(p, rng=rng) for p in problems]
-        tokenizer = build_tokenizer(texts_ + pretraining_facts(PARAMS, seed=0, n=200))
-        rng = random.Random(0)
-        examples = [format_example(p.question, oracle_solution(p, rng=rng)) for p in problems]
-        model = build_tiny_llama(TINY, tokenizer, seed=0)
-        config = TrainingConfig(batch_size=16, learning_rate=1e-2, warmup_ratio=0.0)
-        train_sft(model, tokenizer, examples, config=config, seed=0, max_seq_len=256, max_steps=150)
-        return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("vllm") / "ckpt", {})
-    finally:
-        torch.set_num_threads(threads)
+def checkpoint(tmp_path_factory) -> Path:
+    """A model trained briefly on the task, as in tests/test_generation.py (with head_dim 32,
+    which vLLM's CPU attention supports): its attention depends on content and position, and
+    it has learned to end solutions with EOS."""
+    return _tiny_trained_checkpoint(tmp_path_factory.mktemp("vllm") / "ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -116,20 +91,8 @@ def generator(checkpoint) -> VLLMGenerator:
     return made
 
 
-def texts(results: list[list[Completion]]) -> list[list[str]]:
-    return [[c.text for c in samples] for samples in results]
-
-
 def test_same_seed_same_samples_and_n_per_prompt(generator, prompts) -> None:
-    assert isinstance(generator, Generator)
-    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=11)
-    first = generator.generate(prompts, params)
-    assert len(first) == len(prompts) and all(len(samples) == 3 for samples in first)
-    assert first == generator.generate(prompts, params)
-    # n independent samples per prompt, not copies.
-    assert all(len(set(samples)) > 1 for samples in texts(first))
-    other = generator.generate(prompts, SamplingParams(**{**params.__dict__, "seed": 12}))
-    assert sum(a != b for a, b in zip(texts(other), texts(first), strict=True)) >= len(prompts) - 1
+    check_seeded_samples(generator, prompts)
 
 
 def test_samples_do_not_depend_on_the_batch(generator, prompts) -> None:
@@ -149,62 +112,45 @@ def test_greedy_matches_the_transformers_backend(generator, reference, prompts) 
 
 
 def test_tiny_top_p_is_greedy(generator, prompts) -> None:
-    greedy = generator.generate(prompts, SamplingParams(max_new_tokens=12))
-    nucleus = SamplingParams(n=2, temperature=1.5, top_p=1e-6, max_new_tokens=12, seed=9)
-    assert texts(generator.generate(prompts, nucleus)) == [s * 2 for s in texts(greedy)]
+    check_tiny_top_p_is_greedy(generator, prompts)
 
 
 def test_stop_strings_truncate(generator, prompts) -> None:
-    full = generator.generate(prompts[:1], SamplingParams(max_new_tokens=24))[0][0]
-    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
-    cut = generator.generate(prompts[:1], SamplingParams(max_new_tokens=24, stop=(stop, "@@")))
-    completion = cut[0][0]
-    assert completion.finish_reason == "stop"
-    assert completion.text == full.text[: full.text.index(stop)]
-    assert completion.num_tokens < full.num_tokens
+    check_stop_strings_truncate(generator, prompts)
 
 
 def test_max_new_tokens(generator, prompts) -> None:
-    results = generator.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=5))
-    for completion in (c for samples in results for c in samples):
-        assert completion.num_tokens <= 5
-        assert completion.finish_reason in ("stop", "length")
-        if completion.finish_reason == "length":
-            assert completion.num_tokens == 5
-    assert any(c.finish_reason == "length" for samples in results for c in samples)
+    check_max_new_tokens(generator, prompts)
 
 
 def test_eos_stops_generation(generator, reference, problems) -> None:
+    # (This model's arithmetic may be garbled: tests/test_generation.py checks answer lines.)
     prompts = [format_prompt(p.question) for p in problems[:8]]
-    results = generator.generate(prompts, SamplingParams(max_new_tokens=96))
-    assert results == reference.generate(prompts, SamplingParams(max_new_tokens=96))
-    stopped = [samples[0] for samples in results if samples[0].finish_reason == "stop"]
-    assert len(stopped) >= 6, texts(results)
-    for completion in stopped:
-        # The model learned to end a solution line with EOS (this smaller-headed model less
-        # well than tests/test_generation.py's: its arithmetic may be garbled).
-        assert completion.text.endswith(".\n")
-        assert "<eos>" not in completion.text
-        # The EOS token is counted, not shown.
-        tokens = generator.tokenizer(completion.text, add_special_tokens=False)
-        assert completion.num_tokens == len(tokens["input_ids"]) + 1
+    check_eos_stops(generator, prompts)
+    params = SamplingParams(max_new_tokens=96)
+    assert generator.generate(prompts, params) == reference.generate(prompts, params)
 
 
 def test_long_prompts_are_left_truncated(generator, reference) -> None:
     lines: list[str] = []
     generator.log, log = lines.append, generator.log
     try:
-        prompt = format_prompt(" ".join(["Ann has 3 pens."] * 80))
-        assert len(generator.tokenizer(prompt)["input_ids"]) > 256
-        results = generator.generate([prompt], SamplingParams(max_new_tokens=8))
-        assert 1 <= results[0][0].num_tokens <= 8
-        assert any("left-truncated" in line for line in lines)
-        # Truncated exactly as the transformers backend truncates.
-        assert results == reference.generate([prompt], SamplingParams(max_new_tokens=8))
-        with pytest.raises(ValueError, match="no room"):
-            generator.generate([prompt], SamplingParams(max_new_tokens=256))
+        prompt, completion = check_left_truncation(generator, lines)
+        # Truncated exactly as the transformers engine truncates.
+        assert [[completion]] == reference.generate([prompt], SamplingParams(max_new_tokens=8))
     finally:
         generator.log = log
+
+
+def test_progress_is_called_once_at_the_end(generator, prompts) -> None:
+    calls: list[tuple[int, int, dict[str, float]]] = []
+
+    def progress(done: int, total: int, **figures: float) -> None:
+        calls.append((done, total, figures))
+
+    generator.generate(prompts, SamplingParams(max_new_tokens=8), progress=progress)
+    assert [c[:2] for c in calls] == [(len(prompts), len(prompts))]
+    assert calls[0][2]["new_tokens_per_s"] > 0
 
 
 def test_token_logprobs_match_a_transformers_forward_pass(generator, reference, problems):

@@ -33,12 +33,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 import dagster as dg
 import polars as pl
 
-import training.vllm_backend
+import training.generation.vllm_engine
 from synthdata_assets.config import load_config
 from synthdata_assets.defs import build_definitions
 from synthdata_assets.defs.partitions import partition_key
 from synthdata_assets.defs.study import PARTITIONED_ASSETS
-from training.generation import TransformersGenerator
+from training.generation.transformers_engine import TransformersGenerator
 from warehouse import Warehouse
 
 pytestmark = [
@@ -72,7 +72,7 @@ def test_tiny_preset_end_to_end_on_vllm(
 ) -> None:
     engines: list[str] = []
 
-    class CountedVLLMGenerator(training.vllm_backend.VLLMGenerator):
+    class CountedVLLMGenerator(training.generation.vllm_engine.VLLMGenerator):
         def __init__(self, folder, **kwargs) -> None:
             engines.append(str(folder))
             super().__init__(folder, **kwargs)
@@ -81,7 +81,7 @@ def test_tiny_preset_end_to_end_on_vllm(
         raise AssertionError("sampling.backend is vllm: the transformers backend must not run")
 
     # make_generator("vllm", ...) looks the class up on the module at call time.
-    monkeypatch.setattr(training.vllm_backend, "VLLMGenerator", CountedVLLMGenerator)
+    monkeypatch.setattr(training.generation.vllm_engine, "VLLMGenerator", CountedVLLMGenerator)
     monkeypatch.setattr(TransformersGenerator, "from_pretrained", no_transformers)
 
     config = load_config("tiny", overrides=OVERRIDES)
@@ -125,7 +125,7 @@ def test_tiny_preset_with_a_teacher_served_by_vllm(warehouse: Warehouse, tmp_pat
     """The tiny preset end to end with `teacher.kind: endpoint`: teacher solutions come from a
     real vLLM server on 127.0.0.1 through the OpenAI-compatible backend, the rest of the
     study runs on them as usual."""
-    from test_endpoint_teacher import _vllm_server
+    from test_openai_backend import vllm_server as _vllm_server
     from test_openai_backend import _tiny_trained_checkpoint
 
     teacher = _tiny_trained_checkpoint(tmp_path / "teacher")

