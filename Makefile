@@ -7,16 +7,17 @@ STAMP  := $(VENV)/.installed
 export SYNTHDATA_HOME ?= $(CURDIR)/.synthdata
 export DAGSTER_HOME   := $(SYNTHDATA_HOME)/dagster
 
-.PHONY: setup demo test ui lint format clean
+.PHONY: setup demo test test-fast ui lint format clean
 
 setup: $(STAMP)
 
 # pip resolves torch==2.13.0 to the CPU build where no GPU stack is wanted; vLLM is the
-# optional extra `.[vllm]` and is never installed here.
+# optional extra `.[vllm]` and is never installed here. -qq keeps pip to errors: its warnings
+# here are about index locations of the machine's pip configuration, not the project.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Everything but the end-to-end materializations (marker `slow`): under two minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 ui: $(STAMP)
 	$(BIN)/synthdata ui

@@ -2,7 +2,9 @@
 
 Pure functions over polars DataFrames (no Dagster, no models), so that every formula of the
 study can be tested on hand-made numbers; :mod:`synthdata_assets.rollouts` runs the models
-around them. Preference pairs built from the pits live in :mod:`synthdata_assets.pairs`.
+around them, and :func:`from_rollouts` builds the ``step_advantages`` table of a partition
+from its samples and rollouts. Preference pairs built from the pits live in
+:mod:`synthdata_assets.pairs`.
 
 Q-values (``q_values``)
 -----------------------
@@ -48,7 +50,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from synthdata_assets.config import CreditConfig
 from synthdata_assets.frames import first_row, no_duplicates, require, typed
+from synthdata_assets.steps import clean_samples, sample_steps
 
 ROLLOUT_POLICIES: tuple[str, ...] = ("pi_sft", "best_of_k")
 PIT_RULES: tuple[str, ...] = ("first_zero", "largest_drop")
@@ -405,3 +409,51 @@ def first_pits(adv: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("sample_id")
     )
+
+
+def from_rollouts(
+    credit: CreditConfig, step_rule: str, samples: pl.DataFrame, rollouts: pl.DataFrame
+) -> pl.DataFrame:
+    """``step_advantages`` of a partition: the rolled-out samples split into steps with
+    ``step_rule``, Q-values under ``credit.rollout_policy``, pits under ``credit.pit_rule``."""
+    rolled = clean_samples(samples).filter(
+        pl.col("sample_id").is_in(rollouts["sample_id"].unique().implode())
+    )
+    steps = sample_steps(rolled, step_rule)
+    terminal = steps.group_by("sample_id").agg(
+        n_steps=pl.col("step_idx").max(), is_correct=pl.col("sample_is_correct").first()
+    )
+    q = q_values(
+        rollouts.select("sample_id", "step_idx", "rollout_idx", "is_correct"),
+        terminal.select("sample_id", "n_steps", "is_correct"),
+        policy=credit.rollout_policy,
+        k=credit.k,
+        stopped_at_pit=credit.early_stop,
+    )
+    return step_advantages(
+        q,
+        steps.select("sample_id", "problem_id", "step_idx", "step_text", "sample_is_correct"),
+        pit_rule=credit.pit_rule,
+        spurious_threshold=credit.spurious_threshold,
+    )
+
+
+def summary(table: pl.DataFrame) -> dict[str, float | int | None]:
+    """How a ``step_advantages`` table looks at a glance: samples, steps, pits and where they
+    fall, the mean problem value, spurious steps."""
+    steps = table.filter(pl.col("step_idx") >= 1)
+    negatives = steps.filter(~pl.col("sample_is_correct"))
+    pits = negatives.filter(pl.col("is_first_pit"))
+    n_neg = negatives["sample_id"].n_unique()
+    at_step_1 = pits.filter(pl.col("step_idx") == 1).height
+    return {
+        "samples": table["sample_id"].n_unique(),
+        "steps": steps.height,
+        "negatives_with_pit": pits.height,
+        "share_pit_at_step_1": at_step_1 / n_neg if n_neg else None,
+        "mean_pit_step": float(pits["step_idx"].mean()) if pits.height else None,
+        "mean_problem_value": float(table.filter(pl.col("step_idx") == 0)["q_value"].mean())
+        if table.height
+        else None,
+        "spurious_steps": int(steps["is_spurious"].sum()),
+    }

@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -123,61 +122,49 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _materialized(warehouse: Warehouse, asset: str) -> set[str]:
-    """Partition keys of ``asset`` materialized in the warehouse's Dagster instance."""
-    import dagster as dg
-
-    with dg.DagsterInstance.get() as instance:
-        return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
-
-
-def _study_fingerprint(config) -> str:
-    """Everything that decides what a partition holds, except which partitions exist."""
-    fields = config.model_dump(mode="json", exclude={"preset", "data_sizes", "seeds"})
-    return json.dumps(fields, sort_keys=True)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from synthdata_assets.defs.study import PARTITIONED_ASSETS
-    from synthdata_assets.orchestrate import RunFailed, materialize
+    from synthdata_assets import study
+    from synthdata_assets.orchestrate import RunFailed, materialize, materialized_partitions
+    from synthdata_assets.terminal import runs_table
 
     config = load_config()
     warehouse = Warehouse.from_env().activate()
-    keys = [f"{size}|{seed}" for size, seed in config.partition_keys]
     print(
         f"synthdata: preset {config.preset}, task {config.task.name}, "
         f"data sizes {list(config.data_sizes)}, seeds {list(config.seeds)}"
     )
     print(f"warehouse: {warehouse.root}")
-    start = time.perf_counter()
     # Partitions are reused only if they were made under the same settings: a warehouse that
     # last ran another configuration (say, the tiny preset) is recomputed, not mixed in.
     stamp = warehouse.root / "study.json"
-    fingerprint = _study_fingerprint(config)
+    fingerprint = study.fingerprint(config)
     if not args.force and stamp.exists() and stamp.read_text() != fingerprint:
         print("the configuration differs from the one this warehouse was built with: recomputing")
         args.force = True
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
+    runs = []
     try:
-        done = set() if args.force else _materialized(warehouse, "evaluations")
-        if args.force or not (warehouse.tables / "base_model.parquet").exists():
-            materialize("problems,base_model", warehouse)
+        done = set() if args.force else materialized_partitions("evaluations")
+        setup = ",".join(study.SETUP_STAGES)
+        if args.force or not warehouse.table_file("base_model").exists():
+            runs.append(("setup", materialize(setup, warehouse).seconds))
         else:
-            print("  = problems, base_model: already materialized")
-        for key in keys:
+            print(f"  = {setup}: already materialized")
+        for key in study.partition_keys(config):
             if key in done:
                 print(f"  = [{key}]: already materialized (--force recomputes)")
                 continue
-            materialize(",".join(PARTITIONED_ASSETS), warehouse, partition=key, label=key)
-        materialize("scaling_curves", warehouse)
+            record = materialize(",".join(study.PARTITION_STAGES), warehouse, key, label=key)
+            runs.append((f"partition {key}", record.seconds))
+        runs.append(("report", materialize(",".join(study.REPORT_STAGES), warehouse).seconds))
     except RunFailed as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 1
-    print(f"\nall runs done in {time.perf_counter() - start:.1f}s\n")
-    report = warehouse.reports / "scaling_report.md"
-    print(report.read_text())
+    print(f"\n{runs_table(runs)}\n")
+    print((warehouse.reports / "scaling_report.md").read_text())
     print(f"plot: {warehouse.reports / 'scaling_curves.png'}")
+    print(f"logs: {warehouse.reports / 'logs'}")
     print(
         '\nNext: query the tables with `synthdata sql "SELECT ..."`, '
         "or browse runs and assets with `make ui`."

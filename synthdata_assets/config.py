@@ -133,8 +133,7 @@ class CreditConfig(Section):
     rollout_backend: Literal["auto", "transformers", "vllm"] = Field(
         "auto",
         description="Engine for step rollouts. auto: vLLM where it is installed and a GPU is "
-        "present (measured faster there), else sampling.backend; on CPUs vLLM measured no "
-        "faster than the transformers backend at these model sizes (README, Backends).",
+        "present, else sampling.backend (docs/benchmarks.md compares the engines).",
     )
     rollout_policy: Literal["pi_sft", "best_of_k"] = "best_of_k"
     k: int = Field(5, ge=1, description="K of the best-of-K rollout policy.")
@@ -280,15 +279,13 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "data_sizes": [250, 500, 1000, 2000],
         "seeds": [0],
         "task": {"n_train_pool": 2000, "n_test": 200},
-        # 2e-3 (pretraining phase 2, SFT, RFT) climbed from 14.5% to 25% over 250-1000
-        # problems in calibration where 1e-3 climbed from 11.5% to 20% over 250-2000.
+        # Pretraining phase 2, SFT and RFT at 2e-3: chosen in calibration (docs/calibration.md).
         "training": {"learning_rate": 2e-3},
         # One negative per problem keeps the demo's rollouts to about a minute.
         "credit": {"max_negatives_per_problem": 1},
     },
     "embedded": {
-        # Five sizes x three seeds fit in an hour on 2 cores; with 4000 (partition times
-        # growing about linearly with size) they would not.
+        # Five sizes x three seeds, sized to finish within an hour on 2 cores.
         "data_sizes": [125, 250, 500, 1000, 2000],
         "seeds": [0, 1, 2],
         "task": {"n_train_pool": 2000, "n_test": 400},

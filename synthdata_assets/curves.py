@@ -32,7 +32,8 @@ method x data_size x seed x test problem, with ``is_correct``) into:
     dropped and counted in ``note``; with fewer than half left the interval is null. It is
     vectorised numpy over a correctness tensor [method, size, seed, problem].
 ``plot_curves(table, fits, path)`` and ``report_markdown(table, fits, mults, plot_path)``
-    a log-log figure (Agg, written atomically) and a short markdown summary.
+    a log-log figure (Agg, written atomically) and a short markdown summary;
+    ``study_report(evaluations, reports)`` computes all of the above and writes both.
 
 "base" and any other method are treated as data: base does not depend on data size, so its
 fit has b ~ 0 and its multiplier (usually < 1, extrapolated) is reported like any other.
@@ -43,6 +44,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,7 @@ __all__ = [
     "report_markdown",
     "scaling_table",
     "size_multipliers",
+    "study_report",
 ]
 
 SCALING_SCHEMA = {
@@ -810,3 +813,32 @@ def _multiplier_section(
             text += f"; extrapolated beyond the measured {reference} data sizes{ref_range}"
         lines.append(text)
     return [*lines, ""]
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What :func:`study_report` computed and wrote."""
+
+    table: pl.DataFrame
+    fits: pl.DataFrame
+    multipliers: pl.DataFrame
+    plot: Path
+    report: Path
+    markdown: str
+
+
+def study_report(evaluations: pl.DataFrame, reports: Path, *, seed: int = 0) -> StudyReport:
+    """The ``scaling_curves`` table, fits and multipliers against SFT of every evaluation,
+    with the plot (``scaling_curves.png``) and the markdown report (``scaling_report.md``)
+    written atomically into ``reports``."""
+    table = scaling_table(evaluations)
+    fits = fit_power_laws(table)
+    mults = multipliers(evaluations, reference="sft", seed=seed)
+    reports.mkdir(parents=True, exist_ok=True)
+    plot = plot_curves(table, fits, reports / "scaling_curves.png")
+    markdown = report_markdown(table, fits, mults, plot, relative_to=reports)
+    report = reports / "scaling_report.md"
+    tmp = temp_sibling(report)
+    tmp.write_text(markdown)
+    tmp.replace(report)
+    return StudyReport(table, fits, mults, plot, report, markdown)

@@ -4,9 +4,9 @@ Every run goes through ``dagster asset materialize`` against the code location i
 ``workspace.yaml``, so the runs, their logs and the materialized partitions show in
 ``dagster dev -w workspace.yaml`` afterwards, exactly as if they had been launched there.
 Dagster's own event log is long; it goes to a file per run under ``reports/logs``. The
-terminal gets the stages' own progress lines (their ``INFO`` messages: training updates,
-sampling throughput, accuracies), one line per finished run, and the log's tail when a run
-fails.
+terminal gets the stages' own ``INFO`` messages: their progress as one bar per stage, their
+other lines as they are (:class:`synthdata_assets.terminal.StageDisplay`), one line per
+finished run, and the log's tail when a run fails.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from synthdata_assets.terminal import StageDisplay
 from warehouse import Warehouse
 
 CODE_MODULE = "synthdata_assets.definitions"
@@ -79,11 +80,14 @@ def materialize(
         ) as proc,
     ):
         assert proc.stdout is not None
+        display = StageDisplay(sys.stdout)
         for line in proc.stdout:
             handle.write(line)
+            handle.flush()
             match = _INFO.search(line.rstrip("\n"))
             if echo and match:
-                print(f"      {match['step']}: {match['msg']}", flush=True)
+                display.message(match["step"], match["msg"])
+        display.close()
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
@@ -93,3 +97,11 @@ def materialize(
     if echo:
         print(f"  ✓ {label}  {seconds:.1f}s", flush=True)
     return RunRecord(selection=selection, partition=partition, seconds=seconds, log=log)
+
+
+def materialized_partitions(asset: str) -> set[str]:
+    """Partition keys of ``asset`` materialized in the active warehouse's Dagster instance."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return set(instance.get_materialized_partitions(dg.AssetKey(asset)))

@@ -51,7 +51,8 @@ import polars as pl
 
 from synthdata_assets.advantages import first_pits
 from synthdata_assets.frames import no_duplicates, no_nulls, require
-from synthdata_assets.steps import STEP_RULES, prefix, split_steps
+from synthdata_assets.steps import STEP_RULES, clean_samples, prefix, split_steps
+from training.prompts import format_prompt
 
 PAIR_KINDS: tuple[str, ...] = ("per_step", "outcome", "edit_distance", "shared_prefix")
 
@@ -491,3 +492,29 @@ def levenshtein(a: str, b: str) -> int:
         pv = (mh | ~(xv | ph)) & mask
         mv = ph & xv & mask
     return score
+
+
+def partition_pairs(
+    problems: pl.DataFrame,
+    samples: pl.DataFrame,
+    adv: pl.DataFrame,
+    rollouts: pl.DataFrame,
+    teacher: pl.DataFrame,
+    *,
+    seed: int,
+    step_rule: str,
+) -> pl.DataFrame:
+    """The ``preference_pairs`` table of a partition: pairs of every kind (the trainers pick
+    theirs by ``kind``), prompted as every stage prompts
+    (:func:`training.prompts.format_prompt`)."""
+    return preference_pairs(
+        problems,
+        clean_samples(samples),
+        adv,
+        rollouts,
+        teacher,
+        kinds=PAIR_KINDS,
+        seed=seed,
+        prompt_fn=format_prompt,
+        step_rule=step_rule,
+    )

@@ -1,11 +1,7 @@
-"""The credit-assignment stages as plain functions: step rollouts, advantages, pairs, DPO.
+"""Step rollouts (asset ``step_rollouts``): M graded completions of pi_sft from every step
+prefix of the rolled-out samples, the raw material of the Q-values in
+:mod:`synthdata_assets.advantages`.
 
-The formulas (Q-values, advantages, pits, pair shapes) live in :mod:`synthdata_assets.credit`;
-this module runs the models around them. The Dagster assets in ``defs/credit.py`` are thin
-wrappers.
-
-Step rollouts
--------------
 A rolled-out sample (a negative of ``policy_samples``, at most
 ``credit.max_negatives_per_problem`` per problem, and the positives too when
 ``credit.rollout_positives`` is set) with ``L`` steps has prefixes ``0..L-1`` to roll out
@@ -38,27 +34,25 @@ first prefix ``i >= 1`` whose M rollouts all fail: its later prefixes are never 
 their Q is null in ``step_advantages``. It needs ``pit_rule: first_zero``. The rows it does
 generate have the same keys as a full run's, so turning it off later generates only the
 skipped prefixes.
-
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
-from synthdata_assets import credit
-from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.learning import CHECKPOINT_SCHEMA, _checkpoint_row, _generator
-from synthdata_assets.steps import default_rule, prefix, split_steps
+from synthdata_assets.config import CreditConfig
+from synthdata_assets.samples import sampling_params
+from synthdata_assets.steps import clean_samples, prefix, split_steps
 from synthdata_assets.verify import grade_many
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.dpo import PreferenceExample, train_dpo
-from training.generation import SamplingParams
+from training.config import SamplingConfig
+from training.generation import Generator, SamplingParams
+from training.progress import Progress, no_progress
 from training.prompts import format_prompt
 
 Log = Callable[[str], None]
@@ -82,183 +76,162 @@ ROLLOUT_SCHEMA = {
 }
 
 
-def step_rule(config: ExperimentConfig) -> str:
-    """The configured step rule, or the task's default."""
-    rule = config.credit.step_rule
-    return default_rule(config.task.name) if rule == "auto" else rule
+# What a rollout's outcome holds, whether generated now or read from the previous file.
+_OUTCOME_FIELDS = (
+    "rollout_idx",
+    "completion",
+    "final_answer",
+    "is_correct",
+    "num_tokens",
+    "finish_reason",
+)
 
 
-def clean_samples(samples: pl.DataFrame) -> pl.DataFrame:
-    """Policy samples as the credit stages see them: the trailing newline a sampled solution
-    ends with (the model emits EOS after it) dropped, and empty solutions left out (they have
-    no step to credit)."""
-    return samples.with_columns(pl.col("solution").str.strip_chars_end("\n")).filter(
-        pl.col("solution").str.len_chars() > 0
-    )
+class Request(NamedTuple):
+    """One step prefix of one sample to roll out."""
+
+    sample_id: str
+    problem_id: str
+    step_idx: int
+    prefix_text: str
+    prompt: str
+    key: str
 
 
-def rolled_out_samples(samples: pl.DataFrame, config: ExperimentConfig) -> pl.DataFrame:
+def rolled_out_samples(samples: pl.DataFrame, credit: CreditConfig) -> pl.DataFrame:
     """The samples that get rollouts: each problem's first negatives by sample id (and the
     positives when configured)."""
     samples = clean_samples(samples).sort("problem_id", "sample_id")
     negatives = (
         samples.filter(~pl.col("is_correct"))
         .group_by("problem_id", maintain_order=True)
-        .head(config.credit.max_negatives_per_problem)
+        .head(credit.max_negatives_per_problem)
         .select(samples.columns)  # group_by puts the key first
     )
-    if not config.credit.rollout_positives:
+    if not credit.rollout_positives:
         return negatives
     return pl.concat([negatives, samples.filter(pl.col("is_correct"))]).sort(
         "problem_id", "sample_id"
     )
 
 
-def sample_steps(samples: pl.DataFrame, rule: str) -> pl.DataFrame:
-    """One row per step of each sample: sample_id, problem_id, step_idx (1..L), step_text,
-    sample_is_correct."""
-    rows = []
-    for sid, pid, solution, ok in samples.select(
-        "sample_id", "problem_id", "solution", "is_correct"
-    ).iter_rows():
-        for i, text in enumerate(split_steps(solution, rule), start=1):
-            rows.append((sid, pid, i, text, ok))
-    return pl.DataFrame(
-        rows,
-        schema={
-            "sample_id": pl.String,
-            "problem_id": pl.String,
-            "step_idx": pl.Int64,
-            "step_text": pl.String,
-            "sample_is_correct": pl.Boolean,
-        },
-        orient="row",
-    )
-
-
 def rollout_key(checkpoint: str, prompt: str, params: SamplingParams) -> str:
-    text = "\x1f".join(
-        map(
-            str,
-            (
-                checkpoint,
-                prompt,
-                params.temperature,
-                params.top_p,
-                params.max_new_tokens,
-                params.seed,
-            ),
-        )
+    """The identity of the rollouts of ``prompt`` (see the module docstring)."""
+    fields = (
+        checkpoint,
+        prompt,
+        params.temperature,
+        params.top_p,
+        params.max_new_tokens,
+        params.seed,
     )
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return hashlib.sha256("\x1f".join(map(str, fields)).encode()).hexdigest()[:24]
 
 
-def rollout_backend(config: ExperimentConfig) -> str:
-    """The engine of the rollouts: ``credit.rollout_backend``, resolving ``auto``."""
-    chosen = config.credit.rollout_backend
+def rollout_backend(chosen: str, sampling_backend: str) -> str:
+    """The engine of the rollouts: ``credit.rollout_backend``, where ``auto`` is vLLM when it
+    is installed and a GPU is present, else ``sampling.backend``."""
     if chosen != "auto":
         return chosen
-    import importlib.util
-
     import torch
 
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
         return "vllm"
-    return config.sampling.backend
+    return sampling_backend
 
 
-def rollout_params(config: ExperimentConfig, seed: int) -> SamplingParams:
-    temperature = config.credit.rollout_temperature
-    return SamplingParams(
-        n=config.credit.rollouts_per_prefix,
-        temperature=config.sampling.temperature if temperature is None else temperature,
-        top_p=config.sampling.top_p,
-        max_new_tokens=config.sampling.max_new_tokens,
+def rollout_params(credit: CreditConfig, sampling: SamplingConfig, seed: int) -> SamplingParams:
+    """M completions per prefix at the rollout temperature (default: sampling's)."""
+    temperature = credit.rollout_temperature
+    return sampling_params(
+        sampling,
+        n=credit.rollouts_per_prefix,
+        temperature=sampling.temperature if temperature is None else temperature,
         seed=seed,
     )
 
 
-def generate_rollouts(
-    config: ExperimentConfig,
-    *,
-    checkpoint_path: str,
-    checkpoint_id: str,
-    samples: pl.DataFrame,
+def rollout_requests(
+    chosen: pl.DataFrame,
     problems: pl.DataFrame,
-    previous: pl.DataFrame | None,
-    seed: int,
-    log: Log,
-    generator_factory: Callable[[], object] | None = None,
-) -> tuple[pl.DataFrame, dict]:
-    """``step_rollouts`` of a partition, reusing ``previous`` rows (see the module docstring).
-
-    Returns the table and counts for the asset's metadata: prompts, completions generated
-    and reused, new tokens and tokens per second of the generation.
-    """
-    rule = step_rule(config)
-    params = rollout_params(config, seed)
-    m = params.n
-    chosen = rolled_out_samples(samples, config)
+    *,
+    step_rule: str,
+    checkpoint_id: str,
+    params: SamplingParams,
+) -> list[Request]:
+    """Every (sample, prefix) request of the ``chosen`` samples, in sample then prefix order."""
     questions = dict(problems.select("problem_id", "question").iter_rows())
-    answers = dict(problems.select("problem_id", "answer").iter_rows())
-
-    # Every (sample, prefix) request.
-    requests = []  # (sample_id, problem_id, step_idx, prefix_text, prompt, key)
+    requests = []
     for sid, pid, solution in chosen.select("sample_id", "problem_id", "solution").iter_rows():
-        steps = split_steps(solution, rule)
+        steps = split_steps(solution, step_rule)
         head = format_prompt(questions[pid])
         for i in range(len(steps)):
             text = prefix(steps, i)
             prompt = head + text
-            requests.append((sid, pid, i, text, prompt, rollout_key(checkpoint_id, prompt, params)))
+            key = rollout_key(checkpoint_id, prompt, params)
+            requests.append(Request(sid, pid, i, text, prompt, key))
+    return requests
 
-    known: dict[tuple[str, int], dict] = {}
-    if previous is not None and previous.height:
-        for row in previous.filter(pl.col("rollout_idx") < m).iter_rows(named=True):
-            known[(row["rollout_key"], row["rollout_idx"])] = row
 
-    generator = None
-    stats = {"prompts": 0, "generated": 0, "reused": 0, "new_tokens": 0, "seconds": 0.0}
-    outcomes: dict[str, list[dict]] = {}  # rollout_key -> M result rows
+class _Rollouts:
+    """The completions of every rollout key, reused from an earlier file or generated in
+    batched calls (:meth:`fetch`)."""
 
-    def fetch(batch: Sequence[tuple]) -> None:
-        nonlocal generator
-        todo: dict[str, tuple[str, str, str]] = {}
-        for _sid, pid, _i, text, prompt, key in batch:
-            if key in outcomes or key in todo:
+    def __init__(
+        self,
+        generator: Generator,
+        params: SamplingParams,
+        *,
+        answers: dict[str, str],
+        answer_format: str,
+        previous: pl.DataFrame | None,
+        progress: Progress,
+    ) -> None:
+        self.generator, self.params = generator, params
+        self.answers, self.answer_format, self.progress = answers, answer_format, progress
+        self.known: dict[tuple[str, int], dict] = {}
+        if previous is not None and previous.height:
+            for row in previous.filter(pl.col("rollout_idx") < params.n).iter_rows(named=True):
+                self.known[(row["rollout_key"], row["rollout_idx"])] = row
+        self.outcomes: dict[str, list[dict]] = {}  # rollout_key -> M result rows
+        self.stats = {"prompts": 0, "generated": 0, "reused": 0, "new_tokens": 0, "seconds": 0.0}
+
+    def fetch(self, batch: Sequence[Request]) -> None:
+        """Make sure every request of ``batch`` has its M outcomes: reuse, else generate."""
+        m = self.params.n
+        todo: dict[str, Request] = {}
+        for request in batch:
+            key = request.key
+            if key in self.outcomes or key in todo:
                 continue
-            rows = [known.get((key, j)) for j in range(m)]
+            rows = [self.known.get((key, j)) for j in range(m)]
             if all(r is not None for r in rows):
-                outcomes[key] = rows
-                stats["reused"] += m
+                self.outcomes[key] = rows
+                self.stats["reused"] += m
             else:
-                todo[key] = (prompt, text, pid)
-        if not todo:
-            return
-        if generator is None:
-            generator = (
-                generator_factory()
-                if generator_factory
-                else _generator(config, checkpoint_path, log)
-            )
-        keys = list(todo)
+                todo[key] = request
+        if todo:
+            self._generate(list(todo.values()))
+
+    def _generate(self, todo: list[Request]) -> None:
         start = time.perf_counter()
-        completions = generator.generate([todo[k][0] for k in keys], params)
-        stats["seconds"] += time.perf_counter() - start
+        completions = self.generator.generate(
+            [r.prompt for r in todo], self.params, progress=self.progress
+        )
+        self.stats["seconds"] += time.perf_counter() - start
+        # A rollout continues its prefix: it is graded as prefix + completion.
         texts, golds = [], []
-        for k, outs in zip(keys, completions, strict=True):
-            _prompt, text, pid = todo[k]
-            for c in outs:
-                texts.append(text + c.text)
-                golds.append(answers[pid])
-        grades = iter(grade_many(texts, golds, config.answer_format))
-        for k, outs in zip(keys, completions, strict=True):
+        for request, outs in zip(todo, completions, strict=True):
+            texts += [request.prefix_text + c.text for c in outs]
+            golds += [self.answers[request.problem_id]] * len(outs)
+        grades = iter(grade_many(texts, golds, self.answer_format))
+        for request, outs in zip(todo, completions, strict=True):
             rows = []
             for j, c in enumerate(outs):
                 g = next(grades)
                 rows.append(
                     {
-                        "rollout_key": k,
+                        "rollout_key": request.key,
                         "rollout_idx": j,
                         "completion": c.text,
                         "final_answer": g.extracted,
@@ -267,49 +240,60 @@ def generate_rollouts(
                         "finish_reason": c.finish_reason,
                     }
                 )
-                stats["new_tokens"] += c.num_tokens
-            outcomes[k] = rows
-        stats["generated"] += len(keys) * m
-        stats["prompts"] += len(keys)
+                self.stats["new_tokens"] += c.num_tokens
+            self.outcomes[request.key] = rows
+        self.stats["generated"] += len(todo) * self.params.n
+        self.stats["prompts"] += len(todo)
 
-    if config.credit.early_stop:
-        requests = _roll_out_until_pits(requests, chosen, outcomes, fetch, stats)
+
+def generate_rollouts(
+    generator: Generator,
+    credit: CreditConfig,
+    params: SamplingParams,
+    *,
+    step_rule: str,
+    answer_format: str,
+    checkpoint_id: str,
+    samples: pl.DataFrame,
+    problems: pl.DataFrame,
+    previous: pl.DataFrame | None,
+    log: Log,
+    progress: Progress = no_progress,
+) -> tuple[pl.DataFrame, dict]:
+    """``step_rollouts`` of a partition, reusing ``previous`` rows (see the module docstring).
+    ``generator`` is only called for what ``previous`` lacks.
+
+    Returns the table and counts for the asset's metadata: prompts, completions generated
+    and reused, new tokens and tokens per second of the generation.
+    """
+    chosen = rolled_out_samples(samples, credit)
+    requests = rollout_requests(
+        chosen, problems, step_rule=step_rule, checkpoint_id=checkpoint_id, params=params
+    )
+    run = _Rollouts(
+        generator,
+        params,
+        answers=dict(problems.select("problem_id", "answer").iter_rows()),
+        answer_format=answer_format,
+        previous=previous,
+        progress=progress,
+    )
+    stats = run.stats
+    stats["skipped_prefixes"] = 0
+    if credit.early_stop:
+        requests = _roll_out_until_pits(requests, chosen, run)
     else:
-        fetch(requests)
-
-    rows = []
-    for sid, pid, i, _text, _prompt, key in requests:
-        for row in outcomes[key]:
-            rows.append(
-                {
-                    "sample_id": sid,
-                    "problem_id": pid,
-                    "step_idx": i,
-                    "rollout_idx": row["rollout_idx"],
-                    "completion": row["completion"],
-                    "final_answer": row["final_answer"],
-                    "is_correct": row["is_correct"],
-                    "num_tokens": row["num_tokens"],
-                    "finish_reason": row["finish_reason"],
-                    "rollout_key": key,
-                    "checkpoint": checkpoint_id,
-                    "temperature": params.temperature,
-                    "top_p": params.top_p,
-                    "max_new_tokens": params.max_new_tokens,
-                    "rollout_seed": params.seed,
-                }
-            )
-    table = pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
+        run.fetch(requests)
+    table = _rollout_rows(requests, run.outcomes, checkpoint_id, params)
     stats["samples"] = chosen.height
     stats["tokens_per_second"] = stats["new_tokens"] / stats["seconds"] if stats["seconds"] else 0.0
-    stats.setdefault("skipped_prefixes", 0)
     log(
         f"step rollouts: {chosen.height} samples, {len(requests)} prefixes, "
-        f"{stats['generated']} completions generated ({stats['prompts']} distinct prompts x {m}), "
-        f"{stats['reused']} reused"
+        f"{stats['generated']} completions generated ({stats['prompts']} distinct prompts x "
+        f"{params.n}), {stats['reused']} reused"
         + (
             f", {stats['skipped_prefixes']} prefixes after first pits skipped"
-            if config.credit.early_stop
+            if credit.early_stop
             else ""
         )
     )
@@ -317,12 +301,8 @@ def generate_rollouts(
 
 
 def _roll_out_until_pits(
-    requests: list[tuple],
-    chosen: pl.DataFrame,
-    outcomes: dict[str, list[dict]],
-    fetch: Callable[[Sequence[tuple]], None],
-    stats: dict,
-) -> list[tuple]:
+    requests: list[Request], chosen: pl.DataFrame, run: _Rollouts
+) -> list[Request]:
     """``credit.early_stop``: roll out prefix 0 of every sample, then prefix 1, ..., each
     round one batched call across the samples still going; a negative stops after the first
     prefix ``i >= 1`` whose M rollouts all fail. That prefix is its first pit under
@@ -330,134 +310,51 @@ def _roll_out_until_pits(
     when no rollout succeeds), so the later prefixes cannot change the pit; positives have no
     pit and are rolled out in full. Returns the requests that were rolled out, in order."""
     negative = dict(chosen.select("sample_id", ~pl.col("is_correct")).iter_rows())
-    by_sample: dict[str, list[tuple]] = {}
+    by_sample: dict[str, list[Request]] = {}
     for request in requests:
-        by_sample.setdefault(request[0], []).append(request)
+        by_sample.setdefault(request.sample_id, []).append(request)
     going = list(by_sample)
     done: set[tuple[str, int]] = set()
     step = 0
     while going:
         batch = [by_sample[sid][step] for sid in going]
-        fetch(batch)
+        run.fetch(batch)
         done.update((sid, step) for sid in going)
         still = []
         for sid, request in zip(going, batch, strict=True):
             pit = (
                 step >= 1
                 and negative[sid]
-                and not any(r["is_correct"] for r in outcomes[request[5]])
+                and not any(r["is_correct"] for r in run.outcomes[request.key])
             )
             if not pit and step + 1 < len(by_sample[sid]):
                 still.append(sid)
         going = still
         step += 1
-    stats["skipped_prefixes"] = len(requests) - len(done)
-    return [r for r in requests if (r[0], r[2]) in done]
+    run.stats["skipped_prefixes"] = len(requests) - len(done)
+    return [r for r in requests if (r.sample_id, r.step_idx) in done]
 
 
-def advantages(
-    config: ExperimentConfig, samples: pl.DataFrame, rollouts: pl.DataFrame
+def _rollout_rows(
+    requests: Sequence[Request],
+    outcomes: dict[str, list[dict]],
+    checkpoint_id: str,
+    params: SamplingParams,
 ) -> pl.DataFrame:
-    """``step_advantages`` of a partition from its rollouts (no generation)."""
-    rolled = clean_samples(samples).filter(
-        pl.col("sample_id").is_in(rollouts["sample_id"].unique().implode())
-    )
-    steps = sample_steps(rolled, step_rule(config))
-    terminal = steps.group_by("sample_id").agg(
-        n_steps=pl.col("step_idx").max(), is_correct=pl.col("sample_is_correct").first()
-    )
-    q = credit.q_values(
-        rollouts.select("sample_id", "step_idx", "rollout_idx", "is_correct"),
-        terminal.select("sample_id", "n_steps", "is_correct"),
-        policy=config.credit.rollout_policy,
-        k=config.credit.k,
-        stopped_at_pit=config.credit.early_stop,
-    )
-    return credit.step_advantages(
-        q,
-        steps.select("sample_id", "problem_id", "step_idx", "step_text", "sample_is_correct"),
-        pit_rule=config.credit.pit_rule,
-        spurious_threshold=config.credit.spurious_threshold,
-    )
-
-
-def pairs(
-    config: ExperimentConfig,
-    *,
-    problems: pl.DataFrame,
-    samples: pl.DataFrame,
-    adv: pl.DataFrame,
-    rollouts: pl.DataFrame,
-    teacher: pl.DataFrame,
-    seed: int,
-) -> pl.DataFrame:
-    """Every kind of preference pair of a partition (the trainers pick theirs by ``kind``)."""
-    return credit.preference_pairs(
-        problems,
-        clean_samples(samples),
-        adv,
-        rollouts,
-        teacher,
-        kinds=credit.PAIR_KINDS,
-        seed=seed,
-        prompt_fn=format_prompt,
-        step_rule=step_rule(config),
-    )
-
-
-def pair_weights(config: ExperimentConfig, chosen: pl.DataFrame, adv: pl.DataFrame) -> list[float]:
-    """The advantage-weighted variant: exp(-A_pit / beta) per pair, normalised to mean 1."""
-    pit_adv = adv.filter(pl.col("is_first_pit")).select("sample_id", pit_advantage="advantage")
-    joined = chosen.join(pit_adv, on="sample_id", how="left").with_columns(
-        pl.col("pit_advantage").fill_null(0.0)
-    )
-    raw = [math.exp(-a / config.training.dpo_beta) for a in joined["pit_advantage"]]
-    mean = sum(raw) / len(raw)
-    return [w / mean for w in raw]
-
-
-def train_preference_model(
-    config: ExperimentConfig,
-    method: str,
-    sft_path: str,
-    pair_table: pl.DataFrame,
-    folder: Path,
-    seed: int,
-    log: Log,
-    weights: Sequence[float] | None = None,
-) -> pl.DataFrame:
-    """DPO from pi_sft (also the frozen reference) on ``pair_table``: one checkpoint row."""
-    model, tokenizer = load_checkpoint(sft_path)
-    if pair_table.height == 0:
-        log(f"{method}: no preference pairs; the model stays pi_sft")
-        row = _checkpoint_row(method, sft_path, sft_path, None, model)
-        return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
-    examples = [
-        PreferenceExample(
-            prompt=r["prompt"],
-            chosen=r["chosen"],
-            rejected=r["rejected"],
-            chosen_has_eos=r["chosen_has_eos"],
-            rejected_has_eos=r["rejected_has_eos"],
-        )
-        for r in pair_table.iter_rows(named=True)
+    rows = [
+        {
+            "sample_id": request.sample_id,
+            "problem_id": request.problem_id,
+            "step_idx": request.step_idx,
+            **{field: row[field] for field in _OUTCOME_FIELDS},
+            "rollout_key": request.key,
+            "checkpoint": checkpoint_id,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_new_tokens": params.max_new_tokens,
+            "rollout_seed": params.seed,
+        }
+        for request in requests
+        for row in outcomes[request.key]
     ]
-    t = config.training
-    stats = train_dpo(
-        model,
-        tokenizer,
-        examples,
-        beta=t.dpo_beta,
-        learning_rate=t.dpo_learning_rate,
-        epochs=t.dpo_epochs,
-        batch_size=t.batch_size,
-        config=t,
-        seed=seed,
-        max_seq_len=config.model.max_seq_len,
-        log=log,
-        weights=weights,
-    )
-    save_checkpoint(model, tokenizer, folder, {"method": method, "init": sft_path, "seed": seed})
-    row = _checkpoint_row(method, folder, sft_path, stats, model)
-    row["reward_accuracy"] = stats.reward_accuracy
-    return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "reward_accuracy": pl.Float64})
+    return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)

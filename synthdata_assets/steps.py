@@ -1,8 +1,10 @@
 """Split a solution into steps, and build step prefixes.
 
-Per-step credit assignment (:mod:`synthdata_assets.credit`) rolls the policy out from every
-step prefix of a sample, so "what is a step" is the one definition that the rollouts, the
-advantages and the preference pairs must share. It lives here, as pure string functions.
+Per-step credit assignment (:mod:`synthdata_assets.rollouts`,
+:mod:`synthdata_assets.advantages`) rolls the policy out from every step prefix of a sample,
+so "what is a step" is the one definition that the rollouts, the advantages and the
+preference pairs must share. It lives here: pure string functions, and the two table helpers
+the credit stages share (:func:`clean_samples`, :func:`sample_steps`).
 
 The round-trip invariant
 ------------------------
@@ -43,6 +45,8 @@ Rules (``STEP_RULES``)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+import polars as pl
 
 STEP_RULES: tuple[str, ...] = ("lines", "blank_lines", "sentences")
 
@@ -181,3 +185,39 @@ _SPLITTERS: dict[str, Callable[[str], list[str]]] = {
     "blank_lines": _split_blank_lines,
     "sentences": _split_sentences,
 }
+
+
+def resolve_rule(rule: str, task: str) -> str:
+    """The configured ``credit.step_rule``, with ``auto`` meaning the task's default."""
+    return default_rule(task) if rule == "auto" else rule
+
+
+def clean_samples(samples: pl.DataFrame) -> pl.DataFrame:
+    """Policy samples as the credit stages see them: the trailing newline a sampled solution
+    ends with (the model emits EOS after it) dropped, and empty solutions left out (they have
+    no step to credit)."""
+    return samples.with_columns(pl.col("solution").str.strip_chars_end("\n")).filter(
+        pl.col("solution").str.len_chars() > 0
+    )
+
+
+def sample_steps(samples: pl.DataFrame, rule: str) -> pl.DataFrame:
+    """One row per step of each sample: sample_id, problem_id, step_idx (1..L), step_text,
+    sample_is_correct."""
+    rows = []
+    for sid, pid, solution, ok in samples.select(
+        "sample_id", "problem_id", "solution", "is_correct"
+    ).iter_rows():
+        for i, text in enumerate(split_steps(solution, rule), start=1):
+            rows.append((sid, pid, i, text, ok))
+    return pl.DataFrame(
+        rows,
+        schema={
+            "sample_id": pl.String,
+            "problem_id": pl.String,
+            "step_idx": pl.Int64,
+            "step_text": pl.String,
+            "sample_is_correct": pl.Boolean,
+        },
+        orient="row",
+    )

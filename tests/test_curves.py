@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -303,15 +302,6 @@ def test_resamples_with_an_undefined_reference_fit_are_dropped():
 
 def _scaled(k: float) -> Callable[[float], float]:
     return lambda n: sft_law(k * n)
-
-
-def test_bootstrap_is_fast():
-    scale = {"base": 0.001, "sft": 1, "rft": 2, "per_step_dpo": 8, "dpo": 3}
-    laws = {method: _scaled(k) for method, k in scale.items()}
-    ev = make_evals(laws, n_problems=400)
-    start = time.perf_counter()
-    multipliers(ev, n_boot=1000)
-    assert time.perf_counter() - start < 2.0
 
 
 # --------------------------------------------------------------------------- plot + report

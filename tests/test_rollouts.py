@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from synthdata_assets import rollouts
+from synthdata_assets import advantages, rollouts
 from synthdata_assets.config import load_config
 from training.generation import Completion, SamplingParams
 from training.prompts import format_prompt
@@ -24,7 +24,7 @@ class PitPolicy:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def generate(self, prompts, params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts, params: SamplingParams, progress=None) -> list[list[Completion]]:
         self.calls.append(len(prompts))
         out = []
         for prompt in prompts:
@@ -67,15 +67,16 @@ def _roll(early_stop: bool, previous: pl.DataFrame | None = None):
     problems, samples = _inputs()
     policy = PitPolicy()
     table, stats = rollouts.generate_rollouts(
-        config,
-        checkpoint_path="unused",
+        policy,
+        config.credit,
+        rollouts.rollout_params(config.credit, config.sampling, seed=0),
+        step_rule="lines",
+        answer_format=config.answer_format,
         checkpoint_id="ckpt@run",
         samples=samples,
         problems=problems,
         previous=previous,
-        seed=0,
         log=lambda _message: None,
-        generator_factory=lambda: policy,
     )
     return config, samples, table, stats, policy
 
@@ -103,8 +104,8 @@ def test_early_stop_rolls_out_up_to_the_first_pit_only() -> None:
     key = ["sample_id", "step_idx", "rollout_idx"]
     assert early.sort(key).equals(full.join(early.select(key), on=key).sort(key))
     # Same pits, and Q unknown (null) after them rather than 0.
-    adv_early = rollouts.advantages(config, samples, early)
-    adv_full = rollouts.advantages(config_full, samples, full)
+    adv_early = advantages.from_rollouts(config.credit, "lines", samples, early)
+    adv_full = advantages.from_rollouts(config_full.credit, "lines", samples, full)
 
     def pits(adv: pl.DataFrame) -> dict[str, int]:
         rows = adv.filter(pl.col("is_first_pit")).select("sample_id", "step_idx").rows()

@@ -40,16 +40,13 @@ def _rows(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- real-data bars
 
 
-def test_gsm8k_reference_answers_grade_correct_and_fast():
+def test_gsm8k_reference_answers_grade_correct():
     rows = _rows(GSM8K_TEST)
     assert len(rows) == 1319
     golds = [gold_from_reference(r["answer"], "gsm8k") for r in rows]
-    started = time.perf_counter()
     grades = grade_many([r["answer"] for r in rows], golds, "gsm8k")
-    elapsed = time.perf_counter() - started
     wrong = [(r["answer"][-40:], g) for r, g in zip(rows, grades, strict=True) if not g.is_correct]
     assert wrong == []
-    assert elapsed < 5.0
 
 
 def test_gsm8k_shuffled_golds_grade_wrong():

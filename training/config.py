@@ -32,15 +32,14 @@ class ModelConfig(Section):
     arithmetic_steps: int = Field(
         5000,
         ge=0,
-        description="tiny-llama pretraining, phase 1: arithmetic-table updates. At 2500 the "
-        "table was learned in some runs and not others (drill accuracy 52-100%, depending on "
-        "the pool the tokenizer is built from); 5000 learned it in every run tried.",
+        description="tiny-llama pretraining, phase 1: arithmetic-table updates (see "
+        "docs/calibration.md for how the default was chosen).",
     )
     pretrain_steps: int = Field(
         2500,
         ge=0,
-        description="tiny-llama pretraining, phase 2: easier-problem updates. At 1000 the base "
-        "model read operand values from the question too poorly for SFT to leave chance.",
+        description="tiny-llama pretraining, phase 2: easier-problem updates (see "
+        "docs/calibration.md).",
     )
     allow_hub_download: bool = False
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"

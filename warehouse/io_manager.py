@@ -17,9 +17,9 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-from dagster._core.definitions.partitions.utils import MultiPartitionKey
 from upath import UPath
 
+from warehouse.layout import hive_path
 from warehouse.parquet import read_parquet, write_parquet_atomic
 
 PARTITION_COLUMNS = ("data_size", "seed")
@@ -30,7 +30,7 @@ def partition_values(context: dg.OutputContext | dg.InputContext) -> dict[str, i
     if not context.has_asset_partitions:
         return {}
     key = context.asset_partition_key
-    if not isinstance(key, MultiPartitionKey):
+    if not isinstance(key, dg.MultiPartitionKey):
         return {}
     return {dim: int(value) for dim, value in key.keys_by_dimension.items()}
 
@@ -53,9 +53,7 @@ class PolarsParquetIOManager(dg.UPathIOManager):
             # The base class joins dimension values in sorted dimension-name order.
             names = sorted(partitions_def.partition_dimension_names)
             values = partition.split("/")
-            partition = "/".join(
-                f"{name}={value}" for name, value in zip(names, values, strict=True)
-            )
+            partition = hive_path(dict(zip(names, values, strict=True)))
         return self.make_safe_partition_path(path, partition)
 
     def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:

@@ -31,6 +31,12 @@ concurrency:
 """
 
 
+def hive_path(values: dict[str, object], suffix: str = "") -> str:
+    """``data_size=500/seed=0`` (plus ``suffix``): partition values as Hive-style folders, in
+    the order given, so a glob over a table's folder reads every partition."""
+    return "/".join(f"{name}={value}" for name, value in values.items()) + suffix
+
+
 @dataclass(frozen=True)
 class Warehouse:
     """The folders of one warehouse root."""
@@ -57,6 +63,27 @@ class Warehouse:
     @property
     def dagster_home(self) -> Path:
         return self.root / "dagster"
+
+    @property
+    def cache(self) -> Path:
+        """Caches that outlive runs (the endpoint teacher's completions)."""
+        return self.root / "cache"
+
+    def table_file(self, table: str) -> Path:
+        """The Parquet file of an unpartitioned table."""
+        return self.tables / f"{table}.parquet"
+
+    def partition_file(self, table: str, data_size: int, seed: int) -> Path:
+        """The Parquet file of one ``data_size x seed`` partition of a table."""
+        return self.tables / table / hive_path({"data_size": data_size, "seed": seed}, ".parquet")
+
+    def checkpoint_folder(
+        self, method: str, data_size: int | None = None, seed: int | None = None
+    ) -> Path:
+        """The model folder of a method (of one partition, for the partitioned methods)."""
+        if data_size is None or seed is None:
+            return self.checkpoints / method
+        return self.checkpoints / method / hive_path({"data_size": data_size, "seed": seed})
 
     def ensure(self) -> Warehouse:
         """Create the folders and the Dagster instance settings if they are missing."""

@@ -1,29 +1,48 @@
-"""Dagster definitions, built from one experiment configuration and one warehouse."""
+"""Dagster definitions, built from one experiment configuration and one warehouse: one module
+per stage area, in the order data flows through the study."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.defs import credit, data, models, study
+from synthdata_assets.defs import (
+    advantages,
+    curves,
+    evaluations,
+    models,
+    pairs,
+    preference,
+    problems,
+    rollouts,
+    samples,
+    study,
+    teacher,
+)
 from synthdata_assets.defs.resources import resources
 from warehouse import Warehouse
 
 
 def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Definitions:
-    studied = study.build(config, warehouse)
+    plan = study.build(config)
     return dg.Definitions(
         assets=[
-            *data.build(config, warehouse),
+            *problems.build(config),
+            *teacher.build(config, warehouse),
             *models.build(config, warehouse),
-            *credit.build(config, warehouse),
-            *studied["assets"],
+            *samples.build(config),
+            *rollouts.build(config, warehouse),
+            *advantages.build(config),
+            *pairs.build(config),
+            *preference.build(config, warehouse),
+            *evaluations.build(config),
+            *curves.build(warehouse),
         ],
-        jobs=studied["jobs"],
-        schedules=studied["schedules"],
-        resources=resources(warehouse),
+        jobs=plan["jobs"],
+        schedules=plan["schedules"],
+        resources=resources(config, warehouse),
         # Every step of a run in one process: a process per step would import torch,
-        # transformers and the model again (about 7 s each, more than most demo steps take).
+        # transformers and the model again (seconds each, more than most demo steps take).
         # Runs still queue on the `accelerator` pool, so parallel runs never share the device.
         executor=dg.in_process_executor,
     )

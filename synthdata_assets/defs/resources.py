@@ -1,12 +1,73 @@
-"""Every resource the assets use, bound to one warehouse."""
+"""Every resource the assets use: the Parquet IO manager over the warehouse's tables, and
+the generator that samples from a checkpoint (policy samples, rollouts, evaluation)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import dagster as dg
+
+from synthdata_assets.config import ExperimentConfig
+from synthdata_assets.rollouts import rollout_backend
+from training.generation import Completion, Generator, SamplingParams, make_generator
+from training.progress import Progress
 from warehouse import Warehouse
 from warehouse.io_manager import ParquetIOManager
 
 
-def resources(warehouse: Warehouse) -> dict[str, Any]:
-    return {"io_manager": ParquetIOManager(base_path=str(warehouse.tables))}
+class _OnFirstUse:
+    """A generator built at its first ``generate`` call: a stage that finds everything it
+    needs already generated (reused rollouts) never loads the model."""
+
+    def __init__(self, build: Callable[[], Generator]) -> None:
+        self._build = build
+        self._generator: Generator | None = None
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None
+    ) -> list[list[Completion]]:
+        if self._generator is None:
+            self._generator = self._build()
+        return self._generator.generate(prompts, params, progress=progress)
+
+
+class GeneratorResource(dg.ConfigurableResource):
+    """The sampling engine (``sampling.backend``; ``credit.rollout_backend`` for rollouts)
+    over a checkpoint folder."""
+
+    backend: str = "transformers"
+    rollout_backend: str = "auto"
+    batch_size: int = 128
+    dtype: str = "float32"
+
+    def over(self, checkpoint: str, log: Callable[[str], None]) -> Generator:
+        """A generator over the model at ``checkpoint``, loaded at its first use."""
+        return self._lazy(self.backend, checkpoint, log)
+
+    def for_rollouts(self, checkpoint: str, log: Callable[[str], None]) -> Generator:
+        """The rollouts' generator over the model at ``checkpoint``, loaded at its first use."""
+        return self._lazy(rollout_backend(self.rollout_backend, self.backend), checkpoint, log)
+
+    def _lazy(self, backend: str, checkpoint: str, log: Callable[[str], None]) -> Generator:
+        extra: dict[str, Any] = {}
+        if backend == "vllm":
+            # vLLM's dtype "auto" would run float32 checkpoints in bf16 and change the samples.
+            extra["dtype"] = self.dtype
+        return _OnFirstUse(
+            lambda: make_generator(
+                backend, checkpoint, batch_size=self.batch_size, log=log, **extra
+            )
+        )
+
+
+def resources(config: ExperimentConfig, warehouse: Warehouse) -> dict[str, Any]:
+    return {
+        "io_manager": ParquetIOManager(base_path=str(warehouse.tables)),
+        "generator": GeneratorResource(
+            backend=config.sampling.backend,
+            rollout_backend=config.credit.rollout_backend,
+            batch_size=config.sampling.batch_size,
+            dtype=config.model.dtype,
+        ),
+    }

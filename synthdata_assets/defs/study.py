@@ -1,9 +1,5 @@
-"""The study's answer and how it is run: ``scaling_curves``, the study job and its schedule.
-
-``scaling_curves`` (unpartitioned) reads every materialized ``evaluations`` partition, fits
-test error against data size per method and computes each method's effective data
-multiplier against SFT (:mod:`synthdata_assets.curves`). Its plot and markdown report go to
-the warehouse's ``reports/`` folder and onto the asset in the Dagster UI.
+"""The study's partitions (data_size x seed, read from the configuration), its jobs and the
+backfill schedule.
 
 ``study_job`` materializes every partitioned asset of one ``data_size x seed`` partition in
 one run; a backfill over its partitions is the whole sweep. The schedule
@@ -12,86 +8,51 @@ been materialized, so turning it on after adding a data size computes only the n
 partitions.
 """
 
-import base64
+from __future__ import annotations
 
 import dagster as dg
-import polars as pl
 
-from synthdata_assets import curves
 from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.defs.partitions import study_partitions
-from warehouse import Warehouse
-
-GROUP = "study"
-PARTITIONED_ASSETS = (
-    "teacher_solutions",
-    "sft_model",
-    "policy_samples",
-    "rft_model",
-    "step_rollouts",
-    "step_advantages",
-    "preference_pairs",
-    "per_step_dpo_model",
-    "dpo_model",
-    "evaluations",
+from synthdata_assets.study import (
+    DATA_SIZE,
+    PARTITION_STAGES,
+    REPORT_STAGES,
+    SEED,
+    SETUP_STAGES,
 )
 
 
-def build(config: ExperimentConfig, warehouse: Warehouse) -> dict:
-    partitions = study_partitions(config)
-
-    @dg.asset(
-        group_name=GROUP,
-        kinds={"polars", "matplotlib"},
-        ins={
-            "evaluations": dg.AssetIn(
-                # Curves from whatever partitions exist: a sweep in progress still plots.
-                metadata={"allow_missing_partitions": True},
-            )
-        },
-    )
-    def scaling_curves(context: dg.AssetExecutionContext, evaluations: dict[str, pl.DataFrame]):
-        """Test error per method x data size x seed, power-law fits, data multipliers vs SFT."""
-        if not evaluations:
-            raise dg.Failure(
-                "no evaluations partition is materialized yet; run the study job (or "
-                "`synthdata run`) first"
-            )
-        table_in = pl.concat(list(evaluations.values()), how="diagonal_relaxed")
-        table = curves.scaling_table(table_in)
-        fits = curves.fit_power_laws(table)
-        mults = curves.multipliers(table_in, reference="sft", seed=0)
-        reports = warehouse.reports
-        reports.mkdir(parents=True, exist_ok=True)
-        plot = curves.plot_curves(table, fits, reports / "scaling_curves.png")
-        report = curves.report_markdown(table, fits, mults, plot, relative_to=reports)
-        report_path = reports / "scaling_report.md"
-        tmp = report_path.with_name(f".{report_path.name}.tmp")
-        tmp.write_text(report)
-        tmp.replace(report_path)
-        context.log.info(f"plot: {plot}\nreport: {report_path}")
-        image = base64.b64encode(plot.read_bytes()).decode()
-        metadata = {
-            "plot": dg.MetadataValue.md(f"![scaling curves](data:image/png;base64,{image})"),
-            "plot_path": dg.MetadataValue.path(str(plot)),
-            "report_path": dg.MetadataValue.path(str(report_path)),
-            "report": dg.MetadataValue.md(report),
-            "partitions": len(evaluations),
+def study_partitions(config: ExperimentConfig) -> dg.MultiPartitionsDefinition:
+    return dg.MultiPartitionsDefinition(
+        {
+            DATA_SIZE: dg.StaticPartitionsDefinition([str(s) for s in config.data_sizes]),
+            SEED: dg.StaticPartitionsDefinition([str(s) for s in config.seeds]),
         }
-        for row in mults.iter_rows(named=True):
-            if row["multiplier"] is not None:
-                metadata[f"multiplier_{row['method']}"] = float(row["multiplier"])
-        return dg.Output(table, metadata=metadata)
+    )
 
+
+def partition_key(data_size: int, seed: int) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({DATA_SIZE: str(data_size), SEED: str(seed)})
+
+
+def current_partition(context: dg.AssetExecutionContext) -> tuple[int, int]:
+    """``(data_size, seed)`` of the partition being materialized."""
+    key = context.partition_key
+    assert isinstance(key, dg.MultiPartitionKey), "expected a data_size x seed partition"
+    dims = key.keys_by_dimension
+    return int(dims[DATA_SIZE]), int(dims[SEED])
+
+
+def build(config: ExperimentConfig) -> dict:
+    partitions = study_partitions(config)
     study_job = dg.define_asset_job(
         "study_job",
-        selection=dg.AssetSelection.assets(*PARTITIONED_ASSETS),
-        partitions_def=partitions,
+        selection=dg.AssetSelection.assets(*PARTITION_STAGES),
         description="Every stage of one data_size x seed partition; backfill it for the sweep.",
     )
     curves_job = dg.define_asset_job(
         "curves_job",
-        selection=dg.AssetSelection.assets("problems", "base_model", "scaling_curves"),
+        selection=dg.AssetSelection.assets(*SETUP_STAGES, *REPORT_STAGES),
         description="The unpartitioned assets: problem pool, base model, scaling curves.",
     )
 
@@ -102,14 +63,9 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> dict:
     )
     def study_backfill_schedule(context: dg.ScheduleEvaluationContext):
         """Hourly while on: one run per data_size x seed partition not yet materialized."""
-        instance = context.instance
-        done = instance.get_materialized_partitions(dg.AssetKey("evaluations"))
+        done = context.instance.get_materialized_partitions(dg.AssetKey("evaluations"))
         for key in partitions.get_partition_keys():
             if key not in done:
                 yield dg.RunRequest(run_key=f"study-{key}", partition_key=key)
 
-    return {
-        "assets": [scaling_curves],
-        "jobs": [study_job, curves_job],
-        "schedules": [study_backfill_schedule],
-    }
+    return {"jobs": [study_job, curves_job], "schedules": [study_backfill_schedule]}

@@ -1,7 +1,4 @@
-"""The problem pool, nested training subsets, and teacher solutions, as polars tables.
-
-Plain functions over plain data (no Dagster), so that the assets stay thin and these are
-tested directly.
+"""The problem pool and its nested training subsets, as polars tables (asset ``problems``).
 
 - :func:`problem_pool` builds the ``problems`` table: every train problem of the pool and
   the test split, one row each.
@@ -9,21 +6,19 @@ tested directly.
   ``data_size`` of an order fixed by ``seed``. Orders come from hashing ids, so the
   subsets of one seed are nested (size 500 is inside size 1000) and each seed draws its
   own data.
-- :func:`teacher_solutions` writes and grades the teacher's solutions for a subset.
+- :func:`gold_answers_parse` checks that the verifier reads every gold answer back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
-from collections.abc import Iterable
 
 import polars as pl
 
-from synthdata_assets.config import ExperimentConfig
+from synthdata_assets.config import EmbeddedTaskConfig, ExperimentConfig
 from synthdata_assets.tasks import embedded, realdata
-from synthdata_assets.verify import extract_answer, grade_many
+from synthdata_assets.verify import extract_answer
 
 PROBLEM_SCHEMA = {
     "problem_id": pl.String,
@@ -37,20 +32,9 @@ PROBLEM_SCHEMA = {
     "meta": pl.String,
 }
 
-SOLUTION_SCHEMA = {
-    "problem_id": pl.String,
-    "solution_id": pl.String,
-    "solution": pl.String,
-    "final_answer": pl.String,
-    "is_correct": pl.Boolean,
-    "answer": pl.String,
-    "n_lines": pl.Int64,
-    "teacher": pl.String,
-}
 
-
-def embedded_params(config: ExperimentConfig) -> embedded.EmbeddedParams:
-    knobs = config.task.embedded
+def embedded_params(knobs: EmbeddedTaskConfig) -> embedded.EmbeddedParams:
+    """The embedded task generator's parameters from its config section."""
     return embedded.EmbeddedParams(
         modulus=knobs.modulus,
         min_steps=knobs.min_steps,
@@ -85,7 +69,7 @@ def _problem_row(
 
 
 def _embedded_rows(config: ExperimentConfig) -> list[dict]:
-    params = embedded_params(config)
+    params = embedded_params(config.task.embedded)
     seed = config.task.pool_seed
     train = embedded.generate_problems(params, config.task.n_train_pool, seed=seed, split="train")
     # Generate a margin of test problems so that dropping overlaps still leaves n_test.
@@ -148,50 +132,6 @@ def training_subset(problems: pl.DataFrame, data_size: int, seed: int) -> pl.Dat
     return (
         train.with_columns(pl.Series("_order", keys)).sort("_order").head(data_size).drop("_order")
     )
-
-
-def _oracle_solutions(config: ExperimentConfig, subset: pl.DataFrame, seed: int) -> Iterable[dict]:
-    teacher = config.teacher
-    for row in subset.iter_rows(named=True):
-        problem = embedded.EmbeddedProblem.from_spec(row["problem_id"], row["spec"])
-        for j in range(teacher.solutions_per_problem):
-            # One stream per (seed, problem, j): a problem's solutions are the same in
-            # every data size, so nested subsets get nested solution sets.
-            rng = random.Random(f"teacher/{seed}/{row['problem_id']}/{j}")
-            text = embedded.oracle_solution(
-                problem, rng=rng, spurious_rate=teacher.spurious_rate, slip_rate=teacher.slip_rate
-            )
-            yield {"problem_id": row["problem_id"], "index": j, "solution": text}
-
-
-def _reference_solutions(subset: pl.DataFrame) -> Iterable[dict]:
-    for row in subset.iter_rows(named=True):
-        yield {"problem_id": row["problem_id"], "index": 0, "solution": row["reference_solution"]}
-
-
-def teacher_solutions(config: ExperimentConfig, subset: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """The teacher's graded solutions for the problems of one partition."""
-    if config.teacher.kind == "oracle":
-        written = list(_oracle_solutions(config, subset, seed))
-    else:
-        written = list(_reference_solutions(subset))
-    gold = dict(zip(subset["problem_id"], subset["answer"], strict=True))
-    golds = [gold[w["problem_id"]] for w in written]
-    grades = grade_many([w["solution"] for w in written], golds, config.answer_format)
-    rows = [
-        {
-            "problem_id": w["problem_id"],
-            "solution_id": f"{w['problem_id']}/teacher/{seed}/{w['index']}",
-            "solution": w["solution"],
-            "final_answer": g.extracted,
-            "is_correct": g.is_correct,
-            "answer": gold_answer,
-            "n_lines": len(w["solution"].splitlines()),
-            "teacher": config.teacher.kind,
-        }
-        for w, g, gold_answer in zip(written, grades, golds, strict=True)
-    ]
-    return pl.DataFrame(rows, schema=SOLUTION_SCHEMA)
 
 
 def gold_answers_parse(problems: pl.DataFrame, fmt: str) -> list[str]:

@@ -1,11 +1,12 @@
-"""Pure pieces of the model stages: pass@k, example selection."""
+"""Pure pieces of the model stages: example selection for SFT and RFT, pass@k."""
 
 import math
 
 import polars as pl
 import pytest
 
-from synthdata_assets.learning import pass_at_k, rft_examples, sft_examples, summarize_evaluations
+from synthdata_assets.evaluations import pass_at_k, summarize_evaluations
+from synthdata_assets.models import rft_examples, sft_examples
 
 
 def test_pass_at_k_matches_the_definition() -> None:

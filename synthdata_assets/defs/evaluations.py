@@ -1,0 +1,62 @@
+"""Every model of the partition on the test split."""
+
+import dagster as dg
+import polars as pl
+
+from synthdata_assets import evaluations as eval_lib
+from synthdata_assets.config import ExperimentConfig
+from synthdata_assets.defs.models import GROUP, POOL
+from synthdata_assets.defs.resources import GeneratorResource
+from synthdata_assets.defs.study import current_partition, study_partitions
+from synthdata_assets.terminal import progress_logger
+
+
+def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"pytorch", "polars"},
+        pool=POOL,
+        partitions_def=study_partitions(config),
+    )
+    def evaluations(
+        context: dg.AssetExecutionContext,
+        generator: GeneratorResource,
+        problems: pl.DataFrame,
+        base_model: pl.DataFrame,
+        sft_model: pl.DataFrame,
+        rft_model: pl.DataFrame,
+        per_step_dpo_model: pl.DataFrame,
+        dpo_model: pl.DataFrame,
+    ):
+        """Every model's answers to the test split: greedy accuracy and pass@k."""
+        _, seed = current_partition(context)
+        test = problems.filter(pl.col("split") == "test")
+        trained = {
+            "base": base_model,
+            "sft": sft_model,
+            "rft": rft_model,
+            "per_step_dpo": per_step_dpo_model,
+            "dpo": dpo_model,
+        }
+        table = pl.concat(
+            [
+                eval_lib.evaluate_model(
+                    generator.over(model["path"][0], context.log.info),
+                    method,
+                    test,
+                    config.sampling,
+                    seed=seed,
+                    answer_format=config.answer_format,
+                    log=context.log.info,
+                    progress=progress_logger(context.log.info, "prompts"),
+                )
+                for method, model in trained.items()
+            ]
+        )
+        k_values = sorted({1, config.sampling.eval_samples})
+        summary = eval_lib.summarize_evaluations(table, k_values)
+        metadata = {f"accuracy_{r['method']}": r["accuracy"] for r in summary.iter_rows(named=True)}
+        metadata["summary"] = dg.MetadataValue.md(eval_lib.markdown_table(summary))
+        return dg.Output(table, metadata=metadata)
+
+    return [evaluations]

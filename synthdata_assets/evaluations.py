@@ -1,0 +1,109 @@
+"""Every model's answers to the test split (asset ``evaluations``): greedy accuracy, and
+pass@k from ``sampling.eval_samples`` samples per problem."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import polars as pl
+
+from synthdata_assets.samples import sample_solutions, sampling_params
+from training.config import SamplingConfig
+from training.generation import Generator
+from training.progress import Progress, no_progress
+
+EVAL_SCHEMA = {
+    "method": pl.String,
+    "problem_id": pl.String,
+    "completion": pl.String,
+    "extracted": pl.String,
+    "is_correct": pl.Boolean,
+    "n_samples": pl.Int64,
+    "n_correct_samples": pl.Int64,
+}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``c`` correct among ``n`` samples (Chen et al. 2021)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def evaluate_model(
+    generator: Generator,
+    method: str,
+    test: pl.DataFrame,
+    sampling: SamplingConfig,
+    *,
+    seed: int,
+    answer_format: str,
+    log: Callable[[str], None],
+    progress: Progress = no_progress,
+) -> pl.DataFrame:
+    """Greedy answers of ``method``'s model (behind ``generator``) to the test split, plus
+    ``sampling.eval_samples`` samples per problem for pass@k."""
+    start = time.perf_counter()
+    greedy = sample_solutions(
+        generator,
+        test,
+        sampling_params(sampling, n=1, temperature=0.0, seed=seed),
+        id_prefix="greedy",
+        answer_format=answer_format,
+        progress=progress,
+    )
+    sampled = sample_solutions(
+        generator,
+        test,
+        sampling_params(
+            sampling, n=sampling.eval_samples, temperature=sampling.temperature, seed=seed
+        ),
+        id_prefix="eval",
+        answer_format=answer_format,
+        progress=progress,
+    )
+    counts = sampled.group_by("problem_id").agg(
+        n_samples=pl.len(), n_correct_samples=pl.col("is_correct").sum().cast(pl.Int64)
+    )
+    table = (
+        greedy.rename({"solution": "completion", "final_answer": "extracted"})
+        .join(counts, on="problem_id", how="left")
+        .with_columns(method=pl.lit(method))
+        .select(list(EVAL_SCHEMA))
+        .cast(EVAL_SCHEMA)
+    )
+    log(
+        f"{method}: accuracy {table['is_correct'].mean():.3f} on {table.height} test problems "
+        f"({time.perf_counter() - start:.1f}s)"
+    )
+    return table
+
+
+def summarize_evaluations(table: pl.DataFrame, k_values: Sequence[int]) -> pl.DataFrame:
+    """Accuracy and pass@k per method."""
+    rows = []
+    for method, group in table.group_by("method", maintain_order=True):
+        row = {"method": method[0], "accuracy": float(group["is_correct"].mean())}
+        for k in k_values:
+            scores = [
+                pass_at_k(n, c, k)
+                for n, c in zip(group["n_samples"], group["n_correct_samples"], strict=True)
+            ]
+            row[f"pass@{k}"] = sum(scores) / len(scores)
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def markdown_table(frame: pl.DataFrame) -> str:
+    """A frame as a markdown table, floats to three decimals."""
+
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * frame.width]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines)

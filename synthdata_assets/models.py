@@ -1,0 +1,215 @@
+"""The trained models: the base learner, SFT and RFT (assets ``base_model``, ``sft_model``,
+``rft_model``).
+
+Each stage takes tables (polars frames) and a folder, and returns one row of the
+``checkpoints`` table (:data:`CHECKPOINT_SCHEMA`, built by :func:`checkpoint_row`) describing
+the Hugging Face model folder it wrote.
+
+The base learner ``tiny-llama`` is built here and pretrained on the task's world in two
+phases: phase 1 drills the task's arithmetic table (short examples, loss on the result only,
+large batches, a high learning rate and weight decay: :data:`DRILL_TRAINING`); phase 2 trains
+on easier problems in the task's format with the drill mixed in, so the table is not
+forgotten. Any other ``model.name`` is a Hugging Face model folder, used as it is.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from synthdata_assets.config import TaskConfig
+from synthdata_assets.problems import embedded_params
+from synthdata_assets.tasks import embedded
+from training.checkpoint import load_checkpoint, load_model_reference, save_checkpoint
+from training.config import ModelConfig, TrainingConfig
+from training.generation import SamplingParams
+from training.generation.transformers_engine import TransformersGenerator
+from training.model import build_tiny_llama, count_parameters
+from training.progress import Progress, no_progress
+from training.prompts import format_example
+from training.sft import TrainStats, train_sft
+from training.tokenizer import build_tokenizer
+
+Log = Callable[[str], None]
+
+CHECKPOINT_SCHEMA = {
+    "method": pl.String,
+    "path": pl.String,
+    "base": pl.String,
+    "train_examples": pl.Int64,
+    "train_steps": pl.Int64,
+    "train_loss": pl.Float64,
+    "tokens_per_second": pl.Float64,
+    "train_seconds": pl.Float64,
+    "parameters": pl.Int64,
+}
+
+# Easier problems per phase-2 pretraining update: each is seen about twice at batch 32.
+EASY_PER_STEP = 16
+# Phase 1 of pretraining: what gets a tiny model off the loss plateau of a modular table.
+DRILL_TRAINING = TrainingConfig(
+    batch_size=64, learning_rate=3e-3, weight_decay=0.1, warmup_ratio=0.02, bf16=False
+)
+
+
+def checkpoint_row(
+    method: str, path: Path | str, base: str, stats: TrainStats | None, model: torch.nn.Module
+) -> dict:
+    """One ``checkpoints`` row: the folder, what it started from, and its training figures
+    (none when the stage had nothing to train on and kept its starting model)."""
+    return {
+        "method": method,
+        "path": str(path),
+        "base": base,
+        "train_examples": stats.examples if stats else 0,
+        "train_steps": stats.steps if stats else 0,
+        "train_loss": stats.mean_loss_last_10pct if stats else None,
+        "tokens_per_second": stats.tokens_per_second if stats else None,
+        "train_seconds": stats.seconds if stats else None,
+        "parameters": count_parameters(model),
+    }
+
+
+def build_base_model(
+    model_config: ModelConfig,
+    training: TrainingConfig,
+    task: TaskConfig,
+    questions: Sequence[str],
+    folder: Path,
+    *,
+    meta: dict,
+    log: Log,
+    progress: Progress = no_progress,
+) -> pl.DataFrame:
+    """The base learner: a named Hugging Face folder, or tiny-llama pretrained on the task's
+    world (its tokenizer also sees ``questions``, the problem pool's)."""
+    if model_config.name != "tiny-llama":
+        model, _ = load_model_reference(
+            model_config.name, allow_hub_download=model_config.allow_hub_download
+        )
+        row = checkpoint_row("base", model_config.name, "", None, model)
+        return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+    if task.name != "embedded":
+        raise ValueError(
+            "model.name 'tiny-llama' is pretrained on the embedded task's world only; "
+            "for gsm8k/math set model.name to a Hugging Face model folder"
+        )
+    params = embedded_params(task.embedded)
+    seed = task.pool_seed + 10_000
+    drill = embedded.arithmetic_drill(params, seed=seed)
+    n_easy = max(model_config.pretrain_steps, 1) * EASY_PER_STEP
+    easy = embedded.easy_problems(params, seed=seed, n=n_easy)
+    tokenizer = build_tokenizer(
+        [p + c for p, c in drill] + [q + "\n" + sol for q, sol in easy] + list(questions)
+    )
+    model = build_tiny_llama(model_config, tokenizer, seed=task.pool_seed)
+    log(f"base model: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}")
+    stats, drill_accuracy = None, None
+    train = {"seed": task.pool_seed, "max_seq_len": model_config.max_seq_len, "log": log}
+    if model_config.arithmetic_steps > 0:
+        log(f"pretraining phase 1: {len(drill)} arithmetic facts")
+        stats = train_sft(
+            model,
+            tokenizer,
+            drill,
+            config=DRILL_TRAINING,
+            max_steps=model_config.arithmetic_steps,
+            progress=progress,
+            **train,
+        )
+        drill_accuracy = drill_accuracy_of(model, tokenizer, drill)
+        log(f"pretraining phase 1: arithmetic drill accuracy {drill_accuracy:.1%} (greedy)")
+    if model_config.pretrain_steps > 0:
+        log(f"pretraining phase 2: {len(easy)} easier problems, the drill mixed in")
+        mixture = [format_example(q, sol) for q, sol in easy] + drill
+        stats = train_sft(
+            model,
+            tokenizer,
+            mixture,
+            config=training,
+            max_steps=model_config.pretrain_steps,
+            progress=progress,
+            **{**train, "seed": task.pool_seed + 1},
+        )
+    save_checkpoint(model, tokenizer, folder, meta)
+    row = checkpoint_row("base", folder, "", stats, model)
+    row["drill_accuracy"] = drill_accuracy
+    return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
+
+
+def drill_accuracy_of(model, tokenizer, drill: Sequence[tuple[str, str]]) -> float:
+    """Share of the arithmetic drill's facts the model completes right, greedily (results are
+    single tokens): whether the base model learned the table."""
+    outputs = TransformersGenerator(model, tokenizer, batch_size=256).generate(
+        [prompt for prompt, _ in drill], SamplingParams(max_new_tokens=1)
+    )
+    right = sum(o[0].text.strip() == c.strip() for o, (_, c) in zip(outputs, drill, strict=True))
+    return right / len(drill)
+
+
+def fine_tune(
+    training: TrainingConfig,
+    method: str,
+    init_path: str,
+    examples: Sequence[tuple[str, str]],
+    folder: Path,
+    *,
+    seed: int,
+    max_seq_len: int,
+    log: Log,
+    progress: Progress = no_progress,
+) -> pl.DataFrame:
+    """SFT (and RFT): fine-tune the model at ``init_path`` on (question, solution) pairs."""
+    model, tokenizer = load_checkpoint(init_path)
+    if not examples:
+        # RFT of a policy that solved nothing has nothing to train on: the method's model
+        # is its starting point, recorded as such (0 examples) rather than failing the run.
+        log(f"{method}: no verified positives to train on; the model stays its initialisation")
+        row = checkpoint_row(method, init_path, init_path, None, model)
+        return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+    pairs = [format_example(q, s) for q, s in examples]
+    stats = train_sft(
+        model,
+        tokenizer,
+        pairs,
+        config=training,
+        seed=seed,
+        max_seq_len=max_seq_len,
+        log=log,
+        progress=progress,
+    )
+    save_checkpoint(model, tokenizer, folder, {"method": method, "init": init_path, "seed": seed})
+    row = checkpoint_row(method, folder, init_path, stats, model)
+    return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+
+
+def sft_examples(teacher_solutions: pl.DataFrame, problems: pl.DataFrame) -> list[tuple[str, str]]:
+    """The verified teacher positives as (question, solution) pairs."""
+    positives = teacher_solutions.filter(pl.col("is_correct")).join(
+        problems.select("problem_id", "question"), on="problem_id"
+    )
+    return list(zip(positives["question"], positives["solution"], strict=True))
+
+
+def rft_examples(
+    samples: pl.DataFrame, problems: pl.DataFrame, max_per_problem: int
+) -> list[tuple[str, str]]:
+    """Verified self-generated positives, deduplicated, at most ``max_per_problem`` each."""
+    positives = (
+        samples.filter(pl.col("is_correct"))
+        .unique(subset=["problem_id", "solution"], keep="first", maintain_order=True)
+        .group_by("problem_id", maintain_order=True)
+        .head(max_per_problem)
+        .join(problems.select("problem_id", "question"), on="problem_id")
+    )
+    return list(zip(positives["question"], positives["solution"], strict=True))
+
+
+def seeded(seed: int) -> None:
+    """Seed Python and torch for a training stage (generation seeds itself per call)."""
+    random.seed(seed)
+    torch.manual_seed(seed)

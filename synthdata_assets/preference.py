@@ -1,0 +1,85 @@
+"""The preference-trained models (assets ``per_step_dpo_model`` and ``dpo_model``): DPO from
+pi_sft, which is also the frozen reference, on the partition's preference pairs of one kind.
+
+Per-step DPO trains on ``credit.per_step_pair_kind`` pairs (``per_step`` by default: a
+correct solution against a negative cut right after its first pit); plain DPO on
+``outcome`` pairs (whole against whole). With ``credit.advantage_weighted``, each per-step
+pair is weighted by :func:`pair_weights`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import polars as pl
+
+from synthdata_assets.models import CHECKPOINT_SCHEMA, checkpoint_row
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import TrainingConfig
+from training.dpo import PreferenceExample, train_dpo
+from training.progress import Progress, no_progress
+
+
+def pair_weights(pairs: pl.DataFrame, adv: pl.DataFrame, beta: float) -> list[float]:
+    """The advantage-weighted variant: exp(-A_pit / beta) per pair, normalised to mean 1, so
+    that pits that lose more value count more (A_pit: the advantage of the pair's pit step in
+    ``step_advantages``; 0 where the sample has none)."""
+    pit_adv = adv.filter(pl.col("is_first_pit")).select("sample_id", pit_advantage="advantage")
+    joined = pairs.join(pit_adv, on="sample_id", how="left").with_columns(
+        pl.col("pit_advantage").fill_null(0.0)
+    )
+    raw = [math.exp(-a / beta) for a in joined["pit_advantage"]]
+    mean = sum(raw) / len(raw)
+    return [w / mean for w in raw]
+
+
+def train_preference_model(
+    training: TrainingConfig,
+    method: str,
+    sft_path: str,
+    pairs: pl.DataFrame,
+    folder: Path,
+    *,
+    seed: int,
+    max_seq_len: int,
+    log: Callable[[str], None],
+    weights: Sequence[float] | None = None,
+    progress: Progress = no_progress,
+) -> pl.DataFrame:
+    """DPO from pi_sft (also the frozen reference) on ``pairs``: one checkpoint row."""
+    model, tokenizer = load_checkpoint(sft_path)
+    if pairs.height == 0:
+        log(f"{method}: no preference pairs; the model stays pi_sft")
+        row = checkpoint_row(method, sft_path, sft_path, None, model)
+        return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+    examples = [
+        PreferenceExample(
+            prompt=r["prompt"],
+            chosen=r["chosen"],
+            rejected=r["rejected"],
+            chosen_has_eos=r["chosen_has_eos"],
+            rejected_has_eos=r["rejected_has_eos"],
+        )
+        for r in pairs.iter_rows(named=True)
+    ]
+    stats = train_dpo(
+        model,
+        tokenizer,
+        examples,
+        beta=training.dpo_beta,
+        learning_rate=training.dpo_learning_rate,
+        epochs=training.dpo_epochs,
+        batch_size=training.batch_size,
+        config=training,
+        seed=seed,
+        max_seq_len=max_seq_len,
+        log=log,
+        weights=weights,
+        progress=progress,
+    )
+    save_checkpoint(model, tokenizer, folder, {"method": method, "init": sft_path, "seed": seed})
+    row = checkpoint_row(method, folder, sft_path, stats, model)
+    row["reward_accuracy"] = stats.reward_accuracy
+    return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "reward_accuracy": pl.Float64})

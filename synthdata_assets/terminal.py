@@ -1,0 +1,123 @@
+"""What a researcher sees on the terminal during ``synthdata run``: one progress bar per long
+stage, a line per finished stage, and a summary table at the end.
+
+Stages run inside Dagster runs, in a child process whose output is Dagster's event log. A
+stage reports progress through :func:`progress_logger`, which turns the library's
+:class:`training.progress.Progress` calls into log lines of one fixed shape (at most one a
+second, and the last one), so they also stay in the run's log file. :class:`StageDisplay`, in
+the parent, reads the child's log lines back: progress lines become a tqdm bar per stage
+(with its rate), other lines of a stage are printed above the bars, and on a terminal that is
+not interactive (CI, a pipe) a stage's bar is replaced by one line when it ends.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from tqdm import tqdm
+
+from training.progress import Progress
+
+PROGRESS_MARK = "progress:"
+_PROGRESS = re.compile(rf"^{PROGRESS_MARK} (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+)(?P<rest>.*)$")
+
+
+def progress_logger(
+    log: Callable[[str], None], unit: str, *, every_s: float = 1.0, clock=time.monotonic
+) -> Progress:
+    """A :class:`Progress` that writes ``progress: DONE/TOTAL UNIT name=value ...`` through
+    ``log``, at most once every ``every_s`` seconds and always when ``done == total``."""
+    last = [-float("inf")]
+
+    def report(done: int, total: int, **figures: float) -> None:
+        now = clock()
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        shown = " ".join(f"{name}={value:.4g}" for name, value in figures.items())
+        log(f"{PROGRESS_MARK} {done}/{total} {unit}" + (f" {shown}" if shown else ""))
+
+    return report
+
+
+def parse_progress(message: str) -> tuple[int, int, str, str] | None:
+    """``(done, total, unit, figures)`` of a progress line, or None for any other line."""
+    match = _PROGRESS.match(message)
+    if match is None:
+        return None
+    return int(match["done"]), int(match["total"]), match["unit"], match["rest"].strip()
+
+
+class StageDisplay:
+    """Progress bars and lines for the stages of one run, from their log messages."""
+
+    def __init__(self, out: TextIO = sys.stderr, *, interactive: bool | None = None) -> None:
+        self.out = out
+        self.interactive = out.isatty() if interactive is None else interactive
+        self.bars: dict[str, tqdm] = {}
+        self.started: dict[str, float] = {}
+        self.last: dict[str, tuple[int, int, str, str]] = {}
+
+    def message(self, step: str, text: str) -> None:
+        """One log message of ``step``: a progress update, or a line to show."""
+        progress = parse_progress(text)
+        if progress is None:
+            self._print(f"      {step}: {text}")
+            return
+        done, total, unit, figures = progress
+        previous = self.last.get(step)
+        if previous is None or done < previous[0] or total != previous[1] or unit != previous[2]:
+            self._finish(step)  # a new phase of the stage (another call, another model)
+            self.started[step] = time.monotonic()
+        self.last[step] = progress
+        if self.interactive:
+            bar = self.bars.get(step)
+            if bar is None:
+                bar = tqdm(total=total, desc=f"      {step}", unit=f" {unit}", file=self.out)
+                bar.bar_format = "{desc} {bar:24} {n_fmt}/{total_fmt}{unit} {rate_fmt} {postfix}"
+                self.bars[step] = bar
+            bar.update(done - bar.n)
+            bar.set_postfix_str(figures, refresh=True)
+        if done >= total:
+            self._finish(step)
+
+    def close(self) -> None:
+        """End every bar (the run is over)."""
+        for step in list(self.last):
+            self._finish(step)
+
+    def _finish(self, step: str) -> None:
+        bar = self.bars.pop(step, None)
+        if bar is not None:
+            bar.close()
+        last = self.last.pop(step, None)
+        started = self.started.pop(step, None)
+        if last is None or started is None or self.interactive:
+            return
+        done, total, unit, figures = last
+        seconds = time.monotonic() - started
+        rate = done / seconds if seconds > 0 else 0.0
+        self._print(
+            f"      {step}: {done}/{total} {unit} in {seconds:.1f}s ({rate:,.1f}/s) {figures}"
+        )
+
+    def _print(self, line: str) -> None:
+        if self.bars:
+            tqdm.write(line.rstrip(), file=self.out)
+        else:
+            self.out.write(line.rstrip() + "\n")
+            self.out.flush()
+
+
+def runs_table(runs: list[tuple[str, float]]) -> str:
+    """The runs of a study and their wall time, as an aligned text table."""
+    width = max([len("run")] + [len(label) for label, _ in runs])
+    lines = [f"{'run'.ljust(width)}  {'seconds':>8}", f"{'-' * width}  {'-' * 8}"]
+    lines += [f"{label.ljust(width)}  {seconds:8.1f}" for label, seconds in runs]
+    total = sum(seconds for _, seconds in runs)
+    lines.append(f"{'all'.ljust(width)}  {total:8.1f}")
+    return "\n".join(lines)
