@@ -74,6 +74,21 @@ def checkpoint_row(
     }
 
 
+def untrained_row(method: str, init_path: str, model: torch.nn.Module) -> pl.DataFrame:
+    """The row of a method that had nothing to train on: its model is its starting point,
+    recorded as such (0 examples) rather than failing the run."""
+    row = checkpoint_row(method, init_path, init_path, None, model)
+    return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+
+
+def saved_row(
+    model, tokenizer, folder: Path, *, method: str, init_path: str, seed: int, stats: TrainStats
+) -> dict:
+    """Write a trained model's folder; its ``checkpoints`` row."""
+    save_checkpoint(model, tokenizer, folder, {"method": method, "init": init_path, "seed": seed})
+    return checkpoint_row(method, folder, init_path, stats, model)
+
+
 def build_base_model(
     model_config: ModelConfig,
     training: TrainingConfig,
@@ -166,11 +181,9 @@ def fine_tune(
     """SFT (and RFT): fine-tune the model at ``init_path`` on (question, solution) pairs."""
     model, tokenizer = load_checkpoint(init_path)
     if not examples:
-        # RFT of a policy that solved nothing has nothing to train on: the method's model
-        # is its starting point, recorded as such (0 examples) rather than failing the run.
+        # RFT of a policy that solved nothing has nothing to train on.
         log(f"{method}: no verified positives to train on; the model stays its initialisation")
-        row = checkpoint_row(method, init_path, init_path, None, model)
-        return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+        return untrained_row(method, init_path, model)
     pairs = [format_example(q, s) for q, s in examples]
     stats = train_sft(
         model,
@@ -182,8 +195,9 @@ def fine_tune(
         log=log,
         progress=progress,
     )
-    save_checkpoint(model, tokenizer, folder, {"method": method, "init": init_path, "seed": seed})
-    row = checkpoint_row(method, folder, init_path, stats, model)
+    row = saved_row(
+        model, tokenizer, folder, method=method, init_path=init_path, seed=seed, stats=stats
+    )
     return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
 
 

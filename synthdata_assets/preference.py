@@ -15,8 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
-from synthdata_assets.models import CHECKPOINT_SCHEMA, checkpoint_row
-from training.checkpoint import load_checkpoint, save_checkpoint
+from synthdata_assets.models import CHECKPOINT_SCHEMA, saved_row, untrained_row
+from training.checkpoint import load_checkpoint
 from training.config import TrainingConfig
 from training.dpo import PreferenceExample, train_dpo
 from training.progress import Progress, no_progress
@@ -52,8 +52,7 @@ def train_preference_model(
     model, tokenizer = load_checkpoint(sft_path)
     if pairs.height == 0:
         log(f"{method}: no preference pairs; the model stays pi_sft")
-        row = checkpoint_row(method, sft_path, sft_path, None, model)
-        return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+        return untrained_row(method, sft_path, model)
     examples = [
         PreferenceExample(
             prompt=r["prompt"],
@@ -79,7 +78,8 @@ def train_preference_model(
         weights=weights,
         progress=progress,
     )
-    save_checkpoint(model, tokenizer, folder, {"method": method, "init": sft_path, "seed": seed})
-    row = checkpoint_row(method, folder, sft_path, stats, model)
+    row = saved_row(
+        model, tokenizer, folder, method=method, init_path=sft_path, seed=seed, stats=stats
+    )
     row["reward_accuracy"] = stats.reward_accuracy
     return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "reward_accuracy": pl.Float64})

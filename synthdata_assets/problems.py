@@ -35,14 +35,7 @@ PROBLEM_SCHEMA = {
 
 def embedded_params(knobs: EmbeddedTaskConfig) -> embedded.EmbeddedParams:
     """The embedded task generator's parameters from its config section."""
-    return embedded.EmbeddedParams(
-        modulus=knobs.modulus,
-        min_steps=knobs.min_steps,
-        max_steps=knobs.max_steps,
-        n_distractors=knobs.n_distractors,
-        shuffle=knobs.shuffle,
-        multiply=knobs.multiply,
-    )
+    return embedded.EmbeddedParams(**knobs.model_dump())
 
 
 def _problem_row(

@@ -6,6 +6,9 @@ A trained model is a Hugging Face folder under ``checkpoints/`` plus one row in 
 table; the ``checkpoints`` SQL view unions those rows.
 """
 
+import functools
+from collections.abc import Callable
+
 import dagster as dg
 import polars as pl
 
@@ -33,6 +36,25 @@ def checkpoint_metadata(row: pl.DataFrame) -> dict:
     }
 
 
+def trained(
+    context: dg.AssetExecutionContext,
+    warehouse: Warehouse,
+    method: str,
+    train: Callable[..., pl.DataFrame],
+) -> dg.Output:
+    """A partition's training stage: seeded by the partition, written to the method's
+    checkpoint folder, its progress on the terminal; ``train`` returns the checkpoint row."""
+    data_size, seed = current_partition(context)
+    models.seeded(seed)
+    row = train(
+        folder=warehouse.checkpoint_folder(method, data_size, seed),
+        seed=seed,
+        log=context.log.info,
+        progress=progress_logger(context.log.info, "updates"),
+    )
+    return dg.Output(row, metadata=checkpoint_metadata(row))
+
+
 def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefinition]:
     partitions = study_partitions(config)
     training, max_seq_len = config.training, config.model.max_seq_len
@@ -52,6 +74,12 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         )
         return dg.Output(row, metadata=checkpoint_metadata(row))
 
+    def fine_tuned(context, method: str, init: pl.DataFrame, examples) -> dg.Output:
+        fine_tune = functools.partial(
+            models.fine_tune, training, method, init["path"][0], examples, max_seq_len=max_seq_len
+        )
+        return trained(context, warehouse, method, fine_tune)
+
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def sft_model(
         context: dg.AssetExecutionContext,
@@ -60,20 +88,8 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         problems: pl.DataFrame,
     ):
         """pi_sft: the base model fine-tuned on the verified teacher solutions."""
-        data_size, seed = current_partition(context)
-        models.seeded(seed)
-        row = models.fine_tune(
-            training,
-            "sft",
-            base_model["path"][0],
-            models.sft_examples(teacher_solutions, problems),
-            warehouse.checkpoint_folder("sft", data_size, seed),
-            seed=seed,
-            max_seq_len=max_seq_len,
-            log=context.log.info,
-            progress=progress_logger(context.log.info, "updates"),
-        )
-        return dg.Output(row, metadata=checkpoint_metadata(row))
+        examples = models.sft_examples(teacher_solutions, problems)
+        return fine_tuned(context, "sft", base_model, examples)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def rft_model(
@@ -84,20 +100,8 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         problems: pl.DataFrame,
     ):
         """Rejection fine-tuning on pi_sft's verified, deduplicated positives."""
-        data_size, seed = current_partition(context)
-        models.seeded(seed)
         init = base_model if training.rft_init == "base" else sft_model
-        row = models.fine_tune(
-            training,
-            "rft",
-            init["path"][0],
-            models.rft_examples(policy_samples, problems, training.rft_max_per_problem),
-            warehouse.checkpoint_folder("rft", data_size, seed),
-            seed=seed,
-            max_seq_len=max_seq_len,
-            log=context.log.info,
-            progress=progress_logger(context.log.info, "updates"),
-        )
-        return dg.Output(row, metadata=checkpoint_metadata(row))
+        examples = models.rft_examples(policy_samples, problems, training.rft_max_per_problem)
+        return fine_tuned(context, "rft", init, examples)
 
     return [base_model, sft_model, rft_model]

@@ -1,14 +1,14 @@
 """The two preference-trained models: per-step DPO and plain DPO, both from pi_sft."""
 
+import functools
+
 import dagster as dg
 import polars as pl
 
 from synthdata_assets import preference
 from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.defs.models import GROUP, POOL, checkpoint_metadata
-from synthdata_assets.defs.study import current_partition, study_partitions
-from synthdata_assets.models import seeded
-from synthdata_assets.terminal import progress_logger
+from synthdata_assets.defs.models import GROUP, POOL, trained
+from synthdata_assets.defs.study import study_partitions
 from warehouse import Warehouse
 
 
@@ -17,21 +17,16 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
     credit, training = config.credit, config.training
 
     def train(context, method: str, sft_model, pairs: pl.DataFrame, weights=None) -> dg.Output:
-        data_size, seed = current_partition(context)
-        seeded(seed)
-        row = preference.train_preference_model(
+        train_dpo = functools.partial(
+            preference.train_preference_model,
             training,
             method,
             sft_model["path"][0],
             pairs,
-            warehouse.checkpoint_folder(method, data_size, seed),
-            seed=seed,
             max_seq_len=config.model.max_seq_len,
-            log=context.log.info,
             weights=weights,
-            progress=progress_logger(context.log.info, "updates"),
         )
-        return dg.Output(row, metadata=checkpoint_metadata(row))
+        return trained(context, warehouse, method, train_dpo)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def per_step_dpo_model(
