@@ -125,3 +125,27 @@ def test_early_stop_rolls_out_up_to_the_first_pit_only() -> None:
 def test_early_stop_needs_the_first_zero_pit_rule() -> None:
     with pytest.raises(ValueError, match="early_stop needs pit_rule 'first_zero'"):
         load_config("tiny", overrides={"credit": {"early_stop": True, "pit_rule": "largest_drop"}})
+
+
+def test_rollout_backend_auto_follows_sampling_without_a_gpu(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert rollouts.rollout_backend("auto", "transformers") == "transformers"
+    assert rollouts.rollout_backend("vllm", "transformers") == "vllm"
+    assert rollouts.rollout_backend("transformers", "vllm") == "transformers"
+
+
+def test_the_rollout_generator_uses_credit_rollout_backend(monkeypatch) -> None:
+    from synthdata_assets.defs import resources
+
+    built = []
+    monkeypatch.setattr(
+        resources, "make_generator", lambda backend, folder, **kw: built.append(backend)
+    )
+    generator = resources.GeneratorResource(backend="transformers", rollout_backend="vllm")
+    lazy = generator.for_rollouts("ckpt", print)
+    assert built == []  # nothing is loaded before the first generate
+    with pytest.raises(AttributeError):
+        lazy.generate(["p"], SamplingParams())
+    assert built == ["vllm"]

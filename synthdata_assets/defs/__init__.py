@@ -19,7 +19,7 @@ from synthdata_assets.defs import (
     study,
     teacher,
 )
-from synthdata_assets.defs.resources import resources
+from synthdata_assets.defs.resources import study_resources
 from warehouse import Warehouse
 
 
@@ -40,7 +40,7 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
         ],
         jobs=plan["jobs"],
         schedules=plan["schedules"],
-        resources=resources(config, warehouse),
+        resources=study_resources(config, warehouse),
         # Every step of a run in one process: a process per step would import torch,
         # transformers and the model again (seconds each, more than most demo steps take).
         # Runs still queue on the `accelerator` pool, so parallel runs never share the device.

@@ -61,7 +61,7 @@ class GeneratorResource(dg.ConfigurableResource):
         )
 
 
-def resources(config: ExperimentConfig, warehouse: Warehouse) -> dict[str, Any]:
+def study_resources(config: ExperimentConfig, warehouse: Warehouse) -> dict[str, Any]:
     return {
         "io_manager": ParquetIOManager(base_path=str(warehouse.tables)),
         "generator": GeneratorResource(
