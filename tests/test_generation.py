@@ -41,7 +41,7 @@ TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # A model this small gains nothing from a second thread, and OpenMP threads spin-wait when
-    # another process holds a core: on a busy 2-core laptop that made tests 50x slower.
+    # another process holds a core, which slows these tests down many times over.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
