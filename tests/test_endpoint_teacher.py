@@ -1,4 +1,4 @@
-"""The endpoint teacher (synthdata_assets/teachers.py): teacher solutions from an
+"""The endpoint teacher (synthdata_assets/teacher.py): teacher solutions from an
 OpenAI-compatible server.
 
 Against tests/test_openai_backend.py's stub server (here answering with a right or a wrong
@@ -19,10 +19,10 @@ import test_openai_backend
 from test_openai_backend import Stub, _tiny_trained_checkpoint, needs_vllm, vllm_server
 from test_openai_backend import stub as stub  # the fixture
 
-from synthdata_assets import datasets
+from synthdata_assets import problems as pool_lib
 from synthdata_assets.config import load_config
 from synthdata_assets.tasks import embedded
-from synthdata_assets.teachers import endpoint_teacher_solutions
+from synthdata_assets.teacher import SOLUTION_SCHEMA, endpoint_teacher_solutions
 from synthdata_assets.verify import grade_many
 from training.generation import prompt_seed
 from training.generation.openai_engine import OpenAIBackendError
@@ -31,7 +31,7 @@ from training.prompts import format_prompt
 
 @pytest.fixture(scope="module")
 def pool() -> pl.DataFrame:
-    return datasets.problem_pool(load_config("tiny"))
+    return pool_lib.problem_pool(load_config("tiny"))
 
 
 def _teacher(stub: Stub, problems: pl.DataFrame, cache_path: Path | None, **kwargs):
@@ -79,9 +79,9 @@ def teacher_stub(stub: Stub, pool: pl.DataFrame, monkeypatch: pytest.MonkeyPatch
 def test_solutions_follow_the_contract_and_are_graded(
     teacher_stub: Stub, pool: pl.DataFrame
 ) -> None:
-    subset = datasets.training_subset(pool, 8, seed=0)
+    subset = pool_lib.training_subset(pool, 8, seed=0)
     table = _teacher(teacher_stub, subset, None)
-    assert table.schema == pl.Schema(datasets.SOLUTION_SCHEMA)
+    assert table.schema == pl.Schema(SOLUTION_SCHEMA)
     assert table.height == 16 and teacher_stub.requests == 16
     ids = [f"{pid}/teacher/3/{j}" for pid in subset["problem_id"] for j in range(2)]
     assert table["solution_id"].to_list() == ids
@@ -111,7 +111,7 @@ def test_solutions_follow_the_contract_and_are_graded(
 def test_a_crash_then_a_rerun_requests_only_what_is_missing(
     teacher_stub: Stub, pool: pl.DataFrame, tmp_path: Path
 ) -> None:
-    subset = datasets.training_subset(pool, 8, seed=0)
+    subset = pool_lib.training_subset(pool, 8, seed=0)
     expected = _teacher(teacher_stub, subset, None)
     cache = tmp_path / "teacher" / "seed=3.jsonl"
     # The server goes away after 5 completions: the run fails, the 5 are kept.
@@ -128,7 +128,7 @@ def test_a_crash_then_a_rerun_requests_only_what_is_missing(
     assert teacher_stub.requests == 0
     # A larger nested data size sharing the file requests only its new problems, and its
     # first problems get the same solutions.
-    larger = datasets.training_subset(pool, 12, seed=0)
+    larger = pool_lib.training_subset(pool, 12, seed=0)
     table = _teacher(teacher_stub, larger, cache)
     assert teacher_stub.requests == (12 - 8) * 2
     assert table.head(16).equals(expected)
@@ -139,7 +139,7 @@ def test_a_crash_then_a_rerun_requests_only_what_is_missing(
 
 
 def test_greedy_teacher_asks_once_per_problem(teacher_stub: Stub, pool: pl.DataFrame) -> None:
-    subset = datasets.training_subset(pool, 4, seed=0)
+    subset = pool_lib.training_subset(pool, 4, seed=0)
     table = _teacher(teacher_stub, subset, None, temperature=0.0, n=3, model="stub-model")
     assert teacher_stub.requests == 4 and table.height == 12
     assert all("seed" not in body for body in teacher_stub.bodies)
@@ -186,7 +186,7 @@ def test_teacher_solutions_from_a_vllm_server(tmp_path: Path) -> None:
             subset, base_url=url, model=None, **{**options, "temperature": 0.0, "n": 1}
         )
     assert any("endpoint teacher tiny at" in line for line in lines)
-    assert sampled.schema == pl.Schema(datasets.SOLUTION_SCHEMA)
+    assert sampled.schema == pl.Schema(SOLUTION_SCHEMA)
     assert sampled.height == 18 and sampled["solution_id"].n_unique() == 18
     assert sampled.group_by("problem_id").len()["len"].to_list() == [3] * 6
     # Graded as the verifier grades. The checkpoint writes the task's format (an answer line
@@ -216,9 +216,9 @@ def test_teacher_solutions_asset_with_an_endpoint_teacher(
     """`teacher.kind: endpoint` in the configuration: the asset asks the server, caches the
     answers under the warehouse, and a larger data size asks only for its new problems."""
     import dagster as dg
-    from synthdata_assets.defs.partitions import partition_key
 
     from synthdata_assets.defs import build_definitions
+    from synthdata_assets.defs.study import partition_key
     from warehouse import Warehouse
 
     warehouse = Warehouse(tmp_path / "home")
@@ -240,9 +240,7 @@ def test_teacher_solutions_asset_with_an_endpoint_teacher(
     run(["problems"])
     run(["teacher_solutions"], partition_key(32, 0))
     assert teacher_stub.requests == 32
-    table = pl.read_parquet(
-        warehouse.tables / "teacher_solutions" / "data_size=32" / "seed=0.parquet"
-    )
+    table = pl.read_parquet(warehouse.partition_file("teacher_solutions", 32, 0))
     assert table.height == 32 and (table["teacher"] == "endpoint").all()
     assert 0 < table["is_correct"].sum() < table.height
     run(["teacher_solutions"], partition_key(64, 0))

@@ -36,8 +36,8 @@ import polars as pl
 import training.generation.vllm_engine
 from synthdata_assets.config import load_config
 from synthdata_assets.defs import build_definitions
-from synthdata_assets.defs.partitions import partition_key
-from synthdata_assets.defs.study import PARTITIONED_ASSETS
+from synthdata_assets.defs.study import partition_key
+from synthdata_assets.study import PARTITION_STAGES
 from training.generation.transformers_engine import TransformersGenerator
 from warehouse import Warehouse
 
@@ -90,22 +90,21 @@ def test_tiny_preset_end_to_end_on_vllm(
     key = partition_key(32, 0)
     with dg.instance_for_test() as instance:
         assert _run(defs, ["problems", "base_model"], None, instance).success
-        result = _run(defs, PARTITIONED_ASSETS, key, instance)
+        result = _run(defs, PARTITION_STAGES, key, instance)
     assert result.success
 
-    part = ("data_size=32", "seed=0.parquet")
-    evals = pl.read_parquet(warehouse.tables.joinpath("evaluations", *part))
+    evals = pl.read_parquet(warehouse.partition_file("evaluations", 32, 0))
     assert set(evals["method"]) == METHODS
     n_test = config.task.n_test
     assert evals.group_by("method").len()["len"].to_list() == [n_test] * len(METHODS)
     assert evals["completion"].null_count() == 0
     assert (evals["n_samples"] == config.sampling.eval_samples).all()
 
-    samples = pl.read_parquet(warehouse.tables.joinpath("policy_samples", *part))
+    samples = pl.read_parquet(warehouse.partition_file("policy_samples", 32, 0))
     assert samples.height == 32 * config.sampling.samples_per_problem
     assert set(samples["finish_reason"]) <= {"stop", "length"}
 
-    rollouts = pl.read_parquet(warehouse.tables.joinpath("step_rollouts", *part))
+    rollouts = pl.read_parquet(warehouse.partition_file("step_rollouts", 32, 0))
     assert rollouts.height > 0
     assert {"sample_id", "step_idx", "rollout_idx", "completion", "is_correct"} <= set(
         rollouts.columns
@@ -125,8 +124,8 @@ def test_tiny_preset_with_a_teacher_served_by_vllm(warehouse: Warehouse, tmp_pat
     """The tiny preset end to end with `teacher.kind: endpoint`: teacher solutions come from a
     real vLLM server on 127.0.0.1 through the OpenAI-compatible backend, the rest of the
     study runs on them as usual."""
-    from test_openai_backend import vllm_server as _vllm_server
     from test_openai_backend import _tiny_trained_checkpoint
+    from test_openai_backend import vllm_server as _vllm_server
 
     teacher = _tiny_trained_checkpoint(tmp_path / "teacher")
     with _vllm_server(teacher, tmp_path / "server.log") as url:
@@ -146,12 +145,11 @@ def test_tiny_preset_with_a_teacher_served_by_vllm(warehouse: Warehouse, tmp_pat
         defs = build_definitions(load_config("tiny", overrides=overrides), warehouse)
         with dg.instance_for_test() as instance:
             assert _run(defs, ["problems", "base_model"], None, instance).success
-            result = _run(defs, PARTITIONED_ASSETS, partition_key(32, 0), instance)
+            result = _run(defs, PARTITION_STAGES, partition_key(32, 0), instance)
     assert result.success
-    part = ("data_size=32", "seed=0.parquet")
-    solutions = pl.read_parquet(warehouse.tables.joinpath("teacher_solutions", *part))
+    solutions = pl.read_parquet(warehouse.partition_file("teacher_solutions", 32, 0))
     assert solutions.height == 32 * 4 and (solutions["teacher"] == "endpoint").all()
     assert solutions["is_correct"].any()
-    evals = pl.read_parquet(warehouse.tables.joinpath("evaluations", *part))
+    evals = pl.read_parquet(warehouse.partition_file("evaluations", 32, 0))
     assert set(evals["method"]) == METHODS
     assert (warehouse.root / "cache" / "teacher").is_dir()
