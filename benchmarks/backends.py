@@ -2,8 +2,8 @@
 
 The workload is ``step_rollouts``'s: every step prefix of slipped oracle solutions (prompts
 sharing long prefixes), M = 5 samples each at temperature 0.7, up to 160 new tokens, all in
-one ``generate`` call. Two models, built here the way ``learning.build_base_model`` builds
-the base model (tokenizer from the task's world, then a brief two-phase pretraining, so that
+one ``generate`` call. Two models, built here the way the ``base_model`` asset builds the base
+model (tokenizer from the task's world, then a brief two-phase pretraining, so that
 they write solutions in the task's format and stop at EOS like a trained policy):
 
 - **demo**: the demo preset's architecture (hidden 64, 2 layers, 2 heads of 32,
@@ -101,7 +101,7 @@ def _timed(generator, prompts: list[str], repeats: int) -> dict:
 
 def build_models(work: Path, arithmetic_steps: int, pretrain_steps: int) -> dict[str, dict]:
     """The two checkpoints under ``work`` (reused when already there)."""
-    from synthdata_assets import datasets, learning
+    from synthdata_assets import models as model_stages
     from synthdata_assets.config import ModelConfig, load_config
 
     models = {}
@@ -115,8 +115,8 @@ def build_models(work: Path, arithmetic_steps: int, pretrain_steps: int) -> dict
             config = load_config("demo", overrides={"model": model})
             print(f"building the {name} model ({dims})...", flush=True)
             start = time.perf_counter()
-            row = learning.build_base_model(
-                config, datasets.problem_pool(config), folder, lambda line: print("  " + line)
+            row = model_stages.build_study_base_model(
+                config, folder, lambda line: print("  " + line)
             )
             info = {
                 **dims,

@@ -41,8 +41,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synthdata_assets import datasets, learning  # noqa: E402
+from synthdata_assets import models  # noqa: E402
 from synthdata_assets.config import load_config  # noqa: E402
+from synthdata_assets.problems import embedded_params  # noqa: E402
 from synthdata_assets.steps import prefix, split_steps  # noqa: E402
 from synthdata_assets.tasks import embedded  # noqa: E402
 from training.generation import SamplingParams, make_generator  # noqa: E402
@@ -51,7 +52,7 @@ from training.prompts import format_prompt  # noqa: E402
 
 def negative_prefixes(config, n_problems: int, seed: int) -> list[str]:
     """Prompts of every prefix 0..L-1 of one slipped oracle solution per problem."""
-    params = datasets.embedded_params(config)
+    params = embedded_params(config.task.embedded)
     problems = embedded.generate_problems(params, seed=seed, split="train", n=n_problems)
     prompts = []
     for i, problem in enumerate(problems):
@@ -108,8 +109,7 @@ def checkpoint_folder(args: argparse.Namespace, config) -> str:
         return args.checkpoint
     work = Path(tempfile.mkdtemp(prefix="synthdata-bench-"))
     print(f"building a {args.preset}-preset base model ({args.pretrain_steps} updates)...")
-    pool = datasets.problem_pool(config)
-    learning.build_base_model(config, pool, work / "base", print)
+    models.build_study_base_model(config, work / "base", print)
     return str(work / "base")
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from synthdata_assets.config import TaskConfig
-from synthdata_assets.problems import embedded_params
+from synthdata_assets.config import ExperimentConfig, TaskConfig
+from synthdata_assets.problems import embedded_params, problem_pool
 from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint, load_model_reference, save_checkpoint
 from training.config import ModelConfig, TrainingConfig
@@ -154,6 +154,21 @@ def build_base_model(
     row = checkpoint_row("base", folder, "", stats, model)
     row["drill_accuracy"] = drill_accuracy
     return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
+
+
+def build_study_base_model(config: ExperimentConfig, folder: Path, log: Log) -> pl.DataFrame:
+    """The base model of a study's configuration, as the ``base_model`` asset builds it (for
+    scripts and benchmarks that need one outside a run)."""
+    pool = problem_pool(config.task, max(config.data_sizes))
+    return build_base_model(
+        config.model,
+        config.training,
+        config.task,
+        pool["question"].to_list(),
+        folder,
+        meta={"method": "base", "preset": config.preset},
+        log=log,
+    )
 
 
 def drill_accuracy_of(model, tokenizer, drill: Sequence[tuple[str, str]]) -> float:

@@ -16,7 +16,7 @@ import json
 
 import polars as pl
 
-from synthdata_assets.config import EmbeddedTaskConfig, ExperimentConfig
+from synthdata_assets.config import EmbeddedTaskConfig, TaskConfig
 from synthdata_assets.tasks import embedded, realdata
 from synthdata_assets.verify import extract_answer
 
@@ -61,15 +61,15 @@ def _problem_row(
     }
 
 
-def _embedded_rows(config: ExperimentConfig) -> list[dict]:
-    params = embedded_params(config.task.embedded)
-    seed = config.task.pool_seed
-    train = embedded.generate_problems(params, config.task.n_train_pool, seed=seed, split="train")
+def _embedded_rows(task: TaskConfig) -> list[dict]:
+    params = embedded_params(task.embedded)
+    seed = task.pool_seed
+    train = embedded.generate_problems(params, task.n_train_pool, seed=seed, split="train")
     # Generate a margin of test problems so that dropping overlaps still leaves n_test.
     test = embedded.generate_problems(
-        params, config.task.n_test + config.task.n_test // 4 + 8, seed=seed, split="test"
+        params, task.n_test + task.n_test // 4 + 8, seed=seed, split="test"
     )
-    test = embedded.exclude_overlap(test, train)[: config.task.n_test]
+    test = embedded.exclude_overlap(test, train)[: task.n_test]
     return [
         _problem_row(p, split, source="embedded", n_steps=p.n_steps, spec=p.spec)
         for split, problems in (("train", train), ("test", test))
@@ -77,13 +77,11 @@ def _embedded_rows(config: ExperimentConfig) -> list[dict]:
     ]
 
 
-def _real_rows(config: ExperimentConfig) -> list[dict]:
-    task = config.task
+def _real_rows(task: TaskConfig, needed: int) -> list[dict]:
     loader = realdata.load_gsm8k if task.name == "gsm8k" else realdata.load_math
     assert task.train_path is not None and task.test_path is not None  # validated in config
     train = loader(task.train_path, split="train")[: task.n_train_pool]
     test = loader(task.test_path, split="test")[: task.n_test]
-    needed = max(config.data_sizes)
     if len(train) < needed:
         raise ValueError(
             f"data_sizes asks for {needed} training problems but {task.train_path} holds "
@@ -104,9 +102,10 @@ def _real_rows(config: ExperimentConfig) -> list[dict]:
     ]
 
 
-def problem_pool(config: ExperimentConfig) -> pl.DataFrame:
-    """The ``problems`` table: the training pool and the test split."""
-    rows = _embedded_rows(config) if config.task.name == "embedded" else _real_rows(config)
+def problem_pool(task: TaskConfig, needed: int = 0) -> pl.DataFrame:
+    """The ``problems`` table: the training pool and the test split. Real data sets must
+    hold at least ``needed`` training problems (the study's largest data size)."""
+    rows = _embedded_rows(task) if task.name == "embedded" else _real_rows(task, needed)
     return pl.DataFrame(rows, schema=PROBLEM_SCHEMA)
 
 

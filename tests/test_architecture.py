@@ -4,6 +4,8 @@ module has a plain twin, functions stay short, and the asset graph is the study'
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -182,3 +184,15 @@ def test_the_asset_graph_is_the_study_flow(preset: str, warehouse: Warehouse) ->
     assert graph == FLOW
     job = defs.resolve_job_def("study_job")
     assert isinstance(job.partitions_def, dg.MultiPartitionsDefinition)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_benchmark_scripts_start(script: str) -> None:
+    """Their imports still resolve after code moves (they run outside the test suite)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -31,7 +31,7 @@ from training.prompts import format_prompt
 
 @pytest.fixture(scope="module")
 def pool() -> pl.DataFrame:
-    return pool_lib.problem_pool(load_config("tiny"))
+    return pool_lib.problem_pool(load_config("tiny").task)
 
 
 def _teacher(stub: Stub, problems: pl.DataFrame, cache_path: Path | None, **kwargs):

@@ -84,7 +84,7 @@ def test_problems_and_teacher_solutions(tiny_defs: dg.Definitions, warehouse: Wa
 
 def test_subsets_are_nested_and_seeded() -> None:
     config = load_config("tiny")
-    pool = pool_lib.problem_pool(config)
+    pool = pool_lib.problem_pool(config.task)
     a32 = pool_lib.training_subset(pool, 32, seed=0)["problem_id"].to_list()
     a64 = pool_lib.training_subset(pool, 64, seed=0)["problem_id"].to_list()
     b32 = pool_lib.training_subset(pool, 32, seed=1)["problem_id"].to_list()
@@ -97,7 +97,7 @@ def test_subsets_are_nested_and_seeded() -> None:
 
 def test_teacher_pass_rate_follows_slip_rate() -> None:
     config = load_config("tiny", overrides={"teacher": {"slip_rate": 0.5, "spurious_rate": 0.5}})
-    pool = pool_lib.problem_pool(config)
+    pool = pool_lib.problem_pool(config.task)
     subset = pool_lib.training_subset(pool, 64, seed=0)
     table = teacher.teacher_solutions(config.teacher, subset, 0, answer_format="embedded")
     assert 0.3 < table["is_correct"].mean() < 0.7
