@@ -7,7 +7,8 @@ stage reports progress through :func:`progress_logger`, which turns the library'
 second, and the last one), so they also stay in the run's log file. :class:`StageDisplay`, in
 the parent, reads the child's log lines back: progress lines become a tqdm bar per stage
 (with its rate), other lines of a stage are printed above the bars, and on a terminal that is
-not interactive (CI, a pipe) a stage's bar is replaced by one line when it ends.
+not interactive (CI, a pipe) a stage's bar is replaced by one line when it ends (for phases
+of a second or more).
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ def progress_logger(
         if done < total and now - last[0] < every_s:
             return
         last[0] = now
-        shown = " ".join(f"{name}={value:.4g}" for name, value in figures.items())
+        shown = " ".join(f"{name}={_figure(value)}" for name, value in figures.items())
         log(f"{PROGRESS_MARK} {done}/{total} {unit}" + (f" {shown}" if shown else ""))
 
     return report
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def parse_progress(message: str) -> tuple[int, int, str, str] | None:
@@ -55,9 +60,19 @@ def parse_progress(message: str) -> tuple[int, int, str, str] | None:
 class StageDisplay:
     """Progress bars and lines for the stages of one run, from their log messages."""
 
-    def __init__(self, out: TextIO = sys.stderr, *, interactive: bool | None = None) -> None:
+    def __init__(
+        self,
+        out: TextIO = sys.stderr,
+        *,
+        interactive: bool | None = None,
+        min_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.out = out
         self.interactive = out.isatty() if interactive is None else interactive
+        # Phases shorter than this get no line of their own when bars cannot be drawn.
+        self.min_seconds = min_seconds
+        self.clock = clock
         self.bars: dict[str, tqdm] = {}
         self.started: dict[str, float] = {}
         self.last: dict[str, tuple[int, int, str, str]] = {}
@@ -72,7 +87,7 @@ class StageDisplay:
         previous = self.last.get(step)
         if previous is None or done < previous[0] or total != previous[1] or unit != previous[2]:
             self._finish(step)  # a new phase of the stage (another call, another model)
-            self.started[step] = time.monotonic()
+            self.started[step] = self.clock()
         self.last[step] = progress
         if self.interactive:
             bar = self.bars.get(step)
@@ -99,8 +114,10 @@ class StageDisplay:
         if last is None or started is None or self.interactive:
             return
         done, total, unit, figures = last
-        seconds = time.monotonic() - started
-        rate = done / seconds if seconds > 0 else 0.0
+        seconds = self.clock() - started
+        if seconds < self.min_seconds:
+            return
+        rate = done / seconds
         self._print(
             f"      {step}: {done}/{total} {unit} in {seconds:.1f}s ({rate:,.1f}/s) {figures}"
         )
