@@ -14,6 +14,7 @@ of a second or more).
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from training.progress import Progress
 
 PROGRESS_MARK = "progress:"
+BAR_FORMAT = "{desc} {bar:24} {n_fmt}/{total_fmt}{unit} {elapsed} {rate_fmt}{postfix}"
 _PROGRESS = re.compile(rf"^{PROGRESS_MARK} (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+)(?P<rest>.*)$")
 
 
@@ -92,8 +94,20 @@ class StageDisplay:
         if self.interactive:
             bar = self.bars.get(step)
             if bar is None:
-                bar = tqdm(total=total, desc=f"      {step}", unit=f" {unit}", file=self.out)
-                bar.bar_format = "{desc} {bar:24} {n_fmt}/{total_fmt}{unit} {rate_fmt} {postfix}"
+                size = shutil.get_terminal_size((100, 20))
+                # The first report arrives with `done` already counted: it starts the bar, so
+                # the rate is measured over the updates after it.
+                bar = tqdm(
+                    total=total,
+                    initial=done,
+                    desc=f"      {step}",
+                    unit=f" {unit}",
+                    file=self.out,
+                    bar_format=BAR_FORMAT,
+                    # A terminal that reports no size (some ptys) still gets a bar.
+                    ncols=size.columns,
+                    nrows=size.lines,
+                )
                 self.bars[step] = bar
             bar.update(done - bar.n)
             bar.set_postfix_str(figures, refresh=True)
