@@ -9,7 +9,8 @@ Every run that ``synthdata run`` launches writes Dagster's event log to
 ``reports/logs/<selection>__<partition>.log``. This script takes, per run, each step's
 duration (Dagster's ``STEP_SUCCESS`` event) and the last tokens/s figure the stage logged
 (training updates, sampling), and writes a table per data size to ``<out>.md`` and
-``<out>.json``. It measures nothing itself, so the figures are those of the real run.
+``<out>.json``. It measures nothing itself, so the figures are those of the real run; run it
+on the machine that ran the study, since it records that machine's CPU beside the figures.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 _SUCCESS = re.compile(
     r" - (?P<step>\w+) - STEP_SUCCESS - Finished execution of step \"\w+\" in "
     r"(?P<time>[\dhms.]+)\.$"
@@ -37,6 +41,29 @@ def seconds(text: str) -> float:
     for value, unit in re.findall(r"([\d.]+)([hms])", text):
         total += float(value) * {"h": 3600.0, "m": 60.0, "s": 1.0}[unit]
     return total
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """The CPU the figures were measured on (this machine: see the module docstring)."""
+    import torch
+
+    from training.precision import cpu_flags, native_bf16
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "native_bf16": native_bf16(torch.device("cpu"), cpu_flags()).bf16,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def parse(log: Path) -> dict[str, dict]:
@@ -67,8 +94,11 @@ def main() -> None:
         key = f"{m['size']}|{m['seed']}" if m else log.stem
         runs[key] = parse(log)
     stages = list(dict.fromkeys(s for steps in runs.values() for s in steps))
+    cpu = machine()
     lines = [
-        f"Seconds per stage (tokens/s where the stage logs it), from the run logs in {args.home}:",
+        f"Seconds per stage (tokens/s where the stage logs it), from the run logs in {args.home}.",
+        f"Machine: {cpu['cpu']}, {cpu['cores']} cores, native bf16 {cpu['native_bf16']}, "
+        f"torch CPU capability {cpu['torch_cpu_capability']}.",
         "",
         "| stage | " + " | ".join(runs) + " |",
         "| --- |" + " ---: |" * len(runs),
@@ -86,7 +116,9 @@ def main() -> None:
             cells.append(cell)
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(runs, indent=2) + "\n")
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"machine": cpu, "runs": runs}, indent=2) + "\n"
+    )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
