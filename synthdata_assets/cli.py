@@ -123,12 +123,38 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from synthdata_assets.orchestrate import Interrupted, recover_dead_runs, stop_on_sigterm
+    from warehouse.lock import WarehouseBusy, WarehouseLock
+
+    stop_on_sigterm()
+    config = load_config()
+    warehouse = Warehouse.from_env().activate()
+    lock = WarehouseLock(warehouse.root)
+    try:
+        lock.acquire(wait=args.wait)
+    except WarehouseBusy as exc:
+        print(f"synthdata run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        dead = recover_dead_runs(warehouse)
+        if dead:
+            print(f"marked {len(dead)} run(s) of a killed launcher as failed: {', '.join(dead)}")
+        return _run_study(config, warehouse, args.force, lock.fd)
+    except Interrupted as exc:
+        print(f"\nsynthdata run: stopped ({exc}); the next run resumes", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("\nsynthdata run: stopped (Ctrl-C); the next run resumes", file=sys.stderr)
+        return 130
+    finally:
+        lock.release()
+
+
+def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -> int:
     from synthdata_assets import study
     from synthdata_assets.orchestrate import RunFailed, materialize, materialized_partitions
     from synthdata_assets.terminal import runs_table
 
-    config = load_config()
-    warehouse = Warehouse.from_env().activate()
     print(
         f"synthdata: preset {config.preset}, task {config.task.name}, "
         f"data sizes {list(config.data_sizes)}, seeds {list(config.seeds)}"
@@ -138,26 +164,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     # last ran another configuration (say, the tiny preset) is recomputed, not mixed in.
     stamp = warehouse.root / "study.json"
     fingerprint = study.fingerprint(config)
-    if not args.force and stamp.exists() and stamp.read_text() != fingerprint:
+    if not force and stamp.exists() and stamp.read_text() != fingerprint:
         print("the configuration differs from the one this warehouse was built with: recomputing")
-        args.force = True
+        force = True
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
     runs = []
     try:
-        done = set() if args.force else materialized_partitions("evaluations")
+        done = set() if force else materialized_partitions("evaluations")
         setup = ",".join(study.SETUP_STAGES)
-        if args.force or not warehouse.table_file("base_model").exists():
-            runs.append(("setup", materialize(setup, warehouse).seconds))
+        if force or not warehouse.table_file("base_model").exists():
+            runs.append(("setup", materialize(setup, warehouse, lock_fd=lock_fd).seconds))
         else:
             print(f"  = {setup}: already materialized")
         for key in study.partition_keys(config):
             if key in done:
                 print(f"  = [{key}]: already materialized (--force recomputes)")
                 continue
-            record = materialize(",".join(study.PARTITION_STAGES), warehouse, key, label=key)
+            stages = ",".join(study.PARTITION_STAGES)
+            record = materialize(stages, warehouse, key, label=key, lock_fd=lock_fd)
             runs.append((f"partition {key}", record.seconds))
-        runs.append(("report", materialize(",".join(study.REPORT_STAGES), warehouse).seconds))
+        report = materialize(",".join(study.REPORT_STAGES), warehouse, lock_fd=lock_fd)
+        runs.append(("report", report.seconds))
     except RunFailed as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 1
@@ -194,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--force", action="store_true", help="recompute partitions that are already materialized"
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another run holds the warehouse, wait for it instead of refusing",
     )
     p.set_defaults(func=cmd_run)
 

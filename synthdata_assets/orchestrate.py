@@ -5,14 +5,29 @@ Every run goes through ``dagster asset materialize`` against the code location i
 ``dagster dev -w workspace.yaml`` afterwards, exactly as if they had been launched there.
 Dagster's own event log is long; it goes to a file per run under ``reports/logs``. The
 terminal gets the stages' own ``INFO`` messages: their progress as one bar per stage, their
-other lines as they are (:class:`synthdata_assets.terminal.StageDisplay`), one line per
-finished run, and the log's tail when a run fails.
+other lines as they are (:class:`synthdata_assets.terminal.StageDisplay`), a line when a step
+waits for a concurrency pool, one line per finished run, and the log's tail when a run fails.
+
+Runs and their launcher
+-----------------------
+A run is a child process in its own process group, which inherits the warehouse lock
+(:class:`warehouse.lock.WarehouseLock`) when the caller holds it. When the launcher is
+interrupted (Ctrl-C, ``SIGTERM``: :class:`Interrupted`), it sends the run ``SIGINT``, waits
+:data:`STOP_GRACE_S` seconds, then kills its process group, and records the run as
+cancelled; when the launcher dies without a chance to do so (``kill -9``), the kernel sends
+the run ``SIGTERM`` (``PR_SET_PDEATHSIG``). The id of every run launched is appended to
+``dagster/synthdata_runs.jsonl``; :func:`recover_dead_runs` marks those of them that never
+finished as failed and frees the concurrency slots they held, which is safe whenever the
+caller holds the warehouse lock, since every run launched under it is then gone.
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,12 +38,22 @@ from synthdata_assets.terminal import StageDisplay
 from warehouse import Warehouse
 
 CODE_MODULE = "synthdata_assets.definitions"
+RUNS_FILE = "synthdata_runs.jsonl"
+STOP_GRACE_S = 10.0
+# "<time> - dagster - <LEVEL> - <job> - <run id> - ...": a line of a run's event log.
+_RUN_ID = re.compile(r" - dagster - [A-Z]+ - [^ ]+ - (?P<run>[0-9a-f-]{36}) - ")
 # "<time> - dagster - INFO - <job> - <run id> - <step> - <message>": a stage's own log line.
 _INFO = re.compile(r" - dagster - INFO - [^ ]+ - [0-9a-f-]{36} - (?P<step>[\w.]+) - (?P<msg>.*)$")
+_BLOCKED = re.compile(r"blocked by (the )?(concurrency )?limit for pool (?P<pool>\S+)", re.I)
+_PR_SET_PDEATHSIG = 1
 
 
 class RunFailed(RuntimeError):
     """A Dagster run ended in failure; the message holds the tail of its log."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The launcher was asked to stop (Ctrl-C or ``SIGTERM``)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +69,24 @@ def _log_name(selection: str, partition: str | None) -> str:
     return f"{selection.replace(',', '+')}{part}.log"
 
 
+def stop_on_sigterm() -> None:
+    """Make ``SIGTERM`` stop this process the way Ctrl-C does (:class:`Interrupted`)."""
+
+    def interrupt(signum, _frame):
+        raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: ``SIGTERM`` when the launcher dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the launcher's own handlers are all there is
+
+
 def materialize(
     selection: str,
     warehouse: Warehouse,
@@ -51,8 +94,10 @@ def materialize(
     *,
     echo: bool = True,
     label: str | None = None,
+    lock_fd: int | None = None,
 ) -> RunRecord:
-    """Materialize ``selection`` (asset names, comma-separated) in one Dagster run."""
+    """Materialize ``selection`` (asset names, comma-separated) in one Dagster run; the run
+    inherits ``lock_fd``, the warehouse lock, when given."""
     warehouse.activate()
     logs = warehouse.reports / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -77,17 +122,19 @@ def materialize(
             env=os.environ.copy(),
             text=True,
             errors="replace",
+            start_new_session=True,
+            pass_fds=() if lock_fd is None else (lock_fd,),
+            preexec_fn=_die_with_parent,
         ) as proc,
     ):
-        assert proc.stdout is not None
-        display = StageDisplay(sys.stdout)
-        for line in proc.stdout:
-            handle.write(line)
-            handle.flush()
-            match = _INFO.search(line.rstrip("\n"))
-            if echo and match:
-                display.message(match["step"], match["msg"])
-        display.close()
+        followed: dict[str, str] = {}
+        try:
+            _follow(proc, handle, warehouse, followed, echo=echo)
+        except KeyboardInterrupt:
+            _stop(proc, warehouse, followed.get("run_id"))
+            if echo:
+                print(f"  ✗ {label} stopped after {time.perf_counter() - start:.1f}s", flush=True)
+            raise
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
@@ -97,6 +144,121 @@ def materialize(
     if echo:
         print(f"  ✓ {label}  {seconds:.1f}s", flush=True)
     return RunRecord(selection=selection, partition=partition, seconds=seconds, log=log)
+
+
+def _follow(
+    proc: subprocess.Popen, handle, warehouse: Warehouse, followed: dict, *, echo: bool
+) -> None:
+    """Copy the run's output to its log file, record its run id (also in ``followed``), and
+    show its stages."""
+    assert proc.stdout is not None
+    display = StageDisplay(sys.stdout)
+    blocked: set[str] = set()
+    try:
+        for line in proc.stdout:
+            handle.write(line)
+            handle.flush()
+            if "run_id" not in followed and (found := _RUN_ID.search(line)):
+                followed["run_id"] = found["run"]
+                _record_run(warehouse, found["run"], proc.pid)
+            if not echo:
+                continue
+            if (wait := _BLOCKED.search(line)) and wait["pool"] not in blocked:
+                blocked.add(wait["pool"])
+                print(f"      waiting for a slot of pool {wait['pool']} ...", flush=True)
+            if match := _INFO.search(line.rstrip("\n")):
+                display.message(match["step"], match["msg"])
+    finally:
+        display.close()
+    proc.wait()
+
+
+def _stop(proc: subprocess.Popen, warehouse: Warehouse, run_id: str | None) -> None:
+    """Stop an interrupted run, recorded as cancelling and then cancelled (as the UI cancels
+    a run): SIGINT, then its whole process group after the grace time."""
+    if run_id is not None:
+        _set_cancelled(warehouse, run_id, finished=False)
+    for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if run_id is not None:
+        _set_cancelled(warehouse, run_id, finished=True)
+
+
+def _runs_file(warehouse: Warehouse) -> Path:
+    return warehouse.dagster_home / RUNS_FILE
+
+
+def _record_run(warehouse: Warehouse, run_id: str, pid: int) -> None:
+    with open(_runs_file(warehouse), "a") as f:
+        f.write(json.dumps({"run_id": run_id, "pid": pid, "started": time.time()}) + "\n")
+
+
+def launched_runs(warehouse: Warehouse) -> list[str]:
+    """Ids of every run ``synthdata`` launched into this warehouse's instance."""
+    path = _runs_file(warehouse)
+    if not path.exists():
+        return []
+    ids = []
+    for line in path.read_text().splitlines():
+        try:
+            ids.append(json.loads(line)["run_id"])
+        except (ValueError, KeyError):
+            continue  # a line cut short by a kill
+    return ids
+
+
+def _unfinished(instance, run_ids: list[str]):
+    import dagster as dg
+
+    if not run_ids:
+        return []
+    statuses = [
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ]
+    return instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids, statuses=statuses))
+
+
+def recover_dead_runs(warehouse: Warehouse) -> list[str]:
+    """Mark the runs ``synthdata`` launched that never finished as failed, and free the
+    concurrency slots they hold. Call it only while holding the warehouse lock (see the
+    module docstring). Returns their ids."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        dead = _unfinished(instance, launched_runs(warehouse))
+        for run in dead:
+            instance.report_run_failed(
+                run, message="its process is gone (killed, or the machine restarted)"
+            )
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        return [run.run_id for run in dead]
+
+
+def _set_cancelled(warehouse: Warehouse, run_id: str, *, finished: bool) -> None:
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.status == dg.DagsterRunStatus.SUCCESS:
+            return
+        if not finished:
+            instance.report_run_canceling(run, message="the launcher was interrupted")
+            return
+        # The run reports its own interruption as a failure; the user cancelled it.
+        instance.report_run_canceled(run, message="the launcher was interrupted")
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 
 
 def materialized_partitions(asset: str) -> set[str]:

@@ -72,6 +72,8 @@ class StageDisplay:
     ) -> None:
         self.out = out
         self.interactive = out.isatty() if interactive is None else interactive
+        # No tqdm monitor thread: the launcher forks runs, and a fork beside a thread can hang.
+        tqdm.monitor_interval = 0
         # Phases shorter than this get no line of their own when bars cannot be drawn.
         self.min_seconds = min_seconds
         self.clock = clock

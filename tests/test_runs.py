@@ -1,0 +1,159 @@
+"""Runs that survive kills, interruptions and a second run on the same warehouse.
+
+The end-to-end cases start real ``synthdata run`` processes on the tiny preset and kill or
+signal them at a model stage, as a user (or the OOM killer) would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from synthdata_assets.study import PARTITION_STAGES
+from warehouse import Warehouse
+from warehouse.lock import WarehouseBusy, WarehouseLock
+
+SYNTHDATA = Path(sys.executable).with_name("synthdata")
+
+
+def test_a_second_lock_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    with WarehouseLock(tmp_path):
+        with pytest.raises(WarehouseBusy, match=rf"in use by process {os.getpid()}"):
+            WarehouseLock(tmp_path).acquire()
+    WarehouseLock(tmp_path).acquire().release()  # free again once released
+
+
+def test_a_child_that_inherited_the_lock_keeps_it(tmp_path: Path) -> None:
+    lock = WarehouseLock(tmp_path).acquire()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], pass_fds=(lock.fd,)
+    )
+    try:
+        lock.release()
+        with pytest.raises(WarehouseBusy):
+            WarehouseLock(tmp_path).acquire()
+    finally:
+        child.kill()
+        child.wait()
+    WarehouseLock(tmp_path).acquire().release()
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SYNTHDATA_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "SYNTHDATA_PRESET": "tiny",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _start(home: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(SYNTHDATA), "run"],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_stage(home: Path, stage: str, timeout: float = 180.0) -> None:
+    """Until a partition run's log shows ``stage`` at work."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for log in (home / "reports" / "logs").glob("*__32_0.log"):
+            if f" - {stage} - " in log.read_text(errors="replace"):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{stage} did not start within {timeout}s")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split()[2] != "Z"
+
+
+def _run_statuses(home: Path) -> list[dg.DagsterRunStatus]:
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        return [run.status for run in instance.get_runs()]
+
+
+def _row_counts(home: Path) -> dict[str, int]:
+    warehouse = Warehouse(home)
+    return {
+        f"{stage}/{size}": pl.read_parquet(warehouse.partition_file(stage, size, 0)).height
+        for stage in PARTITION_STAGES
+        for size in (32, 64)
+    }
+
+
+@pytest.mark.slow
+def test_a_second_run_refuses_and_sigterm_stops_the_first(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = _start(home)
+    try:
+        deadline = time.monotonic() + 60
+        while (WarehouseLock(home).holder() or {}).get("pid") != first.pid:
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.1)
+        second = subprocess.run(
+            [str(SYNTHDATA), "run"], env=_env(home), capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 2
+        assert f"in use by process {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+        _wait_for_stage(home, "sft_model")
+        children = _children(first.pid)
+        assert children, "the run's materialize process should be running"
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(c) for c in children)
+        assert first.returncode == 143 and "Traceback" not in err and "resumes" in err
+        assert dg.DagsterRunStatus.CANCELED in _run_statuses(home)
+    finally:
+        first.kill()
+
+
+@pytest.mark.slow
+def test_a_rerun_after_kill_9_at_a_model_stage_completes_like_a_clean_run(
+    tmp_path: Path,
+) -> None:
+    clean = tmp_path / "clean"
+    assert _start(clean).wait(timeout=600) == 0
+    home = tmp_path / "home"
+    killed = _start(home)
+    _wait_for_stage(home, "step_rollouts")
+    # The launcher and its run, with no chance to clean up (as the OOM killer or a reboot).
+    for pid in [*_children(killed.pid), killed.pid]:
+        os.kill(pid, signal.SIGKILL)
+    killed.wait()
+    rerun = subprocess.run(
+        [str(SYNTHDATA), "run"], env=_env(home), capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "marked 1 run(s) of a killed launcher as failed" in rerun.stdout
+    assert _row_counts(home) == _row_counts(clean)
+    statuses = _run_statuses(home)
+    assert dg.DagsterRunStatus.STARTED not in statuses
+    assert dg.DagsterRunStatus.FAILURE in statuses

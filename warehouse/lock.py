@@ -1,0 +1,86 @@
+"""One writer per warehouse: an OS file lock that ``synthdata run`` holds for its whole run.
+
+The lock is ``flock`` on ``<root>/.lock``, held through an open file descriptor. The kernel
+releases it when the last process holding that descriptor ends, however it ends (a crash,
+``kill -9``, a reboot), so a stale lock cannot outlive its holder the way a PID file can.
+The runs a holder launches inherit the descriptor (:attr:`WarehouseLock.fd`), so the
+warehouse stays locked until the launcher *and* every run it started are gone: a run left
+behind by a killed launcher keeps the warehouse locked until it ends too.
+
+Beside the lock, the file records who holds it (process id, command, start time) so that a
+second writer can say which process it is waiting for; the record is information, the lock
+is the ``flock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LOCK_FILE = ".lock"
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process holds the warehouse's lock; the message names it."""
+
+
+@dataclass
+class WarehouseLock:
+    """The exclusive lock of the warehouse at ``root`` (see the module docstring)."""
+
+    root: Path
+    fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def acquire(self, *, wait: bool = False) -> WarehouseLock:
+        """Take the lock, or raise :class:`WarehouseBusy` naming its holder (``wait``: block
+        until it is free instead)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise WarehouseBusy(self._busy_message()) from None
+        record = {"pid": os.getpid(), "command": " ".join(sys.argv), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # the runs that inherited it keep it until they end
+            self.fd = None
+
+    def holder(self) -> dict | None:
+        """Who last took the lock (pid, command, since), if recorded."""
+        try:
+            return json.loads(self.path.read_text() or "null")
+        except (OSError, ValueError):
+            return None
+
+    def _busy_message(self) -> str:
+        who = self.holder()
+        if not who:
+            return f"another process holds the warehouse {self.root} (lock {self.path})"
+        since = time.strftime("%H:%M:%S", time.localtime(who.get("since", 0)))
+        return (
+            f"the warehouse {self.root} is in use by process {who.get('pid')} "
+            f"({who.get('command', '?')}, since {since}); wait for it to finish, stop it, or "
+            "point SYNTHDATA_HOME at another warehouse"
+        )
+
+    def __enter__(self) -> WarehouseLock:
+        return self.acquire()
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
