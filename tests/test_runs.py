@@ -25,9 +25,9 @@ SYNTHDATA = Path(sys.executable).with_name("synthdata")
 
 
 def test_a_second_lock_is_refused_naming_the_holder(tmp_path: Path) -> None:
-    with WarehouseLock(tmp_path):
-        with pytest.raises(WarehouseBusy, match=rf"in use by process {os.getpid()}"):
-            WarehouseLock(tmp_path).acquire()
+    busy = pytest.raises(WarehouseBusy, match=rf"in use by process {os.getpid()}")
+    with WarehouseLock(tmp_path), busy:
+        WarehouseLock(tmp_path).acquire()
     WarehouseLock(tmp_path).acquire().release()  # free again once released
 
 
