@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -> int:
     from synthdata_assets import study
-    from synthdata_assets.orchestrate import RunFailed, materialize, materialized_partitions
+    from synthdata_assets.orchestrate import RunFailed, materialize, recorded_stages
     from synthdata_assets.terminal import runs_table
 
     print(
@@ -160,29 +160,33 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
         f"data sizes {list(config.data_sizes)}, seeds {list(config.seeds)}"
     )
     print(f"warehouse: {warehouse.root}")
-    # Partitions are reused only if they were made under the same settings: a warehouse that
-    # last ran another configuration (say, the tiny preset) is recomputed, not mixed in.
-    stamp = warehouse.root / "study.json"
-    fingerprint = study.fingerprint(config)
-    if not force and stamp.exists() and stamp.read_text() != fingerprint:
-        print("the configuration differs from the one this warehouse was built with: recomputing")
-        force = True
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
+    # A stage is reused only when it was made under the current settings, after the stages
+    # it reads; the rest of its partition is recomputed (study.stale_stages).
+    current = study.stage_fingerprints(config)
+
+    def stale(stages: tuple[str, ...], partition: str | None = None) -> list[str]:
+        if force:
+            return list(stages)
+        recorded = recorded_stages(study.SETUP_STAGES)
+        if partition is not None:
+            recorded |= recorded_stages(stages, partition)
+        return study.stale_stages(stages, recorded, current)
+
     runs = []
     try:
-        done = set() if force else materialized_partitions("evaluations")
-        setup = ",".join(study.SETUP_STAGES)
-        if force or not warehouse.table_file("base_model").exists():
-            runs.append(("setup", materialize(setup, warehouse, lock_fd=lock_fd).seconds))
+        setup = stale(study.SETUP_STAGES)
+        if setup:
+            runs.append(("setup", materialize(",".join(setup), warehouse, lock_fd=lock_fd).seconds))
         else:
-            print(f"  = {setup}: already materialized")
+            print(f"  = {', '.join(study.SETUP_STAGES)}: up to date")
         for key in study.partition_keys(config):
-            if key in done:
-                print(f"  = [{key}]: already materialized (--force recomputes)")
+            todo = stale(study.PARTITION_STAGES, key)
+            if not todo:
+                print(f"  = [{key}]: up to date (--force recomputes)")
                 continue
-            stages = ",".join(study.PARTITION_STAGES)
-            record = materialize(stages, warehouse, key, label=key, lock_fd=lock_fd)
+            if len(todo) < len(study.PARTITION_STAGES):
+                print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
+            record = materialize(",".join(todo), warehouse, key, label=key, lock_fd=lock_fd)
             runs.append((f"partition {key}", record.seconds))
         report = materialize(",".join(study.REPORT_STAGES), warehouse, lock_fd=lock_fd)
         runs.append(("report", report.seconds))

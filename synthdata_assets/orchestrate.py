@@ -261,9 +261,28 @@ def _set_cancelled(warehouse: Warehouse, run_id: str, *, finished: bool) -> None
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 
 
-def materialized_partitions(asset: str) -> set[str]:
-    """Partition keys of ``asset`` materialized in the active warehouse's Dagster instance."""
+def recorded_stages(stages: tuple[str, ...], partition: str | None = None) -> dict:
+    """``stage -> study.Materialized`` of the latest materialization of each of ``stages``
+    (of ``partition``, or unpartitioned) in the active warehouse's instance; stages never
+    materialized are left out."""
     import dagster as dg
 
+    from synthdata_assets.study import FINGERPRINT_KEY, Materialized
+
+    found = {}
     with dg.DagsterInstance.get() as instance:
-        return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
+        for stage in stages:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey(stage),
+                    asset_partitions=[partition] if partition else None,
+                ),
+                limit=1,
+            ).records
+            if not records:
+                continue
+            event = records[0].asset_materialization
+            value = event.metadata.get(FINGERPRINT_KEY) if event else None
+            fingerprint = getattr(value, "value", None)
+            found[stage] = Materialized(fingerprint, records[0].storage_id)
+    return found

@@ -1,14 +1,30 @@
 """The study as a whole: its stages in the order data flows through them, its partitions,
-and the settings fingerprint that says whether a materialized partition is still valid.
+and the settings fingerprints that say whether a materialized stage is still valid.
 
 A study is a sweep of ``data_size x seed`` partitions. Every partition runs the same
 stages (:data:`PARTITION_STAGES`), after the unpartitioned :data:`SETUP_STAGES` and before
 the :data:`REPORT_STAGES`, which read every partition.
+
+Provenance
+----------
+:data:`STAGE_INPUTS` is the asset graph (each stage and the stages it reads) and
+:data:`STAGE_SETTINGS` the configuration sections each stage reads itself. A stage's
+fingerprint (:func:`stage_fingerprints`) is a digest of the sections it and every stage
+upstream of it read, so it changes exactly when a setting that can change the stage's output
+changes. Every materialization records its stage's fingerprint (the IO manager writes it
+into the materialization's metadata); :func:`stale_stages` compares the recorded ones with
+the configuration's and returns what must be recomputed: the stages never materialized,
+made under other settings, or older than a stage they read (an interrupted rerun), and
+everything downstream of them. A partition therefore never mixes stages made under two
+configurations, and a rerun recomputes only what is missing or stale.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from synthdata_assets.config import ExperimentConfig
 
@@ -28,6 +44,52 @@ PARTITION_STAGES: tuple[str, ...] = (
 REPORT_STAGES: tuple[str, ...] = ("scaling_curves",)
 # The partition dimensions, as the tables' columns and the Hive folders name them.
 DATA_SIZE, SEED = "data_size", "seed"
+# The metadata key under which a materialization records its stage's fingerprint.
+FINGERPRINT_KEY = "synthdata/settings"
+
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "problems": (),
+    "base_model": ("problems",),
+    "teacher_solutions": ("problems",),
+    "sft_model": ("base_model", "teacher_solutions", "problems"),
+    "policy_samples": ("sft_model", "problems"),
+    "rft_model": ("base_model", "sft_model", "policy_samples", "problems"),
+    "step_rollouts": ("sft_model", "policy_samples", "problems"),
+    "step_advantages": ("policy_samples", "step_rollouts"),
+    "preference_pairs": (
+        "problems",
+        "teacher_solutions",
+        "policy_samples",
+        "step_advantages",
+        "step_rollouts",
+    ),
+    "per_step_dpo_model": ("sft_model", "preference_pairs", "step_advantages"),
+    "dpo_model": ("sft_model", "preference_pairs"),
+    "evaluations": (
+        "problems",
+        "base_model",
+        "sft_model",
+        "rft_model",
+        "per_step_dpo_model",
+        "dpo_model",
+    ),
+    "scaling_curves": ("evaluations",),
+}
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "problems": ("task",),
+    "base_model": ("model", "training"),
+    "teacher_solutions": ("teacher",),
+    "sft_model": ("model", "training"),
+    "policy_samples": ("sampling",),
+    "rft_model": ("model", "training"),
+    "step_rollouts": ("credit", "sampling"),
+    "step_advantages": ("credit",),
+    "preference_pairs": ("credit",),
+    "per_step_dpo_model": ("model", "training", "credit"),
+    "dpo_model": ("model", "training"),
+    "evaluations": ("sampling",),
+    "scaling_curves": (),
+}
 
 
 def partition_key(data_size: int, seed: int) -> str:
@@ -40,7 +102,54 @@ def partition_keys(config: ExperimentConfig) -> list[str]:
     return [partition_key(size, seed) for size, seed in config.partition_keys]
 
 
-def fingerprint(config: ExperimentConfig) -> str:
-    """Everything that decides what a partition holds, except which partitions exist."""
-    fields = config.model_dump(mode="json", exclude={"preset", "data_sizes", "seeds"})
-    return json.dumps(fields, sort_keys=True)
+def upstream(stage: str) -> set[str]:
+    """Every stage ``stage`` reads, directly or through others."""
+    seen: set[str] = set()
+    todo = list(STAGE_INPUTS[stage])
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += STAGE_INPUTS[name]
+    return seen
+
+
+def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
+    """Each stage's fingerprint: a digest of the settings it and its upstream stages read."""
+    dumped = config.model_dump(mode="json")
+    out = {}
+    for stage in STAGE_INPUTS:
+        sections = sorted({s for name in {stage} | upstream(stage) for s in STAGE_SETTINGS[name]})
+        text = json.dumps({name: dumped[name] for name in sections}, sort_keys=True)
+        out[stage] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return out
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """What the instance recorded of a stage's latest materialization: the settings
+    fingerprint it was made under, and its place in the event log (larger is later)."""
+
+    fingerprint: str | None
+    order: int
+
+
+def stale_stages(
+    stages: tuple[str, ...], recorded: Mapping[str, Materialized], current: Mapping[str, str]
+) -> list[str]:
+    """The ``stages`` (in flow order) to recompute: those never materialized, made under
+    other settings than ``current``, or older than a stage they read; and every one of
+    ``stages`` downstream of those. ``recorded`` also holds the stages ``stages`` read from
+    outside (the setup stages of a partition)."""
+    stale: set[str] = set()
+    for stage in stages:
+        mine = recorded.get(stage)
+        if mine is None or mine.fingerprint != current[stage]:
+            stale.add(stage)
+            continue
+        for read in STAGE_INPUTS[stage]:
+            theirs = recorded.get(read)
+            if read in stale or theirs is None or theirs.order > mine.order:
+                stale.add(stage)
+                break
+    return [stage for stage in stages if stage in stale]

@@ -13,6 +13,7 @@ import pytest
 
 from synthdata_assets.config import load_config
 from synthdata_assets.defs import build_definitions
+from synthdata_assets.study import STAGE_INPUTS
 from warehouse import Warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,38 +141,6 @@ def test_no_function_is_longer_than_80_lines() -> None:
     assert long == []
 
 
-# Each asset and the assets it reads: the study's flow, problems -> teacher -> models ->
-# samples -> rollouts -> advantages -> pairs -> preference models -> evaluations -> curves.
-FLOW = {
-    "problems": set(),
-    "base_model": {"problems"},
-    "teacher_solutions": {"problems"},
-    "sft_model": {"base_model", "teacher_solutions", "problems"},
-    "policy_samples": {"sft_model", "problems"},
-    "rft_model": {"base_model", "sft_model", "policy_samples", "problems"},
-    "step_rollouts": {"sft_model", "policy_samples", "problems"},
-    "step_advantages": {"policy_samples", "step_rollouts"},
-    "preference_pairs": {
-        "problems",
-        "teacher_solutions",
-        "policy_samples",
-        "step_advantages",
-        "step_rollouts",
-    },
-    "per_step_dpo_model": {"sft_model", "preference_pairs", "step_advantages"},
-    "dpo_model": {"sft_model", "preference_pairs"},
-    "evaluations": {
-        "problems",
-        "base_model",
-        "sft_model",
-        "rft_model",
-        "per_step_dpo_model",
-        "dpo_model",
-    },
-    "scaling_curves": {"evaluations"},
-}
-
-
 @pytest.mark.parametrize("preset", ["tiny", "demo"])
 def test_the_asset_graph_is_the_study_flow(preset: str, warehouse: Warehouse) -> None:
     defs = build_definitions(load_config(preset), warehouse)
@@ -181,7 +150,9 @@ def test_the_asset_graph_is_the_study_flow(preset: str, warehouse: Warehouse) ->
             graph[key.to_user_string()] = {
                 dep.to_user_string() for dep in assets_def.asset_deps[key]
             }
-    assert graph == FLOW
+    # The study's flow, problems -> teacher -> models -> samples -> rollouts -> advantages
+    # -> pairs -> preference models -> evaluations -> curves, as study.py declares it.
+    assert graph == {stage: set(reads) for stage, reads in STAGE_INPUTS.items()}
     job = defs.resolve_job_def("study_job")
     assert isinstance(job.partitions_def, dg.MultiPartitionsDefinition)
 

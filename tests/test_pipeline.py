@@ -16,7 +16,14 @@ from synthdata_assets.config import load_config
 from synthdata_assets.defs import build_definitions
 from synthdata_assets.defs.study import partition_key
 from synthdata_assets.orchestrate import materialize
-from synthdata_assets.study import fingerprint
+from synthdata_assets.study import (
+    PARTITION_STAGES,
+    STAGE_INPUTS,
+    Materialized,
+    stage_fingerprints,
+    stale_stages,
+    upstream,
+)
 from warehouse import Warehouse
 
 CONTRACT = {
@@ -146,10 +153,35 @@ def test_sql_cli_refuses_writes_with_exit_code_2(warehouse: Warehouse, capsys) -
     assert "read-only" in err and "DELETE" in err
 
 
-def test_run_reuses_partitions_only_under_the_same_settings() -> None:
-    tiny = load_config("tiny")
-    more_sizes = load_config("tiny", overrides={"data_sizes": [16, 32, 64], "seeds": [0, 1]})
-    assert fingerprint(tiny) == fingerprint(more_sizes)
-    assert fingerprint(tiny) != fingerprint(load_config("demo"))
-    other_rule = load_config("tiny", overrides={"credit": {"pit_rule": "largest_drop"}})
-    assert fingerprint(tiny) != fingerprint(other_rule)
+def test_a_setting_changes_the_fingerprints_of_the_stages_that_read_it() -> None:
+    tiny = stage_fingerprints(load_config("tiny"))
+    more = stage_fingerprints(load_config("tiny", overrides={"data_sizes": [16, 32, 64]}))
+    assert tiny == more
+    slips = stage_fingerprints(load_config("tiny", overrides={"teacher": {"slip_rate": 0.3}}))
+    changed = {stage for stage in tiny if tiny[stage] != slips[stage]}
+    assert changed == {"teacher_solutions"} | {
+        stage for stage in STAGE_INPUTS if "teacher_solutions" in upstream(stage)
+    }
+    assert "base_model" not in changed and "problems" not in changed
+    rule = stage_fingerprints(
+        load_config("tiny", overrides={"credit": {"pit_rule": "largest_drop"}})
+    )
+    assert "policy_samples" not in {s for s in tiny if tiny[s] != rule[s]}
+    assert tiny["step_advantages"] != rule["step_advantages"]
+
+
+def test_stale_stages_are_recomputed_with_everything_downstream() -> None:
+    current = stage_fingerprints(load_config("tiny"))
+    done = {stage: Materialized(current[stage], i) for i, stage in enumerate(STAGE_INPUTS)}
+    assert stale_stages(PARTITION_STAGES, done, current) == []
+    other = {**done, "policy_samples": Materialized("old settings", done["policy_samples"].order)}
+    assert stale_stages(PARTITION_STAGES, other, current) == [
+        s for s in PARTITION_STAGES if s == "policy_samples" or "policy_samples" in upstream(s)
+    ]
+    # An interrupted rerun: sft_model is newer than what was made from it.
+    newer = {**done, "sft_model": Materialized(current["sft_model"], 1000)}
+    assert stale_stages(PARTITION_STAGES, newer, current)[0] == "policy_samples"
+    missing = {k: v for k, v in done.items() if k != "evaluations"}
+    assert stale_stages(PARTITION_STAGES, missing, current) == ["evaluations"]
+    retrained_base = {**done, "base_model": Materialized(current["base_model"], 1000)}
+    assert stale_stages(PARTITION_STAGES, retrained_base, current)[0] == "sft_model"

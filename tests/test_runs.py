@@ -157,3 +157,44 @@ def test_a_rerun_after_kill_9_at_a_model_stage_completes_like_a_clean_run(
     statuses = _run_statuses(home)
     assert dg.DagsterRunStatus.STARTED not in statuses
     assert dg.DagsterRunStatus.FAILURE in statuses
+
+
+@pytest.mark.slow
+def test_a_changed_setting_and_an_interruption_leave_no_mixed_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthdata_assets.config import load_config
+    from synthdata_assets.orchestrate import recorded_stages
+    from synthdata_assets.study import SETUP_STAGES, stage_fingerprints
+
+    home = tmp_path / "home"
+    assert _start(home).wait(timeout=600) == 0
+    changed = tmp_path / "slips.yaml"
+    # A long enough SFT for the interruption to land inside it.
+    changed.write_text("preset: tiny\nteacher:\n  slip_rate: 0.4\ntraining:\n  epochs: 100\n")
+    env = _env(home) | {"SYNTHDATA_CONFIG": str(changed)}
+    for log in (home / "reports" / "logs").glob("*.log"):
+        log.unlink()
+    interrupted = subprocess.Popen([str(SYNTHDATA), "run"], env=env, text=True)
+    _wait_for_stage(home, "sft_model")
+    time.sleep(2)
+    interrupted.send_signal(signal.SIGTERM)
+    assert interrupted.wait(timeout=60) == 143
+    current = stage_fingerprints(load_config(config_path=changed))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+
+    def settings(key: str) -> dict[str, bool]:
+        recorded = recorded_stages(PARTITION_STAGES, key) | recorded_stages(SETUP_STAGES)
+        return {stage: recorded[stage].fingerprint == current[stage] for stage in recorded}
+
+    # What the interruption left: the new teacher beside the old samples and evaluations.
+    left = settings("32|0")
+    assert left["teacher_solutions"] and not left["policy_samples"] and not left["evaluations"]
+    rerun = subprocess.run(
+        [str(SYNTHDATA), "run"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "problems, base_model: up to date" in rerun.stdout  # the teacher is downstream
+    assert "~ [32|0]: recomputing sft_model, policy_samples" in rerun.stdout
+    for key in ("32|0", "64|0"):
+        assert settings(key) == dict.fromkeys((*SETUP_STAGES, *PARTITION_STAGES), True)

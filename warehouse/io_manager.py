@@ -8,7 +8,9 @@ polars 2.x), so paths may be local or any fsspec URL. On top of the base class i
   so a glob over a table's folder reads every partition and paths say what they hold;
 - stamps lineage on every row: ``run_id`` always, ``data_size`` and ``seed`` on
   partitioned assets, so any row can be traced to the run that wrote it;
-- reports the row count and column schema to the Dagster UI.
+- reports the row count and column schema to the Dagster UI, and the settings fingerprint
+  of the asset (``fingerprints``, by asset name) under ``fingerprint_key``, so that a later
+  run can tell whether the stored partition was made under its settings.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def stamp_lineage(frame: pl.DataFrame, run_id: str, partition: dict[str, int]) -
 class PolarsParquetIOManager(dg.UPathIOManager):
     extension = ".parquet"
 
+    def __init__(
+        self, base_path: UPath, fingerprints: dict[str, str], fingerprint_key: str
+    ) -> None:
+        super().__init__(base_path=base_path)
+        self.fingerprints, self.fingerprint_key = fingerprints, fingerprint_key
+
     def get_path_for_partition(
         self, context: dg.InputContext | dg.OutputContext, path: UPath, partition: str
     ) -> UPath:
@@ -74,16 +82,25 @@ class PolarsParquetIOManager(dg.UPathIOManager):
         columns = [
             dg.TableColumn(name=name, type=str(dtype)) for name, dtype in stored.schema.items()
         ]
-        return {
+        metadata = {
             "dagster/row_count": dg.MetadataValue.int(obj.height),
             "dagster/column_schema": dg.TableSchema(columns=columns),
         }
+        fingerprint = self.fingerprints.get(context.asset_key.to_user_string())
+        if fingerprint is not None:
+            metadata[self.fingerprint_key] = dg.MetadataValue.text(fingerprint)
+        return metadata
 
 
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):
-    """Binds :class:`PolarsParquetIOManager` to a warehouse's ``tables`` folder."""
+    """Binds :class:`PolarsParquetIOManager` to a warehouse's ``tables`` folder and the
+    study's settings fingerprints."""
 
     base_path: str
+    fingerprints: dict[str, str] = {}
+    fingerprint_key: str = "settings"
 
     def create_io_manager(self, context: dg.InitResourceContext) -> PolarsParquetIOManager:
-        return PolarsParquetIOManager(base_path=UPath(self.base_path))
+        return PolarsParquetIOManager(
+            UPath(self.base_path), dict(self.fingerprints), self.fingerprint_key
+        )

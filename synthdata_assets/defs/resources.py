@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 
+from synthdata_assets import study
 from synthdata_assets.config import ExperimentConfig
 from synthdata_assets.rollouts import rollout_backend
 from training.generation import Completion, Generator, SamplingParams, make_generator
@@ -63,7 +64,11 @@ class GeneratorResource(dg.ConfigurableResource):
 
 def study_resources(config: ExperimentConfig, warehouse: Warehouse) -> dict[str, Any]:
     return {
-        "io_manager": ParquetIOManager(base_path=str(warehouse.tables)),
+        "io_manager": ParquetIOManager(
+            base_path=str(warehouse.tables),
+            fingerprints=study.stage_fingerprints(config),
+            fingerprint_key=study.FINGERPRINT_KEY,
+        ),
         "generator": GeneratorResource(
             backend=config.sampling.backend,
             rollout_backend=config.credit.rollout_backend,
