@@ -54,8 +54,10 @@ def _emit(columns: list[str], rows: list[tuple], fmt: str, out: TextIO) -> None:
 def cmd_sql(args: argparse.Namespace) -> int:
     from warehouse.query import QueryError, run_query
 
+    # The study's partitions: a data size removed from the configuration is out of the views.
+    partitions = load_config().partition_keys
     try:
-        result = run_query(args.query, Warehouse.from_env())
+        result = run_query(args.query, Warehouse.from_env(), partitions)
     except QueryError as exc:
         print(f"synthdata sql: {exc}", file=sys.stderr)
         return 2

@@ -115,14 +115,13 @@ def test_teacher_pass_rate_follows_slip_rate() -> None:
 
 
 @pytest.mark.slow
-def test_cli_materialize_records_runs_in_the_instance(warehouse: Warehouse, capsys) -> None:
+def test_cli_materialize_records_runs_in_the_instance(
+    warehouse: Warehouse, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The path the README takes: `dagster asset materialize` into the warehouse's instance."""
-    os.environ["SYNTHDATA_PRESET"] = "tiny"
-    try:
-        materialize("problems", warehouse, echo=False)
-        materialize("teacher_solutions", warehouse, partition="32|0", echo=False)
-    finally:
-        del os.environ["SYNTHDATA_PRESET"]
+    monkeypatch.setenv("SYNTHDATA_PRESET", "tiny")
+    materialize("problems", warehouse, echo=False)
+    materialize("teacher_solutions", warehouse, partition="32|0", echo=False)
     with dg.DagsterInstance.from_config(str(warehouse.dagster_home)) as instance:
         runs = instance.get_runs()
         assert len(runs) == 2 and all(r.is_success for r in runs)
@@ -185,3 +184,22 @@ def test_stale_stages_are_recomputed_with_everything_downstream() -> None:
     assert stale_stages(PARTITION_STAGES, missing, current) == ["evaluations"]
     retrained_base = {**done, "base_model": Materialized(current["base_model"], 1000)}
     assert stale_stages(PARTITION_STAGES, retrained_base, current)[0] == "sft_model"
+
+
+def test_sql_views_hold_the_configured_partitions_only(warehouse: Warehouse, capsys) -> None:
+    from warehouse.parquet import write_parquet_atomic
+    from warehouse.query import run_query
+
+    for size in (32, 64):
+        frame = pl.DataFrame({"x": [size], "data_size": [size], "seed": [0]})
+        write_parquet_atomic(frame, warehouse.partition_file("evaluations", size, 0))
+    kept = run_query("SELECT x FROM evaluations", warehouse, [(64, 0)])
+    assert kept.rows == [(64,)]
+    every = run_query("SELECT x FROM evaluations_all ORDER BY x", warehouse, [(64, 0)])
+    assert every.rows == [(32,), (64,)]
+    assert run_query("SELECT count(*) FROM evaluations", warehouse).rows == [(2,)]
+
+
+def test_sql_downloads_no_extension(warehouse: Warehouse, capsys) -> None:
+    assert main(["sql", "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')"]) == 2
+    assert "httpfs" in capsys.readouterr().err

@@ -188,3 +188,18 @@ def test_scaling_curves_cover_every_partition(study) -> None:
     assert (reports / "scaling_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert all(method in (reports / "scaling_report.md").read_text() for method in METHODS)
     assert "plot" in _metadata(study.curves, "scaling_curves")
+
+
+def test_a_study_of_one_size_reports_undefined_multipliers(tmp_path, monkeypatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("SYNTHDATA_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    warehouse = Warehouse(home).ensure()
+    defs = build_definitions(load_config("tiny", overrides={"data_sizes": [32]}), warehouse)
+    with dg.instance_for_test() as instance:
+        assert _run(
+            defs, [*SETUP_STAGES, *PARTITION_STAGES], instance, partition_key(32, 0)
+        ).success
+        assert _run(defs, ["scaling_curves"], instance).success
+    report = (warehouse.reports / "scaling_report.md").read_text()
+    assert "undefined" in report and "size" in report

@@ -3,8 +3,11 @@
 Each table is a view over its Parquet files (``tables/<name>.parquet`` or every
 ``tables/<name>/**/*.parquet``), created in a fresh in-memory database per connection:
 there is no shared ``.duckdb`` file for parallel runs to fight over, and a view always
-sees the partitions written so far. Named queries live in ``warehouse/sql/*.sql`` and
-are run as ``@name``.
+sees the partitions written so far. Given the study's partitions, a partitioned table's view
+holds those partitions only (a data size removed from the configuration stays on disk, out
+of the way), and ``<name>_all`` holds every partition on disk. Named queries live in
+``warehouse/sql/*.sql`` and are run as ``@name``. DuckDB installs and loads no extension
+(an ``http://`` path is an error, not a download).
 
 :func:`run_query` is read-only: it accepts SELECT-like statements (SELECT, WITH,
 DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) and refuses anything that writes.
@@ -12,6 +15,7 @@ DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) and refuses anything that writes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,15 +62,29 @@ def _quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per warehouse table."""
-    con = duckdb.connect(":memory:")
+def connect(
+    warehouse: Warehouse, partitions: Collection[tuple[int, int]] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per warehouse table; partitioned tables
+    keep only ``partitions`` (``(data_size, seed)`` pairs) when given."""
+    con = duckdb.connect(
+        ":memory:",
+        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+    )
     sources = table_sources(warehouse)
+    keep = ""
+    if partitions is not None:
+        pairs = ", ".join(f"({int(size)}, {int(seed)})" for size, seed in sorted(partitions))
+        keep = f" WHERE (data_size, seed) IN ({pairs or '(NULL, NULL)'})"
     for name, source in sources.items():
-        con.execute(
-            f"CREATE VIEW {_quote_ident(name)} AS SELECT * FROM read_parquet("
-            f"{_quote_literal(source)}, union_by_name = true, hive_partitioning = false)"
+        scan = (
+            f"SELECT * FROM read_parquet({_quote_literal(source)}, union_by_name = true, "
+            "hive_partitioning = false)"
         )
+        partitioned = "**" in source
+        if partitioned and keep:
+            con.execute(f"CREATE VIEW {_quote_ident(name + '_all')} AS {scan}")
+        con.execute(f"CREATE VIEW {_quote_ident(name)} AS {scan}{keep if partitioned else ''}")
     # Each model asset stores one row per trained model; `checkpoints` is all of them.
     model_tables = [name for name in sources if name.endswith("_model")]
     if model_tables:
@@ -112,10 +130,13 @@ def check_read_only(sql: str) -> list[duckdb.Statement]:
     return statements
 
 
-def run_query(sql: str, warehouse: Warehouse) -> QueryResult:
-    """Run read-only SQL (or ``@name``) against the warehouse; the last statement's rows."""
+def run_query(
+    sql: str, warehouse: Warehouse, partitions: Collection[tuple[int, int]] | None = None
+) -> QueryResult:
+    """Run read-only SQL (or ``@name``) against the warehouse (its views kept to
+    ``partitions`` when given); the last statement's rows."""
     statements = check_read_only(resolve_sql(sql))
-    con = connect(warehouse)
+    con = connect(warehouse, partitions)
     try:
         relation = None
         for statement in statements:

@@ -23,8 +23,12 @@ def build(warehouse: Warehouse) -> list[dg.AssetsDefinition]:
             )
         },
     )
-    def scaling_curves(context: dg.AssetExecutionContext, evaluations: dict[str, pl.DataFrame]):
+    def scaling_curves(context: dg.AssetExecutionContext, evaluations):
         """Test error per method x data size x seed, power-law fits, data multipliers vs SFT."""
+        # The IO manager hands over a frame per partition key, or the frame itself when the
+        # study has a single partition.
+        if isinstance(evaluations, pl.DataFrame):
+            evaluations = {"single partition": evaluations}
         if not evaluations:
             raise dg.Failure(
                 "no evaluations partition is materialized yet; run the study job (or "
