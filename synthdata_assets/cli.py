@@ -85,10 +85,20 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"synthdata grade: no such file {str(path)!r}", file=sys.stderr)
         return 2
+    if args.output and not Path(args.output).parent.is_dir():
+        print(
+            f"synthdata grade: -o {args.output}: no folder {str(Path(args.output).parent)!r}; "
+            "create it first",
+            file=sys.stderr,
+        )
+        return 2
     try:
         rows = list(_read_grade_rows(path))
     except DataFormatError as exc:
         print(f"synthdata grade: {exc}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"synthdata grade: {path} holds no rows to grade", file=sys.stderr)
         return 2
     graded = []
     for line_no, row in rows:
@@ -113,7 +123,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     correct = sum(r["is_correct"] for r in graded)
-    accuracy = correct / len(graded) if graded else 0.0
+    accuracy = correct / len(graded)
     print(f"accuracy {accuracy:.4f} ({correct}/{len(graded)})", file=sys.stderr)
     return 0
 
@@ -126,11 +136,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from synthdata_assets.orchestrate import Interrupted, recover_dead_runs, stop_on_sigterm
+    from synthdata_assets.preflight import check_data, usable_warehouse
+    from training.checkpoint import remove_partial_checkpoints
     from warehouse.lock import WarehouseBusy, WarehouseLock
 
     stop_on_sigterm()
     config = load_config()
-    warehouse = Warehouse.from_env().activate()
+    warehouse = usable_warehouse()
+    check_data(config)
     lock = WarehouseLock(warehouse.root)
     try:
         lock.acquire(wait=args.wait)
@@ -141,6 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         dead = recover_dead_runs(warehouse)
         if dead:
             print(f"marked {len(dead)} run(s) of a killed launcher as failed: {', '.join(dead)}")
+        for leftover in remove_partial_checkpoints(warehouse.checkpoints):
+            print(f"removed {leftover}, a checkpoint a killed run left half-written")
         return _run_study(config, warehouse, args.force, lock.fd)
     except Interrupted as exc:
         print(f"\nsynthdata run: stopped ({exc}); the next run resumes", file=sys.stderr)
@@ -207,8 +222,10 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from synthdata_assets.preflight import usable_warehouse
+
     load_config()  # fail here, with the field named, rather than inside the UI
-    warehouse = Warehouse.from_env().activate()
+    warehouse = usable_warehouse()
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml")]
     cmd += ["-h", args.host, "-p", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port} (instance: {warehouse.dagster_home})")
@@ -262,12 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from synthdata_assets.preflight import PreflightError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, PreflightError) as exc:
         print(f"synthdata: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nsynthdata: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from training.config import ModelConfig, SamplingConfig, Section, TrainingConfig
 
@@ -182,10 +189,10 @@ class ExperimentConfig(Section):
     """A whole study: the sweep and every stage's settings."""
 
     preset: PresetName = DEFAULT_PRESET
-    data_sizes: tuple[int, ...] = Field(
+    data_sizes: tuple[StrictInt, ...] = Field(
         (250, 500, 1000), min_length=1, description="Training problems per partition."
     )
-    seeds: tuple[int, ...] = Field((0,), min_length=1, description="Replicates per size.")
+    seeds: tuple[StrictInt, ...] = Field((0,), min_length=1, description="Replicates per size.")
     task: TaskConfig = TaskConfig()
     teacher: TeacherConfig = TeacherConfig()
     model: ModelConfig = ModelConfig()
@@ -364,11 +371,12 @@ def config_from_dict(data: dict[str, Any], *, source: str = "configuration") -> 
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
 
 
-def preset_dict(name: str) -> dict[str, Any]:
-    """The raw overrides of a preset, with its name filled in."""
+def preset_dict(name: str, *, source: str = PRESET_ENV) -> dict[str, Any]:
+    """The raw overrides of a preset, with its name filled in (``source``: where the name
+    came from, for the error)."""
     if name not in _PRESETS:
         raise ConfigError(
-            f"invalid {PRESET_ENV}: preset {name!r} does not exist (allowed: {', '.join(PRESETS)})"
+            f"invalid {source}: preset {name!r} does not exist (allowed: {', '.join(PRESETS)})"
         )
     return {"preset": name, **copy.deepcopy(_PRESETS[name])}
 
@@ -398,7 +406,13 @@ def load_config(
             raise ConfigError(f"invalid {source}: the file must hold a mapping of fields")
         file_data = loaded
     name = preset or file_data.get("preset") or os.environ.get(PRESET_ENV) or DEFAULT_PRESET
-    data = _merge(preset_dict(str(name)), file_data)
+    if preset:
+        named_by = "preset"
+    elif file_data.get("preset"):
+        named_by = f"{source}: field preset"
+    else:
+        named_by = PRESET_ENV
+    data = _merge(preset_dict(str(name), source=named_by), file_data)
     if overrides:
         data = _merge(data, overrides)
     data["preset"] = name

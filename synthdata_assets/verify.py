@@ -93,6 +93,8 @@ MAX_ANSWER_CHARS = 500
 _FALLBACK_EXTRACT_CHARS = 3_000
 # Fraction(str) goes through int(), which refuses > 4300 digits; real answers are far shorter.
 _MAX_NUMBER_CHARS = 100
+_MAX_EXPONENT = 1000
+_EXPONENT = re.compile(r"[eE]([+-]?\d+)$")
 # Whole seconds because math_verify feeds it to signal.alarm; below ANSWER_TIMEOUT_S so that a
 # slow sympy call normally ends with a clean "not equal" instead of a helper kill.
 _SOFT_TIMEOUT_S = 2
@@ -134,7 +136,7 @@ def _as_text(value: object) -> str | None:
 
 _NUMBER_TOKEN = re.compile(
     r"(?<![\d.])(?P<neg>(?<![\w)\]])[-−])?(?:\\?\$\s?)?(?P<neg2>-)?"
-    r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?P<num>(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+(?![\d.]))?)"
 )
 _DIGIT = re.compile(r"\d")
 _INTEGER = re.compile(r"\s*-?\d+\s*")
@@ -150,6 +152,9 @@ def _clean_number(match: re.Match[str]) -> str:
 def _fraction(text: str) -> Fraction | None:
     if len(text) > _MAX_NUMBER_CHARS:
         return None
+    exponent = _EXPONENT.search(text)
+    if exponent and abs(int(exponent[1])) > _MAX_EXPONENT:
+        return None  # 1e99999999 would build a hundred-million-digit integer
     try:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
@@ -170,7 +175,7 @@ def _numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
 
 # Plain rationals after _normalize_latex: 12, -0.5, .5, 3/4, \frac{3}{4}, \frac34, -\frac{1}{2}.
 _RATIONAL = re.compile(
-    r"(?P<neg>-)?(?:(?P<dec>\d+(?:\.\d+)?|\.\d+)|(?P<n1>\d+)/(?P<d1>\d+)"
+    r"(?P<neg>-)?(?:(?P<dec>(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?)|(?P<n1>\d+)/(?P<d1>\d+)"
     r"|\\frac\{(?P<n2>-?\d+)\}\{(?P<d2>-?\d+)\}|\\frac(?P<n3>\d)(?P<d3>\d))"
 )
 
@@ -183,7 +188,7 @@ def _rational(text: str) -> tuple[Fraction, bool] | None:
     if m is None:
         return None
     if m["dec"] is not None:
-        value, is_decimal = _fraction(m["dec"]), "." in m["dec"]
+        value, is_decimal = _fraction(m["dec"]), "." in m["dec"] or "e" in m["dec"].lower()
     else:
         num, den = m["n1"] or m["n2"] or m["n3"], m["d1"] or m["d2"] or m["d3"]
         value, is_decimal = _fraction(f"{num}/{den}"), False

@@ -28,6 +28,7 @@ from training.checkpoint import (
     load_checkpoint,
     load_model_reference,
     read_meta,
+    remove_partial_checkpoints,
     save_checkpoint,
 )
 from training.config import ModelConfig, TrainingConfig
@@ -422,6 +423,24 @@ def test_checkpoint_overwrite_and_crash(
     save_checkpoint(model, tokenizer, folder, {"version": 2})
     assert read_meta(folder) == {"version": 2}
     assert sorted(p.name for p in folder.parent.iterdir()) == ["rft"]
+
+
+def test_checkpoint_files_get_the_usual_permissions(saved) -> None:
+    _, folder = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        p.name: 0o666 & ~umask for p in folder.iterdir()
+    }
+
+
+def test_leftover_partial_checkpoints_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "sft" / "data_size=32" / ".seed=0.partial-123-abc").mkdir(parents=True)
+    (tmp_path / "base" / ".base.old-9-x").mkdir(parents=True)
+    (tmp_path / "sft" / "data_size=32" / "seed=1").mkdir()
+    removed = remove_partial_checkpoints(tmp_path)
+    assert sorted(p.name for p in removed) == [".base.old-9-x", ".seed=0.partial-123-abc"]
+    assert (tmp_path / "sft" / "data_size=32" / "seed=1").is_dir()
 
 
 def test_load_model_reference(saved, tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ def save_checkpoint(
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         (partial / META_FILE).write_text(meta_text + "\n")
+        _readable_as_usual(partial)
         if final.exists():
             old = final.parent / f".{final.name}.old-{tag}"
             final.rename(old)
@@ -74,6 +75,30 @@ def save_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return final
+
+
+def _readable_as_usual(folder: Path) -> None:
+    """Give every file the permissions a new file gets (0666 less the umask): the weights'
+    writer creates its file owner-only (0600), which other users of a shared warehouse (a
+    vLLM server, a colleague) could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def remove_partial_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.NAME.partial-*`` and ``.NAME.old-*`` folders that killed writers left
+    under ``root``. Only safe while no checkpoint is being written there (the warehouse lock
+    is held). Returns what it removed."""
+    removed = []
+    for pattern in (".*.partial-*", ".*.old-*"):
+        for path in Path(root).rglob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
