@@ -222,16 +222,34 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from synthdata_assets.orchestrate import Interrupted, serve, stop_on_sigterm
     from synthdata_assets.preflight import usable_warehouse
+    from warehouse.lock import WarehouseLock
 
+    stop_on_sigterm()
     load_config()  # fail here, with the field named, rather than inside the UI
     warehouse = usable_warehouse()
+    # Create or migrate the instance's storage while no synthdata run can be doing the same.
+    with WarehouseLock(warehouse.root).acquire(wait=True):
+        _open_instance()
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml")]
     cmd += ["-h", args.host, "-p", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port} (instance: {warehouse.dagster_home})")
-    os.chdir(REPO_ROOT)
-    os.execv(sys.executable, cmd)
-    return 0
+    try:
+        return serve(cmd, cwd=REPO_ROOT)
+    except Interrupted as exc:
+        print(f"\nsynthdata ui: stopped ({exc})", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("\nsynthdata ui: stopped", file=sys.stderr)
+        return 130
+
+
+def _open_instance() -> None:
+    import dagster as dg
+
+    with dg.DagsterInstance.get():
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,8 @@
 Every run goes through ``dagster asset materialize`` against the code location in
 ``workspace.yaml``, so the runs, their logs and the materialized partitions show in
 ``dagster dev -w workspace.yaml`` afterwards, exactly as if they had been launched there.
-Dagster's own event log is long; it goes to a file per run under ``reports/logs``. The
+Dagster's own event log is long; it goes to a file per run under ``reports/logs`` (the one
+before it of the same selection and partition to ``reports/logs/previous``). The
 terminal gets the stages' own ``INFO`` messages: their progress as one bar per stage, their
 other lines as they are (:class:`synthdata_assets.terminal.StageDisplay`), a line when a step
 waits for a concurrency pool, one line per finished run, and the log's tail when a run fails.
@@ -23,6 +24,7 @@ caller holds the warehouse lock, since every run launched under it is then gone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -102,6 +104,10 @@ def materialize(
     logs = warehouse.reports / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / _log_name(selection, partition)
+    if log.exists():
+        # The last log of the same run stays readable (a killed run's log says why it died).
+        (logs / "previous").mkdir(exist_ok=True)
+        log.replace(logs / "previous" / log.name)
     cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", CODE_MODULE]
     cmd += ["--select", selection]
     if partition:
@@ -178,18 +184,41 @@ def _stop(proc: subprocess.Popen, warehouse: Warehouse, run_id: str | None) -> N
     a run): SIGINT, then its whole process group after the grace time."""
     if run_id is not None:
         _set_cancelled(warehouse, run_id, finished=False)
+    _stop_group(proc)
+    if run_id is not None:
+        _set_cancelled(warehouse, run_id, finished=True)
+
+
+def serve(cmd: list[str], *, cwd: Path) -> int:
+    """Run a long-lived Dagster process (``dagster dev``) in its own process group until it
+    ends or this process is interrupted; then stop the whole group as :func:`materialize`
+    stops a run (``dagster dev`` ignores ``SIGTERM``, and its webserver, daemon and code
+    servers outlive a lone signal to their parent)."""
+    with subprocess.Popen(
+        cmd, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent
+    ) as proc:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            _stop_group(proc)
+            raise
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGINT to the process group, then SIGKILL after :data:`STOP_GRACE_S` seconds."""
     for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            break
+            return
         try:
             proc.wait(timeout=grace)
-            break
         except subprocess.TimeoutExpired:
             continue
-    if run_id is not None:
-        _set_cancelled(warehouse, run_id, finished=True)
+        # The leader is gone; anything left in its group goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
 
 
 def _runs_file(warehouse: Warehouse) -> Path:

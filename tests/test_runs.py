@@ -198,3 +198,53 @@ def test_a_changed_setting_and_an_interruption_leave_no_mixed_partition(
     assert "~ [32|0]: recomputing sft_model, policy_samples" in rerun.stdout
     for key in ("32|0", "64|0"):
         assert settings(key) == dict.fromkeys((*SETUP_STAGES, *PARTITION_STAGES), True)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_ui_and_all_its_processes(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "home"
+    ui = subprocess.Popen(
+        [str(SYNTHDATA), "ui", "--port", str(port)],
+        env=_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert time.monotonic() < deadline, "the UI never answered"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        (dev,) = _children(ui.pid)
+        assert len(_group_members(dev)) > 1  # the webserver, the daemon, code servers
+        ui.send_signal(signal.SIGTERM)
+        _, err = ui.communicate(timeout=30)
+        assert ui.returncode == 143 and "Traceback" not in err
+        deadline = time.monotonic() + 10
+        while _group_members(dev) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group_members(dev) == []
+    finally:
+        ui.kill()

@@ -80,7 +80,7 @@ class WarehouseLock:
         )
 
     def __enter__(self) -> WarehouseLock:
-        return self.acquire()
+        return self if self.fd is not None else self.acquire()
 
     def __exit__(self, *_exc) -> None:
         self.release()
