@@ -222,7 +222,7 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from synthdata_assets.orchestrate import Interrupted, serve, stop_on_sigterm
+    from synthdata_assets.orchestrate import Interrupted, open_instance, serve, stop_on_sigterm
     from synthdata_assets.preflight import usable_warehouse
     from warehouse.lock import WarehouseLock
 
@@ -231,7 +231,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     warehouse = usable_warehouse()
     # Create or migrate the instance's storage while no synthdata run can be doing the same.
     with WarehouseLock(warehouse.root).acquire(wait=True):
-        _open_instance()
+        open_instance()
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml")]
     cmd += ["-h", args.host, "-p", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port} (instance: {warehouse.dagster_home})")
@@ -243,13 +243,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nsynthdata ui: stopped", file=sys.stderr)
         return 130
-
-
-def _open_instance() -> None:
-    import dagster as dg
-
-    with dg.DagsterInstance.get():
-        pass
 
 
 def build_parser() -> argparse.ArgumentParser:

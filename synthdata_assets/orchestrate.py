@@ -38,10 +38,11 @@ from pathlib import Path
 
 from synthdata_assets.terminal import StageDisplay
 from warehouse import Warehouse
+from warehouse.lock import LOCK_FD_ENV
 
 CODE_MODULE = "synthdata_assets.definitions"
 RUNS_FILE = "synthdata_runs.jsonl"
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 5.0
 # "<time> - dagster - <LEVEL> - <job> - <run id> - ...": a line of a run's event log.
 _RUN_ID = re.compile(r" - dagster - [A-Z]+ - [^ ]+ - (?P<run>[0-9a-f-]{36}) - ")
 # "<time> - dagster - INFO - <job> - <run id> - <step> - <message>": a stage's own log line.
@@ -125,7 +126,7 @@ def materialize(
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
+            env=os.environ | ({} if lock_fd is None else {LOCK_FD_ENV: str(lock_fd)}),
             text=True,
             errors="replace",
             start_new_session=True,
@@ -219,6 +220,14 @@ def _stop_group(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         return
+
+
+def open_instance() -> None:
+    """Open the active warehouse's Dagster instance once: creates or migrates its storage."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get():
+        pass
 
 
 def _runs_file(warehouse: Warehouse) -> Path:

@@ -56,10 +56,11 @@ def _env(home: Path) -> dict[str, str]:
     }
 
 
-def _start(home: Path) -> subprocess.Popen:
+def _start(home: Path, config: Path | None = None) -> subprocess.Popen:
+    env = _env(home) | ({"SYNTHDATA_CONFIG": str(config)} if config else {})
     return subprocess.Popen(
         [str(SYNTHDATA), "run"],
-        env=_env(home),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -108,7 +109,10 @@ def _row_counts(home: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_a_second_run_refuses_and_sigterm_stops_the_first(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    first = _start(home)
+    # Long enough a training that the signal lands inside a stage, not after the run.
+    config = tmp_path / "long.yaml"
+    config.write_text("preset: tiny\ntraining:\n  epochs: 100\n")
+    first = _start(home, config)
     try:
         deadline = time.monotonic() + 60
         while (WarehouseLock(home).holder() or {}).get("pid") != first.pid:
@@ -116,16 +120,17 @@ def test_a_second_run_refuses_and_sigterm_stops_the_first(tmp_path: Path) -> Non
             time.sleep(0.1)
         second = subprocess.run(
             [str(SYNTHDATA), "run"], env=_env(home), capture_output=True, text=True, timeout=120
-        )
+        )  # the first run's config or another: the warehouse is in use either way
         assert second.returncode == 2
         assert f"in use by process {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr
         _wait_for_stage(home, "sft_model")
         children = _children(first.pid)
         assert children, "the run's materialize process should be running"
+        time.sleep(1)
         first.send_signal(signal.SIGTERM)
-        _, err = first.communicate(timeout=30)
         deadline = time.monotonic() + 10
+        _, err = first.communicate(timeout=30)
         while any(_alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(_alive(c) for c in children)
@@ -248,3 +253,26 @@ def test_sigterm_stops_the_ui_and_all_its_processes(tmp_path: Path) -> None:
         assert _group_members(dev) == []
     finally:
         ui.kill()
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_give_one_refusal(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    runs = [_start(home), _start(home)]
+    try:
+        deadline = time.monotonic() + 120
+        while all(run.poll() is None for run in runs):
+            assert time.monotonic() < deadline, "neither run refused"
+            time.sleep(0.2)
+        (refused,) = [run for run in runs if run.poll() is not None]
+        (going,) = [run for run in runs if run is not refused]
+        _, err = refused.communicate()
+        assert refused.returncode == 2 and f"in use by process {going.pid}" in err
+        assert "Traceback" not in err
+        assert going.wait(timeout=600) == 0  # and it finishes, alone
+        with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+            partitions = [run.tags.get("dagster/partition") for run in instance.get_runs()]
+        assert sorted(filter(None, partitions)) == ["32|0", "64|0"]  # nothing computed twice
+    finally:
+        for run in runs:
+            run.kill()

@@ -15,6 +15,9 @@ polars 2.x), so paths may be local or any fsspec URL. On top of the base class i
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -22,6 +25,7 @@ import polars as pl
 from upath import UPath
 
 from warehouse.layout import hive_path
+from warehouse.lock import LOCK_FD_ENV, WarehouseBusy, WarehouseLock
 from warehouse.parquet import read_parquet, write_parquet_atomic
 
 PARTITION_COLUMNS = ("data_size", "seed")
@@ -94,11 +98,31 @@ class PolarsParquetIOManager(dg.UPathIOManager):
 
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):
     """Binds :class:`PolarsParquetIOManager` to a warehouse's ``tables`` folder and the
-    study's settings fingerprints."""
+    study's settings fingerprints. With ``lock_root``, a run holds that warehouse's lock while
+    it executes (:mod:`warehouse.lock`), unless the ``synthdata run`` that launched it holds
+    it for the run: so runs launched from the UI or by the daemon obey the one-writer rule
+    too, and fail at once, naming the holder, while another run writes the warehouse."""
 
     base_path: str
     fingerprints: dict[str, str] = {}
     fingerprint_key: str = "settings"
+    lock_root: str = ""
+
+    @contextlib.contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext):
+        if not self.lock_root or os.environ.get(LOCK_FD_ENV):
+            with super().yield_for_execution(context) as manager:
+                yield manager
+            return
+        try:
+            lock = WarehouseLock(Path(self.lock_root)).acquire()
+        except WarehouseBusy as exc:
+            raise dg.Failure(description=str(exc)) from None
+        try:
+            with super().yield_for_execution(context) as manager:
+                yield manager
+        finally:
+            lock.release()
 
     def create_io_manager(self, context: dg.InitResourceContext) -> PolarsParquetIOManager:
         return PolarsParquetIOManager(

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOCK_FILE = ".lock"
+# Set in the environment of the runs a lock holder launches: they hold the lock through it.
+LOCK_FD_ENV = "SYNTHDATA_LOCK_FD"
 
 
 class WarehouseBusy(RuntimeError):

@@ -68,6 +68,7 @@ def study_resources(config: ExperimentConfig, warehouse: Warehouse) -> dict[str,
             base_path=str(warehouse.tables),
             fingerprints=study.stage_fingerprints(config),
             fingerprint_key=study.FINGERPRINT_KEY,
+            lock_root=str(warehouse.root),
         ),
         "generator": GeneratorResource(
             backend=config.sampling.backend,
