@@ -276,3 +276,31 @@ def test_two_runs_started_together_give_one_refusal(tmp_path: Path) -> None:
     finally:
         for run in runs:
             run.kill()
+
+
+def test_a_run_not_launched_by_the_holder_fails_naming_it(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a backfill from the UI or the daemon meets while a synthdata run writes."""
+    from synthdata_assets.config import load_config
+    from synthdata_assets.defs import build_definitions
+
+    monkeypatch.delenv("SYNTHDATA_LOCK_FD", raising=False)
+    defs = build_definitions(load_config("tiny"), warehouse)
+
+    def materialize_problems() -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            list(defs.assets or []),
+            selection=["problems"],
+            resources=defs.resources,
+            instance=dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+
+    with WarehouseLock(warehouse.root):
+        refused = materialize_problems()
+    assert not refused.success
+    failures = [str(e.event_specific_data) for e in refused.all_events if e.is_failure]
+    assert any(f"in use by process {os.getpid()}" in text for text in failures)
+    assert not warehouse.table_file("problems").exists()
+    assert materialize_problems().success  # once the holder is gone
