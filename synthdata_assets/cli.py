@@ -15,6 +15,7 @@ file named by ``SYNTHDATA_CONFIG``, and the warehouse root from ``SYNTHDATA_HOME
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -224,13 +225,14 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
 def cmd_ui(args: argparse.Namespace) -> int:
     from synthdata_assets.orchestrate import Interrupted, open_instance, serve, stop_on_sigterm
     from synthdata_assets.preflight import usable_warehouse
-    from warehouse.lock import WarehouseLock
+    from warehouse.lock import WarehouseBusy, WarehouseLock
 
     stop_on_sigterm()
     load_config()  # fail here, with the field named, rather than inside the UI
     warehouse = usable_warehouse()
-    # Create or migrate the instance's storage while no synthdata run can be doing the same.
-    with WarehouseLock(warehouse.root).acquire(wait=True):
+    # Create or migrate the instance's storage while no synthdata run can be doing the same;
+    # a run that holds the warehouse has done it already, and the UI can watch it.
+    with contextlib.suppress(WarehouseBusy), WarehouseLock(warehouse.root):
         open_instance()
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml")]
     cmd += ["-h", args.host, "-p", str(args.port)]
