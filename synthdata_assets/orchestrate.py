@@ -15,8 +15,8 @@ A run is a child process in its own process group, which inherits the warehouse 
 (:class:`warehouse.lock.WarehouseLock`) when the caller holds it. When the launcher is
 interrupted (Ctrl-C, ``SIGTERM``: :class:`Interrupted`), it sends the run ``SIGINT``, waits
 :data:`STOP_GRACE_S` seconds, then kills its process group, and records the run as
-cancelled; when the launcher dies without a chance to do so (``kill -9``), the kernel sends
-the run ``SIGTERM`` (``PR_SET_PDEATHSIG``). The id of every run launched is appended to
+cancelled; when the launcher dies without a chance to do so (``kill -9``), the kernel kills
+the run (``PR_SET_PDEATHSIG``). The id of every run launched is appended to
 ``dagster/synthdata_runs.jsonl``; :func:`recover_dead_runs` marks those of them that never
 finished as failed and frees the concurrency slots they held, which is safe whenever the
 caller holds the warehouse lock, since every run launched under it is then gone.
@@ -82,10 +82,12 @@ def stop_on_sigterm() -> None:
 
 
 def _die_with_parent() -> None:
-    """In the child, before it runs: ``SIGTERM`` when the launcher dies (Linux)."""
+    """In the child, before it runs: ``SIGKILL`` when the launcher dies (Linux). Not a
+    gentler signal: Dagster defers ``SIGINT``/``SIGTERM`` while its own code runs (a step
+    waiting for a pool slot waits on), and what a run writes is atomic anyway."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # not Linux: the launcher's own handlers are all there is
 

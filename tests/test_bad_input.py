@@ -144,3 +144,21 @@ def test_a_step_waiting_for_the_pool_says_so(tmp_path: Path) -> None:
     with pytest.raises(subprocess.TimeoutExpired) as waited:
         _synthdata("run", env=env, timeout=45)
     assert "waiting for a slot of pool accelerator" in (waited.value.stdout or b"").decode()
+    # The launcher was killed (SIGKILL, by the timeout): its waiting run must not outlive it.
+    deadline = time.monotonic() + 10
+    while _processes_of(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_of(home) == []
+
+
+def _processes_of(home: Path) -> list[int]:
+    """Processes whose environment names ``home`` as SYNTHDATA_HOME."""
+    found = []
+    needle = f"SYNTHDATA_HOME={home}".encode() + b"\0"
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes() + b"\0":
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
