@@ -136,7 +136,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from synthdata_assets.orchestrate import Interrupted, recover_dead_runs, stop_on_sigterm
+    from synthdata_assets.orchestrate import recover_dead_runs, stop_on_sigterm
     from synthdata_assets.preflight import check_data, usable_warehouse
     from training.checkpoint import remove_partial_checkpoints
     from warehouse.lock import WarehouseBusy, WarehouseLock
@@ -158,12 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for leftover in remove_partial_checkpoints(warehouse.checkpoints):
             print(f"removed {leftover}, a checkpoint a killed run left half-written")
         return _run_study(config, warehouse, args.force, lock.fd)
-    except Interrupted as exc:
-        print(f"\nsynthdata run: stopped ({exc}); the next run resumes", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("\nsynthdata run: stopped (Ctrl-C); the next run resumes", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped("run", exc, "; the next run resumes")
     finally:
         lock.release()
 
@@ -223,7 +219,7 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from synthdata_assets.orchestrate import Interrupted, open_instance, serve, stop_on_sigterm
+    from synthdata_assets.orchestrate import open_instance, serve, stop_on_sigterm
     from synthdata_assets.preflight import usable_warehouse
     from warehouse.lock import WarehouseBusy, WarehouseLock
 
@@ -239,12 +235,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"Dagster UI on http://{args.host}:{args.port} (instance: {warehouse.dagster_home})")
     try:
         return serve(cmd, cwd=REPO_ROOT)
-    except Interrupted as exc:
-        print(f"\nsynthdata ui: stopped ({exc})", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("\nsynthdata ui: stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped("ui", exc)
+
+
+def _stopped(command: str, exc: KeyboardInterrupt, after: str = "") -> int:
+    """Say how ``synthdata COMMAND`` was stopped (SIGTERM: 143, Ctrl-C: 130), no traceback."""
+    from synthdata_assets.orchestrate import Interrupted
+
+    by_signal = isinstance(exc, Interrupted)
+    print(
+        f"\nsynthdata {command}: stopped ({exc if by_signal else 'Ctrl-C'}){after}", file=sys.stderr
+    )
+    return 143 if by_signal else 130
 
 
 def build_parser() -> argparse.ArgumentParser:
