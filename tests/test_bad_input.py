@@ -127,8 +127,15 @@ def test_ctrl_c_stops_a_run_without_a_traceback(tmp_path: Path) -> None:
     while not list((home / "reports" / "logs").glob("*.log")):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    # A Ctrl-C that lands while Dagster's own code captures interrupts (opening the instance)
+    # can be swallowed; press it again, as a user would (noted on issue 14).
+    for _ in range(6):
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
     assert proc.returncode == 130 and "Traceback" not in err and "Ctrl-C" in err
 
 
