@@ -7,7 +7,7 @@ A rolled-out sample (a negative of ``policy_samples``, at most
 ``credit.rollout_positives`` is set) with ``L`` steps has prefixes ``0..L-1`` to roll out
 (prefix ``L`` is the finished sample, whose value is its grade). The prompt of prefix ``i`` is
 the problem's prompt followed by the sample's first ``i`` steps, which end with a newline, so
-a rollout starts on a fresh line. Each completion is graded as ``prefix + completion``.
+a rollout starts on a fresh line.
 
 Every prompt of a partition goes to the generator in ONE call, which batches across samples
 and prefixes (the transformers generator keeps ``sampling.batch_size`` prompts x M samples in
@@ -15,16 +15,38 @@ flight, refilling finished places, and prefills the prefixes of one sample once)
 prompts are generated once: prefix 0 is the same for every negative of a problem, and so is
 any shared opening step.
 
+Grading
+-------
+A rollout is graded on its completion alone: the answer must come from what the rollout
+wrote. Graded as ``prefix + completion``, an answer in the prefix would count whenever the
+completion has none (a rollout cut at ``max_new_tokens``, or one that stops at once), and
+the ``gsm8k`` and ``math`` extractors fall back to the last number or expression anywhere in
+the text, which the prefix's working almost always has. Q of prefix ``i`` is therefore the
+chance that the policy, continuing from the sample's first ``i`` steps, writes a correct
+answer itself. The full prefix ``L`` is never rolled out: nothing remains to be written, so
+its value is the sample's own grade (``terminal`` in :mod:`synthdata_assets.advantages`),
+which also grades only what the policy wrote (the whole sample, from prefix 0). A sample that
+wrote an answer line before its last step and went on is the one case where the two differ:
+its prefixes after that line are worth only what a rollout adds.
+
+Seeds
+-----
+Every engine draws sample ``j`` of a prompt from a stream seeded by (seed, prompt, j), and
+prefix 0's prompt IS the prompt of the policy samples. Seeded with the partition seed,
+rollout ``j`` of prefix 0 would replay policy sample ``j`` token for token (at the same
+temperature), so Q of prefix 0 would not be independent of the samples it scores. Rollouts
+are therefore seeded with :func:`rollout_seed` of the partition seed, a stream of their own.
+
 Reuse
 -----
 A rollout is identified by ``rollout_key`` (a digest of the checkpoint's identity, the prompt
-text, temperature, top-p, max_new_tokens and the seed) and ``rollout_idx``. Both backends
-draw sample ``j`` of a prompt from a stream seeded by (seed, prompt, j), so a rollout with the
-same key and index is the same completion whether it is generated now or was generated
-before. ``step_rollouts`` therefore reads its previous file for the partition and generates
-only the (key, index) pairs it lacks: re-estimating Q with another policy, K or pit rule
-generates nothing, and raising M generates only the new indices. The checkpoint's identity is
-the Dagster run that wrote it, so retraining pi_sft invalidates every rollout.
+text, temperature, top-p, max_new_tokens and the rollout seed) and ``rollout_idx``. Since
+sample ``j`` of a prompt depends only on (seed, prompt, j), a rollout with the same key and
+index is the same completion whether it is generated now or was generated before.
+``step_rollouts`` therefore reads its previous file for the partition and generates only the
+(key, index) pairs it lacks: re-estimating Q with another policy, K or pit rule generates
+nothing, and raising M generates only the new indices. The checkpoint's identity is the
+Dagster run that wrote it, so retraining pi_sft invalidates every rollout.
 
 Early stop (``credit.early_stop``)
 ----------------------------------
@@ -93,7 +115,6 @@ class Request(NamedTuple):
     sample_id: str
     problem_id: str
     step_idx: int
-    prefix_text: str
     prompt: str
     key: str
 
@@ -140,14 +161,23 @@ def rollout_backend(chosen: str, sampling_backend: str) -> str:
     return sampling_backend
 
 
+def rollout_seed(seed: int) -> int:
+    """The seed of a partition's rollouts: 31 bits of SHA-256 of ``("rollouts", seed)``, a
+    stream apart from the policy samples' (seeded with ``seed`` itself; see "Seeds" in the
+    module docstring)."""
+    digest = hashlib.sha256(f"rollouts\x1f{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
 def rollout_params(credit: CreditConfig, sampling: SamplingConfig, seed: int) -> SamplingParams:
-    """M completions per prefix at the rollout temperature (default: sampling's)."""
+    """M completions per prefix at the rollout temperature (default: sampling's), seeded with
+    :func:`rollout_seed` of the partition ``seed``."""
     temperature = credit.rollout_temperature
     return sampling_params(
         sampling,
         n=credit.rollouts_per_prefix,
         temperature=sampling.temperature if temperature is None else temperature,
-        seed=seed,
+        seed=rollout_seed(seed),
     )
 
 
@@ -169,7 +199,7 @@ def rollout_requests(
             text = prefix(steps, i)
             prompt = head + text
             key = rollout_key(checkpoint_id, prompt, params)
-            requests.append(Request(sid, pid, i, text, prompt, key))
+            requests.append(Request(sid, pid, i, prompt, key))
     return requests
 
 
@@ -219,10 +249,10 @@ class _Rollouts:
             [r.prompt for r in todo], self.params, progress=self.progress
         )
         self.stats["seconds"] += time.perf_counter() - start
-        # A rollout continues its prefix: it is graded as prefix + completion.
+        # Graded on the completion alone: the answer must be the rollout's own ("Grading").
         texts, golds = [], []
         for request, outs in zip(todo, completions, strict=True):
-            texts += [request.prefix_text + c.text for c in outs]
+            texts += [c.text for c in outs]
             golds += [self.answers[request.problem_id]] * len(outs)
         grades = iter(grade_many(texts, golds, self.answer_format))
         for request, outs in zip(todo, completions, strict=True):

@@ -1,12 +1,14 @@
-"""Step rollouts with a fake policy whose successes are known: early stop at the first pit."""
+"""Step rollouts: early stop at the first pit (a fake policy whose successes are known),
+grading on the completion alone, and rollout seeds apart from the policy samples'."""
 
 from __future__ import annotations
 
 import polars as pl
 import pytest
 
-from synthdata_assets import advantages, rollouts
+from synthdata_assets import advantages, rollouts, samples
 from synthdata_assets.config import load_config
+from training.config import ModelConfig
 from training.generation import Completion, SamplingParams
 from training.prompts import format_prompt
 
@@ -149,3 +151,145 @@ def test_the_rollout_generator_uses_credit_rollout_backend(monkeypatch) -> None:
     with pytest.raises(AttributeError):
         lazy.generate(["p"], SamplingParams())
     assert built == ["vllm"]
+
+
+class ScriptedPolicy:
+    """Completes every prompt with the same text."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def generate(self, prompts, params: SamplingParams, progress=None) -> list[list[Completion]]:
+        return [[Completion(self.text, 3, "stop")] * params.n for _ in prompts]
+
+
+def _roll_with(policy, solutions: dict[str, tuple[str, bool]], credit: dict):
+    config = load_config("tiny", overrides={"credit": {"rollout_policy": "pi_sft", **credit}})
+    problems, _ = _inputs()
+    table = pl.DataFrame(
+        {
+            "sample_id": list(solutions),
+            "problem_id": ["p1"] * len(solutions),
+            "solution": [text for text, _ in solutions.values()],
+            "is_correct": [ok for _, ok in solutions.values()],
+        }
+    )
+    rolled, _ = rollouts.generate_rollouts(
+        policy,
+        config.credit,
+        rollouts.rollout_params(config.credit, config.sampling, seed=0),
+        step_rule="lines",
+        answer_format=config.answer_format,
+        checkpoint_id="ckpt@run",
+        samples=table,
+        problems=problems,
+        previous=None,
+        log=lambda _message: None,
+    )
+    return config, table, rolled
+
+
+def test_a_rollout_is_graded_on_its_completion_alone() -> None:
+    # The negative states the right answer (5), then overrides it with a wrong one (0).
+    negative = "The answer is 5.\nThe answer is 0.\n"
+    # A rollout that writes no answer of its own is wrong, even after the right answer line.
+    _, _, rolled = _roll_with(ScriptedPolicy("Done."), {"neg": (negative, False)}, {})
+    at_1 = rolled.filter(pl.col("step_idx") == 1)
+    assert at_1.height > 0 and not at_1["is_correct"].any()
+    assert at_1["final_answer"].to_list() == [None] * at_1.height
+    # A rollout that writes the right answer is right, from any prefix.
+    _, _, rolled = _roll_with(ScriptedPolicy("The answer is 5."), {"neg": (negative, False)}, {})
+    assert rolled["is_correct"].all()
+
+
+def test_the_full_prefix_is_valued_by_the_samples_own_grade() -> None:
+    """Prefix L is never rolled out: Q_L is the sample's grade, whatever the rollouts do."""
+    positive = "Bob has 3 + 2 = 5 pens.\nThe answer is 5.\n"
+    config, table, rolled = _roll_with(
+        ScriptedPolicy(""),  # every rollout stops at once: no answer, graded wrong
+        {"neg": ("Bob has 3 + 2 = 6 pens.\nThe answer is 6.\n", False), "pos": (positive, True)},
+        {"rollout_positives": True},
+    )
+    assert sorted(rolled["step_idx"].unique().to_list()) == [0, 1]  # prefixes 0..L-1 only
+    assert not rolled["is_correct"].any()
+    adv = advantages.from_rollouts(config.credit, "lines", table, rolled)
+    last = dict(adv.filter(pl.col("step_idx") == 2).select("sample_id", "q_value").iter_rows())
+    assert last == {"neg": 0.0, "pos": 1.0}
+
+
+def test_rollout_seeds_are_apart_from_the_policy_sample_seeds() -> None:
+    seeds = [rollouts.rollout_seed(s) for s in range(200)]
+    assert all(r != s for s, r in enumerate(seeds)) and len(set(seeds)) == len(seeds)
+    assert all(0 <= r < 2**31 for r in seeds)
+    config = load_config("tiny")
+    assert rollouts.rollout_params(config.credit, config.sampling, seed=7).seed == seeds[7]
+
+
+def test_rollouts_of_prefix_0_do_not_replay_the_policy_samples() -> None:
+    """With a real (random, tiny) model: both draw sample j of a prompt from (seed, prompt,
+    j), and prefix 0's prompt is the policy samples' prompt."""
+    import torch
+
+    from training.generation.transformers_engine import TransformersGenerator
+    from training.model import build_tiny_llama
+    from training.tokenizer import build_tokenizer
+
+    config = load_config(
+        "tiny",
+        overrides={
+            "sampling": {"max_new_tokens": 6, "temperature": 1.0},
+            "credit": {
+                "rollout_policy": "pi_sft",
+                "rollouts_per_prefix": 2,
+                "max_negatives_per_problem": 2,
+            },
+        },
+    )
+    problems, _ = _inputs()
+    tokenizer = build_tokenizer(
+        [format_prompt(q) + "The answer is 5.\n" for q, _ in QUESTIONS.values()]
+    )
+    tiny = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = TransformersGenerator(build_tiny_llama(tiny, tokenizer, seed=0), tokenizer)
+        seed, n = 3, config.credit.rollouts_per_prefix
+        policy = samples.sampling_params(
+            config.sampling, n=n, temperature=config.sampling.temperature, seed=seed
+        )
+        drawn = samples.sample_solutions(
+            generator, problems, policy, id_prefix="policy", answer_format=config.answer_format
+        ).with_columns(pl.lit(False).alias("is_correct"))  # all negatives: all rolled out
+        # The hazard is real: the policy's own parameters would replay its samples.
+        again = samples.sample_solutions(
+            generator, problems, policy, id_prefix="policy", answer_format=config.answer_format
+        )
+        assert again["solution"].to_list() == drawn["solution"].to_list()
+        params = rollouts.rollout_params(config.credit, config.sampling, seed)
+        assert (params.n, params.temperature) == (policy.n, policy.temperature)
+        rolled, _ = rollouts.generate_rollouts(
+            generator,
+            config.credit,
+            params,
+            step_rule="lines",
+            answer_format=config.answer_format,
+            checkpoint_id="ckpt@run",
+            samples=drawn,
+            problems=problems,
+            previous=None,
+            log=lambda _message: None,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    prefix_0 = rolled.filter(pl.col("step_idx") == 0).unique(["problem_id", "rollout_idx"])
+    rollout_text = {
+        (r["problem_id"], r["rollout_idx"]): r["completion"] for r in prefix_0.iter_rows(named=True)
+    }
+    sample_text = {
+        (r["problem_id"], int(r["sample_id"].rsplit("/", 1)[1])): r["solution"]
+        for r in drawn.iter_rows(named=True)
+    }
+    shared = sorted(set(rollout_text) & set(sample_text))
+    assert shared  # prefix 0 of every problem with a non-empty sample
+    assert all(rollout_text[k] != sample_text[k] for k in shared), shared
