@@ -218,6 +218,24 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain the embedded base by the recorded recipe (the shipped one by default)."""
+    from synthdata_assets.pretrain import SHIPPED_BASE, PretrainRecipe, pretrain_base
+    from synthdata_assets.terminal import progress_logger
+
+    out = Path(args.out) if args.out else SHIPPED_BASE
+    recipe = PretrainRecipe()
+    print(f"pretraining the embedded base into {out}; recipe: {recipe.model_dump_json()}")
+    meta = pretrain_base(
+        recipe, out, log=print, progress=progress_logger(print, "updates", every_s=30)
+    )
+    print(
+        f"done in {meta['pretrain_seconds']:.0f} s: {meta['parameters']:,} parameters, "
+        f"drill accuracy {meta['drill_accuracy']:.1%}, final loss {meta['final_loss']:.3f}"
+    )
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from synthdata_assets.orchestrate import open_instance, serve, stop_on_sigterm
     from synthdata_assets.preflight import usable_warehouse
@@ -286,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved configuration as JSON")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain the embedded task's base model by the recorded recipe "
+        "(writes models/embedded-base, the folder the study ships with)",
+    )
+    p.add_argument("--out", help="write the base here instead of models/embedded-base")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("ui", help="open the Dagster UI on the warehouse's instance")
     p.add_argument("--host", default="127.0.0.1")

@@ -55,16 +55,37 @@ class ConfigError(ValueError):
 class EmbeddedTaskConfig(Section):
     """Knobs of the built-in word-problem generator (see ``tasks/embedded.py``)."""
 
-    modulus: int = Field(7, ge=3, le=997, description="Arithmetic is modulo this number.")
+    graph: Literal["chain", "dag"] = Field(
+        "chain",
+        description="chain: one unary step after another from a given quantity, with dead-end "
+        "siblings, so each step's hard part is a choice; dag: the older word problems whose "
+        "steps also add two quantities (harder, see docs/calibration.md).",
+    )
+    modulus: int = Field(
+        23, ge=3, le=997, description="Arithmetic is modulo this prime (chance is 1/modulus)."
+    )
     min_steps: int = Field(2, ge=1, le=12, description="Fewest needed steps per problem.")
     max_steps: int = Field(4, ge=1, le=12, description="Most needed steps per problem.")
-    n_distractors: int = Field(2, ge=0, le=12, description="Unneeded quantities per problem.")
+    n_distractors: int = Field(
+        2,
+        ge=0,
+        le=12,
+        description="Unneeded quantities per problem (chain: dead-end siblings of needed steps).",
+    )
     shuffle: bool = Field(
         False,
-        description="Sentences in random order (else dependency order, derived distractors "
-        "after the asked-for quantity).",
+        description="dag only: sentences in random order (else dependency order, derived "
+        "distractors after the asked-for quantity). Chain sentences are always shuffled.",
     )
-    multiply: bool = Field(False, description="Allow 'times as many' steps.")
+    multiply: bool = Field(True, description="Allow 'times as many' steps.")
+    cue_rate: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="chain only: a shortcut cue. In training problems the needed step of each "
+        "choice is stated before its dead-end siblings with this probability (after one of them "
+        "otherwise); test problems keep a plain shuffled order, where the cue is chance.",
+    )
 
     @model_validator(mode="after")
     def _steps_ordered(self) -> EmbeddedTaskConfig:
@@ -72,6 +93,8 @@ class EmbeddedTaskConfig(Section):
             raise ValueError(
                 f"max_steps ({self.max_steps}) must be at least min_steps ({self.min_steps})"
             )
+        if self.cue_rate is not None and self.graph != "chain":
+            raise ValueError("cue_rate needs graph 'chain' (its choices are sibling steps)")
         return self
 
 

@@ -21,13 +21,12 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from synthdata_assets import pretrain
 from synthdata_assets.config import ExperimentConfig, TaskConfig
-from synthdata_assets.problems import embedded_params, problem_pool
+from synthdata_assets.problems import embedded_params
 from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint, load_model_reference, save_checkpoint
 from training.config import ModelConfig, TrainingConfig
-from training.generation import SamplingParams
-from training.generation.transformers_engine import TransformersGenerator
 from training.model import build_tiny_llama, count_parameters
 from training.progress import Progress, no_progress
 from training.prompts import format_example
@@ -93,15 +92,17 @@ def build_base_model(
     model_config: ModelConfig,
     training: TrainingConfig,
     task: TaskConfig,
-    questions: Sequence[str],
     folder: Path,
     *,
     meta: dict,
     log: Log,
     progress: Progress = no_progress,
 ) -> pl.DataFrame:
-    """The base learner: a named Hugging Face folder, or tiny-llama pretrained on the task's
-    world (its tokenizer also sees ``questions``, the problem pool's)."""
+    """The base learner: the shipped ``embedded-base``, a named Hugging Face folder, or
+    tiny-llama pretrained here on the task's world (the small presets that test the
+    pipeline). No tokenizer ever sees a test question."""
+    if model_config.name == pretrain.SHIPPED_NAME:
+        return shipped_base_row(task)
     if model_config.name != "tiny-llama":
         model, _ = load_model_reference(
             model_config.name, allow_hub_download=model_config.allow_hub_download
@@ -118,9 +119,7 @@ def build_base_model(
     drill = embedded.arithmetic_drill(params, seed=seed)
     n_easy = max(model_config.pretrain_steps, 1) * EASY_PER_STEP
     easy = embedded.easy_problems(params, seed=seed, n=n_easy)
-    tokenizer = build_tokenizer(
-        [p + c for p, c in drill] + [q + "\n" + sol for q, sol in easy] + list(questions)
-    )
+    tokenizer = build_tokenizer([p + c for p, c in drill] + [q + "\n" + sol for q, sol in easy])
     model = build_tiny_llama(model_config, tokenizer, seed=task.pool_seed)
     log(f"base model: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}")
     stats, drill_accuracy = None, None
@@ -136,7 +135,7 @@ def build_base_model(
             progress=progress,
             **train,
         )
-        drill_accuracy = drill_accuracy_of(model, tokenizer, drill)
+        drill_accuracy = pretrain.drill_accuracy_of(model, tokenizer, drill)
         log(f"pretraining phase 1: arithmetic drill accuracy {drill_accuracy:.1%} (greedy)")
     if model_config.pretrain_steps > 0:
         log(f"pretraining phase 2: {len(easy)} easier problems, the drill mixed in")
@@ -156,29 +155,43 @@ def build_base_model(
     return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
 
 
+def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> pl.DataFrame:
+    """The ``checkpoints`` row of the shipped base, after checking that it was pretrained for
+    this task's world (the same modulus and operations, the chain graph)."""
+    if not (folder / "meta.json").is_file():
+        raise ValueError(f"model.name 'embedded-base': no pretrained base at {folder}")
+    recipe = pretrain.shipped_meta(folder)["recipe"]
+    knobs = task.embedded
+    wanted = {"modulus": knobs.modulus, "multiply": knobs.multiply}
+    if (
+        task.name != "embedded"
+        or knobs.graph != "chain"
+        or any(recipe[k] != v for k, v in wanted.items())
+    ):
+        raise ValueError(
+            f"model.name 'embedded-base' was pretrained for the embedded chain task with "
+            f"modulus {recipe['modulus']} and multiply {recipe['multiply']}; this task is "
+            f"{task.name} ({knobs.graph}, modulus {knobs.modulus}, multiply {knobs.multiply}). "
+            "Run `synthdata pretrain` for this world and set model.name to its folder, or use "
+            "model.name 'tiny-llama'"
+        )
+    model, _ = load_checkpoint(str(folder))
+    row = checkpoint_row("base", folder, "", None, model)
+    row["drill_accuracy"] = pretrain.shipped_meta(folder).get("drill_accuracy")
+    return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
+
+
 def build_study_base_model(config: ExperimentConfig, folder: Path, log: Log) -> pl.DataFrame:
     """The base model of a study's configuration, as the ``base_model`` asset builds it (for
     scripts and benchmarks that need one outside a run)."""
-    pool = problem_pool(config.task, max(config.data_sizes))
     return build_base_model(
         config.model,
         config.training,
         config.task,
-        pool["question"].to_list(),
         folder,
         meta={"method": "base", "preset": config.preset},
         log=log,
     )
-
-
-def drill_accuracy_of(model, tokenizer, drill: Sequence[tuple[str, str]]) -> float:
-    """Share of the arithmetic drill's facts the model completes right, greedily (results are
-    single tokens): whether the base model learned the table."""
-    outputs = TransformersGenerator(model, tokenizer, batch_size=256).generate(
-        [prompt for prompt, _ in drill], SamplingParams(max_new_tokens=1)
-    )
-    right = sum(o[0].text.strip() == c.strip() for o, (_, c) in zip(outputs, drill, strict=True))
-    return right / len(drill)
 
 
 def fine_tune(

@@ -61,12 +61,13 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL)
     def base_model(context: dg.AssetExecutionContext, problems: pl.DataFrame):
-        """The base learner: a tiny Llama pretrained on the task's world, or a named model."""
+        """The base learner: the shipped embedded base, a named model, or a tiny Llama
+        pretrained here on the task's world."""
+        del problems  # an upstream for lineage: the base is chosen for the problems' task
         row = models.build_base_model(
             config.model,
             training,
             config.task,
-            problems["question"].to_list(),
             warehouse.checkpoint_folder("base"),
             meta={"method": "base", "preset": config.preset},
             log=context.log.info,

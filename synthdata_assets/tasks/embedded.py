@@ -85,6 +85,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from synthdata_assets.steps import split_steps
+
 NAMES: tuple[str, ...] = (
     "Ann", "Bob", "Cid", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max",
     "Ned", "Oli", "Pam", "Quinn", "Ray", "Sue", "Tom", "Uma", "Vic", "Wes", "Xia", "Yul", "Zed",
@@ -100,6 +102,7 @@ ITEMS: tuple[str, ...] = (
     "cards",
 )
 
+GRAPHS = ("chain", "dag")
 _DERIVED_OPS = ("add", "sub", "mul", "sum")
 _UNARY_OPS = ("add", "sub", "mul")
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*", "sum": "+"}
@@ -121,8 +124,17 @@ class EmbeddedParams:
     n_distractors: int = 2
     shuffle: bool = True
     multiply: bool = True
+    graph: str = "dag"
+    cue_rate: float | None = None
 
     def __post_init__(self) -> None:
+        if self.graph not in GRAPHS:
+            raise ValueError(f"graph must be one of {GRAPHS}, got {self.graph!r}")
+        if self.cue_rate is not None:
+            if self.graph != "chain":
+                raise ValueError("cue_rate needs graph 'chain' (its choices are sibling steps)")
+            if not 0.0 <= self.cue_rate <= 1.0:
+                raise ValueError(f"cue_rate must be in [0, 1], got {self.cue_rate}")
         if self.modulus < 3 or not _is_prime(self.modulus):
             raise ValueError(f"modulus must be a prime >= 3, got {self.modulus}")
         if not 1 <= self.min_steps <= self.max_steps:
@@ -197,14 +209,22 @@ def generate_problems(
     for i in range(n):
         rng = _rng("problem", seed, split, i)
         n_steps = rng.randint(params.min_steps, params.max_steps)
-        spec = _build_spec(
-            rng,
-            params.modulus,
-            n_steps,
-            params.n_distractors,
-            shuffle=params.shuffle,
-            ops=_ops(params),
-        )
+        if params.graph == "chain":
+            # The cue is a property of the training distribution only: every other split
+            # keeps the plain shuffled order, where the first-listed sibling is right by chance.
+            cue = params.cue_rate if split == "train" else None
+            spec = _build_chain_spec(
+                rng, params.modulus, n_steps, params.n_distractors, ops=_ops(params), cue_rate=cue
+            )
+        else:
+            spec = _build_spec(
+                rng,
+                params.modulus,
+                n_steps,
+                params.n_distractors,
+                shuffle=params.shuffle,
+                ops=_ops(params),
+            )
         problems.append(EmbeddedProblem.from_spec(f"emb-{split}-{i:06d}", spec))
     return problems
 
@@ -271,6 +291,73 @@ def final_answer_line(answer: int | str) -> str:
     return f"The answer is {answer}."
 
 
+STEP_LABELS = ("needed", "spurious", "wrong", "answer", "wrong_answer")
+_ANSWER_LINE_RE = re.compile(r"The answer is\b")
+
+
+def step_labels(spec: str, solution: str) -> list[str]:
+    """The ground truth of each step (line) of ``solution``, from the problem's spec.
+
+    ``needed``: a step line the minimal solution has, with true values; ``spurious``: a true
+    step line about a quantity the target does not need; ``wrong``: any other line (a wrong
+    value or operand, a name not in the problem, a malformed line); ``answer`` /
+    ``wrong_answer``: an answer line with the right / a wrong number. Steps are the ``lines``
+    steps of :func:`synthdata_assets.steps.split_steps`, so index ``i`` here is step ``i + 1``
+    of ``step_advantages``.
+    """
+    world = _parse(spec)
+    true_lines = {
+        _step_line(q, world.values, world.item): q.name for q in world.quantities if q.op != "given"
+    }
+    needed = {q.name for q in world.steps}
+    right_answer = final_answer_line(world.values[world.target])
+    labels = []
+    for step in split_steps(solution, "lines"):
+        line = step.strip()
+        if _ANSWER_LINE_RE.match(line):
+            labels.append("answer" if line == right_answer else "wrong_answer")
+        elif line in true_lines:
+            labels.append("needed" if true_lines[line] in needed else "spurious")
+        else:
+            labels.append("wrong")
+    return labels
+
+
+def first_wrong_step(spec: str, solution: str) -> int | None:
+    """The 1-based index of the first ``wrong`` or ``wrong_answer`` step, or None (every step
+    is true; a solution cut off before its answer line has no wrong step)."""
+    for i, label in enumerate(step_labels(spec, solution), start=1):
+        if label in ("wrong", "wrong_answer"):
+            return i
+    return None
+
+
+def misleading_cues(spec: str) -> list[tuple[str, str]]:
+    """The choices of a chain problem where the sentence order misleads: ``(needed, listed
+    first)`` for each needed step stated after one of its dead-end siblings."""
+    world = _parse(spec)
+    by_parent: dict[str, list[str]] = {}
+    for q in world.quantities:
+        if q.op != "given":
+            by_parent.setdefault(q.args[0], []).append(q.name)
+    out = []
+    for step in world.steps:
+        group = by_parent.get(step.args[0], [])
+        if len(group) > 1:
+            first = min(group, key=world.order.index)
+            if first != step.name:
+                out.append((step.name, first))
+    return out
+
+
+def cue_followed(spec: str, solution: str) -> tuple[int, int]:
+    """``(choices where the cue misleads, how many of them the solution followed)``: it
+    follows the cue at a choice when it writes a step for the first-listed sibling."""
+    named = {step.strip().split(" ", 1)[0] for step in split_steps(solution, "lines")}
+    misleading = misleading_cues(spec)
+    return len(misleading), sum(first in named for _, first in misleading)
+
+
 def pretraining_facts(params: EmbeddedParams, *, seed: int, n: int) -> list[str]:
     """Text from the task's world for pretraining a base model, not fine-tuning data.
 
@@ -330,6 +417,14 @@ def easy_problems(
     out = []
     for i in range(n):
         rng = _rng("easy", seed, i)
+        if params.graph == "chain":
+            steps = rng.randint(1, max_steps)
+            spec = _build_chain_spec(
+                rng, params.modulus, steps, rng.randrange(2), ops=_ops(params), cue_rate=None
+            )
+            world = _parse(spec)
+            out.append((_question(world), "\n".join(_minimal_solution(world))))
+            continue
         spec = _build_spec(
             rng,
             params.modulus,
@@ -432,6 +527,49 @@ def _build_spec(
         "order": order,
         "quantities": draft.quantities,
         "target": target,
+    }
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def _build_chain_spec(
+    rng: random.Random,
+    modulus: int,
+    n_steps: int,
+    n_dead_ends: int,
+    *,
+    ops: tuple[str, ...],
+    cue_rate: float | None,
+) -> str:
+    """A chain ``given -> S1 -> ... -> Sk`` (the target), each step one unary operation on the
+    previous value, and ``n_dead_ends`` derived quantities that branch off a chain quantity and
+    feed nothing: each is a sibling of a needed step, so choosing which one to compute next is
+    the decision of a step. Sentences are shuffled; with ``cue_rate`` the needed step of each
+    choice is stated before its siblings with that probability, after one of them otherwise."""
+    unary = [op for op in ops if op in _UNARY_OPS]
+    draft = _SpecDraft(rng, modulus)
+    chain = [draft.given()]
+    for _ in range(n_steps):
+        chain.append(draft.derived(rng.choice(unary), [chain[-1]]))
+    siblings: dict[str, list[str]] = {}
+    for _ in range(n_dead_ends):
+        parent = rng.randrange(n_steps)
+        dead_end = draft.derived(rng.choice(unary), [chain[parent]])
+        siblings.setdefault(chain[parent + 1], []).append(dead_end)
+    order = [str(q["name"]) for q in draft.quantities]
+    rng.shuffle(order)
+    if cue_rate is not None:
+        for needed, others in siblings.items():
+            group = sorted([needed, *others], key=order.index)
+            slots = sorted(order.index(name) for name in group)
+            first = needed if rng.random() < cue_rate else rng.choice(others)
+            for slot, name in zip(slots, [first, *(n for n in group if n != first)], strict=True):
+                order[slot] = name
+    spec = {
+        "item": draft.item,
+        "modulus": modulus,
+        "order": order,
+        "quantities": draft.quantities,
+        "target": chain[-1],
     }
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 

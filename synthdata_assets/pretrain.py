@@ -1,0 +1,160 @@
+"""The shipped base model of the embedded task: its recipe, and the one command that makes it.
+
+The study starts from a pretrained model, as the paper's starts from DeepSeek-Math-7B. For the
+embedded task that model is a small Llama pretrained here once, by :func:`pretrain_base` with
+the :class:`PretrainRecipe`, and committed to the repository under :data:`SHIPPED_BASE`
+(safetensors, tokenizer, and ``meta.json`` holding the recipe). ``synthdata pretrain`` runs
+it. A test compares the code's default recipe with the shipped ``meta.json``, so a change of
+the task or the recipe cannot silently keep using a stale base.
+
+What the base learns is the task's world, not the task: phase 1 drills the arithmetic table
+(loss on the result only); phase 2 trains on chain problems *without* dead ends, mixed with
+the drill, so the base reads a question, follows the chain from the given quantity and
+computes each step. It never sees a choice between a needed step and a dead-end sibling:
+that decision is what fine-tuning on the teacher's data (and on negatives) has to teach.
+The tokenizer is trained on the same pretraining text, never on test questions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import Field
+
+from synthdata_assets.tasks import embedded
+from training.checkpoint import save_checkpoint
+from training.config import ModelConfig, Section, TrainingConfig
+from training.generation import SamplingParams
+from training.generation.transformers_engine import TransformersGenerator
+from training.model import build_tiny_llama, count_parameters
+from training.progress import Progress, no_progress
+from training.prompts import format_example
+from training.sft import train_sft
+from training.tokenizer import build_tokenizer
+
+Log = Callable[[str], None]
+
+SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded-base"
+SHIPPED_NAME = "embedded-base"
+
+# Phase 1: what gets a small model off the loss plateau of a modular table.
+DRILL_TRAINING = TrainingConfig(
+    batch_size=64, learning_rate=3e-3, weight_decay=0.1, warmup_ratio=0.02, bf16=False
+)
+
+
+class PretrainRecipe(Section):
+    """Everything that determines the shipped base (see the module docstring)."""
+
+    modulus: int = Field(23, description="The task's modulus the base is drilled on.")
+    multiply: bool = Field(True, description="Whether 'times as many' steps exist.")
+    max_steps: int = Field(4, ge=1, description="Longest chain in phase 2.")
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_seq_len: int = 320
+    vocab_size: int = 512
+    drill_steps: int = Field(3000, ge=0, description="Phase 1 updates (batch 64).")
+    chain_steps: int = Field(6000, ge=0, description="Phase 2 updates.")
+    chain_learning_rate: float = 1e-3
+    chain_batch_size: int = 32
+    seed: int = 0
+
+    def learner(self) -> ModelConfig:
+        return ModelConfig(
+            name="tiny-llama",
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            max_seq_len=self.max_seq_len,
+        )
+
+    def task_params(self) -> embedded.EmbeddedParams:
+        """The world of the pretraining text: chains without dead ends."""
+        return embedded.EmbeddedParams(
+            modulus=self.modulus,
+            min_steps=1,
+            max_steps=self.max_steps,
+            n_distractors=0,
+            multiply=self.multiply,
+            graph="chain",
+        )
+
+
+def pretraining_corpus(recipe: PretrainRecipe) -> tuple[list, list]:
+    """(drill pairs, chain (prompt, completion) pairs) of the recipe."""
+    params = recipe.task_params()
+    drill = embedded.arithmetic_drill(params, seed=recipe.seed)
+    n_chains = recipe.chain_steps * recipe.chain_batch_size // 2
+    chains = embedded.generate_problems(params, max(n_chains, 64), seed=recipe.seed, split="base")
+    pairs = [
+        format_example(p.question, "\n".join([*embedded.solve(p), _answer(p)])) for p in chains
+    ]
+    return drill, pairs
+
+
+def _answer(problem: embedded.EmbeddedProblem) -> str:
+    return embedded.final_answer_line(problem.answer)
+
+
+def pretrain_base(
+    recipe: PretrainRecipe, folder: Path, *, log: Log, progress: Progress = no_progress
+) -> dict:
+    """Pretrain the base by ``recipe`` into ``folder``; returns its ``meta.json``."""
+    started = time.monotonic()
+    drill, chains = pretraining_corpus(recipe)
+    tokenizer = build_tokenizer(
+        [p + c for p, c in drill] + [p + c for p, c in chains], vocab_size=recipe.vocab_size
+    )
+    model = build_tiny_llama(recipe.learner(), tokenizer, seed=recipe.seed)
+    log(f"base: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}")
+    train = {"max_seq_len": recipe.max_seq_len, "log": log, "progress": progress}
+    if recipe.drill_steps:
+        log(f"phase 1: {len(drill)} arithmetic facts, {recipe.drill_steps} updates")
+        train_sft(
+            model, tokenizer, drill, config=DRILL_TRAINING, seed=recipe.seed,
+            max_steps=recipe.drill_steps, **train,
+        )  # fmt: skip
+    drill_accuracy = drill_accuracy_of(model, tokenizer, drill)
+    log(f"phase 1: drill accuracy {drill_accuracy:.1%}")
+    phase2 = TrainingConfig(
+        batch_size=recipe.chain_batch_size, learning_rate=recipe.chain_learning_rate, bf16=False
+    )
+    stats = None
+    if recipe.chain_steps:
+        log(f"phase 2: {len(chains)} chain problems with the drill mixed in")
+        stats = train_sft(
+            model, tokenizer, chains + drill, config=phase2, seed=recipe.seed + 1,
+            max_steps=recipe.chain_steps, **train,
+        )  # fmt: skip
+    meta = {
+        "method": "base",
+        "name": SHIPPED_NAME,
+        "recipe": recipe.model_dump(),
+        "parameters": count_parameters(model),
+        "drill_accuracy": drill_accuracy,
+        "final_loss": stats.mean_loss_last_10pct if stats else None,
+        "pretrain_seconds": round(time.monotonic() - started, 1),
+    }
+    save_checkpoint(model, tokenizer, folder, meta)
+    return meta
+
+
+def drill_accuracy_of(model, tokenizer, drill: Sequence[tuple[str, str]]) -> float:
+    """Share of the arithmetic drill's facts the model completes right, greedily (results are
+    single tokens): whether the base model learned the table."""
+    outputs = TransformersGenerator(model, tokenizer, batch_size=256).generate(
+        [prompt for prompt, _ in drill], SamplingParams(max_new_tokens=1)
+    )
+    right = sum(o[0].text.strip() == c.strip() for o, (_, c) in zip(outputs, drill, strict=True))
+    return right / len(drill)
+
+
+def shipped_meta(folder: Path = SHIPPED_BASE) -> dict:
+    """The ``meta.json`` of a pretrained base folder."""
+    return json.loads((folder / "meta.json").read_text())
