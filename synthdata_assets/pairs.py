@@ -9,7 +9,8 @@ Pair kinds (``PAIR_KINDS``)
 ---------------------------
 - ``per_step`` (:func:`per_step_pairs`, the paper): correct solution vs. the negative cut
   right after its first pit; the cut text gets no EOS.
-- ``outcome`` (:func:`outcome_pairs`, plain DPO): whole correct vs. whole negative.
+- ``outcome`` (:func:`outcome_pairs`, plain DPO): whole correct vs. whole negative, for
+  exactly the negatives that have a ``per_step`` pair.
 - ``edit_distance`` (:func:`edit_distance_pairs`): each positive vs. the most different
   negative of its problem.
 - ``shared_prefix`` (:func:`shared_prefix_pairs`, Self-Explore): same prompt + pre-pit
@@ -22,7 +23,13 @@ Choices
   solutions; negatives of a problem with no correct solution anywhere get no pair. The pick
   is a seeded RNG keyed by ``sha256(seed, sample_id)`` (never Python's salted ``hash``), and
   it does not depend on the kind: ``per_step`` and ``outcome`` pair a negative with the same
-  correct solution, so the two methods differ only in the rejected side.
+  correct solution.
+- Plain DPO and per-step DPO train on the same negatives: an ``outcome`` pair is made for a
+  negative only when it has a ``per_step`` pair (it was rolled out, has a first pit and a
+  non-empty cut), so the two kinds have the same sample_ids, the same chosen sides and the
+  same number of pairs, and the two methods differ only in the rejected side (the whole
+  negative vs. its prefix up to the pit). Without this, plain DPO would get a pair for every
+  negative and per-step DPO only ``credit.max_negatives_per_problem`` of them per problem.
 - Text conventions. A side with EOS (``*_has_eos``) is stored the way SFT completions are
   built (:func:`training.prompts.format_example`): trailing newlines dropped, then exactly
   one ``"\\n"`` (the trainer appends EOS after it; applying ``format_example`` again is a
@@ -213,7 +220,7 @@ def prepare_pairs(
     """Check the input tables and index them for the pair kinds.
 
     ``problems`` and ``samples`` are always read; ``teacher`` only for ``per_step`` and
-    ``outcome``, ``adv`` for ``per_step`` and ``shared_prefix``, ``rollouts`` for
+    ``outcome``, ``adv`` for ``per_step``, ``outcome`` and ``shared_prefix``, ``rollouts`` for
     ``shared_prefix`` (columns as in :func:`preference_pairs`).
     """
     questions, sample_rows = _index_samples(problems, samples)
@@ -226,7 +233,7 @@ def prepare_pairs(
         pools = _correct_pools(positives, teacher)
     pits: dict[str, int] = {}
     pit_text: dict[str, str] = {}
-    if {"per_step", "shared_prefix"} & set(kinds):
+    if {"per_step", "outcome", "shared_prefix"} & set(kinds):
         pits, pit_text = _pits(adv, {r["sample_id"]: r for r in sample_rows})
     successes = _rollout_successes(rollouts, pits) if "shared_prefix" in kinds else {}
     return PairInputs(questions, positives, negatives, pools, pits, pit_text, successes, options)
@@ -362,11 +369,13 @@ def per_step_pairs(inputs: PairInputs) -> list[dict]:
 
 
 def outcome_pairs(inputs: PairInputs) -> list[dict]:
-    """Per negative with a correct solution: that solution vs. the whole negative."""
+    """Per negative with a ``per_step`` pair: the same correct solution vs. the whole
+    negative (plain DPO on per-step DPO's negatives; see the module docstring)."""
+    per_step = {row["sample_id"] for row in per_step_pairs(inputs)}
     rows = []
     for neg in inputs.each_negative():
         pick = inputs.pick_correct(neg)
-        if pick is not None:
+        if neg["sample_id"] in per_step and pick is not None:
             rows.append(_whole_pair("outcome", neg, "0", inputs.prompt(neg), *pick))
     return rows
 

@@ -100,17 +100,44 @@ def test_per_step_pairs(pair_inputs):
     assert ps["s6"]["chosen"] == T3 + "\n"  # EOS side normalized like format_example
 
 
-def test_outcome_pairs(pair_inputs):
+def test_outcome_pairs_use_exactly_the_per_step_negatives(pair_inputs):
     pairs = make_pairs(pair_inputs)
     oc, ps = by_kind(pairs, "outcome"), by_kind(pairs, "per_step")
-    assert sorted(oc) == ["s3", "s4", "s6", "s8", "s9", "s9b"]  # every negative with a chosen
+    # s8, s9, s9b have a correct solution but no pit (not rolled out): no pair of either kind
+    assert sorted(oc) == sorted(ps) == ["s3", "s4", "s6"]
     assert oc["s3"]["rejected"] == S3 and oc["s6"]["rejected"] == S6
-    assert oc["s9"]["rejected"] == "xyz\n" and oc["s9"]["chosen_id"] in {"s7", "s11"}
     for sid, row in oc.items():
         assert row["chosen_has_eos"] and row["rejected_has_eos"]
         assert row["pit_step_idx"] is None
-        if sid in ps:  # the same correct solution as the per_step pair of that negative
-            assert row["chosen_id"] == ps[sid]["chosen_id"]
+        # the same chosen side: the two kinds differ only in the rejected side
+        assert (row["chosen_id"], row["chosen"]) == (ps[sid]["chosen_id"], ps[sid]["chosen"])
+        assert row["rejected"].startswith(ps[sid]["rejected"])
+    # asked alone, outcome pairs are the same pairs
+    alone = make_pairs(pair_inputs, kinds=["outcome"])
+    assert alone.equals(pairs.filter(pl.col("kind") == "outcome"))
+
+
+def test_a_negative_without_a_per_step_pair_gets_no_outcome_pair(pair_inputs):
+    problems, samples, adv, rollouts, teacher = pair_inputs
+    # s4 loses its pit; s3 becomes a blank solution whose cut at its pit is empty
+    samples = samples.with_columns(
+        pl.when(pl.col("sample_id") == "s3")
+        .then(pl.lit(" "))
+        .otherwise("solution")
+        .alias("solution")
+    )
+    adv = pl.concat(
+        [
+            adv.filter(~pl.col("sample_id").is_in(["s3", "s4"])),
+            pl.DataFrame(
+                [("s3", 0, "", False), ("s3", 1, " ", True)],
+                schema=adv.columns,
+                orient="row",
+            ),
+        ]
+    )
+    pairs = make_pairs((problems, samples, adv, rollouts, teacher), kinds=["per_step", "outcome"])
+    assert sorted(by_kind(pairs, "per_step")) == sorted(by_kind(pairs, "outcome")) == ["s6"]
 
 
 def test_edit_distance_pairs(pair_inputs):
