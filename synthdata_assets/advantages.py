@@ -44,15 +44,40 @@ through a step that made success less likely). ``first_pits`` lists the pits by 
 
 Rows come out sorted by sample_id and step_idx, and empty inputs give empty frames with the
 module's schemas (``Q_SCHEMA``, ``STEP_ADVANTAGE_SCHEMA``).
+
+The table of a partition (``TABLE_SCHEMA``)
+-------------------------------------------
+:func:`from_rollouts` builds the ``step_advantages`` table: the columns above under
+``credit.rollout_policy``, then two groups of columns that check them.
+
+- Both rollout policies (``POLICY_SCHEMA``): ``is_first_pit_<policy>`` and
+  ``is_spurious_<policy>`` for ``pi_sft`` and ``best_of_k``. Both Qs are functions of the same
+  counts (``c`` of ``M`` rollouts), so one set of rollouts gives the pits and flags of both at
+  no cost; ``is_first_pit``/``is_spurious`` equal the configured policy's. Under
+  ``first_zero`` the pits coincide (``c / M == 0`` exactly when the best-of-K estimate is 0);
+  under ``largest_drop`` and for the spurious flag they can differ. The ``best_of_k`` columns
+  are null when some prefix has fewer than K rollouts (``pi_sft`` with ``M < K``).
+- Ground truth (``TRUTH_SCHEMA``, :func:`ground_truth`): where the task knows each step's
+  correctness (the embedded task's ``spec``; see
+  :func:`synthdata_assets.tasks.embedded.step_labels`), ``true_label`` of every step ``>= 1``
+  and ``is_true_first_wrong`` (the sample's first ``wrong``/``wrong_answer`` step). Both are
+  null for a task without a spec, for the ``lines``-less step rules (labels are per line), and
+  ``true_label`` is null at step 0.
+
+:func:`credit_vs_truth` compares the Monte Carlo pits and flags with the ground truth, per
+policy; ``warehouse/sql/credit_vs_truth.sql`` computes the same figures in SQL.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import polars as pl
 
 from synthdata_assets.config import CreditConfig
 from synthdata_assets.frames import first_row, no_duplicates, require, typed
 from synthdata_assets.steps import clean_samples, sample_steps
+from synthdata_assets.tasks import embedded
 
 ROLLOUT_POLICIES: tuple[str, ...] = ("pi_sft", "best_of_k")
 PIT_RULES: tuple[str, ...] = ("first_zero", "largest_drop")
@@ -83,6 +108,15 @@ STEP_ADVANTAGE_SCHEMA = pl.Schema(
         "sample_is_correct": pl.Boolean,
     }
 )
+POLICY_SCHEMA = pl.Schema(
+    {
+        f"{flag}_{policy}": pl.Boolean
+        for flag in ("is_first_pit", "is_spurious")
+        for policy in ROLLOUT_POLICIES
+    }
+)
+TRUTH_SCHEMA = pl.Schema({"true_label": pl.String, "is_true_first_wrong": pl.Boolean})
+TABLE_SCHEMA = pl.Schema({**STEP_ADVANTAGE_SCHEMA, **POLICY_SCHEMA, **TRUTH_SCHEMA})
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,30 +446,99 @@ def first_pits(adv: pl.DataFrame) -> pl.DataFrame:
 
 
 def from_rollouts(
-    credit: CreditConfig, step_rule: str, samples: pl.DataFrame, rollouts: pl.DataFrame
+    credit: CreditConfig,
+    step_rule: str,
+    samples: pl.DataFrame,
+    rollouts: pl.DataFrame,
+    problems: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """``step_advantages`` of a partition: the rolled-out samples split into steps with
-    ``step_rule``, Q-values under ``credit.rollout_policy``, pits under ``credit.pit_rule``."""
+    """``step_advantages`` of a partition (``TABLE_SCHEMA``): the rolled-out samples split into
+    steps with ``step_rule``, Q-values under ``credit.rollout_policy``, pits under
+    ``credit.pit_rule``, the pits and spurious flags under every rollout policy, and the ground
+    truth of each step from ``problems`` (its ``spec`` column; none without ``problems``)."""
     rolled = clean_samples(samples).filter(
         pl.col("sample_id").is_in(rollouts["sample_id"].unique().implode())
     )
-    steps = sample_steps(rolled, step_rule)
+    steps = sample_steps(rolled, step_rule).select(
+        "sample_id", "problem_id", "step_idx", "step_text", "sample_is_correct"
+    )
     terminal = steps.group_by("sample_id").agg(
         n_steps=pl.col("step_idx").max(), is_correct=pl.col("sample_is_correct").first()
     )
-    q = q_values(
-        rollouts.select("sample_id", "step_idx", "rollout_idx", "is_correct"),
-        terminal.select("sample_id", "n_steps", "is_correct"),
-        policy=credit.rollout_policy,
-        k=credit.k,
-        stopped_at_pit=credit.early_stop,
+    outcomes = rollouts.select("sample_id", "step_idx", "rollout_idx", "is_correct")
+    by_policy = {}
+    for policy in ROLLOUT_POLICIES:
+        if policy == "best_of_k" and not _has_k_rollouts(outcomes, credit.k):
+            continue  # the estimate needs K rollouts per prefix; its columns stay null
+        q = q_values(
+            outcomes,
+            terminal.select("sample_id", "n_steps", "is_correct"),
+            policy=policy,
+            k=credit.k,
+            stopped_at_pit=credit.early_stop,
+        )
+        by_policy[policy] = step_advantages(
+            q, steps, pit_rule=credit.pit_rule, spurious_threshold=credit.spurious_threshold
+        )
+    table = by_policy[credit.rollout_policy]
+    keys = ["sample_id", "step_idx"]
+    for policy in ROLLOUT_POLICIES:
+        flags = [f"is_first_pit_{policy}", f"is_spurious_{policy}"]
+        if policy in by_policy:
+            renamed = by_policy[policy].select(
+                *keys, *(pl.col(f.removesuffix(f"_{policy}")).alias(f) for f in flags)
+            )
+            table = table.join(renamed, on=keys, how="left")
+        else:
+            table = table.with_columns(pl.lit(None, dtype=pl.Boolean).alias(f) for f in flags)
+    truth = ground_truth(rolled, problems, step_rule)
+    return (
+        table.join(truth, on=keys, how="left")
+        .with_columns(
+            pl.when(pl.col("sample_id").is_in(truth["sample_id"].implode()))
+            .then(pl.col("is_true_first_wrong").fill_null(False))
+            .alias("is_true_first_wrong")
+        )
+        .select(TABLE_SCHEMA.names())
+        .cast(dict(TABLE_SCHEMA))
+        .sort(keys)
     )
-    return step_advantages(
-        q,
-        steps.select("sample_id", "problem_id", "step_idx", "step_text", "sample_is_correct"),
-        pit_rule=credit.pit_rule,
-        spurious_threshold=credit.spurious_threshold,
-    )
+
+
+def _has_k_rollouts(outcomes: pl.DataFrame, k: int) -> bool:
+    """Whether every rolled-out prefix has at least ``k`` rollouts."""
+    counts = outcomes.group_by("sample_id", "step_idx").len()
+    return counts.height == 0 or counts["len"].min() >= k
+
+
+def ground_truth(
+    samples: pl.DataFrame, problems: pl.DataFrame | None, step_rule: str
+) -> pl.DataFrame:
+    """sample_id, step_idx (1..L), true_label, is_true_first_wrong of every step of the
+    ``samples`` (sample_id, problem_id, solution as the steps were split from) whose problem
+    has a ``spec``; no rows without ``problems``, a ``spec`` column, or the ``lines`` rule
+    (the labels are per line). A sample whose problem is missing from ``problems`` raises."""
+    schema = {"sample_id": pl.String, "step_idx": pl.Int64, **TRUTH_SCHEMA}
+    if problems is None or "spec" not in problems.columns or step_rule != "lines":
+        return pl.DataFrame(schema=schema)
+    specs = problems.select("problem_id", "spec").unique("problem_id")
+    joined = samples.join(specs, on="problem_id", how="left")
+    if samples.height and not joined["problem_id"].is_in(specs["problem_id"].implode()).all():
+        absent = joined.filter(~pl.col("problem_id").is_in(specs["problem_id"].implode()))
+        raise ValueError(
+            f"problems lacks problem {first_row(absent)['problem_id']!r} of sample "
+            f"{first_row(absent)['sample_id']!r} ({absent.height} such samples)"
+        )
+    rows = []
+    for sid, spec, solution in (
+        joined.filter(pl.col("spec").is_not_null())
+        .select("sample_id", "spec", "solution")
+        .iter_rows()
+    ):
+        first_wrong = embedded.first_wrong_step(spec, solution)
+        for i, label in enumerate(embedded.step_labels(spec, solution), start=1):
+            rows.append((sid, i, label, i == first_wrong))
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def summary(table: pl.DataFrame) -> dict[str, float | int | None]:
@@ -457,3 +560,146 @@ def summary(table: pl.DataFrame) -> dict[str, float | int | None]:
         else None,
         "spurious_steps": int(steps["is_spurious"].sum()),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# credit assignment against ground truth
+
+CREDIT_VS_TRUTH_SCHEMA = pl.Schema(
+    {
+        "rollout_policy": pl.String,
+        "ground_truth": pl.Boolean,
+        "negatives": pl.Int64,
+        "negatives_with_pit": pl.Int64,
+        "share_pit_exact": pl.Float64,
+        "share_pit_within_one": pl.Float64,
+        "share_pit_early": pl.Float64,
+        "share_pit_late": pl.Float64,
+        "share_no_true_wrong": pl.Float64,
+        "positive_steps": pl.Int64,
+        "true_spurious": pl.Int64,
+        "flagged_spurious": pl.Int64,
+        "spurious_precision": pl.Float64,
+        "spurious_recall": pl.Float64,
+    }
+)
+NO_GROUND_TRUTH = "no ground truth"
+_TRUTH_INPUTS = ("sample_id", "step_idx", "sample_is_correct", *TRUTH_SCHEMA)
+# The figures that compare with the ground truth: null where a group has none.
+_NEEDS_TRUTH = (
+    "share_pit_exact",
+    "share_pit_within_one",
+    "share_pit_early",
+    "share_pit_late",
+    "share_no_true_wrong",
+    "true_spurious",
+    "spurious_precision",
+    "spurious_recall",
+)
+
+
+def credit_vs_truth(table: pl.DataFrame, by: Sequence[str] = ()) -> pl.DataFrame:
+    """How the Monte Carlo pits and spurious flags of a ``step_advantages`` table
+    (``TABLE_SCHEMA``) agree with the ground truth: one row per group of ``by`` (e.g.
+    ``("data_size", "seed")``) and rollout policy whose flags are known, sorted
+    (``by`` columns, then ``CREDIT_VS_TRUTH_SCHEMA``).
+
+    Pits, over the negatives with a pit and ground truth, where ``t`` is the true first wrong
+    step: ``share_pit_exact`` (pit == t), ``share_pit_within_one`` (t - 1 <= pit <= t: a pit
+    often lands on the choice just before the first wrong value), ``share_pit_early``
+    (pit < t - 1), ``share_pit_late`` (pit > t) and ``share_no_true_wrong`` (every step true,
+    e.g. cut off before its answer). exact + early + late + no_true_wrong == 1, and
+    within_one - exact is the share one step early. Spurious flag, over the steps >= 1 of
+    rolled-out positives (``credit.rollout_positives``): ``spurious_precision`` (flagged steps
+    that are truly spurious) and ``spurious_recall`` (truly spurious steps flagged); null where
+    nothing is flagged or nothing is spurious. Without ground truth (``ground_truth`` false)
+    every figure that needs it is null.
+    """
+    require(table, [*by, *_TRUTH_INPUTS, *POLICY_SCHEMA], "table")
+    keys = [*by, "rollout_policy"]
+    long = pl.concat(
+        [
+            table.filter(pl.col(f"is_first_pit_{p}").is_not_null()).select(
+                *by,
+                pl.lit(p).alias("rollout_policy"),
+                "sample_id",
+                "step_idx",
+                "sample_is_correct",
+                "true_label",
+                "is_true_first_wrong",
+                pl.col(f"is_first_pit_{p}").alias("is_pit"),
+                pl.col(f"is_spurious_{p}").alias("is_flagged"),
+            )
+            for p in ROLLOUT_POLICIES
+        ]
+    ).filter(pl.col("step_idx") >= 1)
+    groups = long.group_by(keys).agg(pl.col("true_label").is_not_null().any().alias("ground_truth"))
+    out = groups.join(_pit_agreement(long, keys), on=keys, how="left").join(
+        _spurious_agreement(long, keys), on=keys, how="left"
+    )
+    counts = ["negatives", "negatives_with_pit", "positive_steps", "true_spurious"]
+    out = out.with_columns(pl.col(*counts, "flagged_spurious").fill_null(0)).with_columns(
+        pl.when(pl.col("ground_truth")).then(pl.col(c)).alias(c) for c in _NEEDS_TRUTH
+    )
+    schema = {**{c: table.schema[c] for c in by}, **CREDIT_VS_TRUTH_SCHEMA}
+    return out.select(list(schema)).cast(schema).sort(keys)
+
+
+def _pit_agreement(long: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Per group: negatives, negatives_with_pit and the shares of :func:`credit_vs_truth`."""
+    per_sample = (
+        long.filter(~pl.col("sample_is_correct"))
+        .group_by(*keys, "sample_id")
+        .agg(
+            pl.col("step_idx").filter(pl.col("is_pit")).min().alias("pit"),
+            pl.col("step_idx").filter(pl.col("is_true_first_wrong")).min().alias("wrong"),
+            pl.col("true_label").is_not_null().any().alias("labelled"),
+        )
+    )
+    pit, wrong = pl.col("pit"), pl.col("wrong")
+    judged = pit.is_not_null() & pl.col("labelled")
+    n = judged.sum()
+
+    def share(condition: pl.Expr) -> pl.Expr:
+        return pl.when(n > 0).then((judged & condition).sum() / n)
+
+    return per_sample.group_by(keys).agg(
+        pl.len().alias("negatives"),
+        pit.is_not_null().sum().alias("negatives_with_pit"),
+        share(pit == wrong).alias("share_pit_exact"),
+        share((pit >= wrong - 1) & (pit <= wrong)).alias("share_pit_within_one"),
+        share(pit < wrong - 1).alias("share_pit_early"),
+        share(pit > wrong).alias("share_pit_late"),
+        share(wrong.is_null()).alias("share_no_true_wrong"),
+    )
+
+
+def _spurious_agreement(long: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Per group: positive_steps, true_spurious, flagged_spurious, precision and recall."""
+    flagged, spurious = pl.col("is_flagged"), pl.col("true_label") == "spurious"
+    both = (flagged & spurious).sum()
+    return (
+        long.filter(pl.col("sample_is_correct"))
+        .group_by(keys)
+        .agg(
+            pl.len().alias("positive_steps"),
+            spurious.sum().alias("true_spurious"),
+            flagged.sum().alias("flagged_spurious"),
+            pl.when(flagged.sum() > 0).then(both / flagged.sum()).alias("spurious_precision"),
+            pl.when(spurious.sum() > 0).then(both / spurious.sum()).alias("spurious_recall"),
+        )
+    )
+
+
+def truth_metadata(table: pl.DataFrame) -> dict[str, float | int | str | None]:
+    """:func:`credit_vs_truth` of one partition's table as flat metadata: ``credit_vs_truth``
+    says whether there is ground truth, then ``<policy>/<figure>`` for each policy."""
+    rows = credit_vs_truth(table).to_dicts()
+    if not any(row["ground_truth"] for row in rows):
+        return {"credit_vs_truth": NO_GROUND_TRUTH}
+    out: dict[str, float | int | str | None] = {"credit_vs_truth": "per-step labels of the task"}
+    for row in rows:
+        policy = row.pop("rollout_policy")
+        row.pop("ground_truth")
+        out.update({f"{policy}/{name}": value for name, value in row.items()})
+    return out

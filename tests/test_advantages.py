@@ -7,14 +7,26 @@ import polars as pl
 import pytest
 
 from synthdata_assets.advantages import (
+    CREDIT_VS_TRUTH_SCHEMA,
+    NO_GROUND_TRUTH,
     PIT_RULES,
     Q_SCHEMA,
     STEP_ADVANTAGE_SCHEMA,
+    TABLE_SCHEMA,
+    credit_vs_truth,
     first_pits,
+    from_rollouts,
+    ground_truth,
     q_values,
     step_advantages,
+    truth_metadata,
 )
+from synthdata_assets.config import CreditConfig
 from synthdata_assets.steps import prefix, split_steps
+from synthdata_assets.tasks import embedded
+from warehouse import Warehouse
+from warehouse.parquet import write_parquet_atomic
+from warehouse.query import run_query
 
 # --------------------------------------------------------------------------------------------
 # builders
@@ -305,3 +317,222 @@ def test_q_values_to_advantages_end_to_end():
     assert adv["advantage"].to_list() == [None, -1.0, 0.0, 0.0]
     assert pits_of(adv) == {"s": 1}
     assert prefix(steps, pits_of(adv)["s"]) == "A has 1 + 1 = 3 apples.\n"
+
+
+# --------------------------------------------------------------------------------------------
+# credit assignment against ground truth
+
+
+def truth_table(samples: dict[str, tuple[bool, list[str | None], int | None, list[bool]]]):
+    """A step_advantages table (TABLE_SCHEMA) from {sample_id: (is_correct, true labels of
+    steps 1..L (None: no ground truth), MC pit step or None, spurious flags of steps 1..L)},
+    the same under both rollout policies."""
+    rows = []
+    for sid, (ok, labels, pit, flags) in samples.items():
+        wrong = [i for i, label in enumerate(labels, 1) if label in ("wrong", "wrong_answer")]
+        labelled = labels[0] is not None
+        for i in range(len(labels) + 1):
+            row = {
+                "sample_id": sid,
+                "problem_id": f"prob-{sid}",
+                "step_idx": i,
+                "sample_is_correct": ok,
+                "is_first_pit": i == pit,
+                "is_spurious": bool(i and flags[i - 1]),
+                "true_label": labels[i - 1] if i else None,
+                "is_true_first_wrong": (bool(wrong) and i == wrong[0]) if labelled else None,
+            }
+            for policy in ("pi_sft", "best_of_k"):
+                row[f"is_first_pit_{policy}"] = row["is_first_pit"]
+                row[f"is_spurious_{policy}"] = row["is_spurious"]
+            rows.append(row)
+    return (
+        pl.DataFrame(rows)
+        .with_columns(
+            step_text=pl.lit(""), q_value=pl.lit(0.0), advantage=pl.lit(0.0), n_rollouts=pl.lit(5)
+        )
+        .select(TABLE_SCHEMA.names())
+        .cast(dict(TABLE_SCHEMA))
+    )
+
+
+N, W, A, X, S = "needed", "wrong", "answer", "wrong_answer", "spurious"
+TRUTH = {
+    "exact": (False, [N, W, X], 2, [False] * 3),  # pit at the true first wrong step
+    "before": (False, [N, N, W, X], 2, [False] * 4),  # one step early: within one, not exact
+    "early": (False, [N, N, N, W], 1, [False] * 4),  # three steps early
+    "late": (False, [W, N, X], 3, [False] * 3),
+    "cut": (False, [N, N], 2, [False] * 2),  # cut off before its answer: no wrong step
+    "no_pit": (False, [N, W], None, [False] * 2),  # not judged: no MC pit
+    "pos1": (True, [N, S, N, A], None, [False, True, False, False]),  # a hit
+    "pos2": (True, [S, N, A], None, [False, True, False]),  # a miss and a false alarm
+}
+
+
+def test_credit_vs_truth_counts_exact_within_one_and_the_rest():
+    out = credit_vs_truth(truth_table(TRUTH))
+    assert out.schema == CREDIT_VS_TRUTH_SCHEMA
+    assert out["rollout_policy"].to_list() == ["best_of_k", "pi_sft"]
+    row = out.row(0, named=True)
+    assert row["ground_truth"] and row["negatives"] == 6 and row["negatives_with_pit"] == 5
+    assert row["share_pit_exact"] == pytest.approx(1 / 5)  # "exact" only
+    assert row["share_pit_within_one"] == pytest.approx(2 / 5)  # "exact" and "before"
+    assert row["share_pit_early"] == row["share_pit_late"] == pytest.approx(1 / 5)
+    assert row["share_no_true_wrong"] == pytest.approx(1 / 5)
+    assert (row["positive_steps"], row["true_spurious"], row["flagged_spurious"]) == (7, 2, 2)
+    assert row["spurious_precision"] == row["spurious_recall"] == pytest.approx(1 / 2)
+
+
+def test_credit_vs_truth_per_policy_and_group():
+    table = truth_table(TRUTH).with_columns(
+        # best-of-K puts "before"'s pit on the true first wrong step and flags nothing
+        (
+            pl.col("is_first_pit")
+            ^ (pl.col("sample_id") == "before") & pl.col("step_idx").is_in([2, 3])
+        ).alias("is_first_pit_best_of_k"),
+        pl.lit(False).alias("is_spurious_best_of_k"),
+        data_size=pl.lit(100),
+    )
+    out = credit_vs_truth(table, by=["data_size"])
+    assert out.columns[:2] == ["data_size", "rollout_policy"]
+    bok, sft = out.rows_by_key("rollout_policy", named=True, unique=True).values()
+    assert bok["share_pit_exact"] == pytest.approx(2 / 5) and sft["share_pit_exact"] == 0.2
+    assert bok["spurious_precision"] is None and bok["spurious_recall"] == 0.0
+    assert sft["spurious_recall"] == 0.5
+    # a policy without flags (best-of-K with M < K) has no row
+    unknown = table.with_columns(pl.lit(None, dtype=pl.Boolean).alias("is_first_pit_best_of_k"))
+    assert credit_vs_truth(unknown)["rollout_policy"].to_list() == ["pi_sft"]
+
+
+def test_without_ground_truth_the_summary_says_so():
+    specless = {
+        sid: (ok, [None] * len(labels), pit, flags)
+        for sid, (ok, labels, pit, flags) in TRUTH.items()
+    }
+    out = credit_vs_truth(truth_table(specless))
+    assert out.height == 2 and not out["ground_truth"].any()
+    assert out["negatives_with_pit"].to_list() == [5, 5]  # the MC side is still counted
+    for column in (
+        "share_pit_exact",
+        "share_pit_within_one",
+        "spurious_precision",
+        "true_spurious",
+    ):
+        assert out[column].null_count() == 2
+    assert truth_metadata(truth_table(specless)) == {"credit_vs_truth": NO_GROUND_TRUTH}
+    metadata = truth_metadata(truth_table(TRUTH))
+    assert metadata["best_of_k/share_pit_exact"] == pytest.approx(0.2)
+    assert metadata["credit_vs_truth"] != NO_GROUND_TRUTH
+    assert truth_metadata(truth_table(TRUTH).clear()) == {"credit_vs_truth": NO_GROUND_TRUTH}
+
+
+def embedded_partition():
+    """One chain problem, a negative with a wrong step 2 and wrong answer, a positive with a
+    spurious step, and their rollouts (M = K = 5): the negative's prefixes 0..3 succeed
+    5, 1, 0, 0 times; the positive's prefix ending at its spurious step 1 time in 5."""
+    params = embedded.EmbeddedParams(graph="chain", min_steps=3, max_steps=3, n_distractors=2)
+    problems = embedded.generate_problems(params, 20, seed=0, split="train")
+    rng = random.Random(0)
+    for problem in problems:
+        positive = embedded.oracle_solution(problem, rng=rng, spurious_rate=1.0)
+        needed = embedded.solve(problem)
+        lines = positive.split("\n")
+        if len(lines) > len(needed) + 1:
+            break
+    expected = [N if line in needed else S for line in lines[:-1]] + [A]
+    wrong_answer = embedded.final_answer_line((int(problem.answer) + 1) % 23)
+    negative = "\n".join([needed[0], "Zz has 1 + 1 = 2 x.", *needed[1:], wrong_answer])
+    samples = pl.DataFrame(
+        {
+            "problem_id": [problem.problem_id] * 2,
+            "sample_id": ["neg", "pos"],
+            "solution": [negative + "\n", positive + "\n"],
+            "is_correct": [False, True],
+        }
+    )
+    spurious_at = expected.index(S) + 1
+    outcomes = {("neg", i): [j < c for j in range(5)] for i, c in enumerate([5, 1, 0, 0, 0])}
+    outcomes.update(
+        {("pos", i): [i != spurious_at or j < 1 for j in range(5)] for i in range(len(lines))}
+    )
+    table = pl.DataFrame({"problem_id": [problem.problem_id], "spec": [problem.spec]})
+    return samples, rollouts_frame(outcomes), table, expected, spurious_at
+
+
+def test_from_rollouts_labels_every_step_from_the_spec():
+    samples, rolled, problems, expected, spurious_at = embedded_partition()
+    credit = CreditConfig(rollout_positives=True, pit_rule="largest_drop")
+    table = from_rollouts(credit, "lines", samples, rolled, problems)
+    assert table.schema == TABLE_SCHEMA
+    neg = table.filter(pl.col("sample_id") == "neg")
+    assert neg["true_label"].to_list() == [None, N, W, N, N, X]
+    assert neg["is_true_first_wrong"].to_list() == [False, False, True, False, False, False]
+    pos = table.filter(pl.col("sample_id") == "pos")
+    assert pos["true_label"].to_list() == [None, *expected]
+    assert not pos["is_true_first_wrong"].any()
+    # Largest drop: pi_sft's Q 1, .2, 0 drops most at step 1; best-of-K's 1, 1, 0 at step 2.
+    assert (
+        neg["is_first_pit_pi_sft"].arg_max() == 1 and neg["is_first_pit_best_of_k"].arg_max() == 2
+    )
+    assert table["is_first_pit"].equals(table["is_first_pit_best_of_k"])  # the configured one
+    assert (
+        pos["is_spurious_pi_sft"].arg_max() == spurious_at
+        and not pos["is_spurious_best_of_k"].any()
+    )
+    out = credit_vs_truth(table).rows_by_key("rollout_policy", named=True, unique=True)
+    assert out["best_of_k"]["share_pit_exact"] == 1.0
+    assert out["pi_sft"]["share_pit_exact"] == 0.0 and out["pi_sft"]["share_pit_within_one"] == 1.0
+    assert out["pi_sft"]["spurious_precision"] == out["pi_sft"]["spurious_recall"] == 1.0
+    assert out["best_of_k"]["spurious_recall"] == 0.0
+
+
+def test_from_rollouts_without_ground_truth():
+    samples, rolled, problems, expected, _ = embedded_partition()
+    credit = CreditConfig(rollout_policy="pi_sft", rollouts_per_prefix=5)
+    specless = problems.with_columns(pl.lit(None, dtype=pl.String).alias("spec"))
+    for table in (
+        from_rollouts(credit, "lines", samples, rolled),  # no problems passed
+        from_rollouts(credit, "lines", samples, rolled, specless),  # gsm8k, math
+        from_rollouts(credit, "lines", samples, rolled, problems.drop("spec")),
+    ):
+        assert table.schema == TABLE_SCHEMA
+        assert (
+            table["true_label"].null_count()
+            == table["is_true_first_wrong"].null_count()
+            == table.height
+        )
+        assert truth_metadata(table) == {"credit_vs_truth": NO_GROUND_TRUTH}
+    assert ground_truth(samples, problems, "lines").height == 5 + len(expected)
+    assert ground_truth(samples, problems, "blank_lines").height == 0  # labels are per line
+    with pytest.raises(ValueError, match="problems lacks problem"):
+        from_rollouts(credit, "lines", samples, rolled, problems.clear())
+    # pi_sft with fewer than K rollouts: best-of-K cannot be estimated, its flags are null
+    few = rolled.filter(pl.col("rollout_idx") < 3)
+    table = from_rollouts(credit, "lines", samples, few, problems)
+    assert table["is_first_pit_best_of_k"].null_count() == table.height
+    assert table["is_first_pit_pi_sft"].null_count() == 0
+    assert credit_vs_truth(table)["rollout_policy"].to_list() == ["pi_sft"]
+
+
+def test_credit_vs_truth_sql_matches_the_function(warehouse: Warehouse):
+    specless = {
+        sid: (ok, [None] * len(labels), pit, flags)
+        for sid, (ok, labels, pit, flags) in TRUTH.items()
+    }
+    partitions = {(100, 0): truth_table(TRUTH), (100, 1): truth_table(specless)}
+    partitions[(200, 0)] = truth_table(TRUTH).with_columns(
+        pl.lit(None, dtype=pl.Boolean).alias(c)
+        for c in ("is_first_pit_best_of_k", "is_spurious_best_of_k")
+    )
+    frames = []
+    for (size, seed), frame in partitions.items():
+        frame = frame.with_columns(data_size=pl.lit(size), seed=pl.lit(seed))
+        path = warehouse.partition_file("step_advantages", size, seed)
+        write_parquet_atomic(frame, path)
+        frames.append(frame)
+    expected = credit_vs_truth(pl.concat(frames), by=["data_size", "seed"])
+    result = run_query("@credit_vs_truth", warehouse)
+    assert result.columns == expected.columns
+    assert len(result.rows) == expected.height == 5
+    for got, want in zip(result.rows, expected.rows(), strict=True):
+        assert got == pytest.approx(want, abs=1e-4)

@@ -21,6 +21,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             step_rollouts,
         )
         metadata = advantages.summary(table)
+        metadata.update(advantages.truth_metadata(table))
         metadata.update(
             rollout_policy=config.credit.rollout_policy,
             pit_rule=config.credit.pit_rule,
