@@ -1,4 +1,5 @@
-"""Tests for the DPO trainer (training/dpo.py): exact token masks, the frozen reference, weights.
+"""Tests for the DPO trainer (training/dpo.py): exact token masks, the frozen reference, weights,
+the distance from the reference.
 
 Everything runs offline on a model with one layer of width 32; the file takes seconds.
 """
@@ -24,6 +25,7 @@ from training.dpo import (
     PreferenceExample,
     encode_response,
     sequence_logprobs,
+    token_kl,
     train_dpo,
 )
 from training.model import build_tiny_llama
@@ -170,13 +172,13 @@ def test_train_dpo_learns_the_preference(
     figures = reports[-1][2]
     assert set(figures) == {"loss", "lr", "tokens_per_s", "reward_accuracy"}
     assert 0.0 <= figures["reward_accuracy"] <= 1.0 and figures["tokens_per_s"] > 0
-    assert [line.split(" ")[0] for line in lines] == ["reference", "DPO", "DPO"]
+    assert [line.split(" ")[0] for line in lines] == ["reference", "DPO", "DPO", "policy"]
     assert lines[2].startswith("DPO done: 12 updates") and "reward accuracy" in lines[2]
 
     # Measured afresh: the chosen-vs-rejected margin over the reference rose for most pairs.
-    def margins(policy) -> list[float]:
-        scores = [
-            sequence_logprobs(
+    def scores(policy) -> dict[str, list[float]]:
+        return {
+            side: sequence_logprobs(
                 policy,
                 tokenizer,
                 [p.prompt for p in pairs],
@@ -184,11 +186,57 @@ def test_train_dpo_learns_the_preference(
                 [getattr(p, f"{side}_has_eos") for p in pairs],
             )
             for side in ("chosen", "rejected")
-        ]
-        return [c - r for c, r in zip(*scores, strict=True)]
+        }
 
-    before, after = margins(initial), margins(model)
-    assert sum(a > b for a, b in zip(after, before, strict=True)) >= 14
+    before, after = scores(initial), scores(model)
+    margins = [
+        (ac - ar) - (bc - br)
+        for ac, ar, bc, br in zip(
+            after["chosen"], after["rejected"], before["chosen"], before["rejected"], strict=True
+        )
+    ]
+    assert sum(m > 0 for m in margins) >= 14
+    # The reported change of each side is that side's mean log pi - log ref over the pairs.
+    for side in ("chosen", "rejected"):
+        change = [a - b for a, b in zip(after[side], before[side], strict=True)]
+        assert getattr(stats, f"{side}_logp_change") == pytest.approx(
+            sum(change) / len(change), abs=1e-3
+        )
+    assert stats.chosen_logp_change > stats.rejected_logp_change
+
+
+def test_token_kl_is_the_exact_per_token_kl_over_the_completions(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    policy = build_tiny_llama(TINY, tokenizer, seed=0)
+    reference = build_tiny_llama(TINY, tokenizer, seed=1).train()
+    prompts = [p.prompt for p in pairs[:5]]
+    completions = [p.rejected for p in pairs[:5]]
+    flags = [p.rejected_has_eos for p in pairs[:5]]
+    same, n = token_kl(policy, copy.deepcopy(policy), tokenizer, prompts, completions, flags)
+    assert same == pytest.approx(0.0, abs=1e-6)
+    expected_tokens = sum(
+        len(encode_response(tokenizer, p, c, has_eos=e).input_ids) - len(tokenizer(p)["input_ids"])
+        for p, c, e in zip(prompts, completions, flags, strict=True)
+    )
+    assert n == expected_tokens
+    kl, n = token_kl(policy, reference, tokenizer, prompts, completions, flags, batch_size=2)
+    # By hand: KL(p || q) of the next-token distributions at every completion position.
+    total = 0.0
+    for prompt, completion, eos in zip(prompts, completions, flags, strict=True):
+        ids = encode_response(tokenizer, prompt, completion, has_eos=eos).input_ids
+        start = len(tokenizer(prompt)["input_ids"])
+        with torch.no_grad():
+            log_p, log_q = (
+                torch.log_softmax(m.eval()(torch.tensor([ids])).logits[0].double(), -1)
+                for m in (policy, reference)
+            )
+        for t in range(start - 1, len(ids) - 1):
+            total += float((log_p[t].exp() * (log_p[t] - log_q[t])).sum())
+    assert kl == pytest.approx(total / n, rel=1e-4) and kl > 0
+    reference.train()
+    token_kl(policy, reference, tokenizer, prompts, completions, flags)
+    assert reference.training  # modes restored
 
 
 def test_reference_is_computed_once_from_the_start_policy(

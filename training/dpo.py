@@ -64,11 +64,27 @@ of ``reward(chosen) - reward(rejected)``, both over the last epoch's updates (th
 before its optimizer step, and summed over processes. ``losses`` holds each update's weighted
 loss over its whole batch, all processes included (one scalar all-reduce per update).
 
-``log`` gets a line for the reference pass, one when training starts and one when it ends;
+``chosen_logp_change`` and ``rejected_logp_change`` say how far training moved the policy
+from the reference on its own pairs: after the last update, one more scoring pass gives each
+pair's ``log pi - log ref`` of the chosen and of the rejected response (summed over the
+completion tokens, as in the loss), averaged over the trained pairs (unweighted). DPO can
+raise the margin by lowering both; these two say which side moved.
+
+``log`` gets a line for the reference pass, one when training starts, one when it ends and
+one for the scoring pass after it;
 ``progress`` (a :class:`training.progress.Progress`) is called after every update with the
 updates done, the total, and the figures ``loss``, ``lr`` (for the next update),
 ``tokens_per_s`` (since the start) and ``reward_accuracy`` (of that update's pairs on the main
 process).
+
+Distance from the reference
+---------------------------
+:func:`token_kl` is the mean per-token ``KL(policy || reference)`` of the next-token
+distributions over the completion tokens of given texts (prompt + completion, teacher
+forced): at each completion position the exact KL over the vocabulary, then the mean over
+every such position of every text. It costs one forward pass of each model per batch; the
+texts fix the contexts, so it measures how the two models differ where those texts go, not
+on the policy's own samples.
 """
 
 from __future__ import annotations
@@ -99,6 +115,7 @@ __all__ = [
     "PreferenceExample",
     "encode_response",
     "sequence_logprobs",
+    "token_kl",
     "train_dpo",
 ]
 
@@ -120,6 +137,8 @@ class DPOStats(TrainStats):
 
     reward_accuracy: float = math.nan
     mean_margin: float = math.nan
+    chosen_logp_change: float = math.nan
+    rejected_logp_change: float = math.nan
     zero_weight: int = 0
     reference_seconds: float = 0.0
 
@@ -218,7 +237,7 @@ def train_dpo(
     )
     pad_id = trainer.pad_token_id(tokenizer)
     reference_start = time.perf_counter()
-    reference = _reference_logprobs(
+    reference = _pair_logprobs(
         reference_model if reference_model is not None else model,
         pairs,
         pad_id,
@@ -226,6 +245,11 @@ def train_dpo(
         restore_device=reference_model is not None,
     )
     reference_seconds = time.perf_counter() - reference_start
+    tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
+    run.emit(
+        f"reference log-probs of {len(pairs)} pairs in {reference_seconds:.1f}s "
+        f"({tokens / max(reference_seconds, 1e-9):,.0f} tokens/s)"
+    )
     slots, batches = _weighted_slots(pairs, run, seed)
     collate = functools.partial(_collate, pairs=pairs, reference=reference, pad_id=pad_id)
     run.prepare(model, slots, batches, collate)
@@ -239,9 +263,30 @@ def train_dpo(
         "reward_accuracy": float(last_epoch[1] / last_epoch[0]),
         "mean_margin": float(last_epoch[2] / last_epoch[0]),
     }
-    return DPOStats(
-        **run.finish(**preference), **counts, **preference, reference_seconds=reference_seconds
+    summary = run.finish(**preference)
+    moved = _logprob_changes(model, pairs, reference, pad_id, run=run)
+    return DPOStats(**summary, **counts, **preference, **moved, reference_seconds=reference_seconds)
+
+
+def _logprob_changes(
+    model: torch.nn.Module,
+    pairs: Sequence[_Pair],
+    reference: torch.Tensor,
+    pad_id: int,
+    *,
+    run: trainer.TrainingRun,
+) -> dict[str, float]:
+    """The trained policy's mean ``log pi - log ref`` of the chosen and of the rejected
+    responses over ``pairs`` (``DPOStats.chosen_logp_change``, ``rejected_logp_change``)."""
+    start = time.perf_counter()
+    after = _pair_logprobs(model, pairs, pad_id, run=run, restore_device=False)
+    chosen, rejected = (after - reference).double().mean(0).tolist()
+    run.emit(
+        f"policy log-probs after training, {len(pairs)} pairs in "
+        f"{time.perf_counter() - start:.1f}s: chosen {chosen:+.3f}, rejected {rejected:+.3f} "
+        "(mean log pi - log ref per pair)"
     )
+    return {"chosen_logp_change": chosen, "rejected_logp_change": rejected}
 
 
 def _encode_pairs(
@@ -392,30 +437,31 @@ def _score(
     return out
 
 
-def _reference_logprobs(
-    reference: torch.nn.Module,
+def _pair_logprobs(
+    scorer: torch.nn.Module,
     pairs: Sequence[_Pair],
     pad_id: int,
     *,
     run: trainer.TrainingRun,
     restore_device: bool,
 ) -> torch.Tensor:
-    """``(pairs, 2)`` reference log-prob sums (chosen, rejected); each process scores a share.
+    """``(pairs, 2)`` log-prob sums (chosen, rejected) under ``scorer``; each process scores
+    a share. Used for the reference before any update and for the policy after the last.
 
-    Scored before any update, in eval mode, in the run's precision, a training micro-batch
-    of pairs (twice as many sequences) per forward pass.
+    In eval mode, in the run's precision, a training micro-batch of pairs (twice as many
+    sequences) per forward pass; ``restore_device`` moves a separate reference model back
+    where it came from.
     """
-    start = time.perf_counter()
     accelerator = run.accelerator
-    was_training = reference.training
-    original_device = next(reference.parameters()).device
-    reference.to(accelerator.device).eval()
+    was_training = scorer.training
+    original_device = next(scorer.parameters()).device
+    scorer.to(accelerator.device).eval()
     rank, processes = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(pairs), processes))
     sequences = [pairs[i].chosen for i in mine] + [pairs[i].rejected for i in mine]
     try:
         scores = _score(
-            reference,
+            scorer,
             sequences,
             pad_id,
             batch_size=2 * run.plan.micro,
@@ -423,18 +469,75 @@ def _reference_logprobs(
             bf16=run.precision.bf16,
         )
     finally:
-        reference.train(was_training)
+        scorer.train(was_training)
     result = torch.zeros(len(pairs), 2, dtype=torch.float32)
     result[mine, 0] = scores[: len(mine)]
     result[mine, 1] = scores[len(mine) :]
     if processes > 1:  # every pair is scored by one process; the others add zeros
         result = accelerator.reduce(result.to(accelerator.device), "sum").cpu()
     if restore_device and original_device != accelerator.device:
-        reference.to(original_device)  # a separate reference goes back where it came from
-    seconds = time.perf_counter() - start
-    tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
-    run.emit(
-        f"reference log-probs of {len(pairs)} pairs in {seconds:.1f}s "
-        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"
-    )
+        scorer.to(original_device)
     return result
+
+
+@torch.no_grad()
+def token_kl(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    has_eos: Sequence[bool] | bool = True,
+    *,
+    batch_size: int = 8,
+    bf16: bool = False,
+) -> tuple[float, int]:
+    """Mean per-token ``KL(policy || reference)`` over the completion tokens (+ EOS iff
+    ``has_eos``) of the texts, and the number of tokens it averages (see "Distance from the
+    reference" in the module docstring). ``reference`` must be on the policy's device; both
+    run in eval mode, without gradients, and their modes are restored. Nothing is truncated.
+    """
+    if isinstance(has_eos, bool):
+        has_eos = [has_eos] * len(prompts)
+    if not len(prompts) == len(completions) == len(has_eos):
+        raise ValueError("prompts, completions and has_eos must have the same length")
+    encoded = [
+        encode_response(tokenizer, p, c, has_eos=e)
+        for p, c, e in zip(prompts, completions, has_eos, strict=True)
+    ]
+    pad_id = trainer.pad_token_id(tokenizer)
+    device = next(policy.parameters()).device
+    modes = policy.training, reference.training
+    policy.eval()
+    reference.eval()
+    total, count = 0.0, 0
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = collate_examples(
+                [encoded[i] for i in order[start : start + batch_size]], pad_id
+            )
+            batch = {k: v.to(device) for k, v in batch.items()}
+            log_p, log_q = (
+                _next_token_logprobs(model, batch, device_type=device.type, bf16=bf16)
+                for model in (policy, reference)
+            )
+            mask = batch["labels"][:, 1:].ne(IGNORE_INDEX)
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+            total += float(kl[mask].double().sum())
+            count += int(mask.sum())
+    finally:
+        policy.train(modes[0])
+        reference.train(modes[1])
+    return (total / count if count else math.nan), count
+
+
+def _next_token_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, device_type: str, bf16: bool
+) -> torch.Tensor:
+    """Float32 log-softmax of ``model``'s next-token logits at every position but the last."""
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
