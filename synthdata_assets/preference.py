@@ -9,7 +9,6 @@ pair is weighted by :func:`pair_weights`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,16 +20,26 @@ from training.config import TrainingConfig
 from training.dpo import PreferenceExample, train_dpo
 from training.progress import Progress, no_progress
 
+# The weight of a pit that loses no value, before the weights are normalised to mean 1, so
+# that a pit losing all of it counts at most 1 / MIN_PIT_WEIGHT times as much.
+MIN_PIT_WEIGHT = 0.1
 
-def pair_weights(pairs: pl.DataFrame, adv: pl.DataFrame, beta: float) -> list[float]:
-    """The advantage-weighted variant: exp(-A_pit / beta) per pair, normalised to mean 1, so
-    that pits that lose more value count more (A_pit: the advantage of the pair's pit step in
-    ``step_advantages``; 0 where the sample has none)."""
-    pit_adv = adv.filter(pl.col("is_first_pit")).select("sample_id", pit_advantage="advantage")
-    joined = pairs.join(pit_adv, on="sample_id", how="left").with_columns(
-        pl.col("pit_advantage").fill_null(0.0)
-    )
-    raw = [math.exp(-a / beta) for a in joined["pit_advantage"]]
+
+def pair_weights(
+    pairs: pl.DataFrame, adv: pl.DataFrame, floor: float = MIN_PIT_WEIGHT
+) -> list[float]:
+    """The advantage-weighted variant: each pair's weight is the value lost at its negative's
+    first pit, ``-A_pit`` (``A_pit``: the advantage of the pit step in ``step_advantages``,
+    a difference of two Q-values in [0, 1]), clipped to ``[floor, 1]`` and normalised to
+    mean 1. A pit that loses all of the value counts most; one that loses none (Q was
+    already 0 before it), or a negative without a pit, gets ``floor``. Weights are finite
+    and within a ratio of ``1 / floor`` of each other.
+    """
+    if not 0 < floor <= 1:
+        raise ValueError(f"floor must be in (0, 1], got {floor}")
+    at_pit = adv.filter(pl.col("is_first_pit")).select("sample_id", "advantage")
+    advantage = dict(at_pit.iter_rows())
+    raw = [min(1.0, max(floor, -(advantage.get(sid) or 0.0))) for sid in pairs["sample_id"]]
     mean = sum(raw) / len(raw)
     return [w / mean for w in raw]
 

@@ -1,11 +1,14 @@
-"""Preference pairs of every kind, and the edit distance behind edit_distance pairs."""
+"""Preference pairs of every kind, the edit distance behind edit_distance pairs, and the
+weights of the advantage-weighted variant."""
 
+import math
 import random
 
 import polars as pl
 import pytest
 
 from synthdata_assets.pairs import PAIR_KINDS, PAIR_SCHEMA, levenshtein, preference_pairs
+from synthdata_assets.preference import MIN_PIT_WEIGHT, pair_weights
 from synthdata_assets.steps import prefix, split_steps
 from training.prompts import format_prompt
 
@@ -241,3 +244,40 @@ def test_levenshtein_matches_plain_dp():
         b = "".join(rng.choice("ab c\n😀") for _ in range(rng.randrange(0, 90)))
         assert levenshtein(a, b) == dp(a, b) == levenshtein(b, a)
     assert levenshtein("kitten", "sitting") == 3
+
+
+def test_advantage_weights_are_the_value_lost_at_the_pit():
+    # a loses all of its value at its pit, b half, c none (Q was already 0); d has no pit
+    # and e no rows at all
+    adv = pl.DataFrame(
+        [
+            ("a", 0, None, False),
+            ("a", 1, -1.0, True),
+            ("b", 0, None, False),
+            ("b", 1, 0.0, False),
+            ("b", 2, -0.5, True),
+            ("c", 1, 0.0, True),
+            ("d", 1, -0.25, False),
+        ],
+        schema={
+            "sample_id": pl.String,
+            "step_idx": pl.Int64,
+            "advantage": pl.Float64,
+            "is_first_pit": pl.Boolean,
+        },
+        orient="row",
+    )
+    pairs = pl.DataFrame({"sample_id": ["e", "b", "a", "c", "d", "a"]})
+    weights = pair_weights(pairs, adv)
+    w = dict(zip(pairs["sample_id"], weights, strict=True))
+    assert all(math.isfinite(x) and x > 0 for x in weights)
+    assert sum(weights) / len(weights) == pytest.approx(1.0)
+    assert w["a"] > w["b"] > w["c"] == w["d"] == w["e"]  # a larger drop, a larger weight
+    assert w["a"] / w["b"] == pytest.approx(2.0)
+    assert max(weights) / min(weights) == pytest.approx(1 / MIN_PIT_WEIGHT)
+    # Binary Q (best-of-K with M == K): two values, 10 : 1, not e^10 : 1.
+    binary = pair_weights(pl.DataFrame({"sample_id": ["a", "c"]}), adv)
+    assert binary[0] / binary[1] == pytest.approx(1 / MIN_PIT_WEIGHT)
+    assert pair_weights(pairs, adv, floor=1.0) == [1.0] * len(pairs)
+    with pytest.raises(ValueError, match="floor"):
+        pair_weights(pairs, adv, floor=0.0)

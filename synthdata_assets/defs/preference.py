@@ -40,7 +40,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         chosen = preference_pairs.filter(pl.col("kind") == credit.per_step_pair_kind)
         weights = None
         if credit.advantage_weighted and chosen.height:
-            weights = preference.pair_weights(chosen, step_advantages, training.dpo_beta)
+            weights = preference.pair_weights(chosen, step_advantages)
         return train(context, "per_step_dpo", sft_model, chosen, weights)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
