@@ -1,38 +1,46 @@
-"""Scaling curves: power-law fits, data multipliers with paired bootstrap CIs, plot, report."""
+"""Scaling curves: paired differences against SFT, data multipliers read off SFT's measured
+curve with bootstrap intervals over seeds and problems, the chance floor, plot and report."""
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
 
 from synthdata_assets.curves import (
-    FIT_SCHEMA,
     MULTIPLIER_SCHEMA,
+    PAIRED_SCHEMA,
     SCALING_SCHEMA,
-    fit_power_laws,
+    SIZE_MULTIPLIER_SCHEMA,
+    _isotonic,
+    compare,
     multipliers,
     plot_curves,
     report_markdown,
     scaling_table,
-    size_multipliers,
+    study_report,
 )
+from warehouse.query import named_queries
 
-SIZES = [4, 16, 64, 256, 1024]
+SIZES = [250, 500, 1000, 2000, 4000]
+CHANCE = 1 / 23
 
 
 def sft_law(n: float) -> float:
-    return 0.8 * n**-0.3
+    """Accuracy linear in log data size: +12 points per doubling, 20% at 250."""
+    return 0.20 + 0.12 * math.log2(n / 250)
 
 
-def eightfold_law(n: float) -> float:
-    """Reaches SFT's error with 8x less data: multiplier 8."""
-    return sft_law(8 * n)
+def twice_sft(n: float) -> float:
+    """SFT's accuracy at twice the data: a multiplier of exactly 2."""
+    return sft_law(2 * n)
 
 
 def make_evals(
@@ -40,28 +48,46 @@ def make_evals(
     *,
     sizes=SIZES,
     n_seeds: int = 3,
-    n_problems: int = 2000,
+    n_problems: int = 1000,
     seed: int = 0,
 ) -> pl.DataFrame:
-    """Independent Bernoulli(1 - error) answers for every method x size x seed x problem."""
+    """Independent Bernoulli(accuracy) answers for every method x size x seed x problem."""
     rng = np.random.default_rng(seed)
     problem_ids = np.array([f"test-{i:05d}" for i in range(n_problems)])
-    frames = []
-    for method, law in laws.items():
-        for size in sizes:
-            for s in range(n_seeds):
-                frames.append(
-                    pl.DataFrame(
-                        {
-                            "method": method,
-                            "data_size": size,
-                            "seed": s,
-                            "problem_id": problem_ids,
-                            "completion": "The answer is 1.",
-                            "is_correct": rng.random(n_problems) >= law(size),
-                        }
-                    )
-                )
+    frames = [
+        pl.DataFrame(
+            {
+                "method": method,
+                "data_size": size,
+                "seed": s,
+                "problem_id": problem_ids,
+                "completion": "The answer is 1.",
+                "is_correct": rng.random(n_problems) < law(size),
+            }
+        )
+        for method, law in laws.items()
+        for size in sizes
+        for s in range(n_seeds)
+    ]
+    return pl.concat(frames).with_columns(pl.col("data_size", "seed").cast(pl.Int64))
+
+
+def exact_evals(accuracies: dict[str, list[float]], *, sizes=SIZES, n_problems=1000):
+    """One seed; the first round(accuracy * n) problems right: accuracies without noise."""
+    index = np.arange(n_problems)
+    frames = [
+        pl.DataFrame(
+            {
+                "method": method,
+                "data_size": size,
+                "seed": 0,
+                "problem_id": [f"p{i}" for i in index],
+                "is_correct": index < round(acc * n_problems),
+            }
+        )
+        for method, accs in accuracies.items()
+        for size, acc in zip(sizes, accs, strict=True)
+    ]
     return pl.concat(frames).with_columns(pl.col("data_size", "seed").cast(pl.Int64))
 
 
@@ -69,23 +95,29 @@ def by_method(frame: pl.DataFrame) -> dict[str, dict]:
     return {r["method"]: r for r in frame.iter_rows(named=True)}
 
 
+def cell(frame: pl.DataFrame, method: str, size: int) -> dict:
+    return frame.filter((pl.col("method") == method) & (pl.col("data_size") == size)).row(
+        0, named=True
+    )
+
+
 @pytest.fixture(scope="module")
 def study() -> pl.DataFrame:
     laws = {
-        "base": lambda n: 0.7,
+        "base": lambda n: 0.05,
         "sft": sft_law,
         "sft_twin": sft_law,
-        "per_step_dpo": eightfold_law,
+        "per_step_dpo": twice_sft,
     }
-    return make_evals(laws, n_problems=6000, seed=1)
+    return make_evals(laws, seed=1)
 
 
 @pytest.fixture(scope="module")
-def study_mults(study: pl.DataFrame) -> pl.DataFrame:
-    return multipliers(study, n_boot=400, seed=0)
+def study_comparison(study: pl.DataFrame):
+    return compare(study, chance=CHANCE, n_boot=1000, seed=0)
 
 
-# --------------------------------------------------------------------------- table + fits
+# --------------------------------------------------------------------------- table, inputs
 
 
 def test_scaling_table_contract():
@@ -105,230 +137,365 @@ def test_scaling_table_contract():
     assert rows[("sft", 10)]["n_test"] == 2
     assert rows[("sft", 20)]["test_error"] == 0.0
     assert rows[("base", 10)]["test_error"] == 1.0
-    # methods keep their order of appearance
     assert table["method"].unique(maintain_order=True).to_list() == ["sft", "base"]
 
 
-def test_missing_columns_are_named():
+def test_missing_columns_duplicates_and_bad_options_are_named():
     ev = pl.DataFrame({"method": ["sft"], "problem_id": ["a"]})
-    for fn in (scaling_table, multipliers):
+    for fn in (scaling_table, multipliers, compare):
         with pytest.raises(ValueError, match="data_size.*seed.*is_correct"):
             fn(ev)
-    with pytest.raises(ValueError, match="n_test"):
-        fit_power_laws(
-            pl.DataFrame({"method": ["sft"], "data_size": [1], "seed": [0], "test_error": [0.5]})
-        )
-
-
-def test_duplicate_keys_rejected():
-    ev = make_evals({"sft": sft_law}, sizes=[4], n_seeds=1, n_problems=5)
+    ev = make_evals({"sft": sft_law}, sizes=[250], n_seeds=1, n_problems=5)
     with pytest.raises(ValueError, match="duplicated"):
-        scaling_table(pl.concat([ev, ev.head(1)]))
-
-
-def test_power_law_recovered(study: pl.DataFrame):
-    fits = by_method(fit_power_laws(scaling_table(study)))
-    sft = fits["sft"]
-    assert sft["b"] == pytest.approx(0.3, abs=0.03)
-    assert sft["a"] == pytest.approx(0.8, rel=0.15)
-    assert sft["r2"] > 0.97 and sft["n_points"] == 5
-    assert (sft["min_size"], sft["max_size"]) == (4, 1024)
-    assert fits["per_step_dpo"]["b"] == pytest.approx(0.3, abs=0.03)
-    assert abs(fits["base"]["b"]) < 0.03  # base does not depend on data size
-
-
-def test_fit_schema_and_single_size_method():
-    ev = pl.concat(
-        [
-            make_evals({"sft": sft_law}, n_problems=200),
-            make_evals({"rft": sft_law}, sizes=[64], n_problems=200),
-        ]
-    )
-    fits = fit_power_laws(scaling_table(ev))
-    assert fits.schema == pl.Schema(FIT_SCHEMA)
-    rft = by_method(fits)["rft"]
-    assert rft["n_points"] == 1 and rft["a"] is None and rft["b"] is None and rft["r2"] is None
-
-
-# --------------------------------------------------------------------------- multipliers
-
-
-def test_eightfold_multiplier(study_mults: pl.DataFrame):
-    assert study_mults.schema == pl.Schema(MULTIPLIER_SCHEMA)
-    row = by_method(study_mults)["per_step_dpo"]
-    assert row["multiplier"] == pytest.approx(8.0, rel=0.2)
-    assert row["ci_low"] < 8.0 < row["ci_high"]
-    assert row["ci_low"] <= row["multiplier"] <= row["ci_high"]
-    assert row["n_sizes"] == 5
-    # better than SFT at the largest SFT size -> needs more SFT data than was measured
-    assert row["extrapolated"] is True and "extrapolated" in row["note"]
-
-
-def test_equal_method_has_multiplier_one(study_mults: pl.DataFrame):
-    rows = by_method(study_mults)
-    assert rows["sft"]["multiplier"] == pytest.approx(1.0, abs=1e-9)
-    assert rows["sft"]["extrapolated"] is False
-    twin = rows["sft_twin"]  # same law, independent draws
-    assert twin["multiplier"] == pytest.approx(1.0, rel=0.2)
-    assert twin["ci_low"] < 1.0 < twin["ci_high"]
-    assert rows["base"]["multiplier"] < 0.2  # base is worth far less than SFT
-
-
-def test_bootstrap_is_paired():
-    """A row-for-row copy of SFT gets exactly 1x in every resample when problems and seeds
-    are resampled jointly across methods."""
-    ev = make_evals({"sft": sft_law}, n_problems=300)
-    ev = pl.concat([ev, ev.with_columns(method=pl.lit("copy"))])
-    row = by_method(multipliers(ev, n_boot=200))["copy"]
-    assert row["multiplier"] == pytest.approx(1.0, abs=1e-9)
-    assert row["ci_low"] == pytest.approx(1.0, abs=1e-9)
-    assert row["ci_high"] == pytest.approx(1.0, abs=1e-9)
-
-
-def test_interval_narrows_with_more_problems():
-    laws = {"sft": sft_law, "per_step_dpo": eightfold_law}
-    widths = []
-    for n_problems in (500, 8000):
-        row = by_method(multipliers(make_evals(laws, n_problems=n_problems, seed=3), n_boot=300))[
-            "per_step_dpo"
-        ]
-        widths.append(math.log(row["ci_high"] / row["ci_low"]))
-    assert widths[1] < 0.5 * widths[0]
-
-
-def test_bootstrap_deterministic_with_seed():
-    ev = make_evals({"sft": sft_law, "per_step_dpo": eightfold_law}, n_problems=300)
-    a = multipliers(ev, n_boot=200, seed=7)
-    b = multipliers(ev, n_boot=200, seed=7)
-    c = multipliers(ev, n_boot=200, seed=8)
-    assert a.equals(b)
-    assert by_method(a)["per_step_dpo"]["ci_low"] != by_method(c)["per_step_dpo"]["ci_low"]
-    assert by_method(a)["per_step_dpo"]["multiplier"] == by_method(c)["per_step_dpo"]["multiplier"]
-
-
-def test_size_multipliers_match_summary(study: pl.DataFrame, study_mults: pl.DataFrame):
-    table = scaling_table(study)
-    per_size = size_multipliers(table, fit_power_laws(table))
-    dpo = per_size.filter(pl.col("method") == "per_step_dpo")
-    assert dpo.height == 5
-    geo = math.exp(float(np.log(dpo["multiplier"].to_numpy()).mean()))
-    assert geo == pytest.approx(by_method(study_mults)["per_step_dpo"]["multiplier"], rel=1e-9)
-    assert dpo.filter(pl.col("data_size") == 1024)["extrapolated"].item() is True
-
-
-def _assert_no_inf(frame: pl.DataFrame):
-    for col in ("multiplier", "ci_low", "ci_high"):
-        values = frame[col].drop_nulls().to_numpy()
-        assert np.isfinite(values).all(), col
-
-
-def test_undefined_when_sft_does_not_improve(tmp_path: Path):
-    # SFT gets worse with data: fitted b < 0
-    ev = make_evals({"sft": lambda n: 0.1 * n**0.2, "per_step_dpo": eightfold_law}, n_problems=500)
-    mults = multipliers(ev, n_boot=100)
-    _assert_no_inf(mults)
-    row = by_method(mults)["per_step_dpo"]
-    assert row["multiplier"] is None and row["ci_low"] is None
-    assert "does not fall" in row["note"] and "undefined" in row["note"]
-    # exactly flat SFT (identical answers at every size): b == 0
-    flat = make_evals({"sft": lambda n: 0.4}, sizes=[4], n_problems=500)
-    flat = pl.concat([flat.with_columns(data_size=pl.lit(s, pl.Int64)) for s in SIZES])
-    flat = pl.concat([flat, make_evals({"rft": eightfold_law}, n_problems=500)])
-    row = by_method(multipliers(flat, n_boot=50))["rft"]
-    assert row["multiplier"] is None and "b = 0 <= 0" in row["note"]
-    table = scaling_table(ev)
-    fits = fit_power_laws(table)
-    report = report_markdown(table, fits, mults, plot_curves(table, fits, tmp_path / "u.png"))
-    assert "per_step_dpo: undefined" in report
-
-
-def test_edge_cases_single_size_missing_sizes_all_right_all_wrong(tmp_path: Path):
-    # a single data size: no fit, multipliers undefined with a reason
-    one = make_evals({"sft": sft_law, "rft": eightfold_law}, sizes=[64], n_problems=100)
-    mults = multipliers(one, n_boot=50)
-    assert mults["multiplier"].null_count() == 2
-    assert all("needs >= 2" in n for n in mults["note"])
-    table = scaling_table(one)
-    fits = fit_power_laws(table)
-    assert plot_curves(table, fits, tmp_path / "one.png").exists()
-    assert "rft: undefined" in report_markdown(table, fits, mults, tmp_path / "one.png")
-
-    # a method missing at some sizes; a perfect method; a hopeless method
-    ev = pl.concat(
-        [
-            make_evals({"sft": sft_law}, n_problems=400),
-            make_evals({"rft": eightfold_law}, sizes=[16, 256], n_problems=400),
-            make_evals({"oracle": lambda n: 0.0, "broken": lambda n: 1.0}, n_problems=400),
-        ]
-    )
-    mults = by_method(multipliers(ev, n_boot=100))
-    assert mults["rft"]["n_sizes"] == 2 and mults["rft"]["multiplier"] > 1
-    oracle, broken = mults["oracle"], mults["broken"]
-    # zero error is clipped at half an error on the pooled test set: large but finite
-    assert math.isfinite(oracle["multiplier"]) and oracle["multiplier"] > 100
-    assert oracle["extrapolated"] is True
-    assert 0 < broken["multiplier"] < 1
-    _assert_no_inf(multipliers(ev, n_boot=100))
-    fits = by_method(fit_power_laws(scaling_table(ev)))
-    # the floor depends only on the pooled test count, equal at every size: flat fit
-    assert fits["oracle"]["b"] == pytest.approx(0.0, abs=1e-12)
-    assert fits["broken"]["b"] == pytest.approx(0.0, abs=1e-12)
-
-
-def test_missing_reference():
-    ev = make_evals({"rft": sft_law}, n_problems=50)
-    row = by_method(multipliers(ev, n_boot=10))["rft"]
-    assert row["multiplier"] is None and "'sft' is not in the evaluations" in row["note"]
-    row = by_method(multipliers(ev, reference="rft", n_boot=10))["rft"]
-    assert row["multiplier"] == pytest.approx(1.0)
-
-
-def test_resamples_with_an_undefined_reference_fit_are_dropped():
-    """An SFT slope barely above 0: some resamples fit b <= 0; they are counted in the note,
-    and the interval is null once more than half are dropped."""
-    laws = {"sft": lambda n: 0.5 * n**-0.03, "rft": lambda n: 0.45 * n**-0.03}
-    notes = {}
-    for seed in (1, 2):
-        ev = make_evals(laws, sizes=[8, 512], n_seeds=2, n_problems=80, seed=seed)
-        notes[seed] = by_method(multipliers(ev, n_boot=100))["rft"]
-    kept, too_few = notes[2], notes[1]
-    assert "40 of 100 bootstrap resamples had an undefined sft fit" in kept["note"]
-    assert "too few left" not in kept["note"]
-    assert kept["ci_low"] is not None and kept["ci_high"] is not None
-    assert "51 of 100" in too_few["note"] and "too few left for an interval" in too_few["note"]
-    assert too_few["multiplier"] is not None
-    assert too_few["ci_low"] is None and too_few["ci_high"] is None
-
-
-def _scaled(k: float) -> Callable[[float], float]:
-    return lambda n: sft_law(k * n)
-
-
-# --------------------------------------------------------------------------- plot + report
-
-
-def test_plot_and_report(tmp_path: Path, study: pl.DataFrame, study_mults: pl.DataFrame):
-    table = scaling_table(study)
-    fits = fit_power_laws(table)
-    out = tmp_path / "figures" / "scaling.png"
-    assert plot_curves(table, fits, out) == out
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in out.parent.iterdir()] == ["scaling.png"]  # no temp file left
-    umask = os.umask(0)
-    os.umask(umask)
-    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any file, not private
-    plot_curves(table, fits, out)  # overwrite in place
-    report = report_markdown(table, fits, study_mults, out, relative_to=tmp_path)
-    for method in ("base", "sft", "sft_twin", "per_step_dpo"):
-        assert f"| {method} |" in report and f"- {method}:" in report
-    assert "figures/scaling.png" in report
-    assert "95% CI" in report and "x SFT data" in report
-    assert "extrapolated" in report
-    assert "| method | 4 | 16 | 64 | 256 | 1024 |" in report
+        compare(pl.concat([ev, ev.head(1)]))
+    for bad, match in (
+        ({"chance": 1.0}, "chance"),
+        ({"chance": -0.1}, "chance"),
+        ({"n_boot": -1}, "n_boot"),
+        ({"confidence": 1.0}, "confidence"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            compare(ev, **bad)
 
 
 def test_empty_evaluations():
     ev = make_evals({"sft": sft_law}, n_problems=1).head(0)
     assert scaling_table(ev).height == 0
-    assert fit_power_laws(scaling_table(ev)).height == 0
-    assert multipliers(ev).height == 0
+    result = compare(ev)
+    assert result.multipliers.height == 0 and result.paired.height == 0
+    assert result.multipliers.schema == pl.Schema(MULTIPLIER_SCHEMA)
+
+
+# --------------------------------------------------------------------------- isotonic curve
+
+
+def _pava(y: list[float]) -> list[float]:
+    """Pool adjacent violators, the textbook loop."""
+    blocks: list[list[float]] = []
+    for v in y:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            v2, n2 = blocks.pop()
+            blocks[-1][0] += v2
+            blocks[-1][1] += n2
+    return [s / n for s, n in blocks for _ in range(int(n))]
+
+
+def test_isotonic_curve_is_pool_adjacent_violators():
+    np.testing.assert_allclose(_isotonic(np.array([[1.0, 3.0, 2.0, 4.0]]))[0], [1, 2.5, 2.5, 4])
+    rng = np.random.default_rng(0)
+    y = rng.random((300, 6))
+    expected = np.array([_pava(list(row)) for row in y])
+    np.testing.assert_allclose(_isotonic(y), expected, atol=1e-12)
+    monotone = np.sort(y, axis=1)
+    np.testing.assert_allclose(_isotonic(monotone), monotone, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- multipliers
+
+
+def test_sft_at_twice_the_data_has_multiplier_two(study_comparison):
+    mults = study_comparison.multipliers
+    assert mults.schema == pl.Schema(MULTIPLIER_SCHEMA)
+    row = by_method(mults)["per_step_dpo"]
+    assert row["multiplier"] == pytest.approx(2.0, rel=0.15)
+    assert row["ci_low"] < 2.0 < row["ci_high"]
+    assert row["ci_low"] <= row["median"] <= row["ci_high"]
+    assert row["share_above_1"] > 0.975 and row["bound"] is None
+    # at 4000, twice the data is beyond SFT's largest size: censored, left out of the mean
+    # (at 2000 it is SFT's largest size, inside or just above by chance)
+    assert row["n_sizes"] in (3, 4) and "4000 (above)" in row["note"]
+    per_size = study_comparison.per_size
+    assert per_size.schema == pl.Schema(SIZE_MULTIPLIER_SCHEMA)
+    top = cell(per_size, "per_step_dpo", 4000)
+    assert top["censored"] == "above" and top["reference_size"] == pytest.approx(4000)
+    assert cell(per_size, "per_step_dpo", 500)["reference_size"] == pytest.approx(1000, rel=0.2)
+
+
+def test_identical_methods_have_multiplier_one(study_comparison):
+    rows = by_method(study_comparison.multipliers)
+    assert rows["sft"]["multiplier"] == 1.0 and "reference" in rows["sft"]["note"]
+    twin = rows["sft_twin"]  # same law, independent draws
+    assert twin["multiplier"] == pytest.approx(1.0, rel=0.15)
+    assert twin["ci_low"] < 1.0 < twin["ci_high"]
+    assert 0.025 < twin["share_above_1"] < 0.975
+    # base is below SFT's curve (and near chance) at every size: an upper bound below 1x
+    assert rows["base"]["bound"] == "upper" and rows["base"]["multiplier"] < 1.0
+
+
+def test_above_or_below_sft_everywhere_is_a_bound_and_both_ways_is_undefined():
+    sft = [0.2, 0.3, 0.4, 0.5, 0.6]
+    ev = exact_evals(
+        {
+            "sft": sft,
+            "oracle": [0.9] * 5,
+            "broken": [0.1] * 5,
+            "steep": [0.1, 0.15, 0.3, 0.7, 0.9],  # below at 250 and 500, above at 2000, 4000
+        }
+    )
+    result = compare(ev, n_boot=50)
+    rows = by_method(result.multipliers)
+    oracle = rows["oracle"]
+    # at each size the equivalent is "more than 4000": geometric mean of 4000 / n
+    expected = math.exp(np.mean([math.log(4000 / n) for n in SIZES]))
+    assert oracle["bound"] == "lower" and oracle["multiplier"] == pytest.approx(expected)
+    assert "lower bound" in oracle["note"]
+    assert rows["broken"]["bound"] == "upper" and rows["broken"]["multiplier"] < 1
+    steep = rows["steep"]
+    # only at 1000 inside SFT's range: 30% is SFT's accuracy at 500
+    assert steep["multiplier"] == pytest.approx(0.5)
+    assert steep["n_sizes"] == 1 and "250 (below)" in steep["note"]
+    assert cell(result.per_size, "steep", 4000)["censored"] == "above"
+    crossing = exact_evals({"sft": sft, "steep": [0.1, 0.1, 0.1, 0.9, 0.9]})
+    row = by_method(compare(crossing, n_boot=20).multipliers)["steep"]
+    assert row["multiplier"] is None and "above and below: undefined" in row["note"]
+
+
+def test_interpolation_is_linear_in_log_size():
+    # halfway between SFT's accuracies at 500 and 1000 is sqrt(500 * 1000) SFT data
+    ev = exact_evals({"sft": [0.2, 0.3, 0.4, 0.5, 0.6], "rft": [0.25, 0.35, 0.45, 0.55, 0.6]})
+    per_size = compare(ev, n_boot=0).per_size
+    assert cell(per_size, "rft", 500)["reference_size"] == pytest.approx(math.sqrt(500 * 1000))
+    assert cell(per_size, "rft", 4000)["reference_size"] == pytest.approx(4000)
+    assert cell(per_size, "rft", 4000)["censored"] is None  # equal to SFT's best: inside
+
+
+def test_sft_dip_is_pooled_before_reading_sizes():
+    """SFT dips at 1000: its curve pools 500 and 1000, so an accuracy just above the pool is
+    first reached past 1000, not between 250 and 500 where the dip's neighbour lies."""
+    ev = exact_evals({"sft": [0.2, 0.35, 0.3, 0.5, 0.6], "rft": [0.33] * 5})
+    result = compare(ev, n_boot=0)
+    assert result.curve["accuracy"].to_list() == pytest.approx([0.2, 0.325, 0.325, 0.5, 0.6])
+    equivalent = cell(result.per_size, "rft", 250)["reference_size"]
+    assert 1000 < equivalent < 1100
+
+
+# --------------------------------------------------------------------------- chance floor
+
+
+def test_accuracy_at_chance_is_not_read_as_data():
+    """SFT below chance at 250 and 500: noise there must not place a method on SFT's curve."""
+    chance = 0.1
+    ev = exact_evals(
+        {"sft": [0.05, 0.08, 0.3, 0.5, 0.7], "rft": [0.07, 0.09, 0.3, 0.5, 0.7]},
+    )
+    unfloored = compare(ev, n_boot=0)
+    floored = compare(ev, chance=chance, n_boot=0)
+    # without a floor, rft's 9% at 500 reads as 'SFT data between 500 and 1000'
+    assert cell(unfloored.per_size, "rft", 500)["censored"] is None
+    assert cell(unfloored.per_size, "rft", 500)["multiplier"] > 1.0
+    # with it, accuracy at or below chance is worth less than SFT's smallest size
+    for size in (250, 500):
+        row = cell(floored.per_size, "rft", size)
+        assert row["censored"] == "below" and row["reference_size"] == pytest.approx(250)
+    assert by_method(floored.multipliers)["rft"]["multiplier"] == pytest.approx(1.0)
+    assert floored.curve["accuracy"].to_list()[:2] == pytest.approx([chance, chance])
+
+
+def test_sft_that_does_not_rise_leaves_multipliers_undefined(tmp_path: Path):
+    ev = exact_evals({"sft": [0.3, 0.25, 0.2, 0.2, 0.1], "rft": [0.4] * 5})
+    result = compare(ev, n_boot=20)
+    row = by_method(result.multipliers)["rft"]
+    assert row["multiplier"] is None and "does not rise" in row["note"]
+    at_chance = exact_evals({"sft": [0.05, 0.02, 0.08, 0.06, 0.09], "rft": [0.3] * 5})
+    row = by_method(compare(at_chance, chance=0.1, n_boot=20).multipliers)["rft"]
+    assert row["multiplier"] is None and "does not rise" in row["note"]
+    table = scaling_table(ev)
+    report = report_markdown(table, result, plot_curves(table, result, tmp_path / "u.png"))
+    assert "does not rise" in report and "| rft " in report
+
+
+def test_single_size_and_missing_reference():
+    one = make_evals({"sft": sft_law, "rft": twice_sft}, sizes=[500], n_problems=100)
+    result = compare(one, n_boot=50)
+    assert result.multipliers["multiplier"].null_count() == 2
+    assert all("needs >= 2" in n for n in result.multipliers["note"])
+    assert result.paired.height == 1  # the paired comparison needs one size only
+    ev = make_evals({"rft": sft_law}, n_problems=50)
+    row = by_method(multipliers(ev, n_boot=10))["rft"]
+    assert row["multiplier"] is None and "'sft' is not in the evaluations" in row["note"]
+    assert by_method(multipliers(ev, reference="rft", n_boot=10))["rft"]["multiplier"] == 1.0
+
+
+# --------------------------------------------------------------------------- paired
+
+
+def test_identical_methods_have_paired_difference_zero(study: pl.DataFrame):
+    copy = study.filter(pl.col("method") == "sft").with_columns(method=pl.lit("copy"))
+    better = (
+        study.filter(pl.col("method") == "sft")
+        .with_columns(method=pl.lit("better"))
+        .with_columns(is_correct=pl.col("is_correct") | (pl.col("problem_id") < "test-00080"))
+    )
+    result = compare(pl.concat([study, copy, better]), n_boot=500, seed=0)
+    assert result.paired.schema == pl.Schema(PAIRED_SCHEMA)
+    for size in SIZES:
+        same = cell(result.paired, "copy", size)
+        assert same["difference"] == 0.0 and same["ci_low"] == 0.0 == same["ci_high"]
+        assert same["wins"] == 0 == same["losses"] and same["n_pairs"] == 3000
+        twin = cell(result.paired, "sft_twin", size)  # same law, independent draws
+        assert twin["ci_low"] < 0.0 < twin["ci_high"]
+        up = cell(result.paired, "better", size)
+        assert up["ci_low"] > 0.0 and up["losses"] == 0
+        assert up["difference"] == pytest.approx(100 * up["wins"] / up["n_pairs"])
+    copy_row = by_method(result.multipliers)["copy"]
+    assert copy_row["ci_low"] == pytest.approx(1.0) and copy_row["ci_high"] == pytest.approx(1.0)
+
+
+def test_seeds_are_resampled():
+    """Seed-to-seed differences that no problem resample can show must widen the interval."""
+    sft = make_evals({"sft": sft_law}, sizes=[1000], n_problems=1000, seed=4)
+
+    def lifted(first_right: tuple[int, ...]) -> pl.DataFrame:
+        """The method: SFT, plus the first n problems right in each seed."""
+        per_seed = [
+            sft.filter(pl.col("seed") == s).with_columns(
+                method=pl.lit("per_step_dpo"),
+                is_correct=pl.col("is_correct") | (pl.col("problem_id") < f"test-{n:05d}"),
+            )
+            for s, n in enumerate(first_right)
+        ]
+        result = compare(pl.concat([sft, *per_seed]), n_boot=500)
+        row = cell(result.paired, "per_step_dpo", 1000)
+        return row["ci_high"] - row["ci_low"]
+
+    assert lifted((0, 100, 200)) > 2 * lifted((100, 100, 100))
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    ev = make_evals({"sft": sft_law, "per_step_dpo": twice_sft}, n_problems=300)
+    a = compare(ev, n_boot=200, seed=7)
+    b = compare(ev, n_boot=200, seed=7)
+    c = compare(ev, n_boot=200, seed=8)
+    assert a.multipliers.equals(b.multipliers) and a.paired.equals(b.paired)
+    assert by_method(a.multipliers)["per_step_dpo"]["ci_low"] != pytest.approx(
+        by_method(c.multipliers)["per_step_dpo"]["ci_low"], abs=1e-9
+    )
+    point = "multiplier"
+    assert (
+        by_method(a.multipliers)["per_step_dpo"][point]
+        == by_method(c.multipliers)["per_step_dpo"][point]
+    )
+
+
+def test_interval_narrows_with_more_problems():
+    laws = {"sft": sft_law, "per_step_dpo": twice_sft}
+    mult_widths, diff_widths = [], []
+    for n_problems in (250, 4000):
+        result = compare(make_evals(laws, n_problems=n_problems, seed=3), n_boot=300)
+        row = by_method(result.multipliers)["per_step_dpo"]
+        mult_widths.append(math.log(row["ci_high"] / row["ci_low"]))
+        diff = cell(result.paired, "per_step_dpo", 1000)
+        diff_widths.append(diff["ci_high"] - diff["ci_low"])
+    assert mult_widths[1] < 0.5 * mult_widths[0]
+    assert diff_widths[1] < 0.5 * diff_widths[0]
+
+
+def test_resamples_where_sft_does_not_rise_are_dropped():
+    laws = {"sft": lambda n: 0.30 + 0.005 * (n > 300), "rft": lambda n: 0.31}
+    notes = {}
+    for seed in range(40):
+        ev = make_evals(laws, sizes=[250, 500], n_seeds=2, n_problems=80, seed=seed)
+        result = compare(ev, n_boot=100)
+        if by_method(result.multipliers)["rft"]["multiplier"] is not None:
+            notes[seed] = by_method(result.multipliers)["rft"]
+    kept = [r for r in notes.values() if r["note"] and "too few left" not in r["note"]]
+    too_few = [r for r in notes.values() if r["note"] and "too few left" in r["note"]]
+    assert kept and too_few
+    assert all("resamples dropped" in r["note"] for r in kept + too_few)
+    assert all(r["ci_low"] is not None for r in kept if "dropped" in r["note"])
+    assert all(r["ci_low"] is None and r["share_above_1"] is None for r in too_few)
+
+
+def test_a_sweep_in_progress_is_compared():
+    """Size 4000 has seed 0 only, rft only two sizes: resamples without seed 0 lack 4000."""
+    ev = make_evals({"sft": sft_law, "per_step_dpo": twice_sft}, n_problems=300)
+    ev = ev.filter((pl.col("data_size") < 4000) | (pl.col("seed") == 0))
+    ev = pl.concat([ev, make_evals({"rft": sft_law}, sizes=[500, 2000], n_problems=300)])
+    result = compare(ev, n_boot=200)
+    assert cell(result.paired, "per_step_dpo", 4000)["n_pairs"] == 300
+    rows = by_method(result.multipliers)
+    assert rows["per_step_dpo"]["multiplier"] == pytest.approx(2.0, rel=0.3)
+    assert rows["rft"]["ci_low"] < 1.0 < rows["rft"]["ci_high"]
+
+
+def test_bootstrap_is_fast():
+    laws = {"sft": sft_law, "rft": sft_law, "per_step_dpo": twice_sft, "dpo": sft_law}
+    ev = make_evals(laws, n_problems=1000)
+    start = time.perf_counter()
+    compare(ev, n_boot=2000)
+    # About 0.1 s on one core; a loop over resamples in Python would take minutes.
+    assert time.perf_counter() - start < 10.0
+
+
+def test_named_query_agrees_with_the_paired_comparison(tmp_path: Path):
+    ev = make_evals({"sft": sft_law, "rft": twice_sft}, sizes=[250, 500], n_problems=200)
+    ev = ev.with_columns(
+        is_correct=pl.when(pl.col("problem_id") == "test-00003")
+        .then(None)
+        .otherwise(pl.col("is_correct"))
+    )
+    ev.write_parquet(tmp_path / "evaluations.parquet")
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW evaluations AS SELECT * FROM '{tmp_path / 'evaluations.parquet'}'")
+    rows = con.execute(named_queries()["paired_vs_sft"].read_text()).fetchall()
+    paired = compare(ev, n_boot=0).paired
+    assert len(rows) == paired.height == 2
+    for method, size, seeds, pairs, diff, wins, losses in rows:
+        expected = cell(paired, method, size)
+        assert (seeds, pairs, wins, losses) == (
+            3,
+            expected["n_pairs"],
+            expected["wins"],
+            expected["losses"],
+        )
+        assert float(diff) == pytest.approx(expected["difference"], abs=0.005)
+
+
+# --------------------------------------------------------------------------- plot + report
+
+
+def test_plot_and_report(tmp_path: Path, study: pl.DataFrame, study_comparison):
+    table = scaling_table(study)
+    out = tmp_path / "figures" / "scaling.png"
+    assert plot_curves(table, study_comparison, out) == out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in out.parent.iterdir()] == ["scaling.png"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any file, not private
+    report = report_markdown(table, study_comparison, out, relative_to=tmp_path)
+    assert "figures/scaling.png" in report
+    assert "| method       |        250 |" in report  # accuracy table, padded
+    assert "mean ± sd over 3 seed(s), 1000 test problems; chance 4.3%" in report
+    for method in ("base", "sft_twin", "per_step_dpo"):
+        assert f"| {method} " in report
+    assert "Paired difference vs. SFT" in report and "wins" in report
+    assert "SFT-equivalent data" in report and ">4000" in report
+    assert "Data multipliers vs. SFT" in report and "95% CI" in report
+    assert "Chance floor: accuracies are clipped at chance (4.3%)" in report
+    assert max(len(line) for line in report.splitlines()) <= 100
+
+
+def test_study_report_writes_both(tmp_path: Path, study: pl.DataFrame):
+    result = study_report(study, tmp_path / "reports", chance=CHANCE, n_boot=100)
+    assert result.report.read_text() == result.markdown
+    assert result.plot.name == "scaling_curves.png" and result.plot.exists()
+    assert by_method(result.comparison.multipliers)["per_step_dpo"]["multiplier"] > 1.5
+    assert result.table.schema == pl.Schema(SCALING_SCHEMA)
+
+
+def test_asset_metadata_carries_multipliers_and_paired_differences(tmp_path, study):
+    import dagster as dg
+
+    from synthdata_assets.defs.curves import build
+    from warehouse import Warehouse
+
+    (asset,) = build(Warehouse(tmp_path).ensure(), chance=CHANCE)
+    output = asset(context=dg.build_asset_context(), evaluations={"2000|0": study})
+    meta = {key: getattr(value, "value", value) for key, value in output.metadata.items()}
+    assert meta["multiplier_per_step_dpo"] == pytest.approx(2.0, rel=0.15)
+    assert meta["multiplier_per_step_dpo_ci_low"] < 2.0 < meta["multiplier_per_step_dpo_ci_high"]
+    assert meta["multiplier_per_step_dpo_share_above_1"] > 0.975
+    assert len(output.metadata["paired_vs_sft"].records) == 15
+    assert "clipped at chance" in meta["floor"]

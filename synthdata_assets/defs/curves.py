@@ -12,7 +12,10 @@ from warehouse import Warehouse
 GROUP = "study"
 
 
-def build(warehouse: Warehouse) -> list[dg.AssetsDefinition]:
+def build(warehouse: Warehouse, *, chance: float | None = None) -> list[dg.AssetsDefinition]:
+    """``chance``: the task's chance accuracy (1/modulus for the embedded task), None when
+    unknown; multipliers clip accuracies at it (see ``curves``)."""
+
     @dg.asset(
         group_name=GROUP,
         kinds={"polars", "matplotlib"},
@@ -24,7 +27,8 @@ def build(warehouse: Warehouse) -> list[dg.AssetsDefinition]:
         },
     )
     def scaling_curves(context: dg.AssetExecutionContext, evaluations):
-        """Test error per method x data size x seed, power-law fits, data multipliers vs SFT."""
+        """Accuracy per method x data size x seed; paired differences and data multipliers
+        vs SFT with bootstrap intervals over seeds and test problems."""
         # The IO manager hands over a frame per partition key, or the frame itself when the
         # study has a single partition.
         if isinstance(evaluations, pl.DataFrame):
@@ -35,7 +39,7 @@ def build(warehouse: Warehouse) -> list[dg.AssetsDefinition]:
                 "`synthdata run`) first"
             )
         frames = pl.concat(list(evaluations.values()), how="diagonal_relaxed")
-        report = curves.study_report(frames, warehouse.reports)
+        report = curves.study_report(frames, warehouse.reports, chance=chance)
         context.log.info(f"plot: {report.plot}\nreport: {report.report}")
         image = base64.b64encode(report.plot.read_bytes()).decode()
         metadata = {
@@ -43,11 +47,34 @@ def build(warehouse: Warehouse) -> list[dg.AssetsDefinition]:
             "plot_path": dg.MetadataValue.path(str(report.plot)),
             "report_path": dg.MetadataValue.path(str(report.report)),
             "report": dg.MetadataValue.md(report.markdown),
+            "floor": curves.floor_note(chance),
             "partitions": len(evaluations),
+            **_comparison_metadata(report.comparison),
         }
-        for row in report.multipliers.iter_rows(named=True):
-            if row["multiplier"] is not None:
-                metadata[f"multiplier_{row['method']}"] = float(row["multiplier"])
         return dg.Output(report.table, metadata=metadata)
 
     return [scaling_curves]
+
+
+def _comparison_metadata(comparison: curves.Comparison) -> dict:
+    """Multipliers with their intervals, and the paired differences as a table."""
+    metadata = {}
+    for row in comparison.multipliers.iter_rows(named=True):
+        if row["multiplier"] is None or row["method"] == comparison.reference:
+            continue
+        key = f"multiplier_{row['method']}"
+        metadata[key] = row["multiplier"]
+        for stat in ("ci_low", "ci_high", "share_above_1"):
+            if row[stat] is not None:
+                metadata[f"{key}_{stat}"] = row[stat]
+        if row["bound"] is not None:
+            metadata[f"{key}_bound"] = row["bound"]
+    paired = comparison.paired
+    if paired.height:
+        kinds = {pl.String: "string", pl.Int64: "int", pl.Float64: "float"}
+        schema = dg.TableSchema(
+            columns=[dg.TableColumn(name, kinds[dtype]) for name, dtype in paired.schema.items()]
+        )
+        records = [dg.TableRecord(row) for row in paired.iter_rows(named=True)]
+        metadata[f"paired_vs_{comparison.reference}"] = dg.MetadataValue.table(records, schema)
+    return metadata
