@@ -55,7 +55,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "policy_samples": ("sft_model", "problems"),
     "rft_model": ("base_model", "sft_model", "policy_samples", "problems"),
     "step_rollouts": ("sft_model", "policy_samples", "problems"),
-    "step_advantages": ("policy_samples", "step_rollouts"),
+    "step_advantages": ("policy_samples", "step_rollouts", "problems"),
     "preference_pairs": (
         "problems",
         "teacher_solutions",

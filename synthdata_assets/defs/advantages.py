@@ -12,13 +12,16 @@ from synthdata_assets.steps import resolve_rule
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name=GROUP, kinds={"polars"}, partitions_def=study_partitions(config))
-    def step_advantages(policy_samples: pl.DataFrame, step_rollouts: pl.DataFrame):
+    def step_advantages(
+        policy_samples: pl.DataFrame, step_rollouts: pl.DataFrame, problems: pl.DataFrame
+    ):
         """Q-value, advantage and first pit of every step of every rolled-out sample."""
         table = advantages.from_rollouts(
             config.credit,
             resolve_rule(config.credit.step_rule, config.task.name),
             policy_samples,
             step_rollouts,
+            problems,
         )
         metadata = advantages.summary(table)
         metadata.update(advantages.truth_metadata(table))
