@@ -1,5 +1,5 @@
 """Tests for the DPO trainer (training/dpo.py): exact token masks, the frozen reference, weights,
-the distance from the reference.
+the distance from the reference; and the preference models built on it (preference.py).
 
 Everything runs offline on a model with one layer of width 32; the file takes seconds.
 """
@@ -14,11 +14,14 @@ import copy
 import math
 import random
 
+import polars as pl
 import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from synthdata_assets.preference import PREFERENCE_SCHEMA, train_preference_model
 from synthdata_assets.tasks.embedded import EmbeddedParams, generate_problems, oracle_solution
+from training.checkpoint import save_checkpoint
 from training.config import ModelConfig, TrainingConfig
 from training.dpo import (
     DPOStats,
@@ -345,3 +348,76 @@ def test_long_pairs_drop_and_edge_cases(
     stats = _train(model, tokenizer, pairs, config=TrainingConfig(bf16=True), max_steps=2)
     assert stats.steps == 2 and all(math.isfinite(x) for x in stats.losses)
     assert model.dtype == torch.float32
+
+
+def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they_moved(
+    tmp_path, tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    """Per-step pairs (cut negatives) and their outcome twins (whole negatives), with a
+    max_seq_len that only some outcome pairs exceed: both methods leave those negatives out."""
+    sft = save_checkpoint(build_tiny_llama(TINY, tokenizer, seed=0), tokenizer, tmp_path / "s", {})
+    problems = generate_problems(PARAMS, 12, seed=5, split="train")
+    rng = random.Random(5)
+    rows = {"per_step": [], "outcome": []}
+    for i, problem in enumerate(problems):
+        prompt, chosen = format_example(problem.question, oracle_solution(problem, rng=rng))
+        _, wrong = format_example(
+            problem.question, oracle_solution(problem, rng=rng, slip_rate=1.0)
+        )
+        cut = wrong.splitlines()[0]
+        wrong = wrong * (1 + i % 2)  # every other negative rambles on: twice the text
+        common = {"sample_id": f"n{i}", "prompt": prompt, "chosen": chosen, "chosen_has_eos": True}
+        rows["per_step"].append(common | {"rejected": cut, "rejected_has_eos": False})
+        rows["outcome"].append(common | {"rejected": wrong, "rejected_has_eos": True})
+    frames = {kind: pl.DataFrame(r) for kind, r in rows.items()}
+
+    def length(r: dict) -> int:
+        return max(
+            len(encode_response(tokenizer, r["prompt"], r[s], has_eos=r[f"{s}_has_eos"]).input_ids)
+            for s in ("chosen", "rejected")
+        )
+
+    cutoff = max(length(r) for r in rows["per_step"])  # every per-step pair fits
+    too_long = sum(length(r) > cutoff for r in rows["outcome"])
+    assert 0 < too_long < len(problems)
+    training = TrainingConfig(bf16=False, warmup_ratio=0.0, batch_size=4, dpo_epochs=2)
+    trained = {}
+    for method, own, twin in (
+        ("per_step_dpo", "per_step", "outcome"),
+        ("dpo", "outcome", "per_step"),
+    ):
+        trained[method] = train_preference_model(
+            training,
+            method,
+            str(sft),
+            frames[own],
+            tmp_path / method,
+            seed=0,
+            max_seq_len=cutoff,
+            log=lambda _message: None,
+            twins=frames[twin],
+        )
+        assert trained[method].schema == pl.Schema(PREFERENCE_SCHEMA)
+    per_step, dpo = (trained[m].row(0, named=True) for m in ("per_step_dpo", "dpo"))
+    assert per_step["train_examples"] == dpo["train_examples"] == len(problems) - too_long
+    assert per_step["train_steps"] == dpo["train_steps"] == 2 * math.ceil((12 - too_long) / 4)
+    assert per_step["pairs_too_long"] == dpo["pairs_too_long"] == too_long
+    for row in (per_step, dpo):
+        assert 0.0 <= row["reward_accuracy"] <= 1.0
+        assert math.isfinite(row["chosen_logp_change"]) and math.isfinite(
+            row["rejected_logp_change"]
+        )
+        assert row["chosen_logp_change"] > row["rejected_logp_change"]
+        assert row["kl_to_sft_per_token_on_chosen"] > 0
+    # No pair: the model stays pi_sft, with the same columns and null figures.
+    empty = train_preference_model(
+        training,
+        "dpo",
+        str(sft),
+        frames["outcome"].clear(),
+        tmp_path / "e",
+        seed=0,
+        max_seq_len=cutoff,
+        log=lambda _message: None,
+    ).row(0, named=True)
+    assert empty["train_examples"] == 0 and empty["kl_to_sft_per_token_on_chosen"] is None

@@ -1,4 +1,5 @@
-"""The two preference-trained models: per-step DPO and plain DPO, both from pi_sft."""
+"""The two preference-trained models: per-step DPO and plain DPO, both from pi_sft, on the
+same negatives and the same number of pairs and updates."""
 
 import functools
 
@@ -11,12 +12,20 @@ from synthdata_assets.defs.models import GROUP, POOL, trained
 from synthdata_assets.defs.study import study_partitions
 from warehouse import Warehouse
 
+# How far a preference model moved from pi_sft, shown beside its training figures.
+MOVEMENT = (
+    "chosen_logp_change",
+    "rejected_logp_change",
+    "kl_to_sft_per_token_on_chosen",
+    "pairs_too_long",
+)
+
 
 def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefinition]:
     partitions = study_partitions(config)
     credit, training = config.credit, config.training
 
-    def train(context, method: str, sft_model, pairs: pl.DataFrame, weights=None) -> dg.Output:
+    def train(context, method: str, sft_model, pairs, twins, weights=None) -> dg.Output:
         train_dpo = functools.partial(
             preference.train_preference_model,
             training,
@@ -24,9 +33,17 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
             sft_model["path"][0],
             pairs,
             max_seq_len=config.model.max_seq_len,
+            twins=twins,
             weights=weights,
         )
-        return trained(context, warehouse, method, train_dpo)
+        output = trained(context, warehouse, method, train_dpo)
+        row = output.value.row(0, named=True)
+        return dg.Output(
+            output.value, metadata={**output.metadata, **{k: row[k] for k in MOVEMENT}}
+        )
+
+    def of_kind(pairs: pl.DataFrame, kind: str) -> pl.DataFrame:
+        return pairs.filter(pl.col("kind") == kind)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def per_step_dpo_model(
@@ -37,11 +54,14 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
     ):
         """Per-step DPO from pi_sft: chosen a correct solution, rejected a negative cut after
         its first pit (or the configured pair kind)."""
-        chosen = preference_pairs.filter(pl.col("kind") == credit.per_step_pair_kind)
+        kind = credit.per_step_pair_kind
+        chosen = of_kind(preference_pairs, kind)
+        # outcome pairs are per_step pairs' twins; other kinds have none
+        twins = of_kind(preference_pairs, "outcome") if kind == "per_step" else None
         weights = None
         if credit.advantage_weighted and chosen.height:
             weights = preference.pair_weights(chosen, step_advantages)
-        return train(context, "per_step_dpo", sft_model, chosen, weights)
+        return train(context, "per_step_dpo", sft_model, chosen, twins, weights)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def dpo_model(
@@ -49,8 +69,9 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         sft_model: pl.DataFrame,
         preference_pairs: pl.DataFrame,
     ):
-        """Plain DPO from pi_sft on whole correct vs. whole incorrect responses."""
-        outcome = preference_pairs.filter(pl.col("kind") == "outcome")
-        return train(context, "dpo", sft_model, outcome)
+        """Plain DPO from pi_sft: whole correct vs. whole incorrect responses, on per-step
+        DPO's negatives."""
+        outcome, twins = (of_kind(preference_pairs, k) for k in ("outcome", "per_step"))
+        return train(context, "dpo", sft_model, outcome, twins)
 
     return [per_step_dpo_model, dpo_model]
