@@ -403,8 +403,9 @@ def _draw_counts(rng: np.random.Generator, b: int, n: int) -> np.ndarray:
 
 def _resamples(
     cube: _Cube, ref: int, chance: float | None, n_boot: int, seed: int
-) -> tuple[_Resamples, _Resamples]:
-    """The full data once (every seed and problem drawn once), then ``n_boot`` resamples."""
+) -> tuple[_Resamples, _Resamples | None]:
+    """The full data once (every seed and problem drawn once), then ``n_boot`` resamples
+    (None when ``n_boot`` is 0)."""
     both = cube.present * cube.present[ref]
     accuracy = _Means.of(cube.correct, cube.present)
     difference = _Means.of(cube.correct - cube.correct[ref], both)
@@ -674,8 +675,12 @@ def compare(
     unknown or negligible. Deterministic given ``seed``."""
     _check_options(chance, n_boot, confidence)
     df = _normalise_evaluations(evaluations)
-    settings = {"reference": reference, "chance": chance, "n_boot": n_boot}
-    settings |= {"confidence": confidence}
+    settings = {
+        "reference": reference,
+        "chance": chance,
+        "n_boot": n_boot,
+        "confidence": confidence,
+    }
     if df.height == 0:
         return _comparison(settings, pl.DataFrame(schema=PAIRED_SCHEMA), None, [], 0, 0)
     cube = _cube(df)
@@ -915,8 +920,11 @@ def _accuracy_section(table: pl.DataFrame, comparison: Comparison) -> list[str]:
     sizes = sorted(table["data_size"].unique().to_list())
     cells = {(r["method"], r["data_size"]): r for r in _seed_stats(table).iter_rows(named=True)}
     chance = "" if comparison.chance is None else f"; chance {100 * comparison.chance:.1f}%"
+    seeds = f"mean ± sd over {comparison.n_seeds} seeds"
+    if comparison.n_seeds == 1:
+        seeds = "one seed"
     lines = _prose(
-        f"Test accuracy (%) of the greedy answers: mean ± sd over {comparison.n_seeds} seed(s), "
+        f"Test accuracy (%) of the greedy answers: {seeds}, "
         f"{comparison.n_problems} test problems{chance}."
     )
     rows = []
@@ -994,7 +1002,14 @@ def _multiplier_section(comparison: Comparison) -> list[str]:
             med, share = _fmt_x(r["median"]), f"{100 * r['share_above_1']:.0f}%"
         rows.append([r["method"], value, ci, med, share, str(r["n_sizes"])])
         if r["note"]:
-            notes += textwrap.wrap(f"- {r['method']}: {r['note']}", _WIDTH, subsequent_indent="  ")
+            notes.append((r["method"], r["note"]))
+    if len({note for _, note in notes}) == 1 and len(notes) == len(rows) - 1:
+        notes = [("every method", notes[0][1])]  # e.g. the reference's curve is unusable
+    notes = [
+        line
+        for method, note in notes
+        for line in textwrap.wrap(f"- {method}: {note}", _WIDTH, subsequent_indent="  ")
+    ]
     header = ["method", "multiplier", f"{conf} CI", "median", "> 1x", "sizes"]
     return _prose(text) + _md_table(header, rows) + notes + ([""] if notes else [])
 

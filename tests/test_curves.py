@@ -305,12 +305,16 @@ def test_sft_that_does_not_rise_leaves_multipliers_undefined(tmp_path: Path):
     assert "does not rise" in report and "| rft " in report
 
 
-def test_single_size_and_missing_reference():
-    one = make_evals({"sft": sft_law, "rft": twice_sft}, sizes=[500], n_problems=100)
+def test_single_size_and_missing_reference(tmp_path: Path):
+    one = make_evals({"sft": sft_law, "rft": twice_sft, "dpo": sft_law}, sizes=[500], n_seeds=1)
     result = compare(one, n_boot=50)
-    assert result.multipliers["multiplier"].null_count() == 2
+    assert result.multipliers["multiplier"].null_count() == 3
     assert all("needs >= 2" in n for n in result.multipliers["note"])
-    assert result.paired.height == 1  # the paired comparison needs one size only
+    assert result.paired.height == 2  # the paired comparison needs one size only
+    table = scaling_table(one)
+    report = report_markdown(table, result, plot_curves(table, result, tmp_path / "one.png"))
+    assert "one seed, 1000 test problems" in report and "not training noise" in report
+    assert report.count("needs >= 2") == 1 and "- every method: reference 'sft'" in report
     ev = make_evals({"rft": sft_law}, n_problems=50)
     row = by_method(multipliers(ev, n_boot=10))["rft"]
     assert row["multiplier"] is None and "'sft' is not in the evaluations" in row["note"]
@@ -467,7 +471,7 @@ def test_plot_and_report(tmp_path: Path, study: pl.DataFrame, study_comparison):
     report = report_markdown(table, study_comparison, out, relative_to=tmp_path)
     assert "figures/scaling.png" in report
     assert "| method       |        250 |" in report  # accuracy table, padded
-    assert "mean ± sd over 3 seed(s), 1000 test problems; chance 4.3%" in report
+    assert "mean ± sd over 3 seeds, 1000 test problems; chance 4.3%" in report
     for method in ("base", "sft_twin", "per_step_dpo"):
         assert f"| {method} " in report
     assert "Paired difference vs. SFT" in report and "wins" in report
