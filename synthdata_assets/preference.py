@@ -197,5 +197,5 @@ def _kl_to_sft_on_chosen(
         texts["chosen"].to_list(),
         texts["chosen_has_eos"].to_list(),
     )
-    log(f"KL(policy || pi_sft) {kl:.4f} per token over {tokens} tokens of {texts.height} chosen")
+    log(f"KL(policy || pi_sft) {kl:.3g} per token over {tokens} tokens of {texts.height} chosen")
     return kl
