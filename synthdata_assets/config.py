@@ -8,7 +8,7 @@ two layers:
 
    - ``tiny``: the smallest study that exercises every stage (tests, about a minute);
    - ``demo``: the README's main job (minutes on a laptop);
-   - ``embedded``: the full sweep with several seeds (under an hour on 2 cores);
+   - ``embedded``: the demo's sweep over three seeds (under an hour on 2 cores);
    - ``paper``: GPUs, a 7B learner, vLLM, GSM8K-format data, sizes 8k-128k.
 
 2. a YAML file named by ``SYNTHDATA_CONFIG`` whose fields override the preset's, at any
@@ -185,8 +185,9 @@ class CreditConfig(Section):
     )
     advantage_weighted: bool = Field(
         False,
-        description="Weight each per-step pair by exp(-A_pit / dpo_beta), normalised to mean "
-        "1: pits that lose more value count more.",
+        description="Weight each per-step pair by the value lost at its first pit, -A_pit "
+        "clipped to [0.1, 1], normalised to mean 1: a pit that loses all of the value counts "
+        "most, and weights stay within 10x of each other.",
     )
 
     @model_validator(mode="after")
@@ -281,6 +282,12 @@ class ExperimentConfig(Section):
         return self.task.name
 
     @property
+    def chance_rate(self) -> float | None:
+        """Accuracy of a uniformly random answer: 1/modulus on the embedded task; None on real
+        data."""
+        return 1 / self.task.embedded.modulus if self.task.name == "embedded" else None
+
+    @property
     def partition_keys(self) -> list[tuple[int, int]]:
         """Every (data_size, seed) pair of the sweep."""
         return [(size, seed) for size in self.data_sizes for seed in self.seeds]
@@ -308,19 +315,21 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "data_sizes": [250, 500, 1000, 2000],
         "seeds": [0],
-        "task": {"n_train_pool": 2000, "n_test": 200},
-        # Pretraining phase 2, SFT and RFT at 2e-3: chosen in calibration (docs/calibration.md).
+        "task": {"n_train_pool": 2000, "n_test": 1000},
+        # The shipped base (models/embedded-base): pretrained once, loaded in seconds.
+        "model": {"name": "embedded-base", "max_seq_len": 320},
+        "sampling": {"eval_samples": 1},
         "training": {"learning_rate": 2e-3},
-        # One negative per problem keeps the demo's rollouts to about a minute.
         "credit": {"max_negatives_per_problem": 1},
     },
     "embedded": {
-        # Five sizes x three seeds, sized to finish within an hour on 2 cores.
-        "data_sizes": [125, 250, 500, 1000, 2000],
+        "data_sizes": [250, 500, 1000, 2000],
         "seeds": [0, 1, 2],
-        "task": {"n_train_pool": 2000, "n_test": 400},
+        "task": {"n_train_pool": 2000, "n_test": 1000},
+        "model": {"name": "embedded-base", "max_seq_len": 320},
+        "sampling": {"eval_samples": 1},
         "training": {"learning_rate": 2e-3},
-        "credit": {"max_negatives_per_problem": 2},
+        "credit": {"max_negatives_per_problem": 1},
     },
     "paper": {
         "data_sizes": [8000, 16000, 32000, 64000, 128000],

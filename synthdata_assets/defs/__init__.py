@@ -36,7 +36,7 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
             *pairs.build(config),
             *preference.build(config, warehouse),
             *evaluations.build(config),
-            *curves.build(warehouse),
+            *curves.build(warehouse, chance=config.chance_rate),
         ],
         jobs=plan["jobs"],
         schedules=plan["schedules"],
