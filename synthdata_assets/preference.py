@@ -25,12 +25,22 @@ Its checkpoint row (:data:`PREFERENCE_SCHEMA`) holds, besides the training figur
 - ``chosen_logp_change`` and ``rejected_logp_change``: after training, the mean over the
   trained pairs of ``log pi - log pi_sft`` of the chosen and of the rejected response (summed
   over its completion tokens);
-- ``kl_to_sft_per_token_on_chosen``: :func:`training.dpo.token_kl`, the mean per-token
-  ``KL(pi || pi_sft)`` of the next-token distributions over the completion tokens of up to
-  ``KL_TEXTS`` distinct chosen sides of the trained pairs (prompt + chosen, teacher forced,
-  spread evenly over the pairs' order). These are the correct solutions DPO pushed up, in
-  the partition's training prompts: not held-out prompts, and the same texts for both methods
-  (they share their chosen sides), so the two figures compare;
+- ``kl_to_sft_per_token``: :func:`training.dpo.token_kl`, the mean per-token
+  ``KL(pi || pi_sft)`` of the next-token distributions over the completion tokens of
+  held-out texts (teacher forced), and ``kl_measured_on``, what those texts are
+  (:func:`kl_texts`):
+
+  - ``"test problems (n=...)"``: the first ``KL_TEXTS`` test-split problems (never a
+    training problem) that have a reference solution and fit in ``model.max_seq_len``, each
+    its prompt followed by that solution (:func:`held_out_texts`: the embedded task's
+    minimal solution rebuilt from the spec, a real data set's own worked solution). The same
+    texts for every method and partition of a study, so the figures compare. The asset
+    metadata shows it as ``kl_to_sft_per_token_on_test``;
+  - ``"chosen sides (n=...)"``, only where no test problem has a reference text: up to
+    ``KL_TEXTS`` distinct chosen sides of the trained pairs, spread evenly over their order
+    (the texts DPO pushed up, in training prompts). Shown as
+    ``kl_to_sft_per_token_on_chosen``;
+
 - ``pairs_too_long``: pairs left out because theirs or their twin's sequence was longer than
   ``model.max_seq_len``.
 
@@ -46,23 +56,37 @@ from pathlib import Path
 import polars as pl
 
 from synthdata_assets.models import CHECKPOINT_SCHEMA, saved_row, untrained_row
+from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint
 from training.config import TrainingConfig
 from training.dpo import PreferenceExample, encode_response, token_kl, train_dpo
 from training.progress import Progress, no_progress
+from training.prompts import format_example
 
 # The weight of a pit that loses no value, before the weights are normalised to mean 1, so
 # that a pit losing all of it counts at most 1 / MIN_PIT_WEIGHT times as much.
 MIN_PIT_WEIGHT = 0.1
-# The chosen sides that the KL to pi_sft is measured on (a few forward passes).
+# The held-out texts (or chosen sides) that the KL to pi_sft is measured on: a few forward
+# passes.
 KL_TEXTS = 64
+# What the KL was measured on (``kl_measured_on`` starts with one of them), and the metadata
+# key the asset shows it under for each.
+TEST_TEXTS, CHOSEN_TEXTS = "test problems", "chosen sides"
+KL_METADATA_KEY = {
+    TEST_TEXTS: "kl_to_sft_per_token_on_test",
+    CHOSEN_TEXTS: "kl_to_sft_per_token_on_chosen",
+}
+HELD_OUT_SCHEMA = {"problem_id": pl.String, "prompt": pl.String, "completion": pl.String}
+# The texts the KL is measured on, as :func:`training.dpo.token_kl` takes them.
+KL_TEXT_SCHEMA = {"prompt": pl.String, "completion": pl.String, "has_eos": pl.Boolean}
 
 PREFERENCE_SCHEMA = {
     **CHECKPOINT_SCHEMA,
     "reward_accuracy": pl.Float64,
     "chosen_logp_change": pl.Float64,
     "rejected_logp_change": pl.Float64,
-    "kl_to_sft_per_token_on_chosen": pl.Float64,
+    "kl_to_sft_per_token": pl.Float64,
+    "kl_measured_on": pl.String,
     "pairs_too_long": pl.Int64,
 }
 
@@ -98,11 +122,13 @@ def train_preference_model(
     log: Callable[[str], None],
     twins: pl.DataFrame | None = None,
     weights: Sequence[float] | None = None,
+    held_out: pl.DataFrame | None = None,
     progress: Progress = no_progress,
 ) -> pl.DataFrame:
     """DPO from pi_sft (also the frozen reference) on ``pairs``: one checkpoint row
     (:data:`PREFERENCE_SCHEMA`). ``twins``: the other method's pairs of the same negatives
-    (see "Same pairs, same updates"); ``weights``: one per row of ``pairs``."""
+    (see "Same pairs, same updates"); ``weights``: one per row of ``pairs``; ``held_out``:
+    :func:`held_out_texts`, where the KL to pi_sft is measured (without, on chosen sides)."""
     model, tokenizer = load_checkpoint(sft_path)
     keep = _fitting(pairs, twins, tokenizer, max_seq_len)
     too_long = keep.count(False)
@@ -140,7 +166,9 @@ def train_preference_model(
         weights=weights,
         progress=progress,
     )
-    kl = _kl_to_sft_on_chosen(model, tokenizer, sft_path, pairs, log=log)
+    texts, measured_on = kl_texts(pairs, held_out, tokenizer, max_seq_len)
+    kl = kl_to_sft(model, tokenizer, sft_path, texts)
+    log(f"KL(policy || pi_sft) {kl:.3g} per token on {measured_on}")
     row = saved_row(
         model, tokenizer, folder, method=method, init_path=sft_path, seed=seed, stats=stats
     )
@@ -148,7 +176,8 @@ def train_preference_model(
         "reward_accuracy": stats.reward_accuracy,
         "chosen_logp_change": stats.chosen_logp_change,
         "rejected_logp_change": stats.rejected_logp_change,
-        "kl_to_sft_per_token_on_chosen": kl,
+        "kl_to_sft_per_token": kl,
+        "kl_measured_on": measured_on,
         "pairs_too_long": too_long + stats.dropped,
     }
     return pl.DataFrame([row], schema=PREFERENCE_SCHEMA)
@@ -179,23 +208,78 @@ def _fitting(
     return [r["sample_id"] not in twin_too_long and fits(r) for r in pairs.iter_rows(named=True)]
 
 
-def _kl_to_sft_on_chosen(
-    model, tokenizer, sft_path: str, pairs: pl.DataFrame, *, log: Callable[[str], None]
-) -> float:
-    """``kl_to_sft_per_token_on_chosen`` (see the module docstring): the trained ``model``
-    against pi_sft, loaded again from ``sft_path`` beside it, on up to ``KL_TEXTS`` distinct
-    chosen sides of ``pairs``."""
-    texts = pairs.unique(["prompt", "chosen"], maintain_order=True)
-    texts = texts.gather_every(max(1, math.ceil(texts.height / KL_TEXTS))).head(KL_TEXTS)
+def held_out_texts(problems: pl.DataFrame) -> pl.DataFrame:
+    """Every test-split problem of the ``problems`` table that has a reference solution, in
+    the table's order, as ``problem_id``, ``prompt`` and ``completion``
+    (:data:`HELD_OUT_SCHEMA`, :func:`training.prompts.format_example`). The reference
+    solution is the embedded task's minimal solution, rebuilt from the ``spec``, else the
+    ``reference_solution`` column (a real data set's worked solution); rows with neither are
+    left out."""
+    rows = []
+    for r in problems.filter(pl.col("split") == "test").iter_rows(named=True):
+        if r.get("spec") is not None:
+            problem = embedded.EmbeddedProblem.from_spec(r["problem_id"], r["spec"])
+            solution = "\n".join(
+                [*embedded.solve(problem), embedded.final_answer_line(problem.answer)]
+            )
+        else:
+            solution = r.get("reference_solution")
+        if solution:
+            prompt, completion = format_example(r["question"], solution)
+            rows.append({"problem_id": r["problem_id"], "prompt": prompt, "completion": completion})
+    return pl.DataFrame(rows, schema=HELD_OUT_SCHEMA)
+
+
+def kl_texts(
+    pairs: pl.DataFrame, held_out: pl.DataFrame | None, tokenizer, max_seq_len: int
+) -> tuple[pl.DataFrame, str]:
+    """The texts the KL to pi_sft is measured on (:data:`KL_TEXT_SCHEMA`) and what they are
+    (``kl_measured_on``): the first ``KL_TEXTS`` of ``held_out`` that fit in ``max_seq_len``
+    tokens, each ending with EOS as SFT trains it; where none does, up to ``KL_TEXTS``
+    distinct chosen sides of ``pairs``, spread evenly over their order."""
+    candidates = [] if held_out is None else held_out.select("prompt", "completion").rows()
+    fitting = []
+    for prompt, completion in candidates:
+        if len(fitting) == KL_TEXTS:
+            break
+        encoded = encode_response(
+            tokenizer, prompt, completion, has_eos=True, max_seq_len=max_seq_len
+        )
+        if encoded is not None:
+            fitting.append({"prompt": prompt, "completion": completion, "has_eos": True})
+    if fitting:
+        return pl.DataFrame(fitting, schema=KL_TEXT_SCHEMA), f"{TEST_TEXTS} (n={len(fitting)})"
+    chosen = pairs.unique(["prompt", "chosen"], maintain_order=True)
+    chosen = chosen.gather_every(max(1, math.ceil(chosen.height / KL_TEXTS))).head(KL_TEXTS)
+    texts = chosen.select("prompt", completion="chosen", has_eos="chosen_has_eos")
+    return texts, f"{CHOSEN_TEXTS} (n={texts.height})"
+
+
+def kl_to_sft(model, tokenizer, sft_path: str, texts: pl.DataFrame) -> float:
+    """``kl_to_sft_per_token`` (see the module docstring): ``model`` against pi_sft, loaded
+    again from ``sft_path`` beside it, on ``texts`` (:func:`kl_texts`)."""
     parameter = next(model.parameters())
     reference, _ = load_checkpoint(sft_path, device=parameter.device, dtype=parameter.dtype)
-    kl, tokens = token_kl(
+    kl, _tokens = token_kl(
         model,
         reference,
         tokenizer,
         texts["prompt"].to_list(),
-        texts["chosen"].to_list(),
-        texts["chosen_has_eos"].to_list(),
+        texts["completion"].to_list(),
+        texts["has_eos"].to_list(),
     )
-    log(f"KL(policy || pi_sft) {kl:.3g} per token over {tokens} tokens of {texts.height} chosen")
     return kl
+
+
+def movement_metadata(row: dict) -> dict:
+    """What the asset shows of how far a checkpoint row's model moved from pi_sft; the KL
+    under the key that names its texts (:data:`KL_METADATA_KEY`)."""
+    measured_on = row["kl_measured_on"] or TEST_TEXTS
+    kl_key = KL_METADATA_KEY[CHOSEN_TEXTS if measured_on.startswith(CHOSEN_TEXTS) else TEST_TEXTS]
+    return {
+        "chosen_logp_change": row["chosen_logp_change"],
+        "rejected_logp_change": row["rejected_logp_change"],
+        kl_key: row["kl_to_sft_per_token"],
+        "kl_measured_on": row["kl_measured_on"],
+        "pairs_too_long": row["pairs_too_long"],
+    }

@@ -63,8 +63,8 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "step_advantages",
         "step_rollouts",
     ),
-    "per_step_dpo_model": ("sft_model", "preference_pairs", "step_advantages"),
-    "dpo_model": ("sft_model", "preference_pairs"),
+    "per_step_dpo_model": ("sft_model", "problems", "preference_pairs", "step_advantages"),
+    "dpo_model": ("sft_model", "problems", "preference_pairs"),
     "evaluations": (
         "problems",
         "base_model",

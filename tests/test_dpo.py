@@ -1,5 +1,6 @@
 """Tests for the DPO trainer (training/dpo.py): exact token masks, the frozen reference, weights,
-the distance from the reference; and the preference models built on it (preference.py).
+the distance from the reference; and the preference models built on it (preference.py), with
+their KL to pi_sft on held-out test problems.
 
 Everything runs offline on a model with one layer of width 32; the file takes seconds.
 """
@@ -19,9 +20,23 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from synthdata_assets.preference import PREFERENCE_SCHEMA, train_preference_model
-from synthdata_assets.tasks.embedded import EmbeddedParams, generate_problems, oracle_solution
-from training.checkpoint import save_checkpoint
+from synthdata_assets.config import TaskConfig
+from synthdata_assets.preference import (
+    PREFERENCE_SCHEMA,
+    held_out_texts,
+    kl_texts,
+    kl_to_sft,
+    movement_metadata,
+    train_preference_model,
+)
+from synthdata_assets.problems import PROBLEM_SCHEMA, problem_pool
+from synthdata_assets.tasks.embedded import (
+    EmbeddedParams,
+    generate_problems,
+    oracle_solution,
+    step_labels,
+)
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import ModelConfig, TrainingConfig
 from training.dpo import (
     DPOStats,
@@ -32,7 +47,7 @@ from training.dpo import (
     train_dpo,
 )
 from training.model import build_tiny_llama
-from training.prompts import format_example
+from training.prompts import format_example, format_prompt
 from training.sft import IGNORE_INDEX, TrainStats, encode_example
 from training.tokenizer import build_tokenizer
 
@@ -69,6 +84,24 @@ def pairs() -> list[PreferenceExample]:
             cut = "\n".join(bad[: first_wrong + 1]) + "\n"
             out.append(PreferenceExample(prompt, chosen, cut, rejected_has_eos=False))
     return out
+
+
+@pytest.fixture(scope="module")
+def problems() -> pl.DataFrame:
+    """An embedded problems table (16 train, 8 test) and three real-data rows: a test problem
+    with a worked solution, a test problem without one and a training problem."""
+    real = [
+        ("real-test-0", "test", "What is 2 + 3?", "2 + 3 = 5\n#### 5"),
+        ("real-test-1", "test", "What is 1 + 1?", None),
+        ("real-train-0", "train", "What is 4 + 4?", "4 + 4 = 8\n#### 8"),
+    ]
+    rows = [
+        {"problem_id": pid, "split": split, "question": q, "answer": "0", "source": "gsm8k"}
+        | {"n_steps": 1, "reference_solution": solution}
+        for pid, split, q, solution in real
+    ]
+    embedded = problem_pool(TaskConfig(n_train_pool=16, n_test=8))
+    return pl.concat([embedded, pl.DataFrame(rows, schema=PROBLEM_SCHEMA)])
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +275,63 @@ def test_token_kl_is_the_exact_per_token_kl_over_the_completions(
     assert reference.training  # modes restored
 
 
+def test_held_out_texts_are_test_problems_with_their_reference_solutions(
+    problems: pl.DataFrame,
+) -> None:
+    held_out = held_out_texts(problems)
+    test = problems.filter(pl.col("split") == "test")
+    embedded_test = test.filter(pl.col("spec").is_not_null())
+    assert embedded_test.height == 8
+    # Every test problem with a reference text, in order; the one without is left out.
+    assert held_out["problem_id"].to_list() == [*embedded_test["problem_id"], "real-test-0"]
+    # Never a training problem: no held-out prompt is a training question's.
+    train = problems.filter(pl.col("split") == "train")
+    assert train.height == 17
+    assert not {format_prompt(q) for q in train["question"]} & set(held_out["prompt"])
+    questions = dict(zip(test["problem_id"], test["question"], strict=True))
+    for r in held_out.iter_rows(named=True):
+        assert r["prompt"] == format_prompt(questions[r["problem_id"]])
+    # The embedded texts are correct minimal solutions, by the task's ground truth.
+    for spec, completion in zip(embedded_test["spec"], held_out["completion"].head(8), strict=True):
+        labels = step_labels(spec, completion)
+        assert labels[-1] == "answer" and set(labels[:-1]) == {"needed"}
+        assert completion.endswith(".\n")
+    assert held_out["completion"][-1] == "2 + 3 = 5\n#### 5\n"
+    assert held_out_texts(train).height == 0
+
+
+def test_kl_to_sft_on_held_out_texts_is_0_for_pi_sft_and_grows_with_dpo(
+    tmp_path,
+    problems: pl.DataFrame,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferenceExample],
+) -> None:
+    held_out = held_out_texts(problems)
+    no_pairs = pl.DataFrame(schema={"prompt": pl.String, "chosen": pl.String})
+    texts, measured_on = kl_texts(no_pairs, held_out, tokenizer, max_seq_len=256)
+    assert measured_on == "test problems (n=9)"
+    assert texts["completion"].to_list() == held_out["completion"].to_list()
+    assert texts["has_eos"].all()
+    # Only the texts that fit in max_seq_len tokens.
+    lengths = [
+        len(encode_response(tokenizer, p, c, has_eos=True).input_ids)
+        for p, c in zip(texts["prompt"], texts["completion"], strict=True)
+    ]
+    cutoff = sorted(lengths)[len(lengths) // 2]
+    short, measured_on = kl_texts(no_pairs, held_out, tokenizer, max_seq_len=cutoff)
+    assert short.height == sum(n <= cutoff for n in lengths) < 9
+    assert measured_on == f"test problems (n={short.height})"
+
+    sft = save_checkpoint(build_tiny_llama(TINY, tokenizer, seed=0), tokenizer, tmp_path, {})
+    policy, _ = load_checkpoint(sft)  # an untrained copy: pi == pi_sft
+    assert kl_to_sft(policy, tokenizer, str(sft), texts) == pytest.approx(0.0, abs=1e-12)
+    _train(policy, tokenizer, pairs, max_steps=3)
+    after_three = kl_to_sft(policy, tokenizer, str(sft), texts)
+    assert after_three > 1e-4
+    _train(policy, tokenizer, pairs, max_steps=6)
+    assert kl_to_sft(policy, tokenizer, str(sft), texts) > after_three
+
+
 def test_reference_is_computed_once_from_the_start_policy(
     tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
 ) -> None:
@@ -351,15 +441,19 @@ def test_long_pairs_drop_and_edge_cases(
 
 
 def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they_moved(
-    tmp_path, tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+    tmp_path,
+    problems: pl.DataFrame,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferenceExample],
 ) -> None:
     """Per-step pairs (cut negatives) and their outcome twins (whole negatives), with a
-    max_seq_len that only some outcome pairs exceed: both methods leave those negatives out."""
+    max_seq_len that only some outcome pairs exceed: both methods leave those negatives out,
+    and both measure their KL to pi_sft on the same held-out test problems."""
     sft = save_checkpoint(build_tiny_llama(TINY, tokenizer, seed=0), tokenizer, tmp_path / "s", {})
-    problems = generate_problems(PARAMS, 12, seed=5, split="train")
+    train_problems = generate_problems(PARAMS, 12, seed=5, split="train")
     rng = random.Random(5)
     rows = {"per_step": [], "outcome": []}
-    for i, problem in enumerate(problems):
+    for i, problem in enumerate(train_problems):
         prompt, chosen = format_example(problem.question, oracle_solution(problem, rng=rng))
         _, wrong = format_example(
             problem.question, oracle_solution(problem, rng=rng, slip_rate=1.0)
@@ -379,7 +473,10 @@ def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they
 
     cutoff = max(length(r) for r in rows["per_step"])  # every per-step pair fits
     too_long = sum(length(r) > cutoff for r in rows["outcome"])
-    assert 0 < too_long < len(problems)
+    assert 0 < too_long < len(train_problems)
+    held_out = held_out_texts(problems)
+    n_held_out = kl_texts(frames["per_step"], held_out, tokenizer, cutoff)[0].height
+    assert n_held_out > 0
     training = TrainingConfig(bf16=False, warmup_ratio=0.0, batch_size=4, dpo_epochs=2)
     trained = {}
     for method, own, twin in (
@@ -396,10 +493,11 @@ def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they
             max_seq_len=cutoff,
             log=lambda _message: None,
             twins=frames[twin],
+            held_out=held_out,
         )
         assert trained[method].schema == pl.Schema(PREFERENCE_SCHEMA)
     per_step, dpo = (trained[m].row(0, named=True) for m in ("per_step_dpo", "dpo"))
-    assert per_step["train_examples"] == dpo["train_examples"] == len(problems) - too_long
+    assert per_step["train_examples"] == dpo["train_examples"] == len(train_problems) - too_long
     assert per_step["train_steps"] == dpo["train_steps"] == 2 * math.ceil((12 - too_long) / 4)
     assert per_step["pairs_too_long"] == dpo["pairs_too_long"] == too_long
     for row in (per_step, dpo):
@@ -408,7 +506,27 @@ def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they
             row["rejected_logp_change"]
         )
         assert row["chosen_logp_change"] > row["rejected_logp_change"]
-        assert row["kl_to_sft_per_token_on_chosen"] > 0
+        assert row["kl_to_sft_per_token"] > 0
+        assert row["kl_measured_on"] == f"test problems (n={n_held_out})"
+        shown = movement_metadata(row)
+        assert shown["kl_to_sft_per_token_on_test"] == row["kl_to_sft_per_token"]
+        assert shown["kl_measured_on"] == row["kl_measured_on"]
+    # Without a held-out text that fits, the KL falls back to the chosen sides, named so.
+    fallback = train_preference_model(
+        training,
+        "dpo",
+        str(sft),
+        frames["outcome"],
+        tmp_path / "fallback",
+        seed=0,
+        max_seq_len=cutoff,
+        log=lambda _message: None,
+        twins=frames["per_step"],
+        held_out=held_out.clear(),
+    ).row(0, named=True)
+    assert fallback["kl_measured_on"] == f"chosen sides (n={len(train_problems) - too_long})"
+    assert fallback["kl_to_sft_per_token"] > 0
+    assert set(movement_metadata(fallback)) >= {"kl_to_sft_per_token_on_chosen", "kl_measured_on"}
     # No pair: the model stays pi_sft, with the same columns and null figures.
     empty = train_preference_model(
         training,
@@ -420,4 +538,5 @@ def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they
         max_seq_len=cutoff,
         log=lambda _message: None,
     ).row(0, named=True)
-    assert empty["train_examples"] == 0 and empty["kl_to_sft_per_token_on_chosen"] is None
+    assert empty["train_examples"] == 0 and empty["kl_to_sft_per_token"] is None
+    assert empty["kl_measured_on"] is None

@@ -84,7 +84,9 @@ distributions over the completion tokens of given texts (prompt + completion, te
 forced): at each completion position the exact KL over the vocabulary, then the mean over
 every such position of every text. It costs one forward pass of each model per batch; the
 texts fix the contexts, so it measures how the two models differ where those texts go, not
-on the policy's own samples.
+on the policy's own samples. Give it texts that training never saw (the preference stage
+passes held-out test prompts, each followed by its reference solution) to see how far an
+update spread beyond its own pairs.
 """
 
 from __future__ import annotations

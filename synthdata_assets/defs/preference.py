@@ -1,5 +1,6 @@
 """The two preference-trained models: per-step DPO and plain DPO, both from pi_sft, on the
-same negatives and the same number of pairs and updates."""
+same negatives and the same number of pairs and updates; each reports its KL to pi_sft on
+held-out test problems."""
 
 import functools
 
@@ -12,20 +13,12 @@ from synthdata_assets.defs.models import GROUP, POOL, trained
 from synthdata_assets.defs.study import study_partitions
 from warehouse import Warehouse
 
-# How far a preference model moved from pi_sft, shown beside its training figures.
-MOVEMENT = (
-    "chosen_logp_change",
-    "rejected_logp_change",
-    "kl_to_sft_per_token_on_chosen",
-    "pairs_too_long",
-)
-
 
 def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefinition]:
     partitions = study_partitions(config)
     credit, training = config.credit, config.training
 
-    def train(context, method: str, sft_model, pairs, twins, weights=None) -> dg.Output:
+    def train(context, method, sft_model, problems, pairs, twins, weights=None) -> dg.Output:
         train_dpo = functools.partial(
             preference.train_preference_model,
             training,
@@ -35,12 +28,12 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
             max_seq_len=config.model.max_seq_len,
             twins=twins,
             weights=weights,
+            held_out=preference.held_out_texts(problems),
         )
         output = trained(context, warehouse, method, train_dpo)
-        row = output.value.row(0, named=True)
-        return dg.Output(
-            output.value, metadata={**output.metadata, **{k: row[k] for k in MOVEMENT}}
-        )
+        # How far the model moved from pi_sft, beside its training figures.
+        moved = preference.movement_metadata(output.value.row(0, named=True))
+        return dg.Output(output.value, metadata={**output.metadata, **moved})
 
     def of_kind(pairs: pl.DataFrame, kind: str) -> pl.DataFrame:
         return pairs.filter(pl.col("kind") == kind)
@@ -49,6 +42,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
     def per_step_dpo_model(
         context: dg.AssetExecutionContext,
         sft_model: pl.DataFrame,
+        problems: pl.DataFrame,
         preference_pairs: pl.DataFrame,
         step_advantages: pl.DataFrame,
     ):
@@ -61,17 +55,18 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         weights = None
         if credit.advantage_weighted and chosen.height:
             weights = preference.pair_weights(chosen, step_advantages)
-        return train(context, "per_step_dpo", sft_model, chosen, twins, weights)
+        return train(context, "per_step_dpo", sft_model, problems, chosen, twins, weights)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def dpo_model(
         context: dg.AssetExecutionContext,
         sft_model: pl.DataFrame,
+        problems: pl.DataFrame,
         preference_pairs: pl.DataFrame,
     ):
         """Plain DPO from pi_sft: whole correct vs. whole incorrect responses, on per-step
         DPO's negatives."""
         outcome, twins = (of_kind(preference_pairs, k) for k in ("outcome", "per_step"))
-        return train(context, "dpo", sft_model, outcome, twins)
+        return train(context, "dpo", sft_model, problems, outcome, twins)
 
     return [per_step_dpo_model, dpo_model]
