@@ -78,6 +78,13 @@ class EmbeddedTaskConfig(Section):
         "distractors after the asked-for quantity). Chain sentences are always shuffled.",
     )
     multiply: bool = Field(True, description="Allow 'times as many' steps.")
+    max_constant: int | None = Field(
+        5,
+        ge=2,
+        description="chain only: constants of a step are 1..max_constant (times: 2..), so the "
+        "arithmetic table is small while answers range over the whole modulus. None: any "
+        "constant below the modulus.",
+    )
     cue_rate: float | None = Field(
         None,
         ge=0.0,
@@ -95,6 +102,12 @@ class EmbeddedTaskConfig(Section):
             )
         if self.cue_rate is not None and self.graph != "chain":
             raise ValueError("cue_rate needs graph 'chain' (its choices are sibling steps)")
+        if self.max_constant is not None and self.graph == "dag":
+            raise ValueError("max_constant needs graph 'chain' (set it to null for dag)")
+        if self.max_constant is not None and self.max_constant >= self.modulus:
+            raise ValueError(
+                f"max_constant ({self.max_constant}) must be below modulus ({self.modulus})"
+            )
         return self
 
 

@@ -162,7 +162,11 @@ def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> 
         raise ValueError(f"model.name 'embedded-base': no pretrained base at {folder}")
     recipe = pretrain.shipped_meta(folder)["recipe"]
     knobs = task.embedded
-    wanted = {"modulus": knobs.modulus, "multiply": knobs.multiply}
+    wanted = {
+        "modulus": knobs.modulus,
+        "multiply": knobs.multiply,
+        "max_constant": knobs.max_constant,
+    }
     if (
         task.name != "embedded"
         or knobs.graph != "chain"
@@ -170,8 +174,8 @@ def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> 
     ):
         raise ValueError(
             f"model.name 'embedded-base' was pretrained for the embedded chain task with "
-            f"modulus {recipe['modulus']} and multiply {recipe['multiply']}; this task is "
-            f"{task.name} ({knobs.graph}, modulus {knobs.modulus}, multiply {knobs.multiply}). "
+            f"{_world(recipe)}; this task is {task.name} ({knobs.graph}, "
+            f"{_world(knobs.model_dump())}). "
             "Run `synthdata pretrain` for this world and set model.name to its folder, or use "
             "model.name 'tiny-llama'"
         )
@@ -179,6 +183,10 @@ def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> 
     row = checkpoint_row("base", folder, "", None, model)
     row["drill_accuracy"] = pretrain.shipped_meta(folder).get("drill_accuracy")
     return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
+
+
+def _world(knobs: dict) -> str:
+    return ", ".join(f"{k} {knobs.get(k)}" for k in ("modulus", "multiply", "max_constant"))
 
 
 def build_study_base_model(config: ExperimentConfig, folder: Path, log: Log) -> pl.DataFrame:

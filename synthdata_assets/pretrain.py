@@ -51,6 +51,7 @@ class PretrainRecipe(Section):
 
     modulus: int = Field(23, description="The task's modulus the base is drilled on.")
     multiply: bool = Field(True, description="Whether 'times as many' steps exist.")
+    max_constant: int | None = Field(5, description="The largest constant of a step.")
     max_steps: int = Field(4, ge=1, description="Longest chain in phase 2.")
     hidden_size: int = 128
     num_layers: int = 3
@@ -83,6 +84,7 @@ class PretrainRecipe(Section):
             n_distractors=0,
             multiply=self.multiply,
             graph="chain",
+            max_constant=self.max_constant,
         )
 
 

@@ -35,7 +35,14 @@ from training.prompts import format_example, format_prompt
 from training.sft import train_sft
 
 RESULTS = Path(__file__).with_name("probe_results.jsonl")
-TASK = {"modulus": 23, "min_steps": 2, "max_steps": 4, "n_distractors": 2, "graph": "chain"}
+TASK = {
+    "modulus": 23,
+    "min_steps": 2,
+    "max_steps": 4,
+    "n_distractors": 2,
+    "graph": "chain",
+    "max_constant": 5,
+}
 
 
 def _kv(args: list[str]) -> dict:

@@ -126,6 +126,7 @@ class EmbeddedParams:
     multiply: bool = True
     graph: str = "dag"
     cue_rate: float | None = None
+    max_constant: int | None = None
 
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
@@ -135,6 +136,11 @@ class EmbeddedParams:
                 raise ValueError("cue_rate needs graph 'chain' (its choices are sibling steps)")
             if not 0.0 <= self.cue_rate <= 1.0:
                 raise ValueError(f"cue_rate must be in [0, 1], got {self.cue_rate}")
+        if self.max_constant is not None:
+            if self.graph != "chain":
+                raise ValueError("max_constant needs graph 'chain' (dag sums need the full table)")
+            if not 2 <= self.max_constant < self.modulus:
+                raise ValueError(f"max_constant must be in [2, modulus), got {self.max_constant}")
         if self.modulus < 3 or not _is_prime(self.modulus):
             raise ValueError(f"modulus must be a prime >= 3, got {self.modulus}")
         if not 1 <= self.min_steps <= self.max_steps:
@@ -214,7 +220,13 @@ def generate_problems(
             # keeps the plain shuffled order, where the first-listed sibling is right by chance.
             cue = params.cue_rate if split == "train" else None
             spec = _build_chain_spec(
-                rng, params.modulus, n_steps, params.n_distractors, ops=_ops(params), cue_rate=cue
+                rng,
+                params.modulus,
+                n_steps,
+                params.n_distractors,
+                ops=_ops(params),
+                cue_rate=cue,
+                max_constant=params.max_constant,
             )
         else:
             spec = _build_spec(
@@ -398,8 +410,11 @@ def arithmetic_drill(
     rng = _rng("drill", seed)
     pairs = []
     for op in [op for op in _UNARY_OPS if op in _ops(params)]:
+        # The whole table, or with max_constant just the constants a step can use.
+        low = 2 if op == "mul" else 1
+        constants = range(p) if params.max_constant is None else range(low, params.max_constant + 1)
         for a in range(p):
-            for b in range(p):
+            for b in constants:
                 for name in rng.sample(NAMES, min(copies, len(NAMES))):
                     pairs.append((f"{name} has {a} {_SYMBOL[op]} {b} =", f" {_apply(op, a, b, p)}"))
     return pairs
@@ -420,7 +435,13 @@ def easy_problems(
         if params.graph == "chain":
             steps = rng.randint(1, max_steps)
             spec = _build_chain_spec(
-                rng, params.modulus, steps, rng.randrange(2), ops=_ops(params), cue_rate=None
+                rng,
+                params.modulus,
+                steps,
+                rng.randrange(2),
+                ops=_ops(params),
+                cue_rate=None,
+                max_constant=params.max_constant,
             )
             world = _parse(spec)
             out.append((_question(world), "\n".join(_minimal_solution(world))))
@@ -539,6 +560,7 @@ def _build_chain_spec(
     *,
     ops: tuple[str, ...],
     cue_rate: float | None,
+    max_constant: int | None = None,
 ) -> str:
     """A chain ``given -> S1 -> ... -> Sk`` (the target), each step one unary operation on the
     previous value, and ``n_dead_ends`` derived quantities that branch off a chain quantity and
@@ -546,7 +568,7 @@ def _build_chain_spec(
     the decision of a step. Sentences are shuffled; with ``cue_rate`` the needed step of each
     choice is stated before its siblings with that probability, after one of them otherwise."""
     unary = [op for op in ops if op in _UNARY_OPS]
-    draft = _SpecDraft(rng, modulus)
+    draft = _SpecDraft(rng, modulus, max_constant)
     chain = [draft.given()]
     for _ in range(n_steps):
         chain.append(draft.derived(rng.choice(unary), [chain[-1]]))
@@ -577,9 +599,10 @@ def _build_chain_spec(
 class _SpecDraft:
     """The quantities of a spec being drawn, each under a fresh name from a shuffled list."""
 
-    def __init__(self, rng: random.Random, modulus: int) -> None:
+    def __init__(self, rng: random.Random, modulus: int, max_constant: int | None = None) -> None:
         self.rng = rng
         self.modulus = modulus
+        self.max_constant = max_constant or modulus - 1
         self.names = list(NAMES)
         rng.shuffle(self.names)
         self.item = rng.choice(ITEMS)
@@ -593,7 +616,8 @@ class _SpecDraft:
         return name
 
     def derived(self, op: str, args: list[str]) -> str:
-        const = None if op == "sum" else self.rng.randint(2 if op == "mul" else 1, self.modulus - 1)
+        low = 2 if op == "mul" else 1
+        const = None if op == "sum" else self.rng.randint(low, self.max_constant)
         a = self.values[args[0]]
         b = self.values[args[1]] if const is None else const
         name = self.names.pop()
