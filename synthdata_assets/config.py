@@ -74,8 +74,9 @@ class EmbeddedTaskConfig(Section):
     )
     shuffle: bool = Field(
         False,
-        description="dag only: sentences in random order (else dependency order, derived "
-        "distractors after the asked-for quantity). Chain sentences are always shuffled.",
+        description="Sentences in random order. Else dependency order: chain: each dead end "
+        "anywhere after the quantity it reads; dag: derived distractors after the asked-for "
+        "quantity.",
     )
     multiply: bool = Field(True, description="Allow 'times as many' steps.")
     max_constant: int | None = Field(

@@ -166,6 +166,7 @@ def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> 
         "modulus": knobs.modulus,
         "multiply": knobs.multiply,
         "max_constant": knobs.max_constant,
+        "shuffle": knobs.shuffle,
     }
     if (
         task.name != "embedded"
@@ -186,7 +187,9 @@ def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> 
 
 
 def _world(knobs: dict) -> str:
-    return ", ".join(f"{k} {knobs.get(k)}" for k in ("modulus", "multiply", "max_constant"))
+    return ", ".join(
+        f"{k} {knobs.get(k)}" for k in ("modulus", "multiply", "max_constant", "shuffle")
+    )
 
 
 def build_study_base_model(config: ExperimentConfig, folder: Path, log: Log) -> pl.DataFrame:

@@ -52,6 +52,7 @@ class PretrainRecipe(Section):
     modulus: int = Field(23, description="The task's modulus the base is drilled on.")
     multiply: bool = Field(True, description="Whether 'times as many' steps exist.")
     max_constant: int | None = Field(5, description="The largest constant of a step.")
+    shuffle: bool = Field(False, description="Sentences shuffled (else dependency order).")
     max_steps: int = Field(4, ge=1, description="Longest chain in phase 2.")
     hidden_size: int = 128
     num_layers: int = 3
@@ -61,7 +62,7 @@ class PretrainRecipe(Section):
     vocab_size: int = 512
     drill_steps: int = Field(3000, ge=0, description="Phase 1 updates (batch 64).")
     chain_steps: int = Field(6000, ge=0, description="Phase 2 updates.")
-    chain_learning_rate: float = 1e-3
+    chain_learning_rate: float = 2e-3
     chain_batch_size: int = 32
     seed: int = 0
 
@@ -85,6 +86,7 @@ class PretrainRecipe(Section):
             multiply=self.multiply,
             graph="chain",
             max_constant=self.max_constant,
+            shuffle=self.shuffle,
         )
 
 

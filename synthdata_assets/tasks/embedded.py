@@ -227,6 +227,7 @@ def generate_problems(
                 ops=_ops(params),
                 cue_rate=cue,
                 max_constant=params.max_constant,
+                shuffle=params.shuffle,
             )
         else:
             spec = _build_spec(
@@ -442,6 +443,7 @@ def easy_problems(
                 ops=_ops(params),
                 cue_rate=None,
                 max_constant=params.max_constant,
+                shuffle=params.shuffle,
             )
             world = _parse(spec)
             out.append((_question(world), "\n".join(_minimal_solution(world))))
@@ -561,12 +563,12 @@ def _build_chain_spec(
     ops: tuple[str, ...],
     cue_rate: float | None,
     max_constant: int | None = None,
+    shuffle: bool = False,
 ) -> str:
     """A chain ``given -> S1 -> ... -> Sk`` (the target), each step one unary operation on the
     previous value, and ``n_dead_ends`` derived quantities that branch off a chain quantity and
     feed nothing: each is a sibling of a needed step, so choosing which one to compute next is
-    the decision of a step. Sentences are shuffled; with ``cue_rate`` the needed step of each
-    choice is stated before its siblings with that probability, after one of them otherwise."""
+    the decision of a step. See :func:`_chain_order` for the sentence order and the cue."""
     unary = [op for op in ops if op in _UNARY_OPS]
     draft = _SpecDraft(rng, modulus, max_constant)
     chain = [draft.given()]
@@ -577,15 +579,7 @@ def _build_chain_spec(
         parent = rng.randrange(n_steps)
         dead_end = draft.derived(rng.choice(unary), [chain[parent]])
         siblings.setdefault(chain[parent + 1], []).append(dead_end)
-    order = [str(q["name"]) for q in draft.quantities]
-    rng.shuffle(order)
-    if cue_rate is not None:
-        for needed, others in siblings.items():
-            group = sorted([needed, *others], key=order.index)
-            slots = sorted(order.index(name) for name in group)
-            first = needed if rng.random() < cue_rate else rng.choice(others)
-            for slot, name in zip(slots, [first, *(n for n in group if n != first)], strict=True):
-                order[slot] = name
+    order = _chain_order(rng, chain, siblings, cue_rate, shuffle=shuffle)
     spec = {
         "item": draft.item,
         "modulus": modulus,
@@ -594,6 +588,52 @@ def _build_chain_spec(
         "target": chain[-1],
     }
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def _chain_order(
+    rng: random.Random,
+    chain: list[str],
+    siblings: dict[str, list[str]],
+    cue_rate: float | None,
+    *,
+    shuffle: bool,
+) -> list[str]:
+    """Sentence order of a chain problem.
+
+    Dependency order (the default): the chain in order, each dead end at a random place after
+    its parent, so reading on to the next sentence is right unless a dead end was stated
+    between a step and its needed sibling. Shuffled: a random order. With ``cue_rate``, each
+    choice's needed step comes before its dead-end siblings with that probability, and one of
+    them comes first otherwise: "the first sentence that reads the last value" is then a
+    shortcut that holds at that rate.
+    """
+    parent = {step: chain[i] for i, step in enumerate(chain[1:])}
+    if shuffle:
+        order = [*chain, *(d for dead in siblings.values() for d in dead)]
+        rng.shuffle(order)
+        if cue_rate is not None:
+            for needed, others in siblings.items():
+                group = sorted([needed, *others], key=order.index)
+                slots = sorted(order.index(name) for name in group)
+                first = needed if rng.random() < cue_rate else rng.choice(others)
+                rest = [n for n in group if n != first]
+                for slot, name in zip(slots, [first, *rest], strict=True):
+                    order[slot] = name
+        return order
+    order = list(chain)
+    for needed, dead in siblings.items():
+        misled = cue_rate is not None and rng.random() >= cue_rate
+        for j, name in enumerate(dead):
+            if cue_rate is None:
+                low = order.index(parent[needed]) + 1
+            elif misled and j == 0:
+                low = order.index(parent[needed]) + 1
+                order.insert(rng.randint(low, order.index(needed)), name)
+                continue
+            else:
+                low = order.index(needed if not misled else parent[needed]) + 1
+            order.insert(rng.randint(low, len(order)), name)
+    return order
 
 
 class _SpecDraft:
