@@ -16,6 +16,7 @@ from synthdata_assets.tasks.embedded import (
     oracle_solution,
     solve,
     step_labels,
+    step_name,
 )
 
 CHAIN = EmbeddedParams(graph="chain", n_distractors=2, min_steps=2, max_steps=4)
@@ -32,7 +33,7 @@ def test_chain_structure() -> None:
         steps = solve(problem)
         assert len(steps) == problem.n_steps
         read = {arg for q in quantities for arg in q["args"]}
-        needed = {line.split()[0] for line in steps}
+        needed = {step_name(line) for line in steps}
         dead_ends = [q["name"] for q in quantities[1:] if q["name"] not in needed]
         assert len(dead_ends) == 2 and not read & set(dead_ends)
 
@@ -102,6 +103,17 @@ def test_cue_followed_counts_the_first_listed_sibling() -> None:
     assert cue_followed(problem.spec, right)[1] == 0
     spec = json.loads(problem.spec)
     values = {q["name"]: q["value"] for q in spec["quantities"]}
-    wrong = f"{first} has 1 + 1 = {values[first]} {spec['item']}.\n" + right
+    wrong = f"After Ann, {first} has 1 + 1 = {values[first]} {spec['item']}.\n" + right
     n_points, followed = cue_followed(problem.spec, wrong)
     assert followed == 1 and n_points >= 1
+
+
+def test_chain_sentences_and_steps_name_the_quantity_read_first() -> None:
+    problem = generate_problems(CHAIN, 1, seed=6, split="test")[0]
+    spec = json.loads(problem.spec)
+    first_step = solve(problem)[0]
+    given = spec["quantities"][0]["name"]
+    assert first_step.startswith(f"After {given}, ")
+    assert f"After {given}, {step_name(first_step)} has " in problem.question
+    assert step_name("Bob has 1 + 2 = 3 pens.") == "Bob"
+    assert step_name("The answer is 3.") is None

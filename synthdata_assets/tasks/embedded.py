@@ -201,6 +201,7 @@ class _World:
     values: Mapping[str, int]
     steps: tuple[_Quantity, ...]  # needed derived quantities, in dependency order
     spurious: tuple[_Quantity, ...]  # derived quantities the target does not depend on
+    grammar: str = "dag"  # "chain": sentences and step lines name the quantity read first
 
 
 def generate_problems(
@@ -291,9 +292,9 @@ def oracle_solution(
             if usable:
                 extra = rng.choice(usable)
                 pending.remove(extra)
-                lines.append(_step_line(extra, written, world.item))
+                lines.append(_step_line(extra, written, world))
                 known.add(extra.name)
-        lines.append(_step_line(step, written, world.item))
+        lines.append(_step_line(step, written, world))
         known.add(step.name)
     lines.append(final_answer_line(written[world.target]))
     return "\n".join(lines)
@@ -320,7 +321,7 @@ def step_labels(spec: str, solution: str) -> list[str]:
     """
     world = _parse(spec)
     true_lines = {
-        _step_line(q, world.values, world.item): q.name for q in world.quantities if q.op != "given"
+        _step_line(q, world.values, world): q.name for q in world.quantities if q.op != "given"
     }
     needed = {q.name for q in world.steps}
     right_answer = final_answer_line(world.values[world.target])
@@ -366,7 +367,7 @@ def misleading_cues(spec: str) -> list[tuple[str, str]]:
 def cue_followed(spec: str, solution: str) -> tuple[int, int]:
     """``(choices where the cue misleads, how many of them the solution followed)``: it
     follows the cue at a choice when it writes a step for the first-listed sibling."""
-    named = {step.strip().split(" ", 1)[0] for step in split_steps(solution, "lines")}
+    named = {step_name(step) for step in split_steps(solution, "lines")}
     misleading = misleading_cues(spec)
     return len(misleading), sum(first in named for _, first in misleading)
 
@@ -484,14 +485,24 @@ def _operands(q: _Quantity, values: Mapping[str, int]) -> tuple[int, int]:
     return values[q.args[0]], second
 
 
-def _step_line(q: _Quantity, values: Mapping[str, int], item: str) -> str:
+def _step_line(q: _Quantity, values: Mapping[str, int], world: _World) -> str:
     a, b = _operands(q, values)
-    return f"{q.name} has {a} {_SYMBOL[q.op]} {b} = {values[q.name]} {item}."
+    line = f"{q.name} has {a} {_SYMBOL[q.op]} {b} = {values[q.name]} {world.item}."
+    return f"After {q.args[0]}, {line}" if world.grammar == "chain" else line
+
+
+_STEP_NAME_RE = re.compile(r"(?:After [A-Z][a-z]+, )?([A-Z][a-z]+) has\b")
+
+
+def step_name(line: str) -> str | None:
+    """The quantity a step line computes (``Max`` of ``After Fay, Max has ...``)."""
+    match = _STEP_NAME_RE.match(line.strip())
+    return match.group(1) if match else None
 
 
 def _minimal_solution(world: _World) -> list[str]:
     """The needed step lines in dependency order, then the answer line."""
-    lines = [_step_line(q, world.values, world.item) for q in world.steps]
+    lines = [_step_line(q, world.values, world) for q in world.steps]
     return [*lines, final_answer_line(world.values[world.target])]
 
 
@@ -508,7 +519,12 @@ def _values_with_slip(world: _World, slipped: _Quantity, rng: random.Random) -> 
     return values
 
 
-def _sentence(q: _Quantity, item: str) -> str:
+def _sentence(q: _Quantity, item: str, grammar: str = "dag") -> str:
+    if grammar == "chain" and q.op != "given":
+        # The quantity read comes first, as in the step line, so the sentence to follow is
+        # found from the last name written: "After Fay, Max has 4 more cards."
+        amount = {"add": "more", "sub": "fewer", "mul": "times as many"}[q.op]
+        return f"After {q.args[0]}, {q.name} has {q.const} {amount} {item}."
     if q.op == "given":
         return f"{q.name} has {q.value} {item}."
     if q.op == "add":
@@ -522,7 +538,7 @@ def _sentence(q: _Quantity, item: str) -> str:
 
 def _question(world: _World) -> str:
     by_name = {q.name: q for q in world.quantities}
-    sentences = [_sentence(by_name[name], world.item) for name in world.order]
+    sentences = [_sentence(by_name[name], world.item, world.grammar) for name in world.order]
     ask = f"How many {world.item} does {world.target} have? Count modulo {world.modulus}."
     return " ".join([*sentences, ask])
 
@@ -581,6 +597,7 @@ def _build_chain_spec(
         siblings.setdefault(chain[parent + 1], []).append(dead_end)
     order = _chain_order(rng, chain, siblings, cue_rate, shuffle=shuffle)
     spec = {
+        "grammar": "chain",
         "item": draft.item,
         "modulus": modulus,
         "order": order,
@@ -795,7 +812,10 @@ def _parse(spec: str) -> _World:
     except json.JSONDecodeError as error:
         raise ValueError(f"invalid embedded spec: not JSON ({error})") from error
     check(isinstance(raw, dict), "not an object")
-    check(set(raw) == {"item", "modulus", "order", "quantities", "target"}, "wrong keys")
+    keys = {"item", "modulus", "order", "quantities", "target"}
+    check(set(raw) in (keys, keys | {"grammar"}), "wrong keys")
+    grammar = raw.get("grammar", "dag")
+    check(grammar in GRAPHS, f"bad grammar {grammar!r}")
     modulus, item = raw["modulus"], raw["item"]
     check(isinstance(modulus, int) and modulus >= 3 and _is_prime(modulus), "bad modulus")
     check(isinstance(item, str) and _ITEM_RE.fullmatch(item) is not None, "bad item")
@@ -854,4 +874,5 @@ def _parse(spec: str) -> _World:
         values=MappingProxyType(values),
         steps=steps,
         spurious=tuple(q for q in derived if q.name not in needed),
+        grammar=grammar,
     )
