@@ -31,7 +31,7 @@ from training.generation import SamplingParams
 from training.generation.transformers_engine import TransformersGenerator
 from training.model import build_tiny_llama, count_parameters
 from training.progress import Progress, no_progress
-from training.prompts import format_example
+from training.prompts import format_example, format_prompt
 from training.sft import train_sft
 from training.tokenizer import build_tokenizer
 
@@ -61,6 +61,9 @@ class PretrainRecipe(Section):
     max_seq_len: int = 320
     vocab_size: int = 512
     drill_steps: int = Field(3000, ge=0, description="Phase 1 updates (batch 64).")
+    lookups: int = Field(
+        20000, ge=0, description="Phase 1: name-lookup examples mixed with the arithmetic."
+    )
     chain_steps: int = Field(6000, ge=0, description="Phase 2 updates.")
     chain_learning_rate: float = 2e-3
     chain_batch_size: int = 32
@@ -90,10 +93,35 @@ class PretrainRecipe(Section):
         )
 
 
+def lookup_drill(params: embedded.EmbeddedParams, *, seed: int, n: int) -> list[tuple[str, str]]:
+    """``n`` examples of the two name lookups of a step line, with the loss on the name alone:
+    a chain question and the solution's first lines, then ``After`` (the completion is the
+    name the previous line computed, or the given one) or ``After Fay,`` (the completion is
+    the quantity whose sentence reads Fay). Phase 2 alone left both lookups at chance for
+    small models (docs/laptop-study.md); drilled like the arithmetic table, they are learned.
+    """
+    out = []
+    problems = embedded.generate_problems(params, n, seed=seed, split="lookup")
+    for i, problem in enumerate(problems):
+        lines = embedded.solve(problem)
+        j = i % len(lines) if i % 3 else 0
+        read, name = lines[j].removeprefix("After ").split(" has ")[0].split(", ")
+        context = format_prompt(problem.question) + "".join(line + "\n" for line in lines[:j])
+        if i % 2:
+            out.append((context + "After", f" {read}"))
+        else:
+            out.append((context + f"After {read},", f" {name}"))
+    return out
+
+
 def pretraining_corpus(recipe: PretrainRecipe) -> tuple[list, list]:
     """(drill pairs, chain (prompt, completion) pairs) of the recipe."""
     params = recipe.task_params()
+    # Drill completions stop mid-line: trained with EOS after them, a model learns to stop
+    # after a name or a number.
     drill = embedded.arithmetic_drill(params, seed=recipe.seed)
+    drill += lookup_drill(params, seed=recipe.seed, n=recipe.lookups)
+    drill = [(prompt, completion, False) for prompt, completion in drill]
     n_chains = recipe.chain_steps * recipe.chain_batch_size // 2
     chains = embedded.generate_problems(params, max(n_chains, 64), seed=recipe.seed, split="base")
     pairs = [
@@ -113,13 +141,15 @@ def pretrain_base(
     started = time.monotonic()
     drill, chains = pretraining_corpus(recipe)
     tokenizer = build_tokenizer(
-        [p + c for p, c in drill] + [p + c for p, c in chains], vocab_size=recipe.vocab_size
+        [d[0] + d[1] for d in drill] + [p + c for p, c in chains], vocab_size=recipe.vocab_size
     )
     model = build_tiny_llama(recipe.learner(), tokenizer, seed=recipe.seed)
     log(f"base: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}")
     train = {"max_seq_len": recipe.max_seq_len, "log": log, "progress": progress}
     if recipe.drill_steps:
-        log(f"phase 1: {len(drill)} arithmetic facts, {recipe.drill_steps} updates")
+        log(
+            f"phase 1: {len(drill)} arithmetic facts and name lookups, {recipe.drill_steps} updates"
+        )
         train_sft(
             model, tokenizer, drill, config=DRILL_TRAINING, seed=recipe.seed,
             max_steps=recipe.drill_steps, **train,
@@ -149,13 +179,13 @@ def pretrain_base(
     return meta
 
 
-def drill_accuracy_of(model, tokenizer, drill: Sequence[tuple[str, str]]) -> float:
+def drill_accuracy_of(model, tokenizer, drill: Sequence[tuple]) -> float:
     """Share of the arithmetic drill's facts the model completes right, greedily (results are
     single tokens): whether the base model learned the table."""
     outputs = TransformersGenerator(model, tokenizer, batch_size=256).generate(
-        [prompt for prompt, _ in drill], SamplingParams(max_new_tokens=1)
+        [d[0] for d in drill], SamplingParams(max_new_tokens=1)
     )
-    right = sum(o[0].text.strip() == c.strip() for o, (_, c) in zip(outputs, drill, strict=True))
+    right = sum(o[0].text.strip() == d[1].strip() for o, d in zip(outputs, drill, strict=True))
     return right / len(drill)
 
 

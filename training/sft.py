@@ -1,9 +1,10 @@
 """The supervised trainer: pretraining, SFT and RFT all go through :func:`train_sft`.
 
 Examples are ``(prompt, completion)`` text pairs (build them with
-:func:`training.prompts.format_example`). The loss is the mean cross-entropy over completion
-tokens only; prompt tokens and padding carry the label ``-100``. Pretraining passes an empty
-prompt, so the loss covers the whole text.
+:func:`training.prompts.format_example`), or ``(prompt, completion, False)`` for a completion
+that stops mid-text and must not teach EOS (the pretraining drills). The loss is the mean
+cross-entropy over completion tokens only; prompt tokens and padding carry the label
+``-100``. Pretraining passes an empty prompt, so the loss covers the whole text.
 
 An example is its prompt's tokens, its completion's and EOS (:func:`encode_example`; the token
 rules are in :mod:`training.trainer`). An example longer than ``max_seq_len`` is **dropped**,
@@ -110,7 +111,12 @@ def _encode_all(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[tuple[str, str]], max_seq_len: int
 ) -> list[EncodedExample]:
     """The examples that fit in ``max_seq_len`` tokens, encoded; raises if none does."""
-    encoded = [encode_example(tokenizer, p, c, max_seq_len=max_seq_len) for p, c in examples]
+    encoded = [
+        trainer.encode_response(
+            tokenizer, e[0], e[1], has_eos=e[2] if len(e) > 2 else True, max_seq_len=max_seq_len
+        )
+        for e in examples
+    ]
     kept = [example for example in encoded if example is not None]
     if not kept:
         raise ValueError(

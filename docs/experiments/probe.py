@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from synthdata_assets import verify
-from synthdata_assets.pretrain import PretrainRecipe, pretrain_base
+from synthdata_assets.pretrain import PretrainRecipe, pretrain_base, pretraining_corpus
 from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainingConfig
@@ -98,6 +98,24 @@ def cmd_pretrain(out: str, *overrides: str) -> None:
     _record({"cmd": "pretrain", "out": out, "meta": meta, "no_dead_ends": plain, "task": task})
 
 
+def cmd_more(base: str, out: str, steps: str, *overrides: str) -> None:
+    """Continue phase 2 of a pretrained base for STEPS more updates (lr=..., seed=...)."""
+    opts = _kv(list(overrides))
+    recipe = PretrainRecipe(**opts.pop("recipe", {}))
+    drill, chains = pretraining_corpus(recipe)
+    model, tokenizer = load_checkpoint(base)
+    config = TrainingConfig(batch_size=32, learning_rate=opts.get("lr", 1e-3), bf16=False)
+    started = time.monotonic()
+    stats = train_sft(
+        model, tokenizer, chains + drill, config=config, seed=opts.get("seed", 5),
+        max_steps=int(steps), max_seq_len=320,
+    )  # fmt: skip
+    save_checkpoint(model, tokenizer, Path(out), {"method": "probe-more", "from": base})
+    row = {"cmd": "more", "base": base, "out": out, "steps": int(steps), **opts}
+    row |= {"seconds": round(time.monotonic() - started, 1), "loss": stats.mean_loss_last_10pct}
+    _record(row | {"no_dead_ends": evaluate(out, {"n_distractors": 0}), "task": evaluate(out, {})})
+
+
 def cmd_eval(folder: str, *overrides: str) -> None:
     task = _kv(list(overrides))
     _record({"cmd": "eval", "model": folder, "task": task, **evaluate(folder, task)})
@@ -127,4 +145,5 @@ def cmd_sft(base: str, size: str, out: str, *overrides: str) -> None:
 
 
 if __name__ == "__main__":
-    {"pretrain": cmd_pretrain, "eval": cmd_eval, "sft": cmd_sft}[sys.argv[1]](*sys.argv[2:])
+    commands = {"pretrain": cmd_pretrain, "more": cmd_more, "eval": cmd_eval, "sft": cmd_sft}
+    commands[sys.argv[1]](*sys.argv[2:])

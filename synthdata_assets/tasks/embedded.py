@@ -487,8 +487,10 @@ def _operands(q: _Quantity, values: Mapping[str, int]) -> tuple[int, int]:
 
 def _step_line(q: _Quantity, values: Mapping[str, int], world: _World) -> str:
     a, b = _operands(q, values)
-    line = f"{q.name} has {a} {_SYMBOL[q.op]} {b} = {values[q.name]} {world.item}."
-    return f"After {q.args[0]}, {line}" if world.grammar == "chain" else line
+    if world.grammar == "chain":
+        # No item: it is the same in every line, and copying it cost a small model capacity.
+        return f"After {q.args[0]}, {q.name} has {a} {_SYMBOL[q.op]} {b} = {values[q.name]}."
+    return f"{q.name} has {a} {_SYMBOL[q.op]} {b} = {values[q.name]} {world.item}."
 
 
 _STEP_NAME_RE = re.compile(r"(?:After [A-Z][a-z]+, )?([A-Z][a-z]+) has\b")
