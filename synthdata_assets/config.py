@@ -332,7 +332,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "task": {"n_train_pool": 2000, "n_test": 1000},
         # The shipped base (models/embedded-base): pretrained once, loaded in seconds.
         "model": {"name": "embedded-base", "max_seq_len": 320},
-        "sampling": {"eval_samples": 1},
+        # A chain solution is at most ~90 tokens; the rest of the 320 is for the prompt.
+        "sampling": {"eval_samples": 1, "max_new_tokens": 100},
         "training": {"learning_rate": 2e-3},
         "credit": {"max_negatives_per_problem": 1},
     },
@@ -341,7 +342,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "task": {"n_train_pool": 2000, "n_test": 1000},
         "model": {"name": "embedded-base", "max_seq_len": 320},
-        "sampling": {"eval_samples": 1},
+        "sampling": {"eval_samples": 1, "max_new_tokens": 100},
         "training": {"learning_rate": 2e-3},
         "credit": {"max_negatives_per_problem": 1},
     },

@@ -54,6 +54,12 @@ class PretrainRecipe(Section):
     max_constant: int | None = Field(5, description="The largest constant of a step.")
     shuffle: bool = Field(False, description="Sentences shuffled (else dependency order).")
     max_steps: int = Field(4, ge=1, description="Longest chain in phase 2.")
+    dead_ends: int = Field(
+        2,
+        ge=0,
+        description="Dead ends per pretraining problem, always stated after the needed step: "
+        "the base meets dead ends, but never one stated before the step to take.",
+    )
     hidden_size: int = 128
     num_layers: int = 3
     num_heads: int = 4
@@ -85,7 +91,8 @@ class PretrainRecipe(Section):
             modulus=self.modulus,
             min_steps=1,
             max_steps=self.max_steps,
-            n_distractors=0,
+            n_distractors=self.dead_ends,
+            cue_rate=1.0 if self.dead_ends else None,
             multiply=self.multiply,
             graph="chain",
             max_constant=self.max_constant,

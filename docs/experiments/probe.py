@@ -42,6 +42,7 @@ TASK = {
     "n_distractors": 2,
     "graph": "chain",
     "max_constant": 5,
+    "shuffle": False,
 }
 
 

@@ -217,9 +217,9 @@ def generate_problems(
         rng = _rng("problem", seed, split, i)
         n_steps = rng.randint(params.min_steps, params.max_steps)
         if params.graph == "chain":
-            # The cue is a property of the training distribution only: every other split
-            # keeps the plain shuffled order, where the first-listed sibling is right by chance.
-            cue = params.cue_rate if split == "train" else None
+            # The cue is a property of what the model trains on: the test split keeps the plain
+            # order, where the first-listed sibling is right by chance.
+            cue = params.cue_rate if split != "test" else None
             spec = _build_chain_spec(
                 rng,
                 params.modulus,
