@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from pydantic import Field
 
 from synthdata_assets.tasks import embedded
@@ -60,17 +61,17 @@ class PretrainRecipe(Section):
         description="Dead ends per pretraining problem, always stated after the needed step: "
         "the base meets dead ends, but never one stated before the step to take.",
     )
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    intermediate_size: int = 512
+    hidden_size: int = 96
+    num_layers: int = 2
+    num_heads: int = 3
+    intermediate_size: int = 384
     max_seq_len: int = 320
     vocab_size: int = 512
-    drill_steps: int = Field(3000, ge=0, description="Phase 1 updates (batch 64).")
+    drill_steps: int = Field(1500, ge=0, description="Phase 1 updates (batch 64).")
     lookups: int = Field(
         20000, ge=0, description="Phase 1: name-lookup examples mixed with the arithmetic."
     )
-    chain_steps: int = Field(6000, ge=0, description="Phase 2 updates.")
+    chain_steps: int = Field(3000, ge=0, description="Phase 2 updates.")
     chain_learning_rate: float = 2e-3
     chain_batch_size: int = 32
     seed: int = 0
@@ -181,6 +182,10 @@ def pretrain_base(
         "drill_accuracy": drill_accuracy,
         "final_loss": stats.mean_loss_last_10pct if stats else None,
         "pretrain_seconds": round(time.monotonic() - started, 1),
+        # Thread count changes floating-point sums, so the same recipe on another count (or
+        # CPU) trains a slightly different base.
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     save_checkpoint(model, tokenizer, folder, meta)
     return meta
