@@ -209,6 +209,7 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
         return 1
     print(f"\n{runs_table(runs)}\n")
     print((warehouse.reports / "scaling_report.md").read_text())
+    print(_credit_vs_truth(warehouse, config.partition_keys, config.credit.rollout_policy))
     print(f"plot: {warehouse.reports / 'scaling_curves.png'}")
     print(f"logs: {warehouse.reports / 'logs'}")
     print(
@@ -216,6 +217,28 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
         "or browse runs and assets with `make ui`."
     )
     return 0
+
+
+def _credit_vs_truth(warehouse: Warehouse, partitions: list, policy: str) -> str:
+    """How often the Monte Carlo first pit is the true first wrong step (``@credit_vs_truth``),
+    per data size, for the study's rollout policy; a line saying so where there is no truth."""
+    from warehouse.query import QueryError, run_query
+
+    try:
+        result = run_query("@credit_vs_truth", warehouse, partitions)
+    except QueryError as exc:
+        return f"First pits vs ground truth: not available ({exc})"
+    rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+    rows = [r for r in rows if r["rollout_policy"] == policy and r["ground_truth"]]
+    if not rows:
+        return "First pits vs ground truth: the task has no per-step ground truth."
+    lines = [f"First pits ({policy}) vs the true first wrong step, per data size and seed:"]
+    for r in rows:
+        lines.append(
+            f"  {r['data_size']}|{r['seed']}: exact {r['share_pit_exact']:.0%}, at or one "
+            f"before {r['share_pit_within_one']:.0%} of {r['negatives_with_pit']} negatives"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

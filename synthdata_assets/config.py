@@ -334,7 +334,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "model": {"name": "embedded-base", "max_seq_len": 320},
         # A chain solution is at most ~90 tokens; the rest of the 320 is for the prompt.
         "sampling": {"eval_samples": 1, "max_new_tokens": 100},
-        # SFT at 2e-3 pulled the shipped base below itself at 250 problems (docs/laptop-study.md).
+        # SFT at 2e-3 pulled an earlier base from 6.7% to 1.3% at 250 problems (laptop-study.md).
         "training": {"learning_rate": 5e-4},
         "credit": {"max_negatives_per_problem": 1},
     },
