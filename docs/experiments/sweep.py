@@ -58,7 +58,8 @@ def main(name: str, home: str, base_yaml: str, settings_json: str) -> None:
     base = yaml.safe_load(Path(base_yaml).read_text())
     out_jsonl = HERE / f"{name}.jsonl"
     for setting in json.loads(settings_json):
-        config = HERE / f".{name}.yaml"
+        config = Path(home) / f"{name}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(_merge(base, setting)))
         env = {**os.environ, "SYNTHDATA_HOME": home, "SYNTHDATA_CONFIG": str(config)}
         env["DAGSTER_HOME"] = str(Path(home) / "dagster")
