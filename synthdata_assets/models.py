@@ -5,11 +5,14 @@ Each stage takes tables (polars frames) and a folder, and returns one row of the
 ``checkpoints`` table (:data:`CHECKPOINT_SCHEMA`, built by :func:`checkpoint_row`) describing
 the Hugging Face model folder it wrote.
 
-The base learner ``tiny-llama`` is built here and pretrained on the task's world in two
-phases: phase 1 drills the task's arithmetic table (short examples, loss on the result only,
-large batches, a high learning rate and weight decay: :data:`DRILL_TRAINING`); phase 2 trains
-on easier problems in the task's format with the drill mixed in, so the table is not
-forgotten. Any other ``model.name`` is a Hugging Face model folder, used as it is.
+The base learner is, by ``model.name``: ``embedded-base``, the shipped pretrained base of the
+embedded task (:mod:`synthdata_assets.pretrain`; the demo and embedded presets); or
+``tiny-llama``, a tiny model built and pretrained inside the run (the tiny preset, so tests
+need no shipped weights) in two phases: phase 1 drills the task's arithmetic table (short
+examples, loss on the result only, large batches, a high learning rate and weight decay:
+:data:`DRILL_TRAINING`); phase 2 trains on easier problems in the task's format with the
+drill mixed in, so the table is not forgotten. Any other name is a Hugging Face model
+folder, used as it is.
 """
 
 from __future__ import annotations

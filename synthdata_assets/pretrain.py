@@ -7,12 +7,14 @@ the :class:`PretrainRecipe`, and committed to the repository under :data:`SHIPPE
 it. A test compares the code's default recipe with the shipped ``meta.json``, so a change of
 the task or the recipe cannot silently keep using a stale base.
 
-What the base learns is the task's world, not the task: phase 1 drills the arithmetic table
-(loss on the result only); phase 2 trains on chain problems *without* dead ends, mixed with
-the drill, so the base reads a question, follows the chain from the given quantity and
-computes each step. It never sees a choice between a needed step and a dead-end sibling:
-that decision is what fine-tuning on the teacher's data (and on negatives) has to teach.
-The tokenizer is trained on the same pretraining text, never on test questions.
+What the base learns is the task's world, not the whole task. Phase 1 drills the arithmetic
+facts and the two name lookups of a step line (:func:`lookup_drill`), with the loss on the
+drilled token alone and no EOS. Phase 2 trains on chain problems whose dead ends are always
+stated *after* the step to take, with the drill mixed in, so the base reads a question,
+follows the chain and computes each step, but has never met a dead end stated before the
+step to take: telling the two apart is what fine-tuning (and negatives) must teach. The
+tokenizer is trained on the same pretraining text, never on test questions. How each part
+of the recipe was found is in docs/laptop-study.md.
 """
 
 from __future__ import annotations
