@@ -365,8 +365,9 @@ def _tiny_trained_checkpoint(folder: Path) -> Path:
     32 (vLLM's CPU attention has no 16), trained briefly on the task."""
     import torch
 
+    from synthdata_assets.config import load_config
+    from synthdata_assets.problems import embedded_params
     from synthdata_assets.tasks.embedded import (
-        EmbeddedParams,
         generate_problems,
         oracle_solution,
         pretraining_facts,
@@ -378,7 +379,8 @@ def _tiny_trained_checkpoint(folder: Path) -> Path:
     from training.sft import train_sft
     from training.tokenizer import build_tokenizer
 
-    params = EmbeddedParams()
+    # The task of the tiny preset, so that the endpoint-teacher test gets some right answers.
+    params = embedded_params(load_config("tiny").task.embedded)
     problems = generate_problems(params, 48, seed=0, split="train")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
