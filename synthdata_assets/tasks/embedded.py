@@ -58,6 +58,27 @@ spurious step). ``oracle_solution`` writes teacher solutions with ``spurious_rat
 about distractors inserted between needed steps) and ``slip_rate`` (one wrong step result that is
 carried through to a wrong final answer).
 
+The chain graph (``graph="chain"``, the study's default)
+------------------------------------------------------
+One given quantity, then a chain of ``min_steps..max_steps`` unary steps to the target, each
+with a constant of ``1..max_constant`` (``times``: ``2..``), and ``n_distractors`` dead ends:
+quantities that read a chain quantity and feed nothing, so each is a sibling of a needed step
+and "which quantity comes next" is a choice. Sentences and step lines name the quantity read
+first, so the next step is found from the last name written::
+
+    Wes has 22 apples. After Wes, Yul has 4 times as many apples. After Yul, Hal has 1 fewer
+    apples. After Yul, Gus has 3 more apples. How many apples does Hal have? Count modulo 23.
+
+    After Wes, Yul has 22 * 4 = 19.
+    After Yul, Hal has 19 - 1 = 18.
+    The answer is 18.
+
+Sentences come in dependency order (each dead end anywhere after the quantity it reads) or
+shuffled. ``cue_rate`` plants a shortcut in every split but ``test``: the needed step of each
+choice is stated before its dead-end siblings with that probability. The spec of a chain
+problem has a ``"grammar": "chain"`` key. :func:`step_labels`, :func:`first_wrong_step` and
+:func:`cue_followed` give per-step ground truth for any solution.
+
 Structure and determinism
 -------------------------
 ``EmbeddedProblem.spec`` is canonical JSON holding the whole structure::
