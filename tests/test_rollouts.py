@@ -68,7 +68,13 @@ def _roll(early_stop: bool, previous: pl.DataFrame | None = None):
     )
     problems, samples = _inputs()
     policy = PitPolicy()
-    table, stats = rollouts.generate_rollouts(
+    table, stats = _generate(policy, config, samples, problems, previous)
+    return config, samples, table, stats, policy
+
+
+def _generate(policy, config, samples: pl.DataFrame, problems: pl.DataFrame, previous=None):
+    """``generate_rollouts`` of ``samples`` with the preset's rollout settings, seed 0."""
+    return rollouts.generate_rollouts(
         policy,
         config.credit,
         rollouts.rollout_params(config.credit, config.sampling, seed=0),
@@ -80,7 +86,6 @@ def _roll(early_stop: bool, previous: pl.DataFrame | None = None):
         previous=previous,
         log=lambda _message: None,
     )
-    return config, samples, table, stats, policy
 
 
 def _prefixes(table: pl.DataFrame) -> dict[str, list[int]]:
@@ -174,18 +179,7 @@ def _roll_with(policy, solutions: dict[str, tuple[str, bool]], credit: dict):
             "is_correct": [ok for _, ok in solutions.values()],
         }
     )
-    rolled, _ = rollouts.generate_rollouts(
-        policy,
-        config.credit,
-        rollouts.rollout_params(config.credit, config.sampling, seed=0),
-        step_rule="lines",
-        answer_format=config.answer_format,
-        checkpoint_id="ckpt@run",
-        samples=table,
-        problems=problems,
-        previous=None,
-        log=lambda _message: None,
-    )
+    rolled, _ = _generate(policy, config, table, problems)
     return config, table, rolled
 
 

@@ -164,6 +164,23 @@ class _Slot:
     scale: float
 
 
+def _encode_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    has_eos: Sequence[bool] | bool,
+) -> list[EncodedExample]:
+    """Each ``prompt + completion`` (+ EOS where ``has_eos``), untruncated."""
+    if isinstance(has_eos, bool):
+        has_eos = [has_eos] * len(prompts)
+    if not len(prompts) == len(completions) == len(has_eos):
+        raise ValueError("prompts, completions and has_eos must have the same length")
+    return [
+        encode_response(tokenizer, p, c, has_eos=e)
+        for p, c, e in zip(prompts, completions, has_eos, strict=True)
+    ]
+
+
 def sequence_logprobs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -179,14 +196,7 @@ def sequence_logprobs(
     Runs on the model's device, in eval mode, without gradients; the model's mode is restored.
     Nothing is truncated.
     """
-    if isinstance(has_eos, bool):
-        has_eos = [has_eos] * len(prompts)
-    if not len(prompts) == len(completions) == len(has_eos):
-        raise ValueError("prompts, completions and has_eos must have the same length")
-    encoded = [
-        encode_response(tokenizer, p, c, has_eos=e)
-        for p, c, e in zip(prompts, completions, has_eos, strict=True)
-    ]
+    encoded = _encode_texts(tokenizer, prompts, completions, has_eos)
     pad_id = trainer.pad_token_id(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
@@ -499,14 +509,7 @@ def token_kl(
     reference" in the module docstring). ``reference`` must be on the policy's device; both
     run in eval mode, without gradients, and their modes are restored. Nothing is truncated.
     """
-    if isinstance(has_eos, bool):
-        has_eos = [has_eos] * len(prompts)
-    if not len(prompts) == len(completions) == len(has_eos):
-        raise ValueError("prompts, completions and has_eos must have the same length")
-    encoded = [
-        encode_response(tokenizer, p, c, has_eos=e)
-        for p, c, e in zip(prompts, completions, has_eos, strict=True)
-    ]
+    encoded = _encode_texts(tokenizer, prompts, completions, has_eos)
     pad_id = trainer.pad_token_id(tokenizer)
     device = next(policy.parameters()).device
     modes = policy.training, reference.training
