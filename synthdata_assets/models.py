@@ -163,7 +163,8 @@ def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> 
     this task's world (the same modulus and operations, the chain graph)."""
     if not (folder / "meta.json").is_file():
         raise ValueError(f"model.name 'embedded-base': no pretrained base at {folder}")
-    recipe = pretrain.shipped_meta(folder)["recipe"]
+    meta = pretrain.shipped_meta(folder)
+    recipe = meta["recipe"]
     knobs = task.embedded
     wanted = {
         "modulus": knobs.modulus,
@@ -185,7 +186,7 @@ def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> 
         )
     model, _ = load_checkpoint(str(folder))
     row = checkpoint_row("base", folder, "", None, model)
-    row["drill_accuracy"] = pretrain.shipped_meta(folder).get("drill_accuracy")
+    row["drill_accuracy"] = meta.get("drill_accuracy")
     return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
 
 

@@ -13,7 +13,6 @@ how far each preference model moved from pi_sft. The CPU and thread count go wit
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -25,16 +24,11 @@ import polars as pl
 import torch
 import yaml
 
+from synthdata_assets.config import _merge as merge_overrides
+
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 MOVED = ("reward_accuracy", "chosen_logp_change", "rejected_logp_change")
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and key in out else value
-    return out
 
 
 def _results(home: Path) -> dict:
@@ -60,7 +54,7 @@ def main(name: str, home: str, base_yaml: str, settings_json: str) -> None:
     for setting in json.loads(settings_json):
         config = Path(home) / f"{name}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(_merge(base, setting)))
+        config.write_text(yaml.safe_dump(merge_overrides(base, setting)))
         env = {**os.environ, "SYNTHDATA_HOME": home, "SYNTHDATA_CONFIG": str(config)}
         env["DAGSTER_HOME"] = str(Path(home) / "dagster")
         started = time.monotonic()
