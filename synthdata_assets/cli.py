@@ -210,6 +210,7 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
     print(f"\n{runs_table(runs)}\n")
     print((warehouse.reports / "scaling_report.md").read_text())
     print(_credit_vs_truth(warehouse, config.partition_keys, config.credit.rollout_policy))
+    print(_cue_following(warehouse, config.partition_keys))
     print(f"plot: {warehouse.reports / 'scaling_curves.png'}")
     print(f"logs: {warehouse.reports / 'logs'}")
     print(
@@ -237,6 +238,35 @@ def _credit_vs_truth(warehouse: Warehouse, partitions: list, policy: str) -> str
         lines.append(
             f"  {r['data_size']}|{r['seed']}: exact {r['share_pit_exact']:.0%}, at or one "
             f"before {r['share_pit_within_one']:.0%} of {r['negatives_with_pit']} negatives"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cue_following(warehouse: Warehouse, partitions: list) -> str:
+    """Per method, the share of the test choices where a dead end is stated first that its
+    greedy answers followed (``@cue_following``); empty where the task has none."""
+    from warehouse.query import QueryError, run_query
+
+    try:
+        result = run_query("@cue_following", warehouse, partitions)
+    except QueryError as exc:
+        return f"Cue following: not available ({exc})\n"
+    rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+    if not rows:
+        return ""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        share = f"{r['share_followed']:.0%}"
+        cells.setdefault((r["data_size"], r["seed"]), {})[r["method"]] = share
+    lines = [
+        "Test choices where a dead end is stated before the step to take: share followed "
+        "(@cue_following)",
+        "  size|seed  " + "  ".join(f"{m:>12}" for m in methods),
+    ]
+    for (size, seed), by_method in cells.items():
+        lines.append(
+            f"  {f'{size}|{seed}':<10}" + "  ".join(f"{by_method.get(m, ''):>12}" for m in methods)
         )
     return "\n".join(lines) + "\n"
 

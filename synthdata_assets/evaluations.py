@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import polars as pl
 
 from synthdata_assets.samples import sample_solutions, sampling_params
+from synthdata_assets.tasks import embedded
 from training.config import SamplingConfig
 from training.generation import Generator
 from training.progress import Progress, no_progress
@@ -22,6 +23,11 @@ EVAL_SCHEMA = {
     "is_correct": pl.Boolean,
     "n_samples": pl.Int64,
     "n_correct_samples": pl.Int64,
+    # The embedded task's choices where the sentence order misleads (a dead end is stated
+    # before the step to take), and how many of them the greedy answer followed; null for a
+    # task without per-step ground truth.
+    "cue_points": pl.Int64,
+    "cue_followed": pl.Int64,
 }
 
 
@@ -73,9 +79,8 @@ def evaluate_model(
         greedy.rename({"solution": "completion", "final_answer": "extracted"})
         .join(counts, on="problem_id", how="left")
         .with_columns(method=pl.lit(method))
-        .select(list(EVAL_SCHEMA))
-        .cast(EVAL_SCHEMA)
     )
+    table = with_cue_columns(table, test).select(list(EVAL_SCHEMA)).cast(EVAL_SCHEMA)
     log(
         f"{method}: accuracy {table['is_correct'].mean():.3f} on {table.height} test problems "
         f"({time.perf_counter() - start:.1f}s)"
@@ -83,11 +88,35 @@ def evaluate_model(
     return table
 
 
+def with_cue_columns(table: pl.DataFrame, test: pl.DataFrame) -> pl.DataFrame:
+    """``cue_points`` and ``cue_followed`` of each answer (see ``EVAL_SCHEMA``), from the
+    problem's spec where the task records one."""
+    if "spec" not in test.columns:
+        return table.with_columns(
+            cue_points=pl.lit(None, pl.Int64), cue_followed=pl.lit(None, pl.Int64)
+        )
+    specs = dict(zip(test["problem_id"], test["spec"], strict=True))
+    points, followed = [], []
+    for problem_id, completion in zip(table["problem_id"], table["completion"], strict=True):
+        spec = specs.get(problem_id)
+        n, k = embedded.cue_followed(spec, completion) if spec is not None else (None, None)
+        points.append(n)
+        followed.append(k)
+    return table.with_columns(
+        cue_points=pl.Series(points, dtype=pl.Int64),
+        cue_followed=pl.Series(followed, dtype=pl.Int64),
+    )
+
+
 def summarize_evaluations(table: pl.DataFrame, k_values: Sequence[int]) -> pl.DataFrame:
-    """Accuracy and pass@k per method."""
+    """Accuracy and pass@k per method, and the share of misleading choices its greedy
+    answers followed (``follows_cue``) where the test split has any."""
     rows = []
     for method, group in table.group_by("method", maintain_order=True):
         row = {"method": method[0], "accuracy": float(group["is_correct"].mean())}
+        points = group["cue_points"].sum() if "cue_points" in group.columns else 0
+        if points:
+            row["follows_cue"] = group["cue_followed"].sum() / points
         for k in k_values:
             scores = [
                 pass_at_k(n, c, k)

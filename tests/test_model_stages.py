@@ -1,12 +1,14 @@
 """Pure pieces of the model stages: example selection for SFT and RFT, pass@k."""
 
 import math
+import random
 
 import polars as pl
 import pytest
 
-from synthdata_assets.evaluations import pass_at_k, summarize_evaluations
+from synthdata_assets.evaluations import pass_at_k, summarize_evaluations, with_cue_columns
 from synthdata_assets.models import rft_examples, sft_examples
+from synthdata_assets.tasks import embedded
 
 
 def test_pass_at_k_matches_the_definition() -> None:
@@ -62,3 +64,36 @@ def test_summary_reports_accuracy_and_pass_at_k() -> None:
     assert summary["sft"]["pass@1"] == pytest.approx((0.5 + 0.0) / 2)
     assert summary["sft"]["pass@4"] == pytest.approx(0.5)
     assert summary["rft"]["pass@4"] == 1.0
+
+
+def test_cue_columns_count_the_misleading_choices_an_answer_followed() -> None:
+    params = embedded.EmbeddedParams(graph="chain", n_distractors=2, cue_rate=0.0)
+    problem = next(
+        p
+        for p in embedded.generate_problems(params, 50, seed=5, split="train")
+        if embedded.misleading_cues(p.spec)
+    )
+    (_, first), *_ = embedded.misleading_cues(problem.spec)
+    right = embedded.oracle_solution(problem, rng=random.Random(0))
+    wrong = f"After Ann, {first} has 1 + 1 = 2.\n" + right
+    test = pl.DataFrame({"problem_id": [problem.problem_id], "spec": [problem.spec]})
+    table = pl.DataFrame(
+        {
+            "method": ["sft", "rft"],
+            "problem_id": [problem.problem_id] * 2,
+            "completion": [right, wrong],
+            "is_correct": [True, False],
+            "n_samples": [1, 1],
+            "n_correct_samples": [1, 0],
+        }
+    )
+    table = with_cue_columns(table, test)
+    points = len(embedded.misleading_cues(problem.spec))
+    assert table["cue_points"].to_list() == [points, points]
+    assert table["cue_followed"].to_list() == [0, 1]
+    summary = {r["method"]: r for r in summarize_evaluations(table, [1]).iter_rows(named=True)}
+    assert summary["sft"]["follows_cue"] == 0 and summary["rft"]["follows_cue"] == 1 / points
+    # A task without specs (real data) has no such columns' values, and no summary figure.
+    specless = with_cue_columns(table.drop("cue_points", "cue_followed"), test.drop("spec"))
+    assert specless["cue_points"].null_count() == 2
+    assert "follows_cue" not in summarize_evaluations(specless, [1]).columns

@@ -25,7 +25,13 @@ from warehouse.query import run_query
 pytestmark = pytest.mark.slow
 
 METHODS = {"base", "sft", "rft", "per_step_dpo", "dpo"}
-QUERIES = ("@first_pit_share", "@advantage_by_step", "@spurious_steps", "@method_accuracy")
+QUERIES = (
+    "@first_pit_share",
+    "@advantage_by_step",
+    "@spurious_steps",
+    "@method_accuracy",
+    "@cue_following",
+)
 
 
 def _run(defs: dg.Definitions, names, instance, key=None) -> dg.ExecuteInProcessResult:
@@ -152,6 +158,17 @@ def test_named_step_queries(study) -> None:
         positive_steps
     )
     assert {r[0] for r in study.queries["@method_accuracy"].rows} == METHODS
+    # The chain task's test split states some dead ends first; each method's greedy answers
+    # are counted against them.
+    evaluations = study.tables["evaluations"]
+    assert evaluations["cue_points"].null_count() == 0
+    cue = study.queries["@cue_following"]
+    points = evaluations.group_by("method").agg(pl.col("cue_points").sum())
+    expected = {m: n for m, n in points.iter_rows() if n}
+    got = {
+        r[cue.columns.index("method")]: r[cue.columns.index("misleading_choices")] for r in cue.rows
+    }
+    assert got == expected and expected
 
 
 def test_every_model_is_a_hugging_face_folder(study) -> None:

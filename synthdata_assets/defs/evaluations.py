@@ -55,7 +55,11 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         )
         k_values = sorted({1, config.sampling.eval_samples})
         summary = eval_lib.summarize_evaluations(table, k_values)
-        metadata = {f"accuracy_{r['method']}": r["accuracy"] for r in summary.iter_rows(named=True)}
+        metadata = {}
+        for r in summary.iter_rows(named=True):
+            metadata[f"accuracy_{r['method']}"] = r["accuracy"]
+            if r.get("follows_cue") is not None:
+                metadata[f"follows_cue_{r['method']}"] = r["follows_cue"]
         metadata["summary"] = dg.MetadataValue.md(eval_lib.markdown_table(summary))
         return dg.Output(table, metadata=metadata)
 

@@ -369,8 +369,11 @@ def first_wrong_step(spec: str, solution: str) -> int | None:
 
 def misleading_cues(spec: str) -> list[tuple[str, str]]:
     """The choices of a chain problem where the sentence order misleads: ``(needed, listed
-    first)`` for each needed step stated after one of its dead-end siblings."""
+    first)`` for each needed step stated after one of its dead-end siblings (none for a
+    word problem)."""
     world = _parse(spec)
+    if world.grammar != "chain":
+        return []  # the word problems have no sibling choices
     by_parent: dict[str, list[str]] = {}
     for q in world.quantities:
         if q.op != "given":
