@@ -106,6 +106,12 @@ def test_cue_followed_counts_the_first_listed_sibling() -> None:
     wrong = f"After Ann, {first} has 1 + 1 = {values[first]} {spec['item']}.\n" + right
     n_points, followed = cue_followed(problem.spec, wrong)
     assert followed == 1 and n_points >= 1
+    # The dead end's arithmetic under another name follows it too.
+    dead_end = next(q for q in spec["quantities"] if q["name"] == first)
+    read = values[dead_end["args"][0]]
+    symbol = {"add": "+", "sub": "-", "mul": "*"}[dead_end["op"]]
+    line = f"After Ann, Zzz has {read} {symbol} {dead_end['const']} = {values[first]}."
+    assert cue_followed(problem.spec, line + "\n" + right)[1] == 1
 
 
 def test_chain_sentences_and_steps_name_the_quantity_read_first() -> None:

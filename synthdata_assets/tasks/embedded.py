@@ -388,12 +388,32 @@ def misleading_cues(spec: str) -> list[tuple[str, str]]:
     return out
 
 
+_ARITHMETIC_RE = re.compile(r"\bhas (\d+ [-+*] \d+ = \d+)\.?$")
+
+
 def cue_followed(spec: str, solution: str) -> tuple[int, int]:
     """``(choices where the cue misleads, how many of them the solution followed)``: it
-    follows the cue at a choice when it writes a step for the first-listed sibling."""
-    named = {step_name(step) for step in split_steps(solution, "lines")}
+    follows the cue at a choice when it writes a step for the first-listed sibling, by name or
+    by arithmetic (a line applying that sibling's operation to the value it reads, whatever
+    name it writes, unless the step to take computes the very same thing)."""
+    world = _parse(spec)
     misleading = misleading_cues(spec)
-    return len(misleading), sum(first in named for _, first in misleading)
+    if not misleading:
+        return 0, 0
+    by_name = {q.name: q for q in world.quantities}
+    lines = [step.strip() for step in split_steps(solution, "lines")]
+    named = {step_name(line) for line in lines}
+    computed = {m.group(1) for line in lines if (m := _ARITHMETIC_RE.search(line))}
+
+    def arithmetic(q: _Quantity) -> str:
+        a, b = _operands(q, world.values)
+        return f"{a} {_SYMBOL[q.op]} {b} = {world.values[q.name]}"
+
+    followed = 0
+    for needed, first in misleading:
+        own = arithmetic(by_name[first])
+        followed += first in named or (own != arithmetic(by_name[needed]) and own in computed)
+    return len(misleading), followed
 
 
 def pretraining_facts(params: EmbeddedParams, *, seed: int, n: int) -> list[str]:
