@@ -19,6 +19,7 @@ of the recipe was found is in docs/laptop-study.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -71,7 +72,12 @@ class PretrainRecipe(Section):
     vocab_size: int = 512
     drill_steps: int = Field(1500, ge=0, description="Phase 1 updates (batch 64).")
     lookups: int = Field(
-        20000, ge=0, description="Phase 1: name-lookup examples mixed with the arithmetic."
+        20000, ge=0, description="Phase 1: lookup examples mixed with the arithmetic."
+    )
+    operand_lookups: bool = Field(
+        False,
+        description="Phase 1 also drills the operator and constant lookups of a step line, "
+        "on questions whose dead ends are stated anywhere.",
     )
     chain_steps: int = Field(3000, ge=0, description="Phase 2 updates.")
     chain_learning_rate: float = 2e-3
@@ -103,24 +109,47 @@ class PretrainRecipe(Section):
         )
 
 
-def lookup_drill(params: embedded.EmbeddedParams, *, seed: int, n: int) -> list[tuple[str, str]]:
-    """``n`` examples of the two name lookups of a step line, with the loss on the name alone:
-    a chain question and the solution's first lines, then ``After`` (the completion is the
-    name the previous line computed, or the given one) or ``After Fay,`` (the completion is
-    the quantity whose sentence reads Fay). Phase 2 alone left both lookups at chance for
-    small models (docs/laptop-study.md); drilled like the arithmetic table, they are learned.
+LOOKUPS = ("name", "read", "operator", "constant")
+
+
+def lookup_drill(
+    params: embedded.EmbeddedParams,
+    *,
+    seed: int,
+    n: int,
+    kinds: Sequence[str] = ("name", "read"),
+) -> list[tuple[str, str]]:
+    """``n`` examples of the lookups of a step line, with the loss on the looked-up token
+    alone: a chain question and the solution's first lines, then
+
+    - ``name``: ``After Fay,``, completed by the quantity whose sentence reads Fay;
+    - ``read``: ``After``, completed by the name the previous line computed (or the given);
+    - ``operator``: ``After Fay, Max has 14``, completed by the operator of Max's sentence;
+    - ``constant``: ``After Fay, Max has 14 +``, completed by its constant.
+
+    Phase 2 alone left the name lookups at chance for small models (docs/laptop-study.md);
+    drilled like the arithmetic table, they are learned.
     """
     out = []
     problems = embedded.generate_problems(params, n, seed=seed, split="lookup")
     for i, problem in enumerate(problems):
         lines = embedded.solve(problem)
         j = i % len(lines) if i % 3 else 0
-        read, name = lines[j].removeprefix("After ").split(" has ")[0].split(", ")
+        head, tail = lines[j].removeprefix("After ").split(" has ")
+        read, name = head.split(", ")
+        a, op, b = tail.split(" ")[:3]
         context = format_prompt(problem.question) + "".join(line + "\n" for line in lines[:j])
-        if i % 2:
-            out.append((context + "After", f" {read}"))
-        else:
+        kind = kinds[i % len(kinds)]
+        if kind == "name":
             out.append((context + f"After {read},", f" {name}"))
+        elif kind == "read":
+            out.append((context + "After", f" {read}"))
+        elif kind == "operator":
+            out.append((context + f"After {read}, {name} has {a}", f" {op}"))
+        elif kind == "constant":
+            out.append((context + f"After {read}, {name} has {a} {op}", f" {b}"))
+        else:
+            raise ValueError(f"unknown lookup {kind!r} (known: {', '.join(LOOKUPS)})")
     return out
 
 
@@ -131,6 +160,13 @@ def pretraining_corpus(recipe: PretrainRecipe) -> tuple[list, list]:
     # after a name or a number.
     drill = embedded.arithmetic_drill(params, seed=recipe.seed)
     drill += lookup_drill(params, seed=recipe.seed, n=recipe.lookups)
+    if recipe.operand_lookups:
+        # On questions whose dead ends are stated anywhere: the step's own sentence, not the
+        # first one reading the same quantity, holds its operator and constant.
+        anywhere = dataclasses.replace(params, cue_rate=None)
+        drill += lookup_drill(
+            anywhere, seed=recipe.seed + 1, n=recipe.lookups, kinds=("operator", "constant")
+        )
     drill = [(prompt, completion, False) for prompt, completion in drill]
     n_chains = recipe.chain_steps * recipe.chain_batch_size // 2
     chains = embedded.generate_problems(params, max(n_chains, 64), seed=recipe.seed, split="base")
@@ -157,9 +193,7 @@ def pretrain_base(
     log(f"base: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}")
     train = {"max_seq_len": recipe.max_seq_len, "log": log, "progress": progress}
     if recipe.drill_steps:
-        log(
-            f"phase 1: {len(drill)} arithmetic facts and name lookups, {recipe.drill_steps} updates"
-        )
+        log(f"phase 1: {len(drill)} arithmetic facts and lookups, {recipe.drill_steps} updates")
         train_sft(
             model, tokenizer, drill, config=DRILL_TRAINING, seed=recipe.seed,
             max_steps=recipe.drill_steps, **train,

@@ -58,7 +58,8 @@ def first_error(problem: embedded.EmbeddedProblem, text: str) -> str:
     return "right" if line == right_answer else "answer"
 
 
-_LINE_RE = re.compile(r"After \w+, \w+ has (\d+) ([-+*]) (\d+) = (\d+)\.$")
+# The plain step line, or one that restates the sentence first (restate.py).
+_LINE_RE = re.compile(r"After \w+, \w+ has (?:\d+ [a-z ]+: )?(\d+) ([-+*]) (\d+) = (\d+)\.$")
 
 
 def _arithmetic_kind(step, world, line: str) -> str:

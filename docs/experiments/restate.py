@@ -1,0 +1,46 @@
+"""The probes of probe.py and errors.py with step lines that restate the step's sentence:
+
+    After Hal, Fay has 1 fewer: 18 - 1 = 17.
+
+instead of ``After Hal, Fay has 18 - 1 = 17.`` Hypothesis: the operator and constant are then
+copied right after the bigram ``Fay has`` that only the step's own sentence contains (an
+induction-head copy), where the plain line needs them looked up across the value just
+written, and the base learned that lookup by the quantity read (the first sentence after
+``After Hal,``), which a dead end stated first defeats.
+
+    python docs/experiments/restate.py pretrain OUT [recipe overrides ...]
+    python docs/experiments/restate.py sft BASE SIZE OUT [epochs=3 lr=5e-4 ...]
+    python docs/experiments/restate.py errors MODEL
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import errors  # noqa: E402
+import probe  # noqa: E402
+
+from synthdata_assets.tasks import embedded  # noqa: E402
+
+AMOUNT = {"add": "more", "sub": "fewer", "mul": "times as many"}
+
+
+def restated_step_line(q, values, world) -> str:
+    a, b = embedded._operands(q, values)
+    symbol = embedded._SYMBOL[q.op]
+    return (
+        f"After {q.args[0]}, {q.name} has {q.const} {AMOUNT[q.op]}: "
+        f"{a} {symbol} {b} = {values[q.name]}."
+    )
+
+
+embedded._step_line = restated_step_line
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    if command == "errors":
+        errors.main(*args)
+    else:
+        {"pretrain": probe.cmd_pretrain, "sft": probe.cmd_sft}[command](*args)
