@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from synthdata_assets.config import load_config
 from synthdata_assets.models import shipped_base_row
-from synthdata_assets.pretrain import SHIPPED_BASE, PretrainRecipe, shipped_meta
+from synthdata_assets.pretrain import (
+    LOOKUPS,
+    SHIPPED_BASE,
+    PretrainRecipe,
+    lookup_drill,
+    shipped_meta,
+)
+from synthdata_assets.tasks import embedded
+from training.prompts import format_prompt
 
 MAX_BYTES = 25 * 2**20
 
@@ -36,3 +46,24 @@ def test_another_world_is_refused() -> None:
     task = load_config("demo", overrides={"task": {"embedded": {"modulus": 29}}}).task
     with pytest.raises(ValueError, match="modulus 23"):
         shipped_base_row(task)
+
+
+def test_lookup_drill_continues_the_true_solution_with_each_lookup() -> None:
+    params = PretrainRecipe().task_params()
+    drill = lookup_drill(params, seed=3, n=40, kinds=LOOKUPS)
+    problems = embedded.generate_problems(params, 40, seed=3, split="lookup")
+    ends = {"name": ",", "read": "After", "operator": None, "constant": None}
+    for i, ((context, completion), problem) in enumerate(zip(drill, problems, strict=True)):
+        kind = LOOKUPS[i % len(LOOKUPS)]
+        prompt = format_prompt(problem.question)
+        assert context.startswith(prompt)
+        solution = "\n".join(embedded.solve(problem))
+        # The context is the solution up to the looked-up token, which the completion is.
+        assert solution.startswith(context[len(prompt) :] + completion), (kind, context)
+        assert completion.startswith(" ") and " " not in completion[1:]
+        if ends[kind]:
+            assert context.endswith(ends[kind])
+        else:
+            assert re.search(r"has \d+( [-+*])?$", context), (kind, context)
+    with pytest.raises(ValueError, match="unknown lookup"):
+        lookup_drill(params, seed=3, n=2, kinds=("nope",))
