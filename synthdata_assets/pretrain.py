@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -61,8 +62,12 @@ class PretrainRecipe(Section):
     dead_ends: int = Field(
         2,
         ge=0,
-        description="Dead ends per pretraining problem, always stated after the needed step: "
-        "the base meets dead ends, but never one stated before the step to take.",
+        description="Dead ends per pretraining problem (stated where dead_end_order says).",
+    )
+    dead_end_order: Literal["after", "anywhere"] = Field(
+        "after",
+        description="Where phase 2 states each dead end: always after the needed step it "
+        "sits beside, or anywhere after the quantity it reads (as the task does).",
     )
     hidden_size: int = 96
     num_layers: int = 2
@@ -101,7 +106,7 @@ class PretrainRecipe(Section):
             min_steps=1,
             max_steps=self.max_steps,
             n_distractors=self.dead_ends,
-            cue_rate=1.0 if self.dead_ends else None,
+            cue_rate=1.0 if self.dead_ends and self.dead_end_order == "after" else None,
             multiply=self.multiply,
             graph="chain",
             max_constant=self.max_constant,

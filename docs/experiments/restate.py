@@ -11,6 +11,9 @@ written, and the base learned that lookup by the quantity read (the first senten
     python docs/experiments/restate.py pretrain OUT [recipe overrides ...]
     python docs/experiments/restate.py sft BASE SIZE OUT [epochs=3 lr=5e-4 ...]
     python docs/experiments/restate.py errors MODEL
+
+With ``operand_lookups=true`` phase 1 drills the restated amount (constant, then its first
+word) on questions whose dead ends are stated anywhere.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import errors  # noqa: E402
 import probe  # noqa: E402
 
+from synthdata_assets import pretrain  # noqa: E402
 from synthdata_assets.tasks import embedded  # noqa: E402
+from training.prompts import format_prompt  # noqa: E402
 
 AMOUNT = {"add": "more", "sub": "fewer", "mul": "times as many"}
 
@@ -36,7 +41,31 @@ def restated_step_line(q, values, world) -> str:
     )
 
 
+def restated_lookup_drill(params, *, seed, n, kinds=("name", "read")):
+    """pretrain.lookup_drill for restated lines: ``constant`` completes ``After Hal, Fay has``
+    and ``operator`` completes ``After Hal, Fay has 1`` with the first word of the amount."""
+    out = []
+    problems = embedded.generate_problems(params, n, seed=seed, split="lookup")
+    for i, problem in enumerate(problems):
+        lines = embedded.solve(problem)
+        j = i % len(lines) if i % 3 else 0
+        head, tail = lines[j].removeprefix("After ").split(" has ")
+        read, name = head.split(", ")
+        const, word = tail.split(" ")[:2]
+        context = format_prompt(problem.question) + "".join(line + "\n" for line in lines[:j])
+        kind = kinds[i % len(kinds)]
+        completion = {
+            "name": (f"After {read},", f" {name}"),
+            "read": ("After", f" {read}"),
+            "constant": (f"After {read}, {name} has", f" {const}"),
+            "operator": (f"After {read}, {name} has {const}", f" {word.rstrip(':')}"),
+        }[kind]
+        out.append((context + completion[0], completion[1]))
+    return out
+
+
 embedded._step_line = restated_step_line
+pretrain.lookup_drill = restated_lookup_drill
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
