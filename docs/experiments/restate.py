@@ -11,6 +11,7 @@ written, and the base learned that lookup by the quantity read (the first senten
     python docs/experiments/restate.py pretrain OUT [recipe overrides ...]
     python docs/experiments/restate.py sft BASE SIZE OUT [epochs=3 lr=5e-4 ...]
     python docs/experiments/restate.py errors MODEL
+    python docs/experiments/restate.py lookups MODEL
 
 With ``operand_lookups=true`` phase 1 drills the restated amount (constant, then its first
 word) on questions whose dead ends are stated anywhere.
@@ -71,5 +72,9 @@ if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "errors":
         errors.main(*args)
+    elif command == "lookups":
+        import lookups  # after the patch: it binds pretrain.lookup_drill on import
+
+        lookups.main(*args)
     else:
         {"pretrain": probe.cmd_pretrain, "sft": probe.cmd_sft}[command](*args)
