@@ -9,12 +9,14 @@ the task or the recipe cannot silently keep using a stale base.
 
 What the base learns is the task's world, not the whole task. Phase 1 drills the arithmetic
 facts and the two name lookups of a step line (:func:`lookup_drill`), with the loss on the
-drilled token alone and no EOS. Phase 2 trains on chain problems whose dead ends are always
-stated *after* the step to take, with the drill mixed in, so the base reads a question,
-follows the chain and computes each step, but has never met a dead end stated before the
-step to take: telling the two apart is what fine-tuning (and negatives) must teach. The
-tokenizer is trained on the same pretraining text, never on test questions. How each part
-of the recipe was found is in docs/laptop-study.md.
+drilled token alone and no EOS. Phase 2 trains on chain problems (from its own split, one
+step to four, where the task has two to four) with the drill mixed in, their dead ends
+stated anywhere after the quantity they read, as the task states them
+(``dead_end_order``). A base whose pretraining stated every dead end after the step to take
+learned to take a step's operator from the first sentence reading the same quantity, a
+shortcut no amount of fine-tuning data undid. The tokenizer is trained on the same
+pretraining text, never on test questions. How each part of the recipe was found is in
+docs/laptop-study.md.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class PretrainRecipe(Section):
         description="Dead ends per pretraining problem (stated where dead_end_order says).",
     )
     dead_end_order: Literal["after", "anywhere"] = Field(
-        "after",
+        "anywhere",
         description="Where phase 2 states each dead end: always after the needed step it "
         "sits beside, or anywhere after the quantity it reads (as the task does).",
     )
