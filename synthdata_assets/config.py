@@ -41,6 +41,11 @@ from pydantic import (
 
 from training.config import ModelConfig, SamplingConfig, Section, TrainingConfig
 
+# The shipped base model of the embedded task (synthdata_assets/pretrain.py makes it); here so
+# that light modules can name it without importing torch.
+SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded-base"
+SHIPPED_NAME = "embedded-base"
+
 PresetName = Literal["tiny", "demo", "embedded", "paper"]
 PRESETS: tuple[str, ...] = get_args(PresetName)
 DEFAULT_PRESET = "demo"

@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME
 from synthdata_assets.tasks import embedded
 from training.checkpoint import save_checkpoint
 from training.config import ModelConfig, Section, TrainingConfig
@@ -43,9 +44,6 @@ from training.sft import train_sft
 from training.tokenizer import build_tokenizer
 
 Log = Callable[[str], None]
-
-SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded-base"
-SHIPPED_NAME = "embedded-base"
 
 # Phase 1: what gets a small model off the loss plateau of a modular table.
 DRILL_TRAINING = TrainingConfig(

@@ -10,13 +10,14 @@ Provenance
 :data:`STAGE_INPUTS` is the asset graph (each stage and the stages it reads) and
 :data:`STAGE_SETTINGS` the configuration sections each stage reads itself. A stage's
 fingerprint (:func:`stage_fingerprints`) is a digest of the sections it and every stage
-upstream of it read, so it changes exactly when a setting that can change the stage's output
-changes. Every materialization records its stage's fingerprint (the IO manager writes it
-into the materialization's metadata); :func:`stale_stages` compares the recorded ones with
-the configuration's and returns what must be recomputed: the stages never materialized,
-made under other settings, or older than a stage they read (an interrupted rerun), and
-everything downstream of them. A partition therefore never mixes stages made under two
-configurations, and a rerun recomputes only what is missing or stale.
+upstream of it read (and, for the shipped base, of its weights), so it changes exactly when
+a setting that can change the stage's output changes. Every materialization records its
+stage's fingerprint (the IO manager writes it into the materialization's metadata);
+:func:`stale_stages` compares the recorded ones with the configuration's and returns what
+must be recomputed: the stages never materialized, made under other settings, or older than
+a stage they read (an interrupted rerun), and everything downstream of them. A partition
+therefore never mixes stages made under two configurations, and a rerun recomputes only what
+is missing or stale.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from synthdata_assets.config import ExperimentConfig
+from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig
 
 SETUP_STAGES: tuple[str, ...] = ("problems", "base_model")
 PARTITION_STAGES: tuple[str, ...] = (
@@ -117,12 +119,26 @@ def upstream(stage: str) -> set[str]:
 def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     """Each stage's fingerprint: a digest of the settings it and its upstream stages read."""
     dumped = config.model_dump(mode="json")
+    base = shipped_base_digest(config)
     out = {}
     for stage in STAGE_INPUTS:
         sections = sorted({s for name in {stage} | upstream(stage) for s in STAGE_SETTINGS[name]})
-        text = json.dumps({name: dumped[name] for name in sections}, sort_keys=True)
+        settings = {name: dumped[name] for name in sections}
+        if base is not None and "model" in sections:
+            settings["shipped_base"] = base  # a new shipped base invalidates what it made
+        text = json.dumps(settings, sort_keys=True)
         out[stage] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return out
+
+
+def shipped_base_digest(config: ExperimentConfig, folder: Path | None = None) -> str | None:
+    """A digest of the shipped base's weights (in ``folder``, by default the repository's)
+    when ``model.name`` is the shipped base, whose settings name it but not its contents;
+    else None."""
+    weights = (folder or SHIPPED_BASE) / "model.safetensors"
+    if config.model.name != SHIPPED_NAME or not weights.is_file():
+        return None
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from synthdata_assets import problems as pool_lib
+from synthdata_assets import study as study_module
 from synthdata_assets import teacher
 from synthdata_assets.cli import main
 from synthdata_assets.config import load_config
@@ -20,6 +21,7 @@ from synthdata_assets.study import (
     PARTITION_STAGES,
     STAGE_INPUTS,
     Materialized,
+    shipped_base_digest,
     stage_fingerprints,
     stale_stages,
     upstream,
@@ -167,6 +169,19 @@ def test_a_setting_changes_the_fingerprints_of_the_stages_that_read_it() -> None
     )
     assert "policy_samples" not in {s for s in tiny if tiny[s] != rule[s]}
     assert tiny["step_advantages"] != rule["step_advantages"]
+
+
+def test_a_new_shipped_base_changes_the_fingerprints_of_what_it_made(tmp_path, monkeypatch):
+    demo = load_config("demo")
+    assert shipped_base_digest(demo) is not None
+    assert shipped_base_digest(load_config("tiny")) is None  # pretrained in the run
+    before = stage_fingerprints(demo)
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    monkeypatch.setattr(study_module, "SHIPPED_BASE", tmp_path)
+    after = stage_fingerprints(demo)
+    changed = {stage for stage in before if before[stage] != after[stage]}
+    assert "base_model" in changed and "sft_model" in changed
+    assert "problems" not in changed
 
 
 def test_stale_stages_are_recomputed_with_everything_downstream() -> None:
