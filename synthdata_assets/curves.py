@@ -774,6 +774,9 @@ def _plot_accuracy(ax, table: pl.DataFrame, comparison: Comparison, colors: dict
         rows = stats.filter(pl.col("method") == method)
         mean = rows["mean"].to_numpy()
         bars = np.vstack([mean - rows["low"].to_numpy(), rows["high"].to_numpy() - mean])
+        # Equal seeds give a mean a rounding error outside [low, high]; matplotlib refuses
+        # negative bars.
+        bars = np.clip(bars, 0.0, None)
         ax.errorbar(
             rows["data_size"],
             mean,
