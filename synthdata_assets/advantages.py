@@ -58,8 +58,8 @@ The table of a partition (``TABLE_SCHEMA``)
   under ``largest_drop`` and for the spurious flag they can differ. The ``best_of_k`` columns
   are null when some prefix has fewer than K rollouts (``pi_sft`` with ``M < K``).
 - Ground truth (``TRUTH_SCHEMA``, :func:`ground_truth`): where the task knows each step's
-  correctness (the embedded task's ``spec``; see
-  :func:`synthdata_assets.tasks.embedded.step_labels`), ``true_label`` of every step ``>= 1``
+  correctness (a generated task's ``spec``; see
+  :func:`synthdata_assets.tasks.step_labels`), ``true_label`` of every step ``>= 1``
   and ``is_true_first_wrong`` (the sample's first ``wrong``/``wrong_answer`` step). Both are
   null for a task without a spec, for the ``lines``-less step rules (labels are per line), and
   ``true_label`` is null at step 0.
@@ -74,10 +74,10 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from synthdata_assets import tasks
 from synthdata_assets.config import CreditConfig
 from synthdata_assets.frames import first_row, no_duplicates, require, typed
 from synthdata_assets.steps import clean_samples, sample_steps
-from synthdata_assets.tasks import embedded
 
 ROLLOUT_POLICIES: tuple[str, ...] = ("pi_sft", "best_of_k")
 PIT_RULES: tuple[str, ...] = ("first_zero", "largest_drop")
@@ -535,8 +535,8 @@ def ground_truth(
         .select("sample_id", "spec", "solution")
         .iter_rows()
     ):
-        first_wrong = embedded.first_wrong_step(spec, solution)
-        for i, label in enumerate(embedded.step_labels(spec, solution), start=1):
+        first_wrong = tasks.first_wrong_step(spec, solution)
+        for i, label in enumerate(tasks.step_labels(spec, solution), start=1):
             rows.append((sid, i, label, i == first_wrong))
     return pl.DataFrame(rows, schema=schema, orient="row")
 

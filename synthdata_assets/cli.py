@@ -211,6 +211,10 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
     print((warehouse.reports / "scaling_report.md").read_text())
     print(_credit_vs_truth(warehouse, config.partition_keys, config.credit.rollout_policy))
     print(_cue_following(warehouse, config.partition_keys))
+    if config.task.name == "star_graph":
+        # The didactic study's own figure: the first step, the only decision of a path.
+        print((warehouse.reports / "first_step_report.md").read_text())
+        print(f"plot: {warehouse.reports / 'first_steps.png'}")
     print(f"plot: {warehouse.reports / 'scaling_curves.png'}")
     print(f"logs: {warehouse.reports / 'logs'}")
     print(
@@ -350,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write graded rows here instead of stdout")
     p.add_argument(
         "--answer-format",
-        choices=("embedded", "gsm8k", "math"),
+        choices=("embedded", "gsm8k", "math", "star_graph"),
         help="force one answer format for every row (default: the row's 'format', else inferred)",
     )
     p.set_defaults(func=cmd_grade)

@@ -117,24 +117,55 @@ class EmbeddedTaskConfig(Section):
         return self
 
 
+class StarGraphTaskConfig(Section):
+    """Knobs of the didactic path-star task (see ``tasks/star_graph.py``)."""
+
+    degree: int = Field(2, ge=2, le=20, description="Arms out of the start node.")
+    path_length: int = Field(5, ge=1, le=50, description="Nodes per arm after the start.")
+    n_nodes: int = Field(
+        50,
+        ge=3,
+        le=1000,
+        description="Node labels are distinct values below this (at least 1 + degree * "
+        "path_length).",
+    )
+
+    @model_validator(mode="after")
+    def _labels_suffice(self) -> StarGraphTaskConfig:
+        need = 1 + self.degree * self.path_length
+        if self.n_nodes < need:
+            raise ValueError(
+                f"n_nodes ({self.n_nodes}) must be at least 1 + degree * path_length ({need})"
+            )
+        return self
+
+
 class TaskConfig(Section):
     """Where problems come from and how many are held out for testing."""
 
-    name: Literal["embedded", "gsm8k", "math"] = Field(
-        "embedded", description="embedded: generated offline; gsm8k/math: local JSONL files."
+    name: Literal["embedded", "star_graph", "gsm8k", "math"] = Field(
+        "embedded",
+        description="embedded: word problems generated offline; star_graph: the didactic "
+        "path-star graphs; gsm8k/math: local JSONL files.",
     )
     train_path: str | None = Field(None, description="Training JSONL file (gsm8k/math).")
     test_path: str | None = Field(None, description="Test JSONL file (gsm8k/math).")
     n_train_pool: int = Field(
         4000,
         ge=1,
-        description="Embedded: training problems generated; real data: a cap on rows read.",
+        description="Generated tasks: training problems generated; real data: a cap on rows read.",
     )
     n_test: int = Field(200, ge=1, description="Test problems (the first n of the test split).")
     pool_seed: int = Field(
         0, description="Seed of the problem pool; fixed across experiment seeds."
     )
     embedded: EmbeddedTaskConfig = EmbeddedTaskConfig()
+    star_graph: StarGraphTaskConfig = StarGraphTaskConfig()
+
+    @property
+    def generated(self) -> bool:
+        """Whether problems are generated here (with a spec and an oracle teacher)."""
+        return self.name in ("embedded", "star_graph")
 
 
 class TeacherConfig(Section):
@@ -142,7 +173,7 @@ class TeacherConfig(Section):
 
     kind: Literal["oracle", "reference", "endpoint"] = Field(
         "oracle",
-        description="oracle: the embedded task's exact solver with noise knobs; "
+        description="oracle: a generated task's exact solver with noise knobs; "
         "reference: the data set's own worked solutions (gsm8k/math); "
         "endpoint: a model served behind an OpenAI-compatible API (teacher.base_url).",
     )
@@ -155,10 +186,18 @@ class TeacherConfig(Section):
     max_new_tokens: int = Field(512, ge=1, description="endpoint: token budget per solution.")
     solutions_per_problem: int = Field(1, ge=1, le=64)
     spurious_rate: float = Field(
-        0.1, ge=0.0, le=1.0, description="Oracle: chance of a correct but unneeded step."
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Oracle: chance of a correct but unneeded step (embedded; star_graph paths "
+        "have none: set 0).",
     )
     slip_rate: float = Field(
-        0.15, ge=0.0, le=1.0, description="Oracle: chance that a solution has one wrong step."
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="Oracle: chance that a solution has one wrong step (star_graph: a wrong "
+        "arm taken at the first step).",
     )
 
 
@@ -264,11 +303,16 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         task = self.task
-        if task.name == "embedded":
+        if task.generated:
             if self.teacher.kind == "reference":
                 raise ValueError(
                     "teacher.kind 'reference' needs a real data set; "
-                    "the embedded task uses teacher.kind 'oracle' (or 'endpoint')"
+                    f"the {task.name} task uses teacher.kind 'oracle' (or 'endpoint')"
+                )
+            if task.name == "star_graph" and self.teacher.spurious_rate > 0:
+                raise ValueError(
+                    f"teacher.spurious_rate is {self.teacher.spurious_rate}, but a star_graph "
+                    "path has no unneeded step to add: set teacher.spurious_rate to 0"
                 )
             if max(self.data_sizes) > task.n_train_pool:
                 raise ValueError(
@@ -278,7 +322,7 @@ class ExperimentConfig(Section):
         else:
             if self.teacher.kind == "oracle":
                 raise ValueError(
-                    f"teacher.kind 'oracle' exists only for the embedded task, not "
+                    f"teacher.kind 'oracle' exists only for generated tasks, not "
                     f"'{task.name}'; use 'reference'"
                 )
             missing = [f for f in ("train_path", "test_path") if getattr(task, f) is None]
@@ -302,9 +346,14 @@ class ExperimentConfig(Section):
 
     @property
     def chance_rate(self) -> float | None:
-        """Accuracy of a uniformly random answer: 1/modulus on the embedded task; None on real
-        data."""
-        return 1 / self.task.embedded.modulus if self.task.name == "embedded" else None
+        """Accuracy of a uniformly random answer: 1/modulus on the embedded task; on star_graph
+        1/degree, a random arm followed to its end (the plateau of next-token SFT); None on
+        real data."""
+        if self.task.name == "embedded":
+            return 1 / self.task.embedded.modulus
+        if self.task.name == "star_graph":
+            return 1 / self.task.star_graph.degree
+        return None
 
     @property
     def partition_keys(self) -> list[tuple[int, int]]:

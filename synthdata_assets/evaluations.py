@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 
 import polars as pl
 
+from synthdata_assets import tasks
 from synthdata_assets.samples import sample_solutions, sampling_params
-from synthdata_assets.tasks import embedded
 from training.config import SamplingConfig
 from training.generation import Generator
 from training.progress import Progress, no_progress
@@ -99,7 +99,7 @@ def with_cue_columns(table: pl.DataFrame, test: pl.DataFrame) -> pl.DataFrame:
     points, followed = [], []
     for problem_id, completion in zip(table["problem_id"], table["completion"], strict=True):
         spec = specs.get(problem_id)
-        n, k = embedded.cue_followed(spec, completion) if spec is not None else (None, None)
+        n, k = tasks.cue_followed(spec, completion) if spec is not None else (None, None)
         points.append(n)
         followed.append(k)
     return table.with_columns(

@@ -26,8 +26,8 @@ import torch
 
 from synthdata_assets import pretrain
 from synthdata_assets.config import ExperimentConfig, TaskConfig
-from synthdata_assets.problems import embedded_params
-from synthdata_assets.tasks import embedded
+from synthdata_assets.problems import embedded_params, star_graph_params
+from synthdata_assets.tasks import embedded, star_graph
 from training.checkpoint import load_checkpoint, load_model_reference, save_checkpoint
 from training.config import ModelConfig, TrainingConfig
 from training.model import build_tiny_llama, count_parameters
@@ -101,9 +101,10 @@ def build_base_model(
     log: Log,
     progress: Progress = no_progress,
 ) -> pl.DataFrame:
-    """The base learner: the shipped ``embedded-base``, a named Hugging Face folder, or
-    tiny-llama pretrained here on the task's world (the small presets that test the
-    pipeline). No tokenizer ever sees a test question."""
+    """The base learner: the shipped ``embedded-base``, a named Hugging Face folder,
+    tiny-llama pretrained here on the embedded task's world (the small presets that test the
+    pipeline), or on star_graph an untrained tiny-llama. No tokenizer ever sees a test
+    question."""
     if model_config.name == pretrain.SHIPPED_NAME:
         return shipped_base_row(task)
     if model_config.name != "tiny-llama":
@@ -112,10 +113,12 @@ def build_base_model(
         )
         row = checkpoint_row("base", model_config.name, "", None, model)
         return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+    if task.name == "star_graph":
+        return _untrained_star_graph_base(model_config, task, folder, meta=meta, log=log)
     if task.name != "embedded":
         raise ValueError(
-            "model.name 'tiny-llama' is pretrained on the embedded task's world only; "
-            "for gsm8k/math set model.name to a Hugging Face model folder"
+            "model.name 'tiny-llama' is built for the generated tasks only (embedded, "
+            "star_graph); for gsm8k/math set model.name to a Hugging Face model folder"
         )
     params = embedded_params(task.embedded)
     seed = task.pool_seed + 10_000
@@ -156,6 +159,25 @@ def build_base_model(
     row = checkpoint_row("base", folder, "", stats, model)
     row["drill_accuracy"] = drill_accuracy
     return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
+
+
+def _untrained_star_graph_base(
+    model_config: ModelConfig, task: TaskConfig, folder: Path, *, meta: dict, log: Log
+) -> pl.DataFrame:
+    """A freshly initialised tiny-llama with a tokenizer of the path-star world: the
+    didactic study trains from scratch, as Bachmann & Nagarajan do, so SFT is the model's
+    whole training and its epochs are the budget the study varies."""
+    texts = star_graph.tokenizer_texts(
+        star_graph_params(task.star_graph), seed=task.pool_seed + 10_000
+    )
+    tokenizer = build_tokenizer(texts)
+    model = build_tiny_llama(model_config, tokenizer, seed=task.pool_seed)
+    log(
+        f"base model: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}, "
+        "not pretrained (star_graph trains from scratch)"
+    )
+    save_checkpoint(model, tokenizer, folder, meta)
+    return pl.DataFrame([checkpoint_row("base", folder, "", None, model)], schema=CHECKPOINT_SCHEMA)
 
 
 def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> pl.DataFrame:

@@ -32,8 +32,8 @@ Its checkpoint row (:data:`PREFERENCE_SCHEMA`) holds, besides the training figur
 
   - ``"test problems (n=...)"``: the first ``KL_TEXTS`` test-split problems (never a
     training problem) that have a reference solution and fit in ``model.max_seq_len``, each
-    its prompt followed by that solution (:func:`held_out_texts`: the embedded task's
-    minimal solution rebuilt from the spec, a real data set's own worked solution). The same
+    its prompt followed by that solution (:func:`held_out_texts`: a generated task's
+    exact solution rebuilt from the spec, a real data set's own worked solution). The same
     texts for every method and partition of a study, so the figures compare. The asset
     metadata shows it as ``kl_to_sft_per_token_on_test``;
   - ``"chosen sides (n=...)"``, only where no test problem has a reference text: up to
@@ -55,8 +55,8 @@ from pathlib import Path
 
 import polars as pl
 
+from synthdata_assets import tasks
 from synthdata_assets.models import CHECKPOINT_SCHEMA, saved_row, untrained_row
-from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint
 from training.config import TrainingConfig
 from training.dpo import PreferenceExample, encode_response, token_kl, train_dpo
@@ -212,16 +212,13 @@ def held_out_texts(problems: pl.DataFrame) -> pl.DataFrame:
     """Every test-split problem of the ``problems`` table that has a reference solution, in
     the table's order, as ``problem_id``, ``prompt`` and ``completion``
     (:data:`HELD_OUT_SCHEMA`, :func:`training.prompts.format_example`). The reference
-    solution is the embedded task's minimal solution, rebuilt from the ``spec``, else the
+    solution is a generated task's exact solution, rebuilt from the ``spec``, else the
     ``reference_solution`` column (a real data set's worked solution); rows with neither are
     left out."""
     rows = []
     for r in problems.filter(pl.col("split") == "test").iter_rows(named=True):
         if r.get("spec") is not None:
-            problem = embedded.EmbeddedProblem.from_spec(r["problem_id"], r["spec"])
-            solution = "\n".join(
-                [*embedded.solve(problem), embedded.final_answer_line(problem.answer)]
-            )
+            solution = tasks.true_solution(r["problem_id"], r["spec"])
         else:
             solution = r.get("reference_solution")
         if solution:

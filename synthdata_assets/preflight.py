@@ -37,7 +37,7 @@ def usable_warehouse() -> Warehouse:
 
 def check_data(config: ExperimentConfig) -> None:
     """Real data sets: their files exist, parse, and hold the largest data size."""
-    if config.task.name == "embedded":
+    if config.task.generated:
         return
     try:
         problem_pool(config.task, max(config.data_sizes))

@@ -16,8 +16,8 @@ import json
 
 import polars as pl
 
-from synthdata_assets.config import EmbeddedTaskConfig, TaskConfig
-from synthdata_assets.tasks import embedded, realdata
+from synthdata_assets.config import EmbeddedTaskConfig, StarGraphTaskConfig, TaskConfig
+from synthdata_assets.tasks import embedded, realdata, star_graph
 from synthdata_assets.verify import extract_answer
 
 PROBLEM_SCHEMA = {
@@ -38,8 +38,13 @@ def embedded_params(knobs: EmbeddedTaskConfig) -> embedded.EmbeddedParams:
     return embedded.EmbeddedParams(**knobs.model_dump())
 
 
+def star_graph_params(knobs: StarGraphTaskConfig) -> star_graph.StarGraphParams:
+    """The path-star generator's parameters from its config section."""
+    return star_graph.StarGraphParams(**knobs.model_dump())
+
+
 def _problem_row(
-    problem: embedded.EmbeddedProblem | realdata.RealProblem,
+    problem: embedded.EmbeddedProblem | star_graph.StarProblem | realdata.RealProblem,
     split: str,
     *,
     source: str,
@@ -77,6 +82,21 @@ def _embedded_rows(task: TaskConfig) -> list[dict]:
     ]
 
 
+def _star_graph_rows(task: TaskConfig) -> list[dict]:
+    params = star_graph_params(task.star_graph)
+    seed = task.pool_seed
+    train = star_graph.generate_problems(params, task.n_train_pool, seed=seed, split="train")
+    test = star_graph.generate_problems(
+        params, task.n_test + task.n_test // 4 + 8, seed=seed, split="test"
+    )
+    test = star_graph.exclude_overlap(test, train)[: task.n_test]
+    return [
+        _problem_row(p, split, source="star_graph", n_steps=p.n_steps, spec=p.spec)
+        for split, problems in (("train", train), ("test", test))
+        for p in problems
+    ]
+
+
 def _real_rows(task: TaskConfig, needed: int) -> list[dict]:
     loader = realdata.load_gsm8k if task.name == "gsm8k" else realdata.load_math
     assert task.train_path is not None and task.test_path is not None  # validated in config
@@ -105,7 +125,12 @@ def _real_rows(task: TaskConfig, needed: int) -> list[dict]:
 def problem_pool(task: TaskConfig, needed: int = 0) -> pl.DataFrame:
     """The ``problems`` table: the training pool and the test split. Real data sets must
     hold at least ``needed`` training problems (the study's largest data size)."""
-    rows = _embedded_rows(task) if task.name == "embedded" else _real_rows(task, needed)
+    if task.name == "embedded":
+        rows = _embedded_rows(task)
+    elif task.name == "star_graph":
+        rows = _star_graph_rows(task)
+    else:
+        rows = _real_rows(task, needed)
     return pl.DataFrame(rows, schema=PROBLEM_SCHEMA)
 
 
@@ -130,7 +155,12 @@ def gold_answers_parse(problems: pl.DataFrame, fmt: str) -> list[str]:
     """Ids of problems whose gold answer the verifier cannot read back (should be none)."""
     bad = []
     for pid, answer in zip(problems["problem_id"], problems["answer"], strict=True):
-        probe = embedded.final_answer_line(answer) if fmt == "embedded" else f"\\boxed{{{answer}}}"
+        if fmt == "embedded":
+            probe = embedded.final_answer_line(answer)
+        elif fmt == "star_graph":
+            probe = star_graph.solution_text(answer.split(","))
+        else:
+            probe = f"\\boxed{{{answer}}}"
         if not answer or extract_answer(probe, fmt) is None:
             bad.append(pid)
     return bad

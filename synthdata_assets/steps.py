@@ -38,8 +38,8 @@ Rules (``STEP_RULES``)
     a closing bracket or quote does not end a sentence. MATH's display equations usually
     end their sentence, so a step is "a sentence with its equations".
 
-``default_rule(task)`` picks the rule for a task name of the config (``embedded``, ``gsm8k``
--> ``lines``; ``math`` -> ``sentences``).
+``default_rule(task)`` picks the rule for a task name of the config (``embedded``, ``gsm8k``,
+``star_graph`` -> ``lines``; ``math`` -> ``sentences``).
 """
 
 from __future__ import annotations
@@ -50,11 +50,17 @@ import polars as pl
 
 STEP_RULES: tuple[str, ...] = ("lines", "blank_lines", "sentences")
 
-_DEFAULT_RULES = {"embedded": "lines", "gsm8k": "lines", "math": "sentences"}
+_DEFAULT_RULES = {
+    "embedded": "lines",
+    "gsm8k": "lines",
+    "math": "sentences",
+    "star_graph": "lines",
+}
 
 
 def default_rule(task: str) -> str:
-    """The step rule for a task name: embedded/gsm8k -> ``lines``, math -> ``sentences``."""
+    """The step rule for a task name: embedded/gsm8k/star_graph -> ``lines``, math ->
+    ``sentences``."""
     try:
         return _DEFAULT_RULES[task]
     except KeyError:

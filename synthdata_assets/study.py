@@ -43,7 +43,7 @@ PARTITION_STAGES: tuple[str, ...] = (
     "dpo_model",
     "evaluations",
 )
-REPORT_STAGES: tuple[str, ...] = ("scaling_curves",)
+REPORT_STAGES: tuple[str, ...] = ("scaling_curves", "first_step_curves")
 # The partition dimensions, as the tables' columns and the Hive folders name them.
 DATA_SIZE, SEED = "data_size", "seed"
 # The metadata key under which a materialization records its stage's fingerprint.
@@ -76,6 +76,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "dpo_model",
     ),
     "scaling_curves": ("evaluations",),
+    "first_step_curves": ("evaluations", "step_advantages", "problems"),
 }
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "problems": ("task",),
@@ -91,6 +92,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "dpo_model": ("model", "training"),
     "evaluations": ("sampling",),
     "scaling_curves": (),
+    "first_step_curves": (),
 }
 
 

@@ -3,11 +3,11 @@
 :func:`teacher_solutions` writes the ``teacher_solutions`` table (:data:`SOLUTION_SCHEMA`)
 for a subset of problems with the teacher named by ``teacher.kind``:
 
-- ``oracle`` (the embedded task): the task's exact solver, with the knobs
-  ``teacher.slip_rate`` (one wrong step, so a wrong answer) and ``teacher.spurious_rate``
-  (a correct but unneeded step). Solution ``j`` of a problem comes from a random stream
-  seeded by ``(seed, problem, j)``, so a problem gets the same solutions in every data size
-  and nested subsets get nested solution sets.
+- ``oracle`` (the generated tasks, embedded and star_graph): the task's exact solver, with
+  the knobs ``teacher.slip_rate`` (one wrong step, so a wrong answer; star_graph: a wrong
+  arm) and ``teacher.spurious_rate`` (a correct but unneeded step). Solution ``j`` of a
+  problem comes from a random stream seeded by ``(seed, problem, j)``, so a problem gets the
+  same solutions in every data size and nested subsets get nested solution sets.
 - ``reference`` (GSM8K, MATH): the data set's own worked solution.
 - ``endpoint``: a model served behind an OpenAI-compatible API (``vllm serve``, or any
   hosted completions API), prompted exactly as the learner is
@@ -33,7 +33,7 @@ from pathlib import Path
 import polars as pl
 
 from synthdata_assets.config import TeacherConfig
-from synthdata_assets.tasks import embedded
+from synthdata_assets.tasks import embedded, star_graph
 from synthdata_assets.verify import grade_many
 from training.generation import SamplingParams
 from training.generation.openai_engine import OpenAIGenerator
@@ -103,13 +103,21 @@ def _oracle_solutions(
     teacher: TeacherConfig, subset: pl.DataFrame, seed: int
 ) -> Iterable[tuple[str, int, str]]:
     for row in subset.iter_rows(named=True):
-        problem = embedded.EmbeddedProblem.from_spec(row["problem_id"], row["spec"])
+        pid, spec = row["problem_id"], row["spec"]
+        star = star_graph.StarProblem.from_spec(pid, spec) if star_graph.is_spec(spec) else None
+        problem = None if star else embedded.EmbeddedProblem.from_spec(pid, spec)
         for j in range(teacher.solutions_per_problem):
-            rng = random.Random(f"teacher/{seed}/{row['problem_id']}/{j}")
-            text = embedded.oracle_solution(
-                problem, rng=rng, spurious_rate=teacher.spurious_rate, slip_rate=teacher.slip_rate
-            )
-            yield row["problem_id"], j, text
+            rng = random.Random(f"teacher/{seed}/{pid}/{j}")
+            if star is not None:
+                text = star_graph.oracle_solution(star, rng=rng, slip_rate=teacher.slip_rate)
+            else:
+                text = embedded.oracle_solution(
+                    problem,
+                    rng=rng,
+                    spurious_rate=teacher.spurious_rate,
+                    slip_rate=teacher.slip_rate,
+                )
+            yield pid, j, text
 
 
 def _reference_solutions(subset: pl.DataFrame) -> Iterable[tuple[str, int, str]]:

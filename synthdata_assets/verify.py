@@ -19,6 +19,11 @@ Formats (``FORMATS``)
     tuples, intervals, ``\\dfrac``, ``^\\circ``, ``\\text{...}``, ``x+1 == 1+x``, ...), after
     two cheap exact paths: identical normalized LaTeX, and plain rationals compared with
     ``fractions.Fraction``.
+``star_graph``
+    The didactic path-star task (``tasks/star_graph.py``): a solution is a path, one node per
+    line. The extracted answer is every non-blank line, which must all be integers, joined by
+    commas (``"3\n9\n30\n"`` -> ``"3,9,30"``); anything else is ``None``. Right only when
+    the node lists are equal: one node too many or too few is wrong.
 
 API
 ---
@@ -78,7 +83,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 
-FORMATS = ("embedded", "gsm8k", "math")
+FORMATS = ("embedded", "gsm8k", "math", "star_graph")
 
 ANSWER_TIMEOUT_S = 5.0
 """Helper (math_verify) time one answer may use; past it the answer is graded wrong."""
@@ -280,6 +285,22 @@ def _extract_embedded(text: str) -> str | None:
     return matches[-1] if matches else None
 
 
+def _extract_star_graph(text: str) -> str | None:
+    nodes = [line.strip() for line in text.split("\n") if line.strip()]
+    if not nodes or not all(_INTEGER.fullmatch(n) for n in nodes):
+        return None
+    return ",".join(str(int(n)) for n in nodes)
+
+
+def _star_graph_equal(predicted: str, gold: str) -> bool:
+    def nodes(text: str) -> list[int] | None:
+        parts = [p.strip() for p in text.split(",")]
+        return [int(p) for p in parts] if all(_INTEGER.fullmatch(p) for p in parts) else None
+
+    p = nodes(predicted)
+    return p is not None and p == nodes(gold)
+
+
 def _extract_gsm8k(text: str) -> str | None:
     number = _after_hashes(text)
     if number is None:
@@ -310,6 +331,8 @@ def _extract(completion: object, fmt: str, budget: _Budget) -> str | None:
         return _extract_embedded(text)
     if fmt == "gsm8k":
         return _extract_gsm8k(text)
+    if fmt == "star_graph":
+        return _extract_star_graph(text)
     return _extract_math(text, budget)
 
 
@@ -371,6 +394,8 @@ def _match(predicted: object, gold: object, fmt: str, budget: _Budget) -> bool:
         return _embedded_equal(p, g)
     if fmt == "gsm8k":
         return _gsm8k_equal(p, g)
+    if fmt == "star_graph":
+        return _star_graph_equal(p, g)
     return _math_equal(p, g, budget)
 
 

@@ -57,7 +57,7 @@ def test_yaml_may_choose_the_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
-        ("task:\n  name: mnist\n", ["task.name", "'embedded', 'gsm8k' or 'math'", "'mnist'"]),
+        ("task:\n  name: mnist\n", ["task.name", "'embedded', 'star_graph', 'gsm8k' or 'math'", "'mnist'"]),
         ("sampling:\n  backend: tgi\n", ["sampling.backend", "'transformers' or 'vllm'"]),
         ("task:\n  n_tset: 3\n", ["task.n_tset", "unknown field", "n_test"]),
         ("training:\n  learning_rate: -1\n", ["training.learning_rate", "greater than 0"]),

@@ -9,6 +9,7 @@ are read as each step leaves them, so that each test below checks one stage.
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import dagster as dg
@@ -86,6 +87,7 @@ def study(tmp_path_factory: pytest.TempPathFactory):
         s.requested = [r.partition_key for r in schedule.evaluate_tick(context).run_requests]
         s.second = _run(both, PARTITION_STAGES, instance, partition_key(64, 0))
         s.curves = _run(both, ["scaling_curves"], instance)
+        s.first_steps = _run(both, ["first_step_curves"], instance)
         yield s
 
 
@@ -205,6 +207,25 @@ def test_scaling_curves_cover_every_partition(study) -> None:
     assert (reports / "scaling_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert all(method in (reports / "scaling_report.md").read_text() for method in METHODS)
     assert "plot" in _metadata(study.curves, "scaling_curves")
+
+
+def test_first_step_curves_cover_every_partition_and_every_pit(study) -> None:
+    assert study.first_steps.success
+    table = pl.read_parquet(study.warehouse.table_file("first_step_curves"))
+    assert set(table["method"]) == METHODS and set(table["data_size"]) == {32, 64}
+    # The embedded task's spec gives every greedy answer a first-step verdict.
+    assert table["first_step_accuracy"].null_count() == 0
+    assert (table["n_test"] == study.config.task.n_test).all()
+    report = (study.warehouse.reports / "first_step_report.md").read_text()
+    pits = run_query(
+        "SELECT count(*) FROM step_advantages WHERE is_first_pit AND NOT sample_is_correct",
+        study.warehouse,
+    ).rows[0][0]
+    rows = [line.split("|") for line in report.splitlines() if re.match(r"\| \d+ \| \d+ \|", line)]
+    assert pits > 0 and sum(int(row[2]) for row in rows) == pits
+    metadata = _metadata(study.first_steps, "first_step_curves")
+    assert "plot" in metadata and "sft_first_step_32" in metadata
+    assert (study.warehouse.reports / "first_steps.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_study_of_one_size_reports_undefined_multipliers(tmp_path, monkeypatch) -> None:

@@ -1,12 +1,13 @@
 """The study's answer: ``scaling_curves`` over every materialized ``evaluations`` partition,
-with its plot and report in the warehouse's ``reports/`` folder and on the asset in the UI."""
+with its plot and report in the warehouse's ``reports/`` folder and on the asset in the UI;
+``first_step_curves``, the first step on its own (the didactic study's figure)."""
 
 import base64
 
 import dagster as dg
 import polars as pl
 
-from synthdata_assets import curves
+from synthdata_assets import curves, first_steps
 from warehouse import Warehouse
 
 GROUP = "study"
@@ -53,7 +54,61 @@ def build(warehouse: Warehouse, *, chance: float | None = None) -> list[dg.Asset
         }
         return dg.Output(report.table, metadata=metadata)
 
-    return [scaling_curves]
+    return [scaling_curves, _first_step_curves(warehouse, chance)]
+
+
+def _first_step_curves(warehouse: Warehouse, chance: float | None) -> dg.AssetsDefinition:
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"polars", "matplotlib"},
+        ins={
+            "evaluations": dg.AssetIn(metadata={"allow_missing_partitions": True}),
+            "step_advantages": dg.AssetIn(metadata={"allow_missing_partitions": True}),
+        },
+    )
+    def first_step_curves(
+        context: dg.AssetExecutionContext, evaluations, step_advantages, problems: pl.DataFrame
+    ):
+        """First-step and whole-answer accuracy per method x data size x seed against chance,
+        and where the Monte Carlo first pits of the negatives fall."""
+        evaluations, step_advantages = _frames(evaluations), _frames(step_advantages)
+        if evaluations is None:
+            raise dg.Failure(
+                "no evaluations partition is materialized yet; run the study job (or "
+                "`synthdata run`) first"
+            )
+        if step_advantages is None:
+            step_advantages = pl.DataFrame(
+                schema={**first_steps.HISTOGRAM_SCHEMA, "sample_is_correct": pl.Boolean}
+            )
+        report = first_steps.first_step_report(
+            evaluations, problems, step_advantages, warehouse.reports, chance=chance
+        )
+        context.log.info(f"plot: {report.plot}\nreport: {report.report}")
+        image = base64.b64encode(report.plot.read_bytes()).decode()
+        metadata = {
+            "plot": dg.MetadataValue.md(f"![first step](data:image/png;base64,{image})"),
+            "plot_path": dg.MetadataValue.path(str(report.plot)),
+            "report_path": dg.MetadataValue.path(str(report.report)),
+            "report": dg.MetadataValue.md(report.markdown),
+        }
+        sft = first_steps.over_seeds(report.table).filter(pl.col("method") == "sft")
+        for row in sft.iter_rows(named=True):
+            if row["first_step_accuracy_mean"] is not None:
+                metadata[f"sft_first_step_{row['data_size']}"] = row["first_step_accuracy_mean"]
+        return dg.Output(report.table, metadata=metadata)
+
+    return first_step_curves
+
+
+def _frames(loaded) -> pl.DataFrame | None:
+    """All partitions as one frame (the IO manager hands over a frame per partition key, or
+    the frame itself when the study has a single partition); None when there are none."""
+    if isinstance(loaded, pl.DataFrame):
+        return loaded
+    if not loaded:
+        return None
+    return pl.concat(list(loaded.values()), how="diagonal_relaxed")
 
 
 def _comparison_metadata(comparison: curves.Comparison) -> dict:
