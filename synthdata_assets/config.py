@@ -9,6 +9,7 @@ two layers:
    - ``tiny``: the smallest study that exercises every stage (tests, about a minute);
    - ``demo``: the README's main job (minutes on a laptop);
    - ``embedded``: the demo's sweep over three seeds (under an hour on 2 cores);
+   - ``didactic``: path-star graphs, the paper's didactic task (minutes on 2 cores);
    - ``paper``: GPUs, a 7B learner, vLLM, GSM8K-format data, sizes 8k-128k.
 
 2. a YAML file named by ``SYNTHDATA_CONFIG`` whose fields override the preset's, at any
@@ -46,7 +47,7 @@ from training.config import ModelConfig, SamplingConfig, Section, TrainingConfig
 SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded-base"
 SHIPPED_NAME = "embedded-base"
 
-PresetName = Literal["tiny", "demo", "embedded", "paper"]
+PresetName = Literal["tiny", "demo", "embedded", "didactic", "paper"]
 PRESETS: tuple[str, ...] = get_args(PresetName)
 DEFAULT_PRESET = "demo"
 PRESET_ENV = "SYNTHDATA_PRESET"
@@ -399,6 +400,30 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "model": {"name": "embedded-base", "max_seq_len": 320},
         "sampling": {"eval_samples": 1, "max_new_tokens": 100},
         "training": {"learning_rate": 5e-4},
+        "credit": {"max_negatives_per_problem": 1},
+    },
+    # The didactic study (docs/didactic.md): path-star graphs, a base pretrained on walks
+    # (it follows edges, never chooses an arm), SFT on the task; training.epochs is the SFT
+    # budget the paper's claim depends on.
+    "didactic": {
+        "data_sizes": [250, 1000, 4000],
+        "seeds": [0, 1, 2],
+        "task": {
+            "name": "star_graph",
+            "n_train_pool": 4000,
+            "n_test": 500,
+            "star_graph": {"degree": 2, "path_length": 3, "n_nodes": 20},
+        },
+        "teacher": {"spurious_rate": 0.0, "slip_rate": 0.1},
+        "model": {
+            "hidden_size": 128,
+            "num_heads": 4,
+            "intermediate_size": 512,
+            "max_seq_len": 96,
+            "pretrain_steps": 3000,
+        },
+        "sampling": {"max_new_tokens": 12, "eval_samples": 1, "batch_size": 512},
+        "training": {"learning_rate": 2e-3, "rft_init": "sft"},
         "credit": {"max_negatives_per_problem": 1},
     },
     "paper": {

@@ -30,9 +30,11 @@ from synthdata_assets.problems import embedded_params, star_graph_params
 from synthdata_assets.tasks import embedded, star_graph
 from training.checkpoint import load_checkpoint, load_model_reference, save_checkpoint
 from training.config import ModelConfig, TrainingConfig
+from training.generation import SamplingParams
+from training.generation.transformers_engine import TransformersGenerator
 from training.model import build_tiny_llama, count_parameters
 from training.progress import Progress, no_progress
-from training.prompts import format_example
+from training.prompts import format_example, format_prompt
 from training.sft import TrainStats, train_sft
 from training.tokenizer import build_tokenizer
 
@@ -52,6 +54,8 @@ CHECKPOINT_SCHEMA = {
 
 # Easier problems per phase-2 pretraining update: each is seen about twice at batch 32.
 EASY_PER_STEP = 16
+# Held-out walks whose greedy accuracy the star_graph base records (as drill_accuracy).
+WALKS_CHECKED = 300
 # Phase 1 of pretraining: what gets a tiny model off the loss plateau of a modular table.
 DRILL_TRAINING = TrainingConfig(
     batch_size=64, learning_rate=3e-3, weight_decay=0.1, warmup_ratio=0.02, bf16=False
@@ -103,7 +107,7 @@ def build_base_model(
 ) -> pl.DataFrame:
     """The base learner: the shipped ``embedded-base``, a named Hugging Face folder,
     tiny-llama pretrained here on the embedded task's world (the small presets that test the
-    pipeline), or on star_graph an untrained tiny-llama. No tokenizer ever sees a test
+    pipeline), or on star_graph on walks through graphs. No tokenizer ever sees a test
     question."""
     if model_config.name == pretrain.SHIPPED_NAME:
         return shipped_base_row(task)
@@ -114,7 +118,9 @@ def build_base_model(
         row = checkpoint_row("base", model_config.name, "", None, model)
         return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
     if task.name == "star_graph":
-        return _untrained_star_graph_base(model_config, task, folder, meta=meta, log=log)
+        return _star_graph_base(
+            model_config, training, task, folder, meta=meta, log=log, progress=progress
+        )
     if task.name != "embedded":
         raise ValueError(
             "model.name 'tiny-llama' is built for the generated tasks only (embedded, "
@@ -161,23 +167,61 @@ def build_base_model(
     return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
 
 
-def _untrained_star_graph_base(
-    model_config: ModelConfig, task: TaskConfig, folder: Path, *, meta: dict, log: Log
+def _star_graph_base(
+    model_config: ModelConfig,
+    training: TrainingConfig,
+    task: TaskConfig,
+    folder: Path,
+    *,
+    meta: dict,
+    log: Log,
+    progress: Progress,
 ) -> pl.DataFrame:
-    """A freshly initialised tiny-llama with a tokenizer of the path-star world: the
-    didactic study trains from scratch, as Bachmann & Nagarajan do, so SFT is the model's
-    whole training and its epochs are the budget the study varies."""
-    texts = star_graph.tokenizer_texts(
-        star_graph_params(task.star_graph), seed=task.pool_seed + 10_000
-    )
-    tokenizer = build_tokenizer(texts)
+    """A tiny-llama for path-star graphs, pretrained on ``model.pretrain_steps`` batches of
+    fresh walks (:func:`star_graph.walk_examples`: every step a lookup, never the first step
+    out of the start), so the base reads a graph as a pretrained model reads text and SFT
+    has only the task's decision left to teach. ``pretrain_steps: 0`` gives an untrained
+    model, which is Bachmann & Nagarajan's setting (training from scratch)."""
+    params = star_graph_params(task.star_graph)
+    seed = task.pool_seed + 10_000
+    tokenizer = build_tokenizer(star_graph.tokenizer_texts(params, seed=seed))
     model = build_tiny_llama(model_config, tokenizer, seed=task.pool_seed)
-    log(
-        f"base model: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}, "
-        "not pretrained (star_graph trains from scratch)"
-    )
+    log(f"base model: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)}")
+    stats, walk_accuracy = None, None
+    if model_config.pretrain_steps > 0:
+        n = model_config.pretrain_steps * training.batch_size
+        walks = star_graph.walk_examples(params, n, seed=seed)
+        log(f"pretraining: {model_config.pretrain_steps} updates on {n} fresh walks")
+        stats = train_sft(
+            model,
+            tokenizer,
+            [format_example(q, sol) for q, sol in walks],
+            config=training.model_copy(update={"epochs": 1}),
+            max_steps=model_config.pretrain_steps,
+            seed=task.pool_seed,
+            max_seq_len=model_config.max_seq_len,
+            log=log,
+            progress=progress,
+        )
+        held_out = star_graph.walk_examples(params, WALKS_CHECKED, seed=seed + 1)
+        walk_accuracy = star_graph_walk_accuracy(model, tokenizer, held_out)
+        log(f"pretraining: held-out walks followed to the goal {walk_accuracy:.1%} (greedy)")
     save_checkpoint(model, tokenizer, folder, meta)
-    return pl.DataFrame([checkpoint_row("base", folder, "", None, model)], schema=CHECKPOINT_SCHEMA)
+    row = checkpoint_row("base", folder, "", stats, model)
+    row["drill_accuracy"] = walk_accuracy
+    return pl.DataFrame([row], schema={**CHECKPOINT_SCHEMA, "drill_accuracy": pl.Float64})
+
+
+def star_graph_walk_accuracy(model, tokenizer, walks: Sequence[tuple[str, str]]) -> float:
+    """Share of walks (question, solution) the model writes exactly, greedily."""
+    outputs = TransformersGenerator(model, tokenizer, batch_size=256).generate(
+        [format_prompt(q) for q, _ in walks], SamplingParams(max_new_tokens=64)
+    )
+    right = sum(
+        star_graph.parse_path(o[0].text) == star_graph.parse_path(sol)
+        for o, (_, sol) in zip(outputs, walks, strict=True)
+    )
+    return right / len(walks)
 
 
 def shipped_base_row(task: TaskConfig, folder: Path = pretrain.SHIPPED_BASE) -> pl.DataFrame:

@@ -28,7 +28,7 @@ def test_unknown_preset_names_the_allowed_values(monkeypatch: pytest.MonkeyPatch
         load_config()
     message = str(err.value)
     assert "SYNTHDATA_PRESET" in message and "'huge'" in message
-    assert "tiny, demo, embedded, paper" in message
+    assert "tiny, demo, embedded, didactic, paper" in message
 
 
 def test_yaml_overrides_any_field_at_any_depth(
@@ -57,7 +57,10 @@ def test_yaml_may_choose_the_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
-        ("task:\n  name: mnist\n", ["task.name", "'embedded', 'star_graph', 'gsm8k' or 'math'", "'mnist'"]),
+        (
+            "task:\n  name: mnist\n",
+            ["task.name", "'embedded', 'star_graph', 'gsm8k' or 'math'", "'mnist'"],
+        ),
         ("sampling:\n  backend: tgi\n", ["sampling.backend", "'transformers' or 'vllm'"]),
         ("task:\n  n_tset: 3\n", ["task.n_tset", "unknown field", "n_test"]),
         ("training:\n  learning_rate: -1\n", ["training.learning_rate", "greater than 0"]),

@@ -63,10 +63,11 @@ def test_every_stage_succeeds(star_study) -> None:
     assert all(r.success for r in results)
 
 
-def test_the_base_is_untrained_and_the_teacher_slips_at_the_first_step(star_study) -> None:
-    warehouse, _, _ = star_study
+def test_the_base_is_pretrained_on_walks_and_the_teacher_slips(star_study) -> None:
+    warehouse, config, _ = star_study
     base = pl.read_parquet(warehouse.table_file("base_model"))
-    assert base["train_steps"].to_list() == [0]
+    assert base["train_steps"].to_list() == [config.model.pretrain_steps]
+    assert 0.0 <= base["drill_accuracy"][0] <= 1.0  # held-out walks followed to the goal
     teacher = pl.read_parquet(warehouse.partition_file("teacher_solutions", 48, 0))
     assert 0 < teacher["is_correct"].mean() < 1
     problems = pl.read_parquet(warehouse.table_file("problems"))

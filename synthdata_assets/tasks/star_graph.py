@@ -219,6 +219,20 @@ def first_step_correct(spec: str, solution: str) -> bool:
     return bool(nodes) and nodes[0] == str(StarProblem.from_spec("", spec).path[0])
 
 
+def walk_examples(params: StarGraphParams, n: int, *, seed: int) -> list[tuple[str, str]]:
+    """``n`` (question, solution) pairs in the task's format that are lookups only: the query
+    names a node of the goal's arm other than the start, so every step is the one edge out of
+    the node before it. Pretraining on them teaches a base to read a graph (the "Clever Hans"
+    skill) and never the first step out of the start, the task's decision."""
+    out = []
+    for i, p in enumerate(generate_problems(params, n, seed=seed, split="walks")):
+        at = random.Random(f"walk/{seed}/{i}").randrange(len(p.path) - 1)
+        query = f"{QUERY_SEP}{p.path[at]}{NODE_SEP}{p.goal}{QUERY_END}"
+        question = p.question.rsplit(QUERY_SEP, 1)[0] + query
+        out.append((question, solution_text(p.path[at + 1 :])))
+    return out
+
+
 def tokenizer_texts(params: StarGraphParams, *, seed: int, n: int = 2000) -> list[str]:
     """Questions and solutions of graphs drawn for the tokenizer alone (never a test
     question), so every node label and separator is in the vocabulary."""
