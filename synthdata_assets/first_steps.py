@@ -249,7 +249,12 @@ def _histogram_lines(histogram: pl.DataFrame) -> list[str]:
 
 
 def plot_first_steps(
-    table: pl.DataFrame, histogram: pl.DataFrame, path: Path, *, chance: float | None
+    table: pl.DataFrame,
+    histogram: pl.DataFrame,
+    path: Path,
+    *,
+    chance: float | None,
+    chance_label: str = "chance",
 ) -> Path:
     """Accuracy and first-step accuracy against data size per method (mean over seeds,
     min-max bars, the chance line), and the first-pit histogram; written atomically."""
@@ -281,7 +286,7 @@ def plot_first_steps(
                 label=method,
             )
         if chance is not None:
-            ax.axhline(100 * chance, color="grey", linestyle=":", label="chance")
+            ax.axhline(100 * chance, color="grey", linestyle=":", label=chance_label)
         ax.set_xscale("log")
         ax.set_xticks(sorted(summary["data_size"].unique().to_list()))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -325,13 +330,17 @@ def first_step_report(
     reports: Path,
     *,
     chance: float | None,
+    chance_label: str = "chance",
 ) -> FirstStepReport:
     """The ``first_step_curves`` table, the histogram, the plot (``first_steps.png``) and the
-    report (``first_step_report.md``) in ``reports``."""
+    report (``first_step_report.md``) in ``reports``; ``chance_label`` names the chance line
+    (``1/degree`` on star graphs)."""
     table = first_step_table(evaluations, problems)
     histogram = first_pit_histogram(step_advantages)
     reports.mkdir(parents=True, exist_ok=True)
-    plot = plot_first_steps(table, histogram, reports / "first_steps.png", chance=chance)
+    plot = plot_first_steps(
+        table, histogram, reports / "first_steps.png", chance=chance, chance_label=chance_label
+    )
     markdown = report_markdown(table, histogram, plot, chance=chance, relative_to=reports)
     report = reports / "first_step_report.md"
     tmp = temp_sibling(report)

@@ -495,7 +495,7 @@ def test_asset_metadata_carries_multipliers_and_paired_differences(tmp_path, stu
     from synthdata_assets.defs.curves import build
     from warehouse import Warehouse
 
-    (asset,) = build(Warehouse(tmp_path).ensure(), chance=CHANCE)
+    asset, _ = build(Warehouse(tmp_path).ensure(), chance=CHANCE)
     output = asset(context=dg.build_asset_context(), evaluations={"2000|0": study})
     meta = {key: getattr(value, "value", value) for key, value in output.metadata.items()}
     assert meta["multiplier_per_step_dpo"] == pytest.approx(2.0, rel=0.15)
@@ -503,3 +503,59 @@ def test_asset_metadata_carries_multipliers_and_paired_differences(tmp_path, stu
     assert meta["multiplier_per_step_dpo_share_above_1"] > 0.975
     assert len(output.metadata["paired_vs_sft"].records) == 15
     assert "clipped at chance" in meta["floor"]
+
+
+def test_first_step_asset_reports_the_first_step_and_the_pits(tmp_path):
+    import dagster as dg
+
+    from synthdata_assets.defs.curves import build
+    from synthdata_assets.tasks import star_graph as sg
+    from warehouse import Warehouse
+
+    problems = sg.generate_problems(sg.StarGraphParams(2, 3, 20), 40, seed=0, split="test")
+    rows = []
+    for method, right_first in (("sft", 20), ("per_step_dpo", 30)):
+        for i, p in enumerate(problems):
+            wrong = next(arm for arm in p.arms() if arm != p.path)
+            path = p.path if i < right_first else wrong
+            rows.append(
+                {
+                    "method": method,
+                    "data_size": 100,
+                    "seed": 0,
+                    "problem_id": p.problem_id,
+                    "completion": sg.solution_text(path) + "\n",
+                    "is_correct": path == p.path,
+                }
+            )
+    evaluations = pl.DataFrame(rows)
+    problem_table = pl.DataFrame(
+        {"problem_id": [p.problem_id for p in problems], "spec": [p.spec for p in problems]}
+    )
+    advantages = pl.DataFrame(
+        {
+            "data_size": [100] * 6,
+            "seed": [0] * 6,
+            "sample_id": ["a", "a", "a", "b", "b", "b"],
+            "step_idx": [1, 2, 3, 1, 2, 3],
+            "sample_is_correct": [False] * 6,
+            "is_first_pit": [True, False, False, False, True, False],
+            "is_true_first_wrong": [True, False, False, True, False, False],
+        }
+    )
+    _, asset = build(Warehouse(tmp_path).ensure(), chance=0.5)
+    output = asset(
+        context=dg.build_asset_context(),
+        evaluations={"100|0": evaluations},
+        step_advantages={"100|0": advantages},
+        problems=problem_table,
+    )
+    table = output.value.sort("method")
+    assert table["first_step_accuracy"].to_list() == [0.75, 0.5]  # per_step_dpo, sft
+    assert table["accuracy"].to_list() == [0.75, 0.5]
+    assert table["later_steps_given_first"].to_list() == [1.0, 1.0]
+    meta = {key: getattr(value, "value", value) for key, value in output.metadata.items()}
+    assert meta["sft_first_step_100"] == 0.5
+    report = meta["report"]
+    assert "| 1 | 1 | 50% | 2 | 100% |" in report and "| 2 | 1 | 50% | 0 | 0% |" in report
+    assert "- 100 problems: 50.0% (+0.0 points)" in report

@@ -36,7 +36,11 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
             *pairs.build(config),
             *preference.build(config, warehouse),
             *evaluations.build(config),
-            *curves.build(warehouse, chance=config.chance_rate),
+            *curves.build(
+                warehouse,
+                chance=config.chance_rate,
+                chance_label="1/degree" if config.task.name == "star_graph" else "chance",
+            ),
         ],
         jobs=plan["jobs"],
         schedules=plan["schedules"],

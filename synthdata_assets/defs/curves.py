@@ -13,9 +13,12 @@ from warehouse import Warehouse
 GROUP = "study"
 
 
-def build(warehouse: Warehouse, *, chance: float | None = None) -> list[dg.AssetsDefinition]:
-    """``chance``: the task's chance accuracy (1/modulus for the embedded task), None when
-    unknown; multipliers clip accuracies at it (see ``curves``)."""
+def build(
+    warehouse: Warehouse, *, chance: float | None = None, chance_label: str = "chance"
+) -> list[dg.AssetsDefinition]:
+    """``chance``: the task's chance accuracy (1/modulus for the embedded task, 1/degree on
+    star graphs), None when unknown; multipliers clip accuracies at it (see ``curves``).
+    ``chance_label`` names its line in the first-step plot."""
 
     @dg.asset(
         group_name=GROUP,
@@ -54,10 +57,12 @@ def build(warehouse: Warehouse, *, chance: float | None = None) -> list[dg.Asset
         }
         return dg.Output(report.table, metadata=metadata)
 
-    return [scaling_curves, _first_step_curves(warehouse, chance)]
+    return [scaling_curves, _first_step_curves(warehouse, chance, chance_label)]
 
 
-def _first_step_curves(warehouse: Warehouse, chance: float | None) -> dg.AssetsDefinition:
+def _first_step_curves(
+    warehouse: Warehouse, chance: float | None, chance_label: str
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name=GROUP,
         kinds={"polars", "matplotlib"},
@@ -82,7 +87,12 @@ def _first_step_curves(warehouse: Warehouse, chance: float | None) -> dg.AssetsD
                 schema={**first_steps.HISTOGRAM_SCHEMA, "sample_is_correct": pl.Boolean}
             )
         report = first_steps.first_step_report(
-            evaluations, problems, step_advantages, warehouse.reports, chance=chance
+            evaluations,
+            problems,
+            step_advantages,
+            warehouse.reports,
+            chance=chance,
+            chance_label=chance_label,
         )
         context.log.info(f"plot: {report.plot}\nreport: {report.report}")
         image = base64.b64encode(report.plot.read_bytes()).decode()
