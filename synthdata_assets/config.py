@@ -405,20 +405,20 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # The didactic study (docs/didactic.md): path-star graphs learnt from scratch, as in
     # Bachmann & Nagarajan. Arms of two nodes: the largest graph whose lookups a 2-layer model
     # learns in minutes on a CPU. training.epochs is the SFT budget the paper's claim depends
-    # on: at 20 SFT memorises its problems.
+    # on (docs/experiments/didactic_epochs.py sweeps it).
     "didactic": {
-        "data_sizes": [1000, 2000, 4000],
+        "data_sizes": [1000, 2000, 3000],
         "seeds": [0, 1, 2],
         "task": {
             "name": "star_graph",
-            "n_train_pool": 4000,
+            "n_train_pool": 3000,
             "n_test": 500,
             "star_graph": {"degree": 2, "path_length": 2, "n_nodes": 20},
         },
         "teacher": {"spurious_rate": 0.0, "slip_rate": 0.1},
         "model": {"max_seq_len": 96, "pretrain_steps": 0},
         "sampling": {"max_new_tokens": 12, "eval_samples": 1, "batch_size": 512},
-        "training": {"epochs": 20, "learning_rate": 2e-3, "rft_init": "sft"},
+        "training": {"epochs": 12, "learning_rate": 3e-3, "rft_init": "sft"},
         "credit": {"max_negatives_per_problem": 1},
     },
     "paper": {
