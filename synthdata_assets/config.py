@@ -347,14 +347,18 @@ class ExperimentConfig(Section):
 
     @property
     def chance_rate(self) -> float | None:
-        """Accuracy of a uniformly random answer: 1/modulus on the embedded task; on star_graph
-        1/degree, a random arm followed to its end (the plateau of next-token SFT); None on
-        real data."""
-        if self.task.name == "embedded":
-            return 1 / self.task.embedded.modulus
+        """Accuracy of a uniformly random answer: 1/modulus on the embedded task; None on real
+        data and on star_graph, where a random path is all but never right."""
+        return 1 / self.task.embedded.modulus if self.task.name == "embedded" else None
+
+    @property
+    def first_step_baseline(self) -> tuple[float | None, str]:
+        """What ``first_step_curves`` compares first steps with: on star_graph 1/degree (an
+        arm out of the start picked at random, where next-token SFT is known to stall),
+        elsewhere chance."""
         if self.task.name == "star_graph":
-            return 1 / self.task.star_graph.degree
-        return None
+            return 1 / self.task.star_graph.degree, "1/degree"
+        return self.chance_rate, "chance"
 
     @property
     def partition_keys(self) -> list[tuple[int, int]]:

@@ -20,7 +20,7 @@ And from ``step_advantages``, where the Monte Carlo first pits of the negatives 
 how many have their true first wrong step there.
 
 :func:`first_step_report` writes the plot (accuracy and first-step accuracy against data
-size, mean over seeds with min-max bars, the chance line; the first-pit histogram) and a
+size, mean over seeds with min-max bars, the baseline line; the first-pit histogram) and a
 markdown report, both atomically.
 """
 
@@ -118,6 +118,7 @@ def first_pit_histogram(step_advantages: pl.DataFrame) -> pl.DataFrame:
             first_pits=pl.col("is_first_pit").sum(),
             true_first_wrong=truth.sum(),
         )
+        .filter((pl.col("first_pits") > 0) | (pl.col("true_first_wrong") > 0))
         .sort("data_size", "seed", "step_idx")
         .select(HISTOGRAM_SCHEMA.names())
         .cast(dict(HISTOGRAM_SCHEMA))
@@ -159,21 +160,24 @@ def report_markdown(
     histogram: pl.DataFrame,
     plot: Path,
     *,
-    chance: float | None,
+    baseline: float | None,
+    baseline_label: str = "chance",
     relative_to: Path,
 ) -> str:
     """The first-step report: first-step and whole-answer accuracy per method and data size
-    (mean over seeds, min-max in brackets), SFT against chance, where first pits fall."""
+    (mean over seeds, min-max in brackets), SFT's first step against ``baseline`` (1/degree
+    on star graphs, named by ``baseline_label``), where first pits fall."""
     summary = over_seeds(table)
     sizes = sorted(summary["data_size"].unique().to_list())
     methods = list(dict.fromkeys(summary["method"].to_list()))
     n_seeds = int(summary["seeds"].max()) if summary.height else 0
-    chance_text = f"{100 * chance:.1f}%" if chance is not None else "unknown"
+    base_text = f"{100 * baseline:.1f}%" if baseline is not None else "unknown"
     lines = [
         "# The first step",
         "",
         f"Greedy answers to {int(table['n_test'].max()) if table.height else 0} test problems; "
-        f"mean over {n_seeds} seed(s), min-max over seeds in brackets; chance {chance_text}.",
+        f"mean over {n_seeds} seed(s), min-max over seeds in brackets; "
+        f"{baseline_label} {base_text}.",
     ]
     for figure, title in (
         ("first_step_accuracy", "First-step accuracy (%): the first line is the true first step"),
@@ -199,10 +203,10 @@ def report_markdown(
             ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     sft = summary.filter(pl.col("method") == "sft")
-    if chance is not None and sft.height and sft["first_step_accuracy_mean"].null_count() == 0:
-        lines += ["", f"SFT's first step against chance ({100 * chance:.1f}%):"]
+    if baseline is not None and sft.height and sft["first_step_accuracy_mean"].null_count() == 0:
+        lines += ["", f"SFT's first step against {baseline_label} ({100 * baseline:.1f}%):"]
         for r in sft.to_dicts():
-            gap = 100 * (r["first_step_accuracy_mean"] - chance)
+            gap = 100 * (r["first_step_accuracy_mean"] - baseline)
             lines.append(
                 f"- {r['data_size']} problems: {100 * r['first_step_accuracy_mean']:.1f}% "
                 f"({gap:+.1f} points)"
@@ -253,11 +257,11 @@ def plot_first_steps(
     histogram: pl.DataFrame,
     path: Path,
     *,
-    chance: float | None,
-    chance_label: str = "chance",
+    baseline: float | None,
+    baseline_label: str = "chance",
 ) -> Path:
     """Accuracy and first-step accuracy against data size per method (mean over seeds,
-    min-max bars, the chance line), and the first-pit histogram; written atomically."""
+    min-max bars, the baseline's line), and the first-pit histogram; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,8 +289,8 @@ def plot_first_steps(
                 capsize=3,
                 label=method,
             )
-        if chance is not None:
-            ax.axhline(100 * chance, color="grey", linestyle=":", label=chance_label)
+        if baseline is not None:
+            ax.axhline(100 * baseline, color="grey", linestyle=":", label=baseline_label)
         ax.set_xscale("log")
         ax.set_xticks(sorted(summary["data_size"].unique().to_list()))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -329,19 +333,30 @@ def first_step_report(
     step_advantages: pl.DataFrame,
     reports: Path,
     *,
-    chance: float | None,
-    chance_label: str = "chance",
+    baseline: float | None,
+    baseline_label: str = "chance",
 ) -> FirstStepReport:
     """The ``first_step_curves`` table, the histogram, the plot (``first_steps.png``) and the
-    report (``first_step_report.md``) in ``reports``; ``chance_label`` names the chance line
-    (``1/degree`` on star graphs)."""
+    report (``first_step_report.md``) in ``reports``. ``baseline``: the first-step accuracy to
+    compare with (1/degree on star graphs, chance elsewhere), named by ``baseline_label``."""
     table = first_step_table(evaluations, problems)
     histogram = first_pit_histogram(step_advantages)
     reports.mkdir(parents=True, exist_ok=True)
     plot = plot_first_steps(
-        table, histogram, reports / "first_steps.png", chance=chance, chance_label=chance_label
+        table,
+        histogram,
+        reports / "first_steps.png",
+        baseline=baseline,
+        baseline_label=baseline_label,
     )
-    markdown = report_markdown(table, histogram, plot, chance=chance, relative_to=reports)
+    markdown = report_markdown(
+        table,
+        histogram,
+        plot,
+        baseline=baseline,
+        baseline_label=baseline_label,
+        relative_to=reports,
+    )
     report = reports / "first_step_report.md"
     tmp = temp_sibling(report)
     tmp.write_text(markdown)

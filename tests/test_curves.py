@@ -543,7 +543,7 @@ def test_first_step_asset_reports_the_first_step_and_the_pits(tmp_path):
             "is_true_first_wrong": [True, False, False, True, False, False],
         }
     )
-    _, asset = build(Warehouse(tmp_path).ensure(), chance=0.5)
+    _, asset = build(Warehouse(tmp_path).ensure(), first_step_baseline=(0.5, "1/degree"))
     output = asset(
         context=dg.build_asset_context(),
         evaluations={"100|0": evaluations},

@@ -94,5 +94,5 @@ def test_first_step_curves_report_the_first_step_against_one_over_degree(star_st
     # A whole path right has its first node right.
     assert (table["first_step_accuracy"] >= table["accuracy"]).all()
     report = (warehouse.reports / "first_step_report.md").read_text()
-    assert "chance 50.0%" in report and "SFT's first step against chance" in report
+    assert "1/degree 50.0%" in report and "SFT's first step against 1/degree" in report
     assert (warehouse.reports / "first_steps.png").read_bytes()[:4] == b"\x89PNG"

@@ -136,7 +136,7 @@ def test_the_problem_pool_keeps_test_apart_and_gold_answers_parse():
     from synthdata_assets.problems import gold_answers_parse
 
     assert gold_answers_parse(pool, "star_graph") == []
-    assert config.chance_rate == 0.5
+    assert config.chance_rate is None and config.first_step_baseline == (0.5, "1/degree")
 
 
 @pytest.mark.parametrize(

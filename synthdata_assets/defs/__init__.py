@@ -39,7 +39,7 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
             *curves.build(
                 warehouse,
                 chance=config.chance_rate,
-                chance_label="1/degree" if config.task.name == "star_graph" else "chance",
+                first_step_baseline=config.first_step_baseline,
             ),
         ],
         jobs=plan["jobs"],

@@ -14,11 +14,15 @@ GROUP = "study"
 
 
 def build(
-    warehouse: Warehouse, *, chance: float | None = None, chance_label: str = "chance"
+    warehouse: Warehouse,
+    *,
+    chance: float | None = None,
+    first_step_baseline: tuple[float | None, str] | None = None,
 ) -> list[dg.AssetsDefinition]:
-    """``chance``: the task's chance accuracy (1/modulus for the embedded task, 1/degree on
-    star graphs), None when unknown; multipliers clip accuracies at it (see ``curves``).
-    ``chance_label`` names its line in the first-step plot."""
+    """``chance``: the task's chance accuracy (1/modulus for the embedded task), None when
+    unknown; multipliers clip accuracies at it (see ``curves``). ``first_step_baseline``:
+    the first-step accuracy ``first_step_curves`` compares with, and its name (default:
+    ``chance``)."""
 
     @dg.asset(
         group_name=GROUP,
@@ -57,11 +61,12 @@ def build(
         }
         return dg.Output(report.table, metadata=metadata)
 
-    return [scaling_curves, _first_step_curves(warehouse, chance, chance_label)]
+    baseline, label = first_step_baseline or (chance, "chance")
+    return [scaling_curves, _first_step_curves(warehouse, baseline, label)]
 
 
 def _first_step_curves(
-    warehouse: Warehouse, chance: float | None, chance_label: str
+    warehouse: Warehouse, baseline: float | None, label: str
 ) -> dg.AssetsDefinition:
     @dg.asset(
         group_name=GROUP,
@@ -74,8 +79,8 @@ def _first_step_curves(
     def first_step_curves(
         context: dg.AssetExecutionContext, evaluations, step_advantages, problems: pl.DataFrame
     ):
-        """First-step and whole-answer accuracy per method x data size x seed against chance,
-        and where the Monte Carlo first pits of the negatives fall."""
+        """First-step and whole-answer accuracy per method x data size x seed against a
+        baseline (1/degree on star graphs), and where the Monte Carlo first pits fall."""
         evaluations, step_advantages = _frames(evaluations), _frames(step_advantages)
         if evaluations is None:
             raise dg.Failure(
@@ -91,8 +96,8 @@ def _first_step_curves(
             problems,
             step_advantages,
             warehouse.reports,
-            chance=chance,
-            chance_label=chance_label,
+            baseline=baseline,
+            baseline_label=label,
         )
         context.log.info(f"plot: {report.plot}\nreport: {report.report}")
         image = base64.b64encode(report.plot.read_bytes()).decode()
