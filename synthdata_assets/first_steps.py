@@ -137,7 +137,7 @@ def over_seeds(table: pl.DataFrame) -> pl.DataFrame:
         table.group_by("method", "data_size")
         .agg(
             seeds=pl.len(),
-            **{f"{f}_{stat}": getattr(pl.col(f), stat)() for f in figures for stat in ("mean",)},
+            **{f"{f}_mean": pl.col(f).mean() for f in figures},
             **{f"{f}_min": pl.col(f).min() for f in figures},
             **{f"{f}_max": pl.col(f).max() for f in figures},
         )

@@ -39,7 +39,7 @@ class ModelConfig(Section):
         2500,
         ge=0,
         description="tiny-llama pretraining, phase 2: easier-problem updates (see "
-        "docs/calibration.md).",
+        "docs/calibration.md); on star_graph, updates on walks through graphs (0: untrained).",
     )
     allow_hub_download: bool = False
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
