@@ -158,6 +158,7 @@ def train_preference_model(
         beta=training.dpo_beta,
         learning_rate=training.dpo_learning_rate,
         epochs=training.dpo_epochs,
+        sft_weight=training.dpo_sft_weight,
         batch_size=training.batch_size,
         config=training,
         seed=seed,

@@ -540,3 +540,31 @@ def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they
     ).row(0, named=True)
     assert empty["train_examples"] == 0 and empty["kl_to_sft_per_token"] is None
     assert empty["kl_measured_on"] is None
+
+
+def test_the_chosen_nll_term_starts_at_log_2_plus_alpha_nll_and_holds_the_chosen_side_up(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferenceExample]
+) -> None:
+    start = build_tiny_llama(TINY, tokenizer, seed=0)
+    chosen_logps = sequence_logprobs(
+        start,
+        tokenizer,
+        [p.prompt for p in pairs],
+        [p.chosen for p in pairs],
+        [p.chosen_has_eos for p in pairs],
+    )
+    lengths = [
+        len(tokenizer(p.chosen, add_special_tokens=False)["input_ids"]) + p.chosen_has_eos
+        for p in pairs
+    ]
+    plain, rpo = copy.deepcopy(start), copy.deepcopy(start)
+    alpha = 0.5
+    # One update over the whole batch: its loss is the batch's mean pair loss.
+    plain_stats = _train(plain, tokenizer, pairs, epochs=4, batch_size=16)
+    rpo_stats = _train(rpo, tokenizer, pairs, epochs=4, batch_size=16, sft_weight=alpha)
+    nll = -sum(lp / n for lp, n in zip(chosen_logps, lengths, strict=True)) / len(pairs)
+    assert plain_stats.losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert rpo_stats.losses[0] == pytest.approx(math.log(2) + alpha * nll, rel=1e-3)
+    assert rpo_stats.chosen_logp_change > plain_stats.chosen_logp_change
+    with pytest.raises(ValueError, match="sft_weight"):
+        _train(copy.deepcopy(start), tokenizer, pairs, sft_weight=-1.0)

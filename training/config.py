@@ -87,3 +87,9 @@ class TrainingConfig(Section):
     dpo_beta: float = Field(0.1, gt=0.0)
     dpo_learning_rate: float = Field(2e-4, gt=0.0)
     dpo_epochs: int = Field(2, ge=1)
+    dpo_sft_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="Both DPO variants: alpha times the chosen side's per-token NLL added to "
+        "each pair's loss (RPO, TRL's rpo_alpha); 0 is plain DPO.",
+    )

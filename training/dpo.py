@@ -7,7 +7,10 @@ A pair is a :class:`PreferenceExample`: one prompt, a preferred (``chosen``) and
                         - (log pi(rejected) - log ref(rejected))))
 
 where ``log pi(y)`` is the sum of the policy's token log-probabilities of the completion given
-the prompt, and ``ref`` is the frozen starting policy (pi_sft).
+the prompt, and ``ref`` is the frozen starting policy (pi_sft). With ``sft_weight`` alpha > 0
+each pair's loss also has ``alpha`` times the chosen side's mean per-token negative
+log-likelihood (RPO, Pang et al. 2024; TRL's ``rpo_alpha``): DPO alone can lower the chosen
+side's likelihood along with the rejected one's, and this term holds it up.
 
 Why not TRL's ``DPOTrainer``: TRL is not a dependency here, it pulls in ``datasets``, and its
 ``tokenize_row`` appends EOS to every chosen and rejected completion, while a per-step DPO
@@ -226,8 +229,10 @@ def train_dpo(
     max_steps: int | None = None,
     weights: Sequence[float] | None = None,
     progress: Progress | None = None,
+    sft_weight: float = 0.0,
 ) -> DPOStats:
-    """Train ``model`` in place with DPO on ``examples``; see the module docstring.
+    """Train ``model`` in place with DPO on ``examples``; see the module docstring
+    (``sft_weight``: the RPO term's alpha, 0 for plain DPO).
 
     ``config`` supplies ``weight_decay``, ``warmup_ratio`` and ``bf16``; the step size, number
     of epochs and batch size are arguments so that callers can pass the DPO-specific ones.
@@ -236,6 +241,8 @@ def train_dpo(
         raise ValueError(f"beta and learning_rate must be > 0, got {beta} and {learning_rate}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if sft_weight < 0:
+        raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
     trainer.check_budget(max_steps, micro_batch_size)
     pairs, counts = _encode_pairs(tokenizer, examples, weights, max_seq_len)
     if max_steps == 0:
@@ -266,11 +273,11 @@ def train_dpo(
     collate = functools.partial(_collate, pairs=pairs, reference=reference, pad_id=pad_id)
     run.prepare(model, slots, batches, collate)
     run.emit(
-        f"DPO (beta {beta}) on {len(pairs)} pairs ({counts['dropped']} dropped as longer than "
+        f"DPO (beta {beta}{f', chosen NLL x {sft_weight}' if sft_weight else ''}) on {len(pairs)} pairs ({counts['dropped']} dropped as longer than "
         f"{max_seq_len} tokens, {counts['zero_weight']} of weight 0): {run.plan}, "
         f"device {run.device}, {run.precision}"
     )
-    last_epoch = _run_updates(run, beta)
+    last_epoch = _run_updates(run, beta, sft_weight)
     preference = {
         "reward_accuracy": float(last_epoch[1] / last_epoch[0]),
         "mean_margin": float(last_epoch[2] / last_epoch[0]),
@@ -378,7 +385,7 @@ def _collate(
     return collated
 
 
-def _run_updates(run: trainer.TrainingRun, beta: float) -> torch.Tensor:
+def _run_updates(run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0) -> torch.Tensor:
     """Run every update; return ``[pairs, chosen reward higher, sum of margins]`` over the last
     epoch's updates, summed over processes."""
     plan = run.plan
@@ -388,7 +395,11 @@ def _run_updates(run: trainer.TrainingRun, beta: float) -> torch.Tensor:
         chosen, rejected = sums.chunk(2)
         ref = batch["reference"]
         margins = beta * (chosen - ref[:, 0]) - beta * (rejected - ref[:, 1])
-        loss = (-F.logsigmoid(margins) * batch["weight"]).sum() * batch["scale"][0]
+        pair_loss = -F.logsigmoid(margins)
+        if sft_weight:
+            scored = batch["labels"][: len(chosen), 1:].ne(IGNORE_INDEX).sum(-1)
+            pair_loss = pair_loss - sft_weight * chosen / scored
+        loss = (pair_loss * batch["weight"]).sum() * batch["scale"][0]
         margin = margins.detach().double().cpu()
         return loss, torch.tensor([len(margin), float((margin > 0).sum()), float(margin.sum())])
 
