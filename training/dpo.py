@@ -272,8 +272,9 @@ def train_dpo(
     slots, batches = _weighted_slots(pairs, run, seed)
     collate = functools.partial(_collate, pairs=pairs, reference=reference, pad_id=pad_id)
     run.prepare(model, slots, batches, collate)
+    rpo = f", chosen NLL x {sft_weight}" if sft_weight else ""
     run.emit(
-        f"DPO (beta {beta}{f', chosen NLL x {sft_weight}' if sft_weight else ''}) on {len(pairs)} pairs ({counts['dropped']} dropped as longer than "
+        f"DPO (beta {beta}{rpo}) on {len(pairs)} pairs ({counts['dropped']} dropped as longer than "
         f"{max_seq_len} tokens, {counts['zero_weight']} of weight 0): {run.plan}, "
         f"device {run.device}, {run.precision}"
     )
