@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig
+from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig, TaskConfig
 
 SETUP_STAGES: tuple[str, ...] = ("problems", "base_model")
 PARTITION_STAGES: tuple[str, ...] = (
@@ -118,9 +118,21 @@ def upstream(stage: str) -> set[str]:
     return seen
 
 
+# Settings added after warehouses were made with the settings before them: left out of the
+# fingerprints while they hold these values (the behaviour from before), so a warehouse
+# made then stays valid; any other value enters like every setting.
+ADDED_SETTINGS: dict[tuple[str, str], object] = {
+    ("task", "star_graph"): TaskConfig().star_graph.model_dump(mode="json"),
+    ("training", "dpo_sft_weight"): 0.0,
+}
+
+
 def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     """Each stage's fingerprint: a digest of the settings it and its upstream stages read."""
     dumped = config.model_dump(mode="json")
+    for (section, field), before in ADDED_SETTINGS.items():
+        if dumped[section].get(field) == before:
+            del dumped[section][field]
     base = shipped_base_digest(config)
     out = {}
     for stage in STAGE_INPUTS:

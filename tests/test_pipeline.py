@@ -218,3 +218,24 @@ def test_sql_views_hold_the_configured_partitions_only(warehouse: Warehouse, cap
 def test_sql_downloads_no_extension(warehouse: Warehouse, capsys) -> None:
     assert main(["sql", "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')"]) == 2
     assert "httpfs" in capsys.readouterr().err
+
+
+def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone() -> None:
+    demo = stage_fingerprints(load_config("demo"))
+    # The added settings at the values that reproduce the behaviour from before them.
+    assert (
+        stage_fingerprints(load_config("demo", overrides={"training": {"dpo_sft_weight": 0.0}}))
+        == demo
+    )
+    rpo = stage_fingerprints(load_config("demo", overrides={"training": {"dpo_sft_weight": 0.5}}))
+    assert rpo["per_step_dpo_model"] != demo["per_step_dpo_model"]
+    assert rpo["problems"] == demo["problems"]
+    wider = stage_fingerprints(
+        load_config("demo", overrides={"task": {"star_graph": {"degree": 3}}})
+    )
+    assert wider["problems"] != demo["problems"]
+    assert set(study_module.ADDED_SETTINGS) <= {
+        (section, field)
+        for section in ("task", "training")
+        for field in type(getattr(load_config("demo"), section)).model_fields
+    }
