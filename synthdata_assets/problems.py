@@ -66,32 +66,22 @@ def _problem_row(
     }
 
 
-def _embedded_rows(task: TaskConfig) -> list[dict]:
-    params = embedded_params(task.embedded)
+def _generated_rows(task: TaskConfig) -> list[dict]:
+    """The pool of a generated task (embedded or star_graph): both task modules generate,
+    split and de-duplicate their problems the same way."""
+    if task.name == "embedded":
+        module, params = embedded, embedded_params(task.embedded)
+    else:
+        module, params = star_graph, star_graph_params(task.star_graph)
     seed = task.pool_seed
-    train = embedded.generate_problems(params, task.n_train_pool, seed=seed, split="train")
+    train = module.generate_problems(params, task.n_train_pool, seed=seed, split="train")
     # Generate a margin of test problems so that dropping overlaps still leaves n_test.
-    test = embedded.generate_problems(
+    test = module.generate_problems(
         params, task.n_test + task.n_test // 4 + 8, seed=seed, split="test"
     )
-    test = embedded.exclude_overlap(test, train)[: task.n_test]
+    test = module.exclude_overlap(test, train)[: task.n_test]
     return [
-        _problem_row(p, split, source="embedded", n_steps=p.n_steps, spec=p.spec)
-        for split, problems in (("train", train), ("test", test))
-        for p in problems
-    ]
-
-
-def _star_graph_rows(task: TaskConfig) -> list[dict]:
-    params = star_graph_params(task.star_graph)
-    seed = task.pool_seed
-    train = star_graph.generate_problems(params, task.n_train_pool, seed=seed, split="train")
-    test = star_graph.generate_problems(
-        params, task.n_test + task.n_test // 4 + 8, seed=seed, split="test"
-    )
-    test = star_graph.exclude_overlap(test, train)[: task.n_test]
-    return [
-        _problem_row(p, split, source="star_graph", n_steps=p.n_steps, spec=p.spec)
+        _problem_row(p, split, source=task.name, n_steps=p.n_steps, spec=p.spec)
         for split, problems in (("train", train), ("test", test))
         for p in problems
     ]
@@ -125,12 +115,7 @@ def _real_rows(task: TaskConfig, needed: int) -> list[dict]:
 def problem_pool(task: TaskConfig, needed: int = 0) -> pl.DataFrame:
     """The ``problems`` table: the training pool and the test split. Real data sets must
     hold at least ``needed`` training problems (the study's largest data size)."""
-    if task.name == "embedded":
-        rows = _embedded_rows(task)
-    elif task.name == "star_graph":
-        rows = _star_graph_rows(task)
-    else:
-        rows = _real_rows(task, needed)
+    rows = _generated_rows(task) if task.generated else _real_rows(task, needed)
     return pl.DataFrame(rows, schema=PROBLEM_SCHEMA)
 
 

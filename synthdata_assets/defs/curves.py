@@ -37,26 +37,12 @@ def build(
     def scaling_curves(context: dg.AssetExecutionContext, evaluations):
         """Accuracy per method x data size x seed; paired differences and data multipliers
         vs SFT with bootstrap intervals over seeds and test problems."""
-        # The IO manager hands over a frame per partition key, or the frame itself when the
-        # study has a single partition.
-        if isinstance(evaluations, pl.DataFrame):
-            evaluations = {"single partition": evaluations}
-        if not evaluations:
-            raise dg.Failure(
-                "no evaluations partition is materialized yet; run the study job (or "
-                "`synthdata run`) first"
-            )
-        frames = pl.concat(list(evaluations.values()), how="diagonal_relaxed")
-        report = curves.study_report(frames, warehouse.reports, chance=chance)
-        context.log.info(f"plot: {report.plot}\nreport: {report.report}")
-        image = base64.b64encode(report.plot.read_bytes()).decode()
+        partitions = 1 if isinstance(evaluations, pl.DataFrame) else len(evaluations)
+        report = curves.study_report(_evaluations(evaluations), warehouse.reports, chance=chance)
         metadata = {
-            "plot": dg.MetadataValue.md(f"![scaling curves](data:image/png;base64,{image})"),
-            "plot_path": dg.MetadataValue.path(str(report.plot)),
-            "report_path": dg.MetadataValue.path(str(report.report)),
-            "report": dg.MetadataValue.md(report.markdown),
+            **_report_metadata(context, report, "scaling curves"),
             "floor": curves.floor_note(chance),
-            "partitions": len(evaluations),
+            "partitions": partitions,
             **_comparison_metadata(report.comparison),
         }
         return dg.Output(report.table, metadata=metadata)
@@ -81,12 +67,7 @@ def _first_step_curves(
     ):
         """First-step and whole-answer accuracy per method x data size x seed against a
         baseline (1/degree on star graphs), and where the Monte Carlo first pits fall."""
-        evaluations, step_advantages = _frames(evaluations), _frames(step_advantages)
-        if evaluations is None:
-            raise dg.Failure(
-                "no evaluations partition is materialized yet; run the study job (or "
-                "`synthdata run`) first"
-            )
+        evaluations, step_advantages = _evaluations(evaluations), _frames(step_advantages)
         if step_advantages is None:
             step_advantages = pl.DataFrame(
                 schema={**first_steps.HISTOGRAM_SCHEMA, "sample_is_correct": pl.Boolean}
@@ -99,14 +80,7 @@ def _first_step_curves(
             baseline=baseline,
             baseline_label=label,
         )
-        context.log.info(f"plot: {report.plot}\nreport: {report.report}")
-        image = base64.b64encode(report.plot.read_bytes()).decode()
-        metadata = {
-            "plot": dg.MetadataValue.md(f"![first step](data:image/png;base64,{image})"),
-            "plot_path": dg.MetadataValue.path(str(report.plot)),
-            "report_path": dg.MetadataValue.path(str(report.report)),
-            "report": dg.MetadataValue.md(report.markdown),
-        }
+        metadata = _report_metadata(context, report, "first step")
         sft = first_steps.over_seeds(report.table).filter(pl.col("method") == "sft")
         for row in sft.iter_rows(named=True):
             if row["first_step_accuracy_mean"] is not None:
@@ -114,6 +88,30 @@ def _first_step_curves(
         return dg.Output(report.table, metadata=metadata)
 
     return first_step_curves
+
+
+def _report_metadata(context: dg.AssetExecutionContext, report, title: str) -> dict:
+    """The plot (shown in the UI), the report and where both were written, for a report with
+    ``plot``, ``report`` and ``markdown``."""
+    context.log.info(f"plot: {report.plot}\nreport: {report.report}")
+    image = base64.b64encode(report.plot.read_bytes()).decode()
+    return {
+        "plot": dg.MetadataValue.md(f"![{title}](data:image/png;base64,{image})"),
+        "plot_path": dg.MetadataValue.path(str(report.plot)),
+        "report_path": dg.MetadataValue.path(str(report.report)),
+        "report": dg.MetadataValue.md(report.markdown),
+    }
+
+
+def _evaluations(loaded) -> pl.DataFrame:
+    """Every materialized evaluations partition as one frame; a failure when there is none."""
+    frames = _frames(loaded)
+    if frames is None:
+        raise dg.Failure(
+            "no evaluations partition is materialized yet; run the study job (or "
+            "`synthdata run`) first"
+        )
+    return frames
 
 
 def _frames(loaded) -> pl.DataFrame | None:
