@@ -28,7 +28,12 @@ from synthdata_assets import pretrain
 from synthdata_assets.config import ExperimentConfig, TaskConfig
 from synthdata_assets.problems import embedded_params, star_graph_params
 from synthdata_assets.tasks import embedded, star_graph
-from training.checkpoint import load_checkpoint, load_model_reference, save_checkpoint
+from training.checkpoint import (
+    load_checkpoint,
+    load_for_training,
+    load_model_reference,
+    save_checkpoint,
+)
 from training.config import ModelConfig, TrainingConfig
 from training.generation import SamplingParams
 from training.generation.transformers_engine import TransformersGenerator
@@ -88,10 +93,20 @@ def untrained_row(method: str, init_path: str, model: torch.nn.Module) -> pl.Dat
 
 
 def saved_row(
-    model, tokenizer, folder: Path, *, method: str, init_path: str, seed: int, stats: TrainStats
+    model,
+    tokenizer,
+    folder: Path,
+    *,
+    method: str,
+    init_path: str,
+    seed: int,
+    stats: TrainStats,
+    dtype: torch.dtype | None = None,
 ) -> dict:
-    """Write a trained model's folder; its ``checkpoints`` row."""
-    save_checkpoint(model, tokenizer, folder, {"method": method, "init": init_path, "seed": seed})
+    """Write a trained model's folder (in ``dtype``: the one its initialisation was stored
+    in, see :func:`training.checkpoint.load_for_training`); its ``checkpoints`` row."""
+    meta = {"method": method, "init": init_path, "seed": seed}
+    save_checkpoint(model, tokenizer, folder, meta, dtype=dtype)
     return checkpoint_row(method, folder, init_path, stats, model)
 
 
@@ -288,7 +303,7 @@ def fine_tune(
     progress: Progress = no_progress,
 ) -> pl.DataFrame:
     """SFT (and RFT): fine-tune the model at ``init_path`` on (question, solution) pairs."""
-    model, tokenizer = load_checkpoint(init_path)
+    model, tokenizer, stored = load_for_training(init_path)
     if not examples:
         # RFT of a policy that solved nothing has nothing to train on.
         log(f"{method}: no verified positives to train on; the model stays its initialisation")
@@ -305,7 +320,14 @@ def fine_tune(
         progress=progress,
     )
     row = saved_row(
-        model, tokenizer, folder, method=method, init_path=init_path, seed=seed, stats=stats
+        model,
+        tokenizer,
+        folder,
+        method=method,
+        init_path=init_path,
+        seed=seed,
+        stats=stats,
+        dtype=stored,
     )
     return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
 

@@ -57,7 +57,7 @@ import polars as pl
 
 from synthdata_assets import tasks
 from synthdata_assets.models import CHECKPOINT_SCHEMA, saved_row, untrained_row
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, load_for_training
 from training.config import TrainingConfig
 from training.dpo import PreferenceExample, encode_response, token_kl, train_dpo
 from training.progress import Progress, no_progress
@@ -129,7 +129,7 @@ def train_preference_model(
     (:data:`PREFERENCE_SCHEMA`). ``twins``: the other method's pairs of the same negatives
     (see "Same pairs, same updates"); ``weights``: one per row of ``pairs``; ``held_out``:
     :func:`held_out_texts`, where the KL to pi_sft is measured (without, on chosen sides)."""
-    model, tokenizer = load_checkpoint(sft_path)
+    model, tokenizer, stored = load_for_training(sft_path)
     keep = _fitting(pairs, twins, tokenizer, max_seq_len)
     too_long = keep.count(False)
     if too_long:
@@ -159,7 +159,7 @@ def train_preference_model(
         learning_rate=training.dpo_learning_rate,
         epochs=training.dpo_epochs,
         sft_weight=training.dpo_sft_weight,
-        batch_size=training.batch_size,
+        batch_size=training.dpo_batch_size or training.batch_size,
         config=training,
         seed=seed,
         max_seq_len=max_seq_len,
@@ -171,7 +171,14 @@ def train_preference_model(
     kl = kl_to_sft(model, tokenizer, sft_path, texts)
     log(f"KL(policy || pi_sft) {kl:.3g} per token on {measured_on}")
     row = saved_row(
-        model, tokenizer, folder, method=method, init_path=sft_path, seed=seed, stats=stats
+        model,
+        tokenizer,
+        folder,
+        method=method,
+        init_path=sft_path,
+        seed=seed,
+        stats=stats,
+        dtype=stored,
     )
     row |= {
         "reward_accuracy": stats.reward_accuracy,

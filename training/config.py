@@ -74,6 +74,18 @@ class TrainingConfig(Section):
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(32, ge=1)
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Examples (DPO: pairs) per forward pass; gradients accumulate over the "
+        "micro-batches of an update, which keeps batch_size and the gradient of the whole batch. "
+        "None: the whole batch in one pass.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: "
+        "less memory for one more forward pass per micro-batch, the same gradients.",
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     bf16: bool | None = Field(
@@ -87,6 +99,9 @@ class TrainingConfig(Section):
     dpo_beta: float = Field(0.1, gt=0.0)
     dpo_learning_rate: float = Field(2e-4, gt=0.0)
     dpo_epochs: int = Field(2, ge=1)
+    dpo_batch_size: int | None = Field(
+        None, ge=1, description="Pairs per DPO update (None: batch_size)."
+    )
     dpo_sft_weight: float = Field(
         0.0,
         ge=0.0,
