@@ -28,15 +28,11 @@ from synthdata_assets import pretrain
 from synthdata_assets.config import ExperimentConfig, TaskConfig
 from synthdata_assets.problems import embedded_params, star_graph_params
 from synthdata_assets.tasks import embedded, star_graph
-from training.checkpoint import (
-    load_checkpoint,
-    load_for_training,
-    load_model_reference,
-    save_checkpoint,
-)
+from training.checkpoint import load_checkpoint, load_model_reference, save_checkpoint
 from training.config import ModelConfig, TrainingConfig
 from training.generation import SamplingParams
 from training.generation.transformers_engine import TransformersGenerator
+from training.lora import load_trainable, lora_summary, merged
 from training.model import build_tiny_llama, count_parameters
 from training.progress import Progress, no_progress
 from training.prompts import format_example, format_prompt
@@ -303,11 +299,14 @@ def fine_tune(
     progress: Progress = no_progress,
 ) -> pl.DataFrame:
     """SFT (and RFT): fine-tune the model at ``init_path`` on (question, solution) pairs."""
-    model, tokenizer, stored = load_for_training(init_path)
     if not examples:
         # RFT of a policy that solved nothing has nothing to train on.
         log(f"{method}: no verified positives to train on; the model stays its initialisation")
+        model, _ = load_checkpoint(init_path)
         return untrained_row(method, init_path, model)
+    model, tokenizer, stored = load_trainable(init_path, training)
+    if training.lora_rank:
+        log(f"{method}: {lora_summary(model)}")
     pairs = [format_example(q, s) for q, s in examples]
     stats = train_sft(
         model,
@@ -320,7 +319,7 @@ def fine_tune(
         progress=progress,
     )
     row = saved_row(
-        model,
+        merged(model),
         tokenizer,
         folder,
         method=method,

@@ -127,6 +127,7 @@ ADDED_SETTINGS: dict[tuple[str, str], object] = {
     ("training", "micro_batch_size"): None,
     ("training", "gradient_checkpointing"): False,
     ("training", "dpo_batch_size"): None,
+    ("training", "lora_rank"): 0,
 }
 
 

@@ -81,6 +81,12 @@ class TrainingConfig(Section):
         "micro-batches of an update, which keeps batch_size and the gradient of the whole batch. "
         "None: the whole batch in one pass.",
     )
+    lora_rank: int = Field(
+        0,
+        ge=0,
+        description="LoRA (peft) on every linear layer with this rank, merged into the weights "
+        "on save (training/lora.py); 0: full fine-tuning.",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass instead of keeping them: "
