@@ -75,11 +75,18 @@ def test_tiny_preset_end_to_end_on_vllm(
     warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engines: list[str] = []
+    closed: list[str] = []
 
     class CountedVLLMGenerator(training.generation.vllm_engine.VLLMGenerator):
         def __init__(self, folder, **kwargs) -> None:
             engines.append(str(folder))
+            self.folder = str(folder)
             super().__init__(folder, **kwargs)
+
+        def close(self) -> None:
+            closed.append(self.folder)
+            super().close()
+            assert self.llm is None
 
     def no_transformers(*_args, **_kwargs):
         raise AssertionError("sampling.backend is vllm: the transformers backend must not run")
@@ -122,6 +129,8 @@ def test_tiny_preset_end_to_end_on_vllm(
     # Every generating stage ran on vLLM: policy samples and step rollouts from pi_sft, and
     # the evaluation of each of the five models.
     assert len(engines) >= 2 + len(METHODS), engines
+    # Each stage shut its engines down when it was done with them, not garbage collection.
+    assert closed == engines
     # LoRA trained the projections only (the embedding is the base's), and every trained
     # model is a plain folder with its adapters merged.
     from safetensors.torch import load_file
@@ -169,3 +178,20 @@ def test_tiny_preset_with_a_teacher_served_by_vllm(warehouse: Warehouse, tmp_pat
     evals = pl.read_parquet(warehouse.partition_file("evaluations", 32, 0))
     assert set(evals["method"]) == METHODS
     assert (warehouse.root / "cache" / "teacher").is_dir()
+
+
+def test_small_preset_on_a_real_architecture_on_vllm(warehouse: Warehouse, tmp_path) -> None:
+    """tests/test_real_architecture.py's study (a two-layer Qwen2 stored in bf16, GSM8K rows,
+    micro-batches, gradient checkpointing) with every generating stage on the vLLM engine."""
+    from test_real_architecture import check_study, gsm8k_files, save_tiny_qwen2, small_overrides
+
+    train, _ = gsm8k_files()
+    qwen2 = save_tiny_qwen2(tmp_path / "qwen2-tiny", train)
+    overrides = small_overrides(qwen2, "vllm", lora_rank=0)
+    # vLLM on a CPU runs the bf16-stored weights in float32 (not every CPU has bf16 kernels).
+    overrides["model"]["dtype"] = "float32"
+    defs = build_definitions(load_config("small", overrides=overrides), warehouse)
+    with dg.instance_for_test() as instance:
+        assert _run(defs, ["problems", "base_model"], None, instance).success
+        assert _run(defs, PARTITION_STAGES, partition_key(8, 0), instance).success
+    check_study(warehouse)

@@ -38,20 +38,21 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         data_size, seed = current_partition(context)
         previous = warehouse.partition_file("step_rollouts", data_size, seed)
         checkpoint = sft_model["path"][0]
-        table, stats = rollouts.generate_rollouts(
-            generator.for_rollouts(checkpoint, context.log.info),
-            config.credit,
-            rollouts.rollout_params(config.credit, config.sampling, seed),
-            step_rule=resolve_rule(config.credit.step_rule, config.task.name),
-            answer_format=config.answer_format,
-            # The run that wrote pi_sft: retraining it invalidates every rollout.
-            checkpoint_id=f"{checkpoint}@{sft_model['run_id'][0]}",
-            samples=policy_samples,
-            problems=problems,
-            previous=pl.read_parquet(previous) if previous.exists() else None,
-            log=context.log.info,
-            progress=progress_logger(context.log.info, "prompts"),
-        )
+        with generator.for_rollouts(checkpoint, context.log.info) as engine:
+            table, stats = rollouts.generate_rollouts(
+                engine,
+                config.credit,
+                rollouts.rollout_params(config.credit, config.sampling, seed),
+                step_rule=resolve_rule(config.credit.step_rule, config.task.name),
+                answer_format=config.answer_format,
+                # The run that wrote pi_sft: retraining it invalidates every rollout.
+                checkpoint_id=f"{checkpoint}@{sft_model['run_id'][0]}",
+                samples=policy_samples,
+                problems=problems,
+                previous=pl.read_parquet(previous) if previous.exists() else None,
+                log=context.log.info,
+                progress=progress_logger(context.log.info, "prompts"),
+            )
         return dg.Output(
             table,
             metadata={
