@@ -32,7 +32,7 @@ from training.checkpoint import load_checkpoint, load_model_reference, save_chec
 from training.config import ModelConfig, TrainingConfig
 from training.generation import SamplingParams
 from training.generation.transformers_engine import TransformersGenerator
-from training.lora import load_trainable, lora_summary, merged
+from training.lora import load_trainable, merged
 from training.model import build_tiny_llama, count_parameters
 from training.progress import Progress, no_progress
 from training.prompts import format_example, format_prompt
@@ -304,9 +304,7 @@ def fine_tune(
         log(f"{method}: no verified positives to train on; the model stays its initialisation")
         model, _ = load_checkpoint(init_path)
         return untrained_row(method, init_path, model)
-    model, tokenizer, stored = load_trainable(init_path, training)
-    if training.lora_rank:
-        log(f"{method}: {lora_summary(model)}")
+    model, tokenizer, stored = load_trainable(init_path, training, lambda m: log(f"{method}: {m}"))
     pairs = [format_example(q, s) for q, s in examples]
     stats = train_sft(
         model,

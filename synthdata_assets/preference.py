@@ -60,7 +60,7 @@ from synthdata_assets.models import CHECKPOINT_SCHEMA, saved_row, untrained_row
 from training.checkpoint import load_checkpoint
 from training.config import TrainingConfig
 from training.dpo import PreferenceExample, encode_response, token_kl, train_dpo
-from training.lora import load_trainable, lora_summary, merged
+from training.lora import load_trainable, merged
 from training.progress import Progress, no_progress
 from training.prompts import format_example
 
@@ -130,9 +130,7 @@ def train_preference_model(
     (:data:`PREFERENCE_SCHEMA`). ``twins``: the other method's pairs of the same negatives
     (see "Same pairs, same updates"); ``weights``: one per row of ``pairs``; ``held_out``:
     :func:`held_out_texts`, where the KL to pi_sft is measured (without, on chosen sides)."""
-    model, tokenizer, stored = load_trainable(sft_path, training)
-    if training.lora_rank:
-        log(f"{method}: {lora_summary(model)}")
+    model, tokenizer, stored = load_trainable(sft_path, training, lambda m: log(f"{method}: {m}"))
     keep = _fitting(pairs, twins, tokenizer, max_seq_len)
     too_long = keep.count(False)
     if too_long:

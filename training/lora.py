@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -29,14 +30,19 @@ from training.config import TrainingConfig
 
 
 def load_trainable(
-    folder: str | os.PathLike[str], training: TrainingConfig
+    folder: str | os.PathLike[str],
+    training: TrainingConfig,
+    log: Callable[[str], None] = lambda _message: None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, torch.dtype]:
-    """The checkpoint at ``folder`` ready to train as ``training`` says (full or LoRA), its
-    tokenizer, and the dtype to save the result in."""
+    """The checkpoint at ``folder`` ready to train as ``training`` says (full or LoRA; ``log``
+    gets a line on the adapters), its tokenizer, and the dtype to save the result in."""
     if not training.lora_rank:
         return load_for_training(folder)
     model, tokenizer = load_checkpoint(folder, dtype="auto")
-    return with_lora(model, training.lora_rank), tokenizer, model.dtype
+    stored = model.dtype
+    adapted = with_lora(model, training.lora_rank)
+    log(lora_summary(adapted))
+    return adapted, tokenizer, stored
 
 
 def with_lora(model: PreTrainedModel, rank: int) -> PeftModel:
