@@ -392,7 +392,7 @@ def test_gradient_checkpointing_gives_the_same_updates(
     assert runs[1].losses == pytest.approx(runs[0].losses, rel=1e-5)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert not models[1].is_activation_checkpointing  # switched off when the run ends
+    assert not models[1].is_gradient_checkpointing  # switched off when the run ends
 
 
 def test_a_bf16_stored_model_trains_float32_master_weights(

@@ -276,23 +276,6 @@ def run_summary(losses: list[float], updates_per_epoch: int, tokens: int, second
     }
 
 
-def _checkpointing(model: torch.nn.Module, *, on: bool) -> None:
-    """Switch transformers' non-reentrant activation checkpointing on or off: by its current
-    name (transformers 5.23, the project's pin) or, where that is missing (the older
-    transformers of vLLM's virtualenv), by its name before."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        if on:
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
-            )
-        else:
-            model.activation_checkpointing_disable()
-    elif on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
-
-
 class TrainingRun:
     """One run of a trainer: its accelerator, batch plan, precision, optimiser and loss curve.
 
@@ -364,7 +347,9 @@ class TrainingRun:
             optimizer, lambda step: lr_factor(step // processes, warmup, total)
         )
         if config.gradient_checkpointing:
-            _checkpointing(model, on=True)
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.train()
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
@@ -426,7 +411,7 @@ class TrainingRun:
         )
         model = self.accelerator.unwrap_model(self.model)
         if self.config.gradient_checkpointing:
-            _checkpointing(model, on=False)
+            model.gradient_checkpointing_disable()
         model.eval()
         self.accelerator.free_memory()
         shown = {

@@ -119,6 +119,7 @@ class VLLMGenerator:
                 kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
         if kv_cache_memory_bytes is not None:
             engine_kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        started = time.perf_counter()
         self.llm = vllm.LLM(
             model=str(folder),
             tokenizer=str(folder),
@@ -130,6 +131,8 @@ class VLLMGenerator:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.context = self.llm.llm_engine.model_config.max_model_len
+        # benchmarks/gpu_check.py reads this line from the run's log.
+        self.log(f"vLLM engine started in {time.perf_counter() - started:.1f}s ({folder.name})")
 
     def close(self) -> None:
         """Stop the engine and free its memory now, not whenever garbage collection gets to
