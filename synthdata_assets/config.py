@@ -285,6 +285,13 @@ class ExecutionConfig(Section):
     tensor_parallel_size: int = Field(
         1, ge=1, description="vLLM: GPUs one engine's model is split over."
     )
+    rollout_chunk_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="step_rollouts: prompts per generation call, each call's rollouts written "
+        "to the partition's journal at once, so a killed stage resumes from the last finished "
+        "call. None: every prompt in one call (what the transformers engine batches best).",
+    )
 
 
 class ExperimentConfig(Section):
@@ -479,7 +486,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "lora_rank": 0,
         },
         "credit": {"max_negatives_per_problem": 4},
-        "execution": {"process_per_stage": True},
+        "execution": {"process_per_stage": True, "rollout_chunk_prompts": 4096},
     },
     "paper": {
         "data_sizes": [8000, 16000, 32000, 64000, 128000],
@@ -505,13 +512,19 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "samples_per_problem": 4,
             "eval_samples": 8,
         },
+        # The paper fine-tunes every weight; a 7B model's float32 states (112 GB) need FSDP over
+        # several GPUs, which the trainers cannot launch yet, so on one GPU: LoRA.
         "training": {
             "epochs": 3,
             "learning_rate": 1e-5,
             "batch_size": 64,
+            "micro_batch_size": 4,
+            "gradient_checkpointing": True,
+            "lora_rank": 64,
             "dpo_learning_rate": 1e-6,
             "dpo_beta": 0.1,
         },
+        "execution": {"process_per_stage": True, "rollout_chunk_prompts": 4096},
     },
 }
 

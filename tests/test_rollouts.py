@@ -287,3 +287,62 @@ def test_rollouts_of_prefix_0_do_not_replay_the_policy_samples() -> None:
     shared = sorted(set(rollout_text) & set(sample_text))
     assert shared  # prefix 0 of every problem with a non-empty sample
     assert all(rollout_text[k] != sample_text[k] for k in shared), shared
+
+
+class Killed(Exception):
+    """The stage dies in the middle of a generation call."""
+
+
+class DyingPolicy(PitPolicy):
+    """PitPolicy that dies in its ``calls_before_death + 1``-th call."""
+
+    def __init__(self, calls_before_death: int) -> None:
+        super().__init__()
+        self.left = calls_before_death
+
+    def generate(self, prompts, params: SamplingParams, progress=None):
+        if self.left == 0:
+            raise Killed
+        self.left -= 1
+        return super().generate(prompts, params, progress)
+
+
+def test_a_killed_rollout_stage_resumes_from_its_journal(tmp_path) -> None:
+    config = load_config("tiny", overrides={"credit": {"rollout_positives": True}})
+    problems, samples = _inputs()
+    whole, _ = _generate(PitPolicy(), config, samples, problems)
+    prompts = whole["rollout_key"].n_unique()
+    assert prompts > 4
+
+    def roll(policy, previous=None, previous_written=None):
+        journal = rollouts.Journal(tmp_path / "journal", 2, previous_written=previous_written)
+        return rollouts.generate_rollouts(
+            policy,
+            config.credit,
+            rollouts.rollout_params(config.credit, config.sampling, seed=0),
+            step_rule="lines",
+            answer_format=config.answer_format,
+            checkpoint_id="ckpt@run",
+            samples=samples,
+            problems=problems,
+            previous=previous,
+            log=lambda _message: None,
+            journal=journal,
+        )
+
+    # Two calls of two prompts each finish, the third dies: their rollouts are in the journal.
+    with pytest.raises(Killed):
+        roll(DyingPolicy(calls_before_death=2))
+    assert len(list((tmp_path / "journal").glob("*.parquet"))) == 2
+    # The rerun generates only the prompts that were not finished, and gets the same table.
+    policy = PitPolicy()
+    table, stats = roll(policy)
+    assert sum(policy.calls) == prompts - 4 and max(policy.calls) <= 2
+    assert stats["reused"] == 4 * config.credit.rollouts_per_prefix
+    assert table.equals(whole)
+    # Once the stage's file is written, the journal is folded into it and goes at the next run.
+    table.write_parquet(tmp_path / "previous.parquet")
+    written = (tmp_path / "previous.parquet").stat().st_mtime
+    again, stats = roll(PitPolicy(), previous=table, previous_written=written)
+    assert stats["generated"] == 0 and again.equals(whole)
+    assert not list((tmp_path / "journal").glob("*.parquet"))

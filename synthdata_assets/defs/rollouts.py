@@ -37,6 +37,14 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         """M graded completions of pi_sft from every step prefix of the rolled-out samples."""
         data_size, seed = current_partition(context)
         previous = warehouse.partition_file("step_rollouts", data_size, seed)
+        chunk = config.execution.rollout_chunk_prompts
+        journal = None
+        if chunk is not None:
+            journal = rollouts.Journal(
+                warehouse.journal_folder("step_rollouts", data_size, seed),
+                chunk,
+                previous_written=previous.stat().st_mtime if previous.exists() else None,
+            )
         checkpoint = sft_model["path"][0]
         with generator.for_rollouts(checkpoint, context.log.info) as engine:
             table, stats = rollouts.generate_rollouts(
@@ -52,6 +60,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
                 previous=pl.read_parquet(previous) if previous.exists() else None,
                 log=context.log.info,
                 progress=progress_logger(context.log.info, "prompts"),
+                journal=journal,
             )
         return dg.Output(
             table,
