@@ -163,6 +163,8 @@ def rollout_key(checkpoint: str, prompt: str, params: SamplingParams) -> str:
         params.max_new_tokens,
         params.seed,
     )
+    if params.stop:  # only when set, so that the keys made before stop strings stay valid
+        fields += tuple(params.stop)
     return hashlib.sha256("\x1f".join(map(str, fields)).encode()).hexdigest()[:24]
 
 

@@ -239,8 +239,13 @@ def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone()
         load_config("demo", overrides={"task": {"star_graph": {"degree": 3}}})
     )
     assert wider["problems"] != demo["problems"]
+    stop = stage_fingerprints(load_config("demo", overrides={"sampling": {"stop": ["\nQ"]}}))
+    assert (
+        stop["policy_samples"] != demo["policy_samples"] and stop["sft_model"] == demo["sft_model"]
+    )
+    assert stage_fingerprints(load_config("demo", overrides={"sampling": {"stop": []}})) == demo
     assert set(study_module.ADDED_SETTINGS) <= {
         (section, field)
-        for section in ("task", "training")
+        for section in ("task", "training", "sampling")
         for field in type(getattr(load_config("demo"), section)).model_fields
     }

@@ -346,3 +346,21 @@ def test_a_killed_rollout_stage_resumes_from_its_journal(tmp_path) -> None:
     again, stats = roll(PitPolicy(), previous=table, previous_written=written)
     assert stats["generated"] == 0 and again.equals(whole)
     assert not list((tmp_path / "journal").glob("*.parquet"))
+
+
+def test_stop_strings_reach_every_generating_stage_and_the_rollout_keys() -> None:
+    from training.config import SamplingConfig
+
+    plain = samples.sampling_params(SamplingConfig(), n=2, temperature=0.7, seed=0)
+    stopped = samples.sampling_params(
+        SamplingConfig(stop=("\nQuestion:",)), n=2, temperature=0.7, seed=0
+    )
+    assert plain.stop == () and stopped.stop == ("\nQuestion:",)
+    credit = load_config("tiny").credit
+    assert rollouts.rollout_params(credit, SamplingConfig(stop=("\nQ",)), 0).stop == ("\nQ",)
+    # Other stop strings make other rollouts; none keeps the keys made before stop strings.
+    before = rollouts.rollout_key("ckpt", "prompt", plain)
+    assert rollouts.rollout_key("ckpt", "prompt", stopped) != before
+    assert before == rollouts.rollout_key("ckpt", "prompt", SamplingParams(**{
+        "n": 2, "temperature": 0.7, "top_p": 1.0, "max_new_tokens": 160, "seed": 0,
+    }))  # fmt: skip

@@ -61,6 +61,12 @@ class SamplingConfig(Section):
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(160, ge=1)
+    stop: tuple[str, ...] = Field(
+        (),
+        description="Policy samples, rollouts and evaluation end at the first of these strings "
+        "(the string itself dropped). A base model that was never fine-tuned to stop runs on "
+        "into a made-up next question: the GPU presets stop at '\\nQuestion:'.",
+    )
     batch_size: int = Field(128, ge=1, description="Prompts in flight per generation call.")
     samples_per_problem: int = Field(
         4, ge=1, description="K self-generated samples per training problem."
