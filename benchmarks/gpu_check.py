@@ -2,8 +2,11 @@
 
 Run it whenever a GPU machine is at hand, in the environment that has vLLM::
 
-    python benchmarks/gpu_check.py                      # Qwen2.5-0.5B's shape, about 5 minutes
-    python benchmarks/gpu_check.py --shape tiny --backend transformers   # a CPU dry run
+    python benchmarks/gpu_check.py                 # Qwen2.5-0.5B's shape; meant for < 8 minutes
+    python benchmarks/gpu_check.py --shape tiny --size 8 --new-tokens 32 --results /tmp/r
+                                                   # a dry run on a CPU (3.5 minutes on 2 cores)
+
+It has not run on a GPU yet: the first GPU run says whether the default sizes fit 8 minutes.
 
 Nothing is downloaded. The model is a randomly initialised Qwen2 with the shape of
 Qwen2.5-0.5B (hidden 896, 24 layers, 14 query and 2 KV heads, MLP 4864, tied embeddings),
@@ -58,7 +61,6 @@ SHAPES = {
         "num_key_value_heads": 1,
     },
 }
-GENERATING = {"policy_samples": "policy_samples", "step_rollouts": "step_rollouts"}
 TRAINING = ("sft_model", "rft_model", "per_step_dpo_model", "dpo_model")
 ENGINE_START = re.compile(r"vLLM engine started in (?P<s>[\d.]+)s \((?P<folder>[^)]*)\)")
 
@@ -162,6 +164,7 @@ def stage_figures(home: Path, memory: GPUMemory) -> dict[str, dict]:
     import dagster as dg
     import polars as pl
 
+    from synthdata_assets.study import PARTITION_STAGES, REPORT_STAGES, SETUP_STAGES
     from warehouse import Warehouse
 
     warehouse = Warehouse(home)
@@ -176,6 +179,8 @@ def stage_figures(home: Path, memory: GPUMemory) -> dict[str, dict]:
                     "status": str(step.status.value) if step.status else None,
                     "peak_gpu_mib": memory.peak(step.start_time, step.end_time),
                 }
+    order = [*SETUP_STAGES, *PARTITION_STAGES, *REPORT_STAGES]
+    figures = dict(sorted(figures.items(), key=lambda kv: order.index(kv[0])))
     for stage, figure in figures.items():
         files = list((warehouse.tables / stage).rglob("*.parquet"))
         if not files:
@@ -209,9 +214,9 @@ def device() -> str:
         return platform.processor() or "unknown"
 
 
-def write(result: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+def write(result: dict, results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# GPU check ({result['when']})",
         "",
@@ -233,7 +238,7 @@ def write(result: dict) -> None:
     lines[-1] += (
         ", ".join(f"{s['seconds']:.1f} ({s['model']})" for s in result["engines"]) or "none"
     )
-    (RESULTS / "gpu_check.md").write_text("\n".join(lines) + "\n")
+    (results / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -249,6 +254,7 @@ def main() -> None:
         default_data = ROOT / "data" / "gsm8k"
     parser.add_argument("--data", type=Path, default=default_data)
     parser.add_argument("--work", type=Path, default=None, help="keep the model and warehouse")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the figures go")
     args = parser.parse_args()
     if not (args.data / "train.jsonl").is_file():
         sys.exit(f"gpu_check: no GSM8K train.jsonl in {args.data}; pass --data FOLDER")
@@ -276,7 +282,8 @@ def main() -> None:
             "stages": stage_figures(home, memory),
             "engines": engine_starts(home),
             "gpu_memory_sampled": memory.available,
-        }
+        },
+        args.results,
     )
 
 

@@ -132,7 +132,8 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
         self.context = self.llm.llm_engine.model_config.max_model_len
         # benchmarks/gpu_check.py reads this line from the run's log.
-        self.log(f"vLLM engine started in {time.perf_counter() - started:.1f}s ({folder.name})")
+        where = "/".join(folder.parts[-3:])
+        self.log(f"vLLM engine started in {time.perf_counter() - started:.1f}s ({where})")
 
     def close(self) -> None:
         """Stop the engine and free its memory now, not whenever garbage collection gets to
