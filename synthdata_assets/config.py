@@ -47,7 +47,7 @@ from training.config import ModelConfig, SamplingConfig, Section, TrainingConfig
 SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "embedded-base"
 SHIPPED_NAME = "embedded-base"
 
-PresetName = Literal["tiny", "demo", "embedded", "didactic", "paper"]
+PresetName = Literal["tiny", "demo", "embedded", "didactic", "small", "paper"]
 PRESETS: tuple[str, ...] = get_args(PresetName)
 DEFAULT_PRESET = "demo"
 PRESET_ENV = "SYNTHDATA_PRESET"
@@ -268,6 +268,32 @@ class CreditConfig(Section):
         return self
 
 
+class ExecutionConfig(Section):
+    """Where and how stages run. These settings never change a stage's output, so they are
+    in no stage's fingerprint: changing them reuses everything already materialized."""
+
+    process_per_stage: bool = Field(
+        False,
+        description="Run each stage of a run in its own process (Dagster's multiprocess "
+        "executor, one step at a time), so a training stage's or an engine's memory is returned "
+        "when the stage ends: what a GPU needs between training and vLLM. Off, every stage of "
+        "a run shares one process, which saves the seconds of importing torch per stage.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="vLLM: the share of GPU memory its engine may take."
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vLLM: GPUs one engine's model is split over."
+    )
+    rollout_chunk_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="step_rollouts: prompts per generation call, each call's rollouts written "
+        "to the partition's journal at once, so a killed stage resumes from the last finished "
+        "call. None: every prompt in one call (what the transformers engine batches best).",
+    )
+
+
 class ExperimentConfig(Section):
     """A whole study: the sweep and every stage's settings."""
 
@@ -282,6 +308,7 @@ class ExperimentConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
     training: TrainingConfig = TrainingConfig()
     credit: CreditConfig = CreditConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @field_validator("data_sizes")
     @classmethod
@@ -425,6 +452,43 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "training": {"epochs": 12, "learning_rate": 3e-3, "rft_init": "sft"},
         "credit": {"max_negatives_per_problem": 1},
     },
+    # One GPU (docs/backends.md): a 0.5-1.5B Hugging Face model from a local folder, on GSM8K.
+    # Full fine-tuning in float32 master weights fits 1.5B on an 80 GB card (24 GB of states);
+    # training.lora_rank: 16 trains adapters instead.
+    "small": {
+        "data_sizes": [1000, 2000, 4000, 7473],
+        "seeds": [0],
+        "task": {
+            "name": "gsm8k",
+            "train_path": "data/gsm8k/train.jsonl",
+            "test_path": "data/gsm8k/test.jsonl",
+            "n_train_pool": 7473,
+            "n_test": 1319,
+        },
+        "teacher": {"kind": "reference"},
+        "model": {"name": "models/Qwen2.5-0.5B", "max_seq_len": 1024, "dtype": "bfloat16"},
+        "sampling": {
+            "backend": "vllm",
+            "temperature": 0.7,
+            "max_new_tokens": 512,
+            "batch_size": 1024,
+            "stop": ["\nQuestion:"],
+            "samples_per_problem": 4,
+            "eval_samples": 4,
+        },
+        "training": {
+            "epochs": 3,
+            "learning_rate": 1e-5,
+            "batch_size": 64,
+            "micro_batch_size": 8,
+            "gradient_checkpointing": True,
+            "dpo_learning_rate": 1e-6,
+            "dpo_beta": 0.1,
+            "lora_rank": 0,
+        },
+        "credit": {"max_negatives_per_problem": 4},
+        "execution": {"process_per_stage": True, "rollout_chunk_prompts": 4096},
+    },
     "paper": {
         "data_sizes": [8000, 16000, 32000, 64000, 128000],
         "seeds": [0, 1, 2],
@@ -446,16 +510,23 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "temperature": 0.7,
             "max_new_tokens": 512,
             "batch_size": 1024,
+            "stop": ["\nQuestion:"],
             "samples_per_problem": 4,
             "eval_samples": 8,
         },
+        # The paper fine-tunes every weight; a 7B model's float32 states (112 GB) need FSDP over
+        # several GPUs, which the trainers cannot launch yet, so on one GPU: LoRA.
         "training": {
             "epochs": 3,
             "learning_rate": 1e-5,
             "batch_size": 64,
+            "micro_batch_size": 4,
+            "gradient_checkpointing": True,
+            "lora_rank": 64,
             "dpo_learning_rate": 1e-6,
             "dpo_beta": 0.1,
         },
+        "execution": {"process_per_stage": True, "rollout_chunk_prompts": 4096},
     },
 }
 

@@ -32,6 +32,7 @@ from training.checkpoint import load_checkpoint, load_model_reference, save_chec
 from training.config import ModelConfig, TrainingConfig
 from training.generation import SamplingParams
 from training.generation.transformers_engine import TransformersGenerator
+from training.lora import load_trainable, merged
 from training.model import build_tiny_llama, count_parameters
 from training.progress import Progress, no_progress
 from training.prompts import format_example, format_prompt
@@ -88,10 +89,20 @@ def untrained_row(method: str, init_path: str, model: torch.nn.Module) -> pl.Dat
 
 
 def saved_row(
-    model, tokenizer, folder: Path, *, method: str, init_path: str, seed: int, stats: TrainStats
+    model,
+    tokenizer,
+    folder: Path,
+    *,
+    method: str,
+    init_path: str,
+    seed: int,
+    stats: TrainStats,
+    dtype: torch.dtype | None = None,
 ) -> dict:
-    """Write a trained model's folder; its ``checkpoints`` row."""
-    save_checkpoint(model, tokenizer, folder, {"method": method, "init": init_path, "seed": seed})
+    """Write a trained model's folder (in ``dtype``: the one its initialisation was stored
+    in, see :func:`training.checkpoint.load_for_training`); its ``checkpoints`` row."""
+    meta = {"method": method, "init": init_path, "seed": seed}
+    save_checkpoint(model, tokenizer, folder, meta, dtype=dtype)
     return checkpoint_row(method, folder, init_path, stats, model)
 
 
@@ -288,11 +299,12 @@ def fine_tune(
     progress: Progress = no_progress,
 ) -> pl.DataFrame:
     """SFT (and RFT): fine-tune the model at ``init_path`` on (question, solution) pairs."""
-    model, tokenizer = load_checkpoint(init_path)
     if not examples:
         # RFT of a policy that solved nothing has nothing to train on.
         log(f"{method}: no verified positives to train on; the model stays its initialisation")
+        model, _ = load_checkpoint(init_path)
         return untrained_row(method, init_path, model)
+    model, tokenizer, stored = load_trainable(init_path, training, lambda m: log(f"{method}: {m}"))
     pairs = [format_example(q, s) for q, s in examples]
     stats = train_sft(
         model,
@@ -305,7 +317,14 @@ def fine_tune(
         progress=progress,
     )
     row = saved_row(
-        model, tokenizer, folder, method=method, init_path=init_path, seed=seed, stats=stats
+        merged(model),
+        tokenizer,
+        folder,
+        method=method,
+        init_path=init_path,
+        seed=seed,
+        stats=stats,
+        dtype=stored,
     )
     return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
 

@@ -60,6 +60,7 @@ from synthdata_assets.models import CHECKPOINT_SCHEMA, saved_row, untrained_row
 from training.checkpoint import load_checkpoint
 from training.config import TrainingConfig
 from training.dpo import PreferenceExample, encode_response, token_kl, train_dpo
+from training.lora import load_trainable, merged
 from training.progress import Progress, no_progress
 from training.prompts import format_example
 
@@ -129,7 +130,7 @@ def train_preference_model(
     (:data:`PREFERENCE_SCHEMA`). ``twins``: the other method's pairs of the same negatives
     (see "Same pairs, same updates"); ``weights``: one per row of ``pairs``; ``held_out``:
     :func:`held_out_texts`, where the KL to pi_sft is measured (without, on chosen sides)."""
-    model, tokenizer = load_checkpoint(sft_path)
+    model, tokenizer, stored = load_trainable(sft_path, training, lambda m: log(f"{method}: {m}"))
     keep = _fitting(pairs, twins, tokenizer, max_seq_len)
     too_long = keep.count(False)
     if too_long:
@@ -139,7 +140,7 @@ def train_preference_model(
         weights = [w for w, k in zip(weights, keep, strict=True) if k]
     if pairs.height == 0:
         log(f"{method}: no preference pairs; the model stays pi_sft")
-        row = untrained_row(method, sft_path, model).row(0, named=True)
+        row = untrained_row(method, sft_path, merged(model)).row(0, named=True)
         return pl.DataFrame([{**row, "pairs_too_long": too_long}], schema=PREFERENCE_SCHEMA)
     examples = [
         PreferenceExample(
@@ -159,7 +160,7 @@ def train_preference_model(
         learning_rate=training.dpo_learning_rate,
         epochs=training.dpo_epochs,
         sft_weight=training.dpo_sft_weight,
-        batch_size=training.batch_size,
+        batch_size=training.dpo_batch_size or training.batch_size,
         config=training,
         seed=seed,
         max_seq_len=max_seq_len,
@@ -167,11 +168,19 @@ def train_preference_model(
         weights=weights,
         progress=progress,
     )
+    model = merged(model)
     texts, measured_on = kl_texts(pairs, held_out, tokenizer, max_seq_len)
     kl = kl_to_sft(model, tokenizer, sft_path, texts)
     log(f"KL(policy || pi_sft) {kl:.3g} per token on {measured_on}")
     row = saved_row(
-        model, tokenizer, folder, method=method, init_path=sft_path, seed=seed, stats=stats
+        model,
+        tokenizer,
+        folder,
+        method=method,
+        init_path=sft_path,
+        seed=seed,
+        stats=stats,
+        dtype=stored,
     )
     row |= {
         "reward_accuracy": stats.reward_accuracy,

@@ -48,6 +48,16 @@ index is the same completion whether it is generated now or was generated before
 nothing, and raising M generates only the new indices. The checkpoint's identity is the
 Dagster run that wrote it, so retraining pi_sft invalidates every rollout.
 
+Journal (``execution.rollout_chunk_prompts``)
+---------------------------------------------
+With a chunk size set, the prompts go to the generator in calls of at most that many, and each
+call's graded rollouts are written at once to the partition's journal (``journal``: a folder
+of Parquet files, each written atomically) before the next call starts. A stage killed after
+hours loses at most the call in flight: the rerun reads the journal beside the previous file
+and generates only the (key, index) pairs that neither holds. Journal files older than the
+previous file were folded into it by a stage that finished, and are deleted when read. Unset
+(the CPU presets), every prompt goes in one call, which the transformers engine batches best.
+
 Early stop (``credit.early_stop``)
 ----------------------------------
 Off by default. On, the prefixes are rolled out in rounds (prefix 0 of every sample, then
@@ -63,7 +73,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import polars as pl
@@ -76,6 +88,7 @@ from training.config import SamplingConfig
 from training.generation import Generator, SamplingParams
 from training.progress import Progress, no_progress
 from training.prompts import format_prompt
+from warehouse.parquet import write_parquet_atomic
 
 Log = Callable[[str], None]
 
@@ -107,6 +120,10 @@ _OUTCOME_FIELDS = (
     "num_tokens",
     "finish_reason",
 )
+
+
+# A journal row: a rollout's key and its outcome.
+JOURNAL_SCHEMA = {"rollout_key": pl.String} | {f: ROLLOUT_SCHEMA[f] for f in _OUTCOME_FIELDS}
 
 
 class Request(NamedTuple):
@@ -146,6 +163,8 @@ def rollout_key(checkpoint: str, prompt: str, params: SamplingParams) -> str:
         params.max_new_tokens,
         params.seed,
     )
+    if params.stop:  # only when set, so that the keys made before stop strings stay valid
+        fields += tuple(params.stop)
     return hashlib.sha256("\x1f".join(map(str, fields)).encode()).hexdigest()[:24]
 
 
@@ -203,6 +222,41 @@ def rollout_requests(
     return requests
 
 
+class Journal:
+    """The rollouts of a partition generated so far, one Parquet file per generation call of
+    at most ``chunk`` prompts (see "Journal" in the module docstring)."""
+
+    def __init__(self, folder: Path, chunk: int, *, previous_written: float | None) -> None:
+        self.folder, self.chunk = folder, chunk
+        self.previous_written = previous_written  # mtime of the previous file, if any
+
+    def read(self) -> list[pl.DataFrame]:
+        """The journal's files not yet folded into the previous file; those that are go."""
+        frames = []
+        for path in sorted(self.folder.glob("*.parquet")):
+            if self.previous_written is not None and path.stat().st_mtime < self.previous_written:
+                path.unlink()
+            else:
+                frames.append(pl.read_parquet(path))
+        return frames
+
+    def write(self, rows: list[dict]) -> None:
+        if rows:
+            frame = pl.DataFrame(rows, schema=JOURNAL_SCHEMA)
+            write_parquet_atomic(
+                frame, self.folder / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+            )
+
+
+def _offset(progress: Progress, done_before: int, total: int) -> Progress:
+    """``progress`` of one call among several: its counts shifted to the whole."""
+
+    def shifted(done: int, _total: int, **figures: float) -> None:
+        progress(done_before + done, total, **figures)
+
+    return shifted
+
+
 class _Rollouts:
     """The completions of every rollout key, reused from an earlier file or generated in
     batched calls (:meth:`fetch`)."""
@@ -216,12 +270,17 @@ class _Rollouts:
         answer_format: str,
         previous: pl.DataFrame | None,
         progress: Progress,
+        journal: Journal | None = None,
     ) -> None:
         self.generator, self.params = generator, params
         self.answers, self.answer_format, self.progress = answers, answer_format, progress
+        self.journal = journal
         self.known: dict[tuple[str, int], dict] = {}
-        if previous is not None and previous.height:
-            for row in previous.filter(pl.col("rollout_idx") < params.n).iter_rows(named=True):
+        earlier = [previous] if previous is not None else []
+        if journal is not None:
+            earlier += journal.read()
+        for frame in earlier:
+            for row in frame.filter(pl.col("rollout_idx") < params.n).iter_rows(named=True):
                 self.known[(row["rollout_key"], row["rollout_idx"])] = row
         self.outcomes: dict[str, list[dict]] = {}  # rollout_key -> M result rows
         self.stats = {"prompts": 0, "generated": 0, "reused": 0, "new_tokens": 0, "seconds": 0.0}
@@ -244,9 +303,18 @@ class _Rollouts:
             self._generate(list(todo.values()))
 
     def _generate(self, todo: list[Request]) -> None:
+        size = self.journal.chunk if self.journal is not None else None
+        size = size or len(todo)
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            self._generate_chunk(chunk, _offset(self.progress, start, len(todo)))
+            if self.journal is not None:
+                self.journal.write([row for r in chunk for row in self.outcomes[r.key]])
+
+    def _generate_chunk(self, todo: list[Request], progress: Progress) -> None:
         start = time.perf_counter()
         completions = self.generator.generate(
-            [r.prompt for r in todo], self.params, progress=self.progress
+            [r.prompt for r in todo], self.params, progress=progress
         )
         self.stats["seconds"] += time.perf_counter() - start
         # Graded on the completion alone: the answer must be the rollout's own ("Grading").
@@ -289,9 +357,10 @@ def generate_rollouts(
     previous: pl.DataFrame | None,
     log: Log,
     progress: Progress = no_progress,
+    journal: Journal | None = None,
 ) -> tuple[pl.DataFrame, dict]:
-    """``step_rollouts`` of a partition, reusing ``previous`` rows (see the module docstring).
-    ``generator`` is only called for what ``previous`` lacks.
+    """``step_rollouts`` of a partition, reusing ``previous`` rows and the ``journal``'s (see
+    the module docstring). ``generator`` is only called for what they lack.
 
     Returns the table and counts for the asset's metadata: prompts, completions generated
     and reused, new tokens and tokens per second of the generation.
@@ -307,6 +376,7 @@ def generate_rollouts(
         answer_format=answer_format,
         previous=previous,
         progress=progress,
+        journal=journal,
     )
     stats = run.stats
     stats["skipped_prefixes"] = 0

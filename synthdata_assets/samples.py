@@ -28,12 +28,14 @@ SAMPLE_SCHEMA = {
 def sampling_params(
     sampling: SamplingConfig, *, n: int, temperature: float, seed: int
 ) -> SamplingParams:
-    """``n`` samples per prompt at ``temperature``, with the section's top-p and token budget."""
+    """``n`` samples per prompt at ``temperature``, with the section's top-p, token budget and
+    stop strings."""
     return SamplingParams(
         n=n,
         temperature=temperature,
         top_p=sampling.top_p,
         max_new_tokens=sampling.max_new_tokens,
+        stop=tuple(sampling.stop),
         seed=seed,
     )
 

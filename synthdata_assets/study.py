@@ -124,6 +124,11 @@ def upstream(stage: str) -> set[str]:
 ADDED_SETTINGS: dict[tuple[str, str], object] = {
     ("task", "star_graph"): TaskConfig().star_graph.model_dump(mode="json"),
     ("training", "dpo_sft_weight"): 0.0,
+    ("training", "micro_batch_size"): None,
+    ("training", "gradient_checkpointing"): False,
+    ("training", "dpo_batch_size"): None,
+    ("training", "lora_rank"): 0,
+    ("sampling", "stop"): [],
 }
 
 

@@ -28,7 +28,7 @@ def test_unknown_preset_names_the_allowed_values(monkeypatch: pytest.MonkeyPatch
         load_config()
     message = str(err.value)
     assert "SYNTHDATA_PRESET" in message and "'huge'" in message
-    assert "tiny, demo, embedded, didactic, paper" in message
+    assert "tiny, demo, embedded, didactic, small, paper" in message
 
 
 def test_yaml_overrides_any_field_at_any_depth(

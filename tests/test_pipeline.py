@@ -227,6 +227,11 @@ def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone()
         stage_fingerprints(load_config("demo", overrides={"training": {"dpo_sft_weight": 0.0}}))
         == demo
     )
+    for field, before in (("micro_batch_size", None), ("gradient_checkpointing", False)):
+        same = load_config("demo", overrides={"training": {field: before}})
+        assert stage_fingerprints(same) == demo
+    micro = stage_fingerprints(load_config("demo", overrides={"training": {"micro_batch_size": 8}}))
+    assert micro["sft_model"] != demo["sft_model"] and micro["problems"] == demo["problems"]
     rpo = stage_fingerprints(load_config("demo", overrides={"training": {"dpo_sft_weight": 0.5}}))
     assert rpo["per_step_dpo_model"] != demo["per_step_dpo_model"]
     assert rpo["problems"] == demo["problems"]
@@ -234,8 +239,13 @@ def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone()
         load_config("demo", overrides={"task": {"star_graph": {"degree": 3}}})
     )
     assert wider["problems"] != demo["problems"]
+    stop = stage_fingerprints(load_config("demo", overrides={"sampling": {"stop": ["\nQ"]}}))
+    assert (
+        stop["policy_samples"] != demo["policy_samples"] and stop["sft_model"] == demo["sft_model"]
+    )
+    assert stage_fingerprints(load_config("demo", overrides={"sampling": {"stop": []}})) == demo
     assert set(study_module.ADDED_SETTINGS) <= {
         (section, field)
-        for section in ("task", "training")
+        for section in ("task", "training", "sampling")
         for field in type(getattr(load_config("demo"), section)).model_fields
     }

@@ -287,3 +287,80 @@ def test_rollouts_of_prefix_0_do_not_replay_the_policy_samples() -> None:
     shared = sorted(set(rollout_text) & set(sample_text))
     assert shared  # prefix 0 of every problem with a non-empty sample
     assert all(rollout_text[k] != sample_text[k] for k in shared), shared
+
+
+class Killed(Exception):
+    """The stage dies in the middle of a generation call."""
+
+
+class DyingPolicy(PitPolicy):
+    """PitPolicy that dies in its ``calls_before_death + 1``-th call."""
+
+    def __init__(self, calls_before_death: int) -> None:
+        super().__init__()
+        self.left = calls_before_death
+
+    def generate(self, prompts, params: SamplingParams, progress=None):
+        if self.left == 0:
+            raise Killed
+        self.left -= 1
+        return super().generate(prompts, params, progress)
+
+
+def test_a_killed_rollout_stage_resumes_from_its_journal(tmp_path) -> None:
+    config = load_config("tiny", overrides={"credit": {"rollout_positives": True}})
+    problems, samples = _inputs()
+    whole, _ = _generate(PitPolicy(), config, samples, problems)
+    prompts = whole["rollout_key"].n_unique()
+    assert prompts > 4
+
+    def roll(policy, previous=None, previous_written=None):
+        journal = rollouts.Journal(tmp_path / "journal", 2, previous_written=previous_written)
+        return rollouts.generate_rollouts(
+            policy,
+            config.credit,
+            rollouts.rollout_params(config.credit, config.sampling, seed=0),
+            step_rule="lines",
+            answer_format=config.answer_format,
+            checkpoint_id="ckpt@run",
+            samples=samples,
+            problems=problems,
+            previous=previous,
+            log=lambda _message: None,
+            journal=journal,
+        )
+
+    # Two calls of two prompts each finish, the third dies: their rollouts are in the journal.
+    with pytest.raises(Killed):
+        roll(DyingPolicy(calls_before_death=2))
+    assert len(list((tmp_path / "journal").glob("*.parquet"))) == 2
+    # The rerun generates only the prompts that were not finished, and gets the same table.
+    policy = PitPolicy()
+    table, stats = roll(policy)
+    assert sum(policy.calls) == prompts - 4 and max(policy.calls) <= 2
+    assert stats["reused"] == 4 * config.credit.rollouts_per_prefix
+    assert table.equals(whole)
+    # Once the stage's file is written, the journal is folded into it and goes at the next run.
+    table.write_parquet(tmp_path / "previous.parquet")
+    written = (tmp_path / "previous.parquet").stat().st_mtime
+    again, stats = roll(PitPolicy(), previous=table, previous_written=written)
+    assert stats["generated"] == 0 and again.equals(whole)
+    assert not list((tmp_path / "journal").glob("*.parquet"))
+
+
+def test_stop_strings_reach_every_generating_stage_and_the_rollout_keys() -> None:
+    from training.config import SamplingConfig
+
+    plain = samples.sampling_params(SamplingConfig(), n=2, temperature=0.7, seed=0)
+    stopped = samples.sampling_params(
+        SamplingConfig(stop=("\nQuestion:",)), n=2, temperature=0.7, seed=0
+    )
+    assert plain.stop == () and stopped.stop == ("\nQuestion:",)
+    credit = load_config("tiny").credit
+    assert rollouts.rollout_params(credit, SamplingConfig(stop=("\nQ",)), 0).stop == ("\nQ",)
+    # Other stop strings make other rollouts; none keeps the keys made before stop strings.
+    before = rollouts.rollout_key("ckpt", "prompt", plain)
+    assert rollouts.rollout_key("ckpt", "prompt", stopped) != before
+    assert before == rollouts.rollout_key("ckpt", "prompt", SamplingParams(**{
+        "n": 2, "temperature": 0.7, "top_p": 1.0, "max_new_tokens": 160, "seed": 0,
+    }))  # fmt: skip

@@ -147,18 +147,40 @@ def test_a_rerun_after_kill_9_at_a_model_stage_completes_like_a_clean_run(
     clean = tmp_path / "clean"
     assert _start(clean).wait(timeout=600) == 0
     home = tmp_path / "home"
-    killed = _start(home)
-    _wait_for_stage(home, "step_rollouts")
+    # Rollouts in calls of 16 prompts, each written to the partition's journal when done.
+    config = tmp_path / "journal.yaml"
+    config.write_text("preset: tiny\nexecution: {rollout_chunk_prompts: 16}\n")
+    killed = _start(home, config)
+    journal = Warehouse(home).journal_folder("step_rollouts", 32, 0)
+    deadline = time.monotonic() + 300
+    while not list(journal.glob("*.parquet")):
+        assert time.monotonic() < deadline and killed.poll() is None, "no rollout call finished"
+        time.sleep(0.05)
     # The launcher and its run, with no chance to clean up (as the OOM killer or a reboot).
     for pid in [*_children(killed.pid), killed.pid]:
         os.kill(pid, signal.SIGKILL)
     killed.wait()
+    finished = pl.concat([pl.read_parquet(p) for p in journal.glob("*.parquet")]).height
     rerun = subprocess.run(
-        [str(SYNTHDATA), "run"], env=_env(home), capture_output=True, text=True, timeout=600
+        [str(SYNTHDATA), "run"],
+        env=_env(home) | {"SYNTHDATA_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "marked 1 run(s) of a killed launcher as failed" in rerun.stdout
     assert _row_counts(home) == _row_counts(clean)
+    # The rerun generated only what the killed stage had not finished.
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("step_rollouts"), asset_partitions=["32|0"]
+            ),
+            limit=1,
+        ).records
+    metadata = record.asset_materialization.metadata
+    assert metadata["completions_reused"].value >= finished > 0
     statuses = _run_statuses(home)
     assert dg.DagsterRunStatus.STARTED not in statuses
     assert dg.DagsterRunStatus.FAILURE in statuses

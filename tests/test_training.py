@@ -26,6 +26,7 @@ from synthdata_assets.tasks.embedded import (
 )
 from training.checkpoint import (
     load_checkpoint,
+    load_for_training,
     load_model_reference,
     read_meta,
     remove_partial_checkpoints,
@@ -317,26 +318,114 @@ def test_max_steps_overrides_epochs_and_long_examples_drop(
     )
 
 
-def test_gradient_accumulation_keeps_the_batch(
-    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
-) -> None:
-    config = TrainingConfig(batch_size=16, bf16=False)
-    kwargs = {"config": config, "seed": 0, "max_seq_len": 256, "max_steps": 2}
-    whole = train_sft(build_tiny_llama(TINY, tokenizer), tokenizer, examples, **kwargs)
+class _PlainSGD(torch.optim.SGD):
+    """SGD in AdamW's place: after one update at lr 1, weight - new weight is the (clipped)
+    gradient itself, so two runs' gradients compare through their weights."""
+
+    def __init__(self, params, lr, betas=None):
+        super().__init__(params, lr=lr)
+
+
+def _one_sgd_update(tokenizer, examples, monkeypatch, **kwargs) -> tuple[list[torch.Tensor], list]:
+    monkeypatch.setattr("training.trainer.torch.optim.AdamW", _PlainSGD)
+    model = build_tiny_llama(TINY, tokenizer, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
     lines: list[str] = []
-    split = train_sft(
-        build_tiny_llama(TINY, tokenizer),
+    config = TrainingConfig(batch_size=16, learning_rate=1.0, warmup_ratio=0.0, bf16=False)
+    stats = train_sft(
+        model,
         tokenizer,
         examples,
-        micro_batch_size=4,
+        config=kwargs.pop("config", config),
+        seed=0,
+        max_seq_len=256,
+        max_steps=1,
         log=lines.append,
         **kwargs,
     )
-    assert "1 process(es) x 4 x <= 4" in lines[0]
-    assert split.steps == whole.steps == 2
-    assert split.tokens == whole.tokens  # the same examples, in micro-batches
-    # The first update sees the same model and examples: its loss is the mean over micro-batches.
-    assert split.losses[0] == pytest.approx(whole.losses[0], rel=0.02)
+    steps = [b - p.detach() for b, p in zip(before, model.parameters(), strict=True)]
+    return steps, [stats, lines]
+
+
+def test_micro_batches_give_the_whole_batch_gradient(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole, (whole_stats, _) = _one_sgd_update(tokenizer, examples, monkeypatch)
+    # Micro-batches of 4 and of 3 (uneven: 3+3+3+3+2+2): examples differ in length, so a mean
+    # of per-micro-batch means would weight their tokens unequally.
+    for micro in (4, 3):
+        split, (stats, lines) = _one_sgd_update(
+            tokenizer, examples, monkeypatch, micro_batch_size=micro
+        )
+        assert f"x {math.ceil(16 / micro)} x <= {micro})" in lines[0]
+        assert stats.tokens == whole_stats.tokens
+        assert stats.losses[0] == pytest.approx(whole_stats.losses[0], rel=1e-5)
+        for a, b in zip(split, whole, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    # training.micro_batch_size is the default of the argument.
+    config = TrainingConfig(
+        batch_size=16, learning_rate=1.0, warmup_ratio=0.0, bf16=False, micro_batch_size=8
+    )
+    split, (_, lines) = _one_sgd_update(tokenizer, examples, monkeypatch, config=config)
+    assert "x 2 x <= 8)" in lines[0]
+    for a, b in zip(split, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_gradient_checkpointing_gives_the_same_updates(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+) -> None:
+    models, runs = [], []
+    for checkpointing in (False, True):
+        model = build_tiny_llama(TINY, tokenizer, seed=0)
+        config = TrainingConfig(
+            batch_size=16, bf16=False, gradient_checkpointing=checkpointing, micro_batch_size=8
+        )
+        runs.append(
+            train_sft(
+                model, tokenizer, examples, config=config, seed=0, max_seq_len=256, max_steps=3
+            )  # fmt: skip
+        )
+        models.append(model)
+    assert runs[1].losses == pytest.approx(runs[0].losses, rel=1e-5)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert not models[1].is_gradient_checkpointing  # switched off when the run ends
+
+
+def test_a_bf16_stored_model_trains_float32_master_weights(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    model = build_tiny_llama(TINY, tokenizer, seed=0).to(torch.bfloat16)
+    save_checkpoint(model, tokenizer, tmp_path / "bf16", {"method": "base"})
+    config = TrainingConfig(batch_size=16, learning_rate=1e-6, warmup_ratio=0.0, bf16=True)
+    kwargs = {"config": config, "seed": 0, "max_seq_len": 256, "max_steps": 10}
+
+    def changed(trained: torch.nn.Module) -> float:
+        """The share of the matrices' weights that training changed."""
+        pairs = [
+            (a, b)
+            for a, b in zip(trained.parameters(), model.parameters(), strict=True)
+            if a.ndim == 2
+        ]
+        moved = sum(int((a.float() != b.float()).sum()) for a, b in pairs)
+        return moved / sum(a.numel() for a, _ in pairs)
+
+    master, tok, stored = load_for_training(tmp_path / "bf16")
+    assert stored == torch.bfloat16 and master.dtype == torch.float32
+    train_sft(master, tok, examples, **kwargs)
+    assert changed(master) > 0.99
+    # The same ten updates on the bf16 weights themselves are mostly rounded away.
+    plain, tok = load_checkpoint(tmp_path / "bf16", dtype="auto")
+    assert plain.dtype == torch.bfloat16
+    train_sft(plain, tok, examples, **kwargs)
+    assert changed(plain) < 0.2
+    # Saved back in the dtype it was stored in.
+    save_checkpoint(master, tok, tmp_path / "trained", {"method": "sft"}, dtype=stored)
+    again, _ = load_checkpoint(tmp_path / "trained", dtype="auto")
+    assert again.dtype == torch.bfloat16
 
 
 def test_learning_rate_schedule() -> None:
@@ -454,3 +543,32 @@ def test_load_model_reference(saved, tmp_path: Path) -> None:
     assert "not a local folder" in message
     assert "set model.name to its path" in message
     assert "model.allow_hub_download: true" in message
+
+
+def test_fine_tune_stage_trains_a_bf16_model_in_float32_and_saves_it_in_bf16(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    from synthdata_assets.models import fine_tune
+
+    base = build_tiny_llama(TINY, tokenizer, seed=0).to(torch.bfloat16)
+    save_checkpoint(base, tokenizer, tmp_path / "base", {"method": "base"})
+    lines: list[str] = []
+    training = TrainingConfig(epochs=1, batch_size=16, micro_batch_size=4, learning_rate=1e-6)
+    problems = generate_problems(PARAMS, len(examples), seed=1, split="train")
+    rng = random.Random(1)
+    pairs = [(p.question, oracle_solution(p, rng=rng)) for p in problems]
+    row = fine_tune(
+        training, "sft", str(tmp_path / "base"), pairs, tmp_path / "sft", seed=0,
+        max_seq_len=256, log=lines.append,
+    ).row(0, named=True)  # fmt: skip
+    assert row["train_steps"] == math.ceil(len(examples) / 16)
+    assert any("x 4 x <= 4)" in line for line in lines)  # training.micro_batch_size reached it
+    sft, _ = load_checkpoint(tmp_path / "sft", dtype="auto")
+    assert sft.dtype == torch.bfloat16
+    moved = [
+        float((a.float() != b.float()).float().mean())
+        for a, b in zip(sft.parameters(), base.parameters(), strict=True)
+        if a.ndim == 2
+    ]
+    # lr 1e-6 moves float32 master weights; back in bf16, some of the moves survive rounding.
+    assert max(moved) > 0.0

@@ -1,4 +1,5 @@
-"""The tiny preset end to end through Dagster with ``sampling.backend: vllm``.
+"""The tiny preset end to end through Dagster with ``sampling.backend: vllm`` (its models
+trained with LoRA, merged on save).
 
 tests/test_pipeline.py's end-to-end test, for one partition, with every generating stage
 (policy samples, step rollouts, evaluation of every model) on the vLLM engine instead of the
@@ -55,6 +56,9 @@ OVERRIDES = {
     "model": {"hidden_size": 32, "num_heads": 1},
     "sampling": {"backend": "vllm"},
 }
+# The generating stages' engines load LoRA-trained checkpoints (adapters merged on save): the
+# fully fine-tuned ones are tests/test_vllm_backend.py's and the other test's here.
+LORA = {"training": {"lora_rank": 4}}
 
 
 def _run(defs: dg.Definitions, names, key, instance) -> dg.ExecuteInProcessResult:
@@ -71,11 +75,18 @@ def test_tiny_preset_end_to_end_on_vllm(
     warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engines: list[str] = []
+    closed: list[str] = []
 
     class CountedVLLMGenerator(training.generation.vllm_engine.VLLMGenerator):
         def __init__(self, folder, **kwargs) -> None:
             engines.append(str(folder))
+            self.folder = str(folder)
             super().__init__(folder, **kwargs)
+
+        def close(self) -> None:
+            closed.append(self.folder)
+            super().close()
+            assert self.llm is None
 
     def no_transformers(*_args, **_kwargs):
         raise AssertionError("sampling.backend is vllm: the transformers backend must not run")
@@ -84,7 +95,7 @@ def test_tiny_preset_end_to_end_on_vllm(
     monkeypatch.setattr(training.generation.vllm_engine, "VLLMGenerator", CountedVLLMGenerator)
     monkeypatch.setattr(TransformersGenerator, "from_pretrained", no_transformers)
 
-    config = load_config("tiny", overrides=OVERRIDES)
+    config = load_config("tiny", overrides={**OVERRIDES, **LORA})
     assert config.model.hidden_size // config.model.num_heads == 32
     defs = build_definitions(config, warehouse)
     key = partition_key(32, 0)
@@ -118,6 +129,20 @@ def test_tiny_preset_end_to_end_on_vllm(
     # Every generating stage ran on vLLM: policy samples and step rollouts from pi_sft, and
     # the evaluation of each of the five models.
     assert len(engines) >= 2 + len(METHODS), engines
+    # Each stage shut its engines down when it was done with them, not garbage collection.
+    assert closed == engines
+    # LoRA trained the projections only (the embedding is the base's), and every trained
+    # model is a plain folder with its adapters merged.
+    from safetensors.torch import load_file
+
+    base = pl.read_parquet(warehouse.table_file("base_model"))["path"][0]
+    sft = pl.read_parquet(warehouse.partition_file("sft_model", 32, 0))["path"][0]
+    weights = [load_file(f"{folder}/model.safetensors") for folder in (base, sft)]
+    embedding = "model.embed_tokens.weight"
+    assert (weights[0][embedding] == weights[1][embedding]).all()
+    assert any(not (weights[0][k] == weights[1][k]).all() for k in weights[0] if "proj" in k)
+    assert list(warehouse.checkpoints.rglob("config.json"))
+    assert not list(warehouse.checkpoints.rglob("adapter_config.json"))
 
 
 def test_tiny_preset_with_a_teacher_served_by_vllm(warehouse: Warehouse, tmp_path) -> None:
@@ -153,3 +178,20 @@ def test_tiny_preset_with_a_teacher_served_by_vllm(warehouse: Warehouse, tmp_pat
     evals = pl.read_parquet(warehouse.partition_file("evaluations", 32, 0))
     assert set(evals["method"]) == METHODS
     assert (warehouse.root / "cache" / "teacher").is_dir()
+
+
+def test_small_preset_on_a_real_architecture_on_vllm(warehouse: Warehouse, tmp_path) -> None:
+    """tests/test_real_architecture.py's study (a two-layer Qwen2 stored in bf16, GSM8K rows,
+    micro-batches, gradient checkpointing) with every generating stage on the vLLM engine."""
+    from test_real_architecture import check_study, gsm8k_files, save_tiny_qwen2, small_overrides
+
+    train, _ = gsm8k_files()
+    qwen2 = save_tiny_qwen2(tmp_path / "qwen2-tiny", train)
+    overrides = small_overrides(qwen2, "vllm", lora_rank=0)
+    # vLLM on a CPU runs the bf16-stored weights in float32 (not every CPU has bf16 kernels).
+    overrides["model"]["dtype"] = "float32"
+    defs = build_definitions(load_config("small", overrides=overrides), warehouse)
+    with dg.instance_for_test() as instance:
+        assert _run(defs, ["problems", "base_model"], None, instance).success
+        assert _run(defs, PARTITION_STAGES, partition_key(8, 0), instance).success
+    check_study(warehouse)

@@ -61,6 +61,12 @@ class SamplingConfig(Section):
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(160, ge=1)
+    stop: tuple[str, ...] = Field(
+        (),
+        description="Policy samples, rollouts and evaluation end at the first of these strings "
+        "(the string itself dropped). A base model that was never fine-tuned to stop runs on "
+        "into a made-up next question: the GPU presets stop at '\\nQuestion:'.",
+    )
     batch_size: int = Field(128, ge=1, description="Prompts in flight per generation call.")
     samples_per_problem: int = Field(
         4, ge=1, description="K self-generated samples per training problem."
@@ -74,6 +80,24 @@ class TrainingConfig(Section):
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(32, ge=1)
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Examples (DPO: pairs) per forward pass; gradients accumulate over the "
+        "micro-batches of an update, which keeps batch_size and the gradient of the whole batch. "
+        "None: the whole batch in one pass.",
+    )
+    lora_rank: int = Field(
+        0,
+        ge=0,
+        description="LoRA (peft) on every linear layer with this rank, merged into the weights "
+        "on save (training/lora.py); 0: full fine-tuning.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: "
+        "less memory for one more forward pass per micro-batch, the same gradients.",
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     bf16: bool | None = Field(
@@ -87,6 +111,9 @@ class TrainingConfig(Section):
     dpo_beta: float = Field(0.1, gt=0.0)
     dpo_learning_rate: float = Field(2e-4, gt=0.0)
     dpo_epochs: int = Field(2, ge=1)
+    dpo_batch_size: int | None = Field(
+        None, ge=1, description="Pairs per DPO update (None: batch_size)."
+    )
     dpo_sft_weight: float = Field(
         0.0,
         ge=0.0,

@@ -49,10 +49,10 @@ training with them is bit-identical to training without them. Weights must be fi
 Batches, schedule, devices
 --------------------------
 As in :mod:`training.trainer`: ``batch_size`` pairs per update over all processes and
-accumulation steps, ``micro_batch_size`` pairs per forward pass (a forward pass holds
-``2 x micro`` sequences: the chosen ones, then the rejected ones), seeded length-grouped
-batches from :func:`training.trainer.micro_batches` (keyed on the longer sequence of each
-pair), AdamW with ``config.weight_decay`` on matrices, linear warmup over
+accumulation steps, ``micro_batch_size`` (else ``config.micro_batch_size``) pairs per forward
+pass (a forward pass holds ``2 x micro`` sequences: the chosen ones, then the rejected ones),
+seeded length-grouped batches from :func:`training.trainer.micro_batches` (keyed on the
+longer sequence of each pair), AdamW with ``config.weight_decay`` on matrices, linear warmup over
 ``config.warmup_ratio`` then cosine decay, gradient clipping at 1.0, bf16 autocast as
 ``config.bf16`` and the hardware decide (:mod:`training.precision`), ``accelerate`` for devices
 and several processes. ``max_steps`` overrides ``epochs``. The model is trained in place and
@@ -410,13 +410,8 @@ def _run_updates(run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0)
         for _, tally in micro:
             counts += tally
         update_counts.append(counts)
-        # Micro-batch losses are pre-scaled so that this is the update's loss with one process,
-        # and this process's share times the processes with several (so their mean is exact).
-        update_loss = sum(loss for loss, _ in micro) / plan.accumulation
-        if plan.processes > 1:
-            update_loss = run.accelerator.reduce(
-                torch.tensor(update_loss, device=run.device), "mean"
-            ).item()
+        # Micro-batch losses are pre-scaled by the update's total weight (_weighted_slots).
+        update_loss = run.update_loss([loss for loss, _ in micro])
         run.record(update_loss, reward_accuracy=float(counts[1] / counts[0]))
     last_epoch = torch.stack(update_counts[-plan.updates_per_epoch :]).sum(0)
     if plan.processes > 1:

@@ -20,8 +20,10 @@ length-grouped batches, AdamW with ``config.weight_decay`` on matrices, linear w
 and several processes. ``max_steps``, when given, overrides ``config.epochs``: training runs
 exactly that many updates (pretraining uses this).
 
-An update's loss is the mean over its micro-batches of their per-token means (the usual
-accumulation; equal to the per-token mean of the whole batch when it is one micro-batch).
+An update's loss is the per-token mean over the whole batch, however it is split into
+micro-batches: with several, each micro-batch's summed token loss is divided by the update's
+token count (transformers' ``num_items_in_batch``), so accumulation gives the gradient of
+one pass over the whole batch rather than a mean of per-micro-batch means.
 ``TrainStats.losses`` records it per update, as seen by the main process. ``log`` gets one
 line when training starts and one when it ends; ``progress`` (a
 :class:`training.progress.Progress`) is called after every update with the updates done, the
@@ -87,24 +89,62 @@ def train_sft(
         "training", len(kept), config, max_steps, micro_batch_size, log=log, progress=progress
     )
     pad_id = trainer.pad_token_id(tokenizer)
-    run.prepare(
-        model,
-        kept,
-        trainer.micro_batches([len(e.input_ids) for e in kept], run.plan, seed=seed),
-        lambda batch: collate_examples(batch, pad_id),
-    )
+    order = trainer.micro_batches([len(e.input_ids) for e in kept], run.plan, seed=seed)
+    if run.plan.chunks_per_batch == 1:
+        # One forward pass per update: the model's own per-token mean is the update's loss.
+        run.prepare(model, kept, order, lambda batch: collate_examples(batch, pad_id))
+    else:
+        slots, batches = _token_slots(kept, order, run.plan.chunks_per_batch)
+        run.prepare(model, slots, batches, lambda batch: _collate_slots(batch, kept, pad_id))
     run.emit(
         f"training on {len(kept)} examples ({dropped} dropped as longer than {max_seq_len} "
         f"tokens): {run.plan}, device {run.device}, {run.precision}"
     )
 
     def loss_function(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        denominator = batch.pop("tokens_per_share", None)
         with run.autocast():
-            return model(**batch).loss, None
+            if denominator is None:
+                return model(**batch).loss, None
+            # transformers sums the token losses and divides by num_items_in_batch.
+            return model(**batch, num_items_in_batch=denominator[0]).loss, None
 
     for micro in run.updates(loss_function):
-        run.record(sum(loss for loss, _ in micro) / len(micro))
+        run.record(run.update_loss([loss for loss, _ in micro]))
     return TrainStats(**run.finish(), examples=len(kept), dropped=dropped)
+
+
+def scored_tokens(example: EncodedExample) -> int:
+    """The tokens an example's loss averages over: labelled positions after the first (the
+    causal LM loss predicts token t from the tokens before it)."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+
+
+def _token_slots(
+    kept: Sequence[EncodedExample], order: Sequence[list[int]], chunks_per_batch: int
+) -> tuple[list[tuple[int, float]], list[list[int]]]:
+    """Micro-batches as slots ``(example, share)``: ``share`` is the update's scored tokens over
+    ``chunks_per_batch``. accelerate divides each micro-batch loss by the accumulation steps and
+    DDP averages over processes, so dividing each micro-batch's token-loss sum by ``share``
+    accumulates the per-token mean of the whole update, as one forward pass would compute it.
+    """
+    slots: list[tuple[int, float]] = []
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunks_per_batch):
+        chunk = order[start : start + chunks_per_batch]
+        tokens = sum(scored_tokens(kept[i]) for micro in chunk for i in micro)
+        for micro in chunk:
+            batches.append(list(range(len(slots), len(slots) + len(micro))))
+            slots += [(i, tokens / chunks_per_batch) for i in micro]
+    return slots, batches
+
+
+def _collate_slots(
+    batch: Sequence[tuple[int, float]], kept: Sequence[EncodedExample], pad_id: int
+) -> dict[str, torch.Tensor]:
+    collated = collate_examples([kept[i] for i, _ in batch], pad_id)
+    collated["tokens_per_share"] = torch.tensor([share for _, share in batch])
+    return collated
 
 
 def _encode_all(

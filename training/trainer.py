@@ -15,10 +15,13 @@ and on padding (:func:`collate_examples` pads on the right).
 Batches and schedule
 --------------------
 A run trains ``batch_size`` examples per optimizer update, over all processes and
-accumulation steps together (:class:`BatchPlan`). ``micro_batch_size`` (default: the whole
-batch) caps the examples per forward pass; the run accumulates gradients over
-``ceil(batch_size / (micro_batch_size * processes))`` micro-batches, so a 7B model keeps the
-same effective batch as the tiny one. An epoch is a seeded permutation of the examples cut
+accumulation steps together (:class:`BatchPlan`). ``micro_batch_size`` (the argument, else
+``training.micro_batch_size``, else the whole batch) caps the examples per forward pass; the
+run accumulates gradients over ``ceil(batch_size / (micro_batch_size * processes))``
+micro-batches, so a 7B model keeps the same effective batch as the tiny one. Each trainer
+scales its micro-batch losses so that the accumulated gradient is the whole batch's (SFT:
+per token of the update, DPO: per pair weight of the update), not a mean of micro-batch
+means. An epoch is a seeded permutation of the examples cut
 into ``ceil(n / batch_size)`` full batches (the last one topped up from the start of the same
 permutation). To save padding, batches are formed from chunks of 8 batches sorted by length,
 and their order is then shuffled; all of it is a function of ``seed`` and the epoch
@@ -41,9 +44,13 @@ device type, as :func:`training.precision.resolve_bf16` decides from ``training.
 hardware, rather than from the Accelerator's ``mixed_precision`` flag: that flag lives in a
 process-wide singleton that refuses a second value in the same process (stages with
 different settings, tests), and ``prepare`` would leave the model's ``forward`` patched after
-training. Weights stay in their own dtype (float32 for the tiny model). Thread counts are the
-caller's business (``torch.set_num_threads``); when another process keeps a core busy, two
-torch threads spin-wait on each other.
+training. Weights stay in their own dtype: callers load models for training in float32
+(``training.checkpoint.load_for_training``), so AdamW keeps float32 master weights and states
+even for a model stored in bf16, whose weights would otherwise lose small updates to
+rounding. ``training.gradient_checkpointing`` recomputes activations in the backward pass
+(transformers' own, non-reentrant) and is switched off again when the run ends. Thread
+counts are the caller's business (``torch.set_num_threads``); when another process keeps a
+core busy, two torch threads spin-wait on each other.
 """
 
 from __future__ import annotations
@@ -290,6 +297,8 @@ class TrainingRun:
         """A run named ``what`` in messages, over ``examples`` examples, with ``config``'s
         batch size, epochs, precision and optimiser settings."""
         self.accelerator = Accelerator()
+        if micro_batch_size is None:
+            micro_batch_size = config.micro_batch_size
         self.plan = plan_batches(
             what, examples, config, max_steps, micro_batch_size, self.accelerator.num_processes
         )
@@ -337,6 +346,10 @@ class TrainingRun:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step // processes, warmup, total)
         )
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.train()
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
@@ -361,6 +374,15 @@ class TrainingRun:
             if self.accelerator.sync_gradients:
                 yield done
                 done = []
+
+    def update_loss(self, micro_losses: Sequence[float]) -> float:
+        """The loss of a whole update from its micro-batch losses on this process, when each
+        was scaled by ``chunks_per_batch`` over the update's total (tokens, pair weights): their
+        sum over the accumulation steps, averaged over processes."""
+        loss = sum(micro_losses) / self.plan.accumulation
+        if self.plan.processes > 1:
+            loss = self.accelerator.reduce(torch.tensor(loss, device=self.device), "mean").item()
+        return loss
 
     def record(self, loss: float, **figures: float) -> None:
         """Add an update's loss to the curve, stop on a non-finite one, report progress."""
@@ -387,7 +409,10 @@ class TrainingRun:
         summary = run_summary(
             self.losses, self.plan.updates_per_epoch, self.tokens, time.perf_counter() - self.start
         )
-        self.accelerator.unwrap_model(self.model).eval()
+        model = self.accelerator.unwrap_model(self.model)
+        if self.config.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        model.eval()
         self.accelerator.free_memory()
         shown = {
             "final loss": summary["final_loss"],

@@ -8,6 +8,8 @@
       checkpoints/<method>/data_size=N/seed=S/   Hugging Face model folders
       reports/                             plots and markdown reports
       dagster/                             the Dagster instance (DAGSTER_HOME)
+      cache/teacher/                       the endpoint teacher's completions
+      cache/step_rollouts/data_size=N/seed=S/   the rollout journal of a partition
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class Warehouse:
     def cache(self) -> Path:
         """Caches that outlive runs (the endpoint teacher's completions)."""
         return self.root / "cache"
+
+    def journal_folder(self, table: str, data_size: int, seed: int) -> Path:
+        """Where a stage of one partition writes what it has done so far (step rollouts)."""
+        return self.cache / table / hive_path({"data_size": data_size, "seed": seed})
 
     def table_file(self, table: str) -> Path:
         """The Parquet file of an unpartitioned table."""

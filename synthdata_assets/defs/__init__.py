@@ -45,8 +45,17 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
         jobs=plan["jobs"],
         schedules=plan["schedules"],
         resources=study_resources(config, warehouse),
-        # Every step of a run in one process: a process per step would import torch,
-        # transformers and the model again (seconds each, more than most demo steps take).
-        # Runs still queue on the `accelerator` pool, so parallel runs never share the device.
-        executor=dg.in_process_executor,
+        executor=executor(config),
     )
+
+
+def executor(config: ExperimentConfig) -> dg.ExecutorDefinition:
+    """Every step of a run in one process by default: a process per step imports torch,
+    transformers and the model again (seconds each, more than most demo steps take). With
+    ``execution.process_per_stage``, Dagster's multiprocess executor runs each step in its own
+    process, one at a time, so the memory a stage held (a model being trained, a vLLM engine's
+    share of the GPU) is the operating system's again before the next starts. Runs still
+    queue on the `accelerator` pool, so parallel runs never share the device."""
+    if config.execution.process_per_stage:
+        return dg.multiprocess_executor.configured({"max_concurrent": 1})
+    return dg.in_process_executor

@@ -38,21 +38,22 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             "per_step_dpo": per_step_dpo_model,
             "dpo": dpo_model,
         }
-        table = pl.concat(
-            [
-                eval_lib.evaluate_model(
-                    generator.over(model["path"][0], context.log.info),
-                    method,
-                    test,
-                    config.sampling,
-                    seed=seed,
-                    answer_format=config.answer_format,
-                    log=context.log.info,
-                    progress=progress_logger(context.log.info, "prompts"),
+        tables = []
+        for method, model in trained.items():
+            with generator.over(model["path"][0], context.log.info) as engine:
+                tables.append(
+                    eval_lib.evaluate_model(
+                        engine,
+                        method,
+                        test,
+                        config.sampling,
+                        seed=seed,
+                        answer_format=config.answer_format,
+                        log=context.log.info,
+                        progress=progress_logger(context.log.info, "prompts"),
+                    )
                 )
-                for method, model in trained.items()
-            ]
-        )
+        table = pl.concat(tables)
         k_values = sorted({1, config.sampling.eval_samples})
         summary = eval_lib.summarize_evaluations(table, k_values)
         metadata = {}

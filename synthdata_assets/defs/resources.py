@@ -19,11 +19,25 @@ from warehouse.io_manager import ParquetIOManager
 
 class _OnFirstUse:
     """A generator built at its first ``generate`` call: a stage that finds everything it
-    needs already generated (reused rollouts) never loads the model."""
+    needs already generated (reused rollouts) never loads the model. Used as a context
+    manager, it closes the engine it built on leaving (the evaluation stage runs five engines
+    in a row, and each must give its memory back before the next one starts)."""
 
     def __init__(self, build: Callable[[], Generator]) -> None:
         self._build = build
         self._generator: Generator | None = None
+
+    def __enter__(self) -> _OnFirstUse:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        close = getattr(self._generator, "close", None)
+        if close is not None:
+            close()
+        self._generator = None
 
     def generate(
         self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None
@@ -41,20 +55,24 @@ class GeneratorResource(dg.ConfigurableResource):
     rollout_backend: str = "auto"
     batch_size: int = 128
     dtype: str = "float32"
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
 
-    def over(self, checkpoint: str, log: Callable[[str], None]) -> Generator:
+    def over(self, checkpoint: str, log: Callable[[str], None]) -> _OnFirstUse:
         """A generator over the model at ``checkpoint``, loaded at its first use."""
         return self._lazy(self.backend, checkpoint, log)
 
-    def for_rollouts(self, checkpoint: str, log: Callable[[str], None]) -> Generator:
+    def for_rollouts(self, checkpoint: str, log: Callable[[str], None]) -> _OnFirstUse:
         """The rollouts' generator over the model at ``checkpoint``, loaded at its first use."""
         return self._lazy(rollout_backend(self.rollout_backend, self.backend), checkpoint, log)
 
-    def _lazy(self, backend: str, checkpoint: str, log: Callable[[str], None]) -> Generator:
+    def _lazy(self, backend: str, checkpoint: str, log: Callable[[str], None]) -> _OnFirstUse:
         extra: dict[str, Any] = {}
         if backend == "vllm":
             # vLLM's dtype "auto" would run float32 checkpoints in bf16 and change the samples.
             extra["dtype"] = self.dtype
+            extra["gpu_memory_utilization"] = self.gpu_memory_utilization
+            extra["tensor_parallel_size"] = self.tensor_parallel_size
         return _OnFirstUse(
             lambda: make_generator(
                 backend, checkpoint, batch_size=self.batch_size, log=log, **extra
@@ -75,5 +93,7 @@ def study_resources(config: ExperimentConfig, warehouse: Warehouse) -> dict[str,
             rollout_backend=config.credit.rollout_backend,
             batch_size=config.sampling.batch_size,
             dtype=config.model.dtype,
+            gpu_memory_utilization=config.execution.gpu_memory_utilization,
+            tensor_parallel_size=config.execution.tensor_parallel_size,
         ),
     }

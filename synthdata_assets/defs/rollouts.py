@@ -37,21 +37,31 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         """M graded completions of pi_sft from every step prefix of the rolled-out samples."""
         data_size, seed = current_partition(context)
         previous = warehouse.partition_file("step_rollouts", data_size, seed)
+        chunk = config.execution.rollout_chunk_prompts
+        journal = None
+        if chunk is not None:
+            journal = rollouts.Journal(
+                warehouse.journal_folder("step_rollouts", data_size, seed),
+                chunk,
+                previous_written=previous.stat().st_mtime if previous.exists() else None,
+            )
         checkpoint = sft_model["path"][0]
-        table, stats = rollouts.generate_rollouts(
-            generator.for_rollouts(checkpoint, context.log.info),
-            config.credit,
-            rollouts.rollout_params(config.credit, config.sampling, seed),
-            step_rule=resolve_rule(config.credit.step_rule, config.task.name),
-            answer_format=config.answer_format,
-            # The run that wrote pi_sft: retraining it invalidates every rollout.
-            checkpoint_id=f"{checkpoint}@{sft_model['run_id'][0]}",
-            samples=policy_samples,
-            problems=problems,
-            previous=pl.read_parquet(previous) if previous.exists() else None,
-            log=context.log.info,
-            progress=progress_logger(context.log.info, "prompts"),
-        )
+        with generator.for_rollouts(checkpoint, context.log.info) as engine:
+            table, stats = rollouts.generate_rollouts(
+                engine,
+                config.credit,
+                rollouts.rollout_params(config.credit, config.sampling, seed),
+                step_rule=resolve_rule(config.credit.step_rule, config.task.name),
+                answer_format=config.answer_format,
+                # The run that wrote pi_sft: retraining it invalidates every rollout.
+                checkpoint_id=f"{checkpoint}@{sft_model['run_id'][0]}",
+                samples=policy_samples,
+                problems=problems,
+                previous=pl.read_parquet(previous) if previous.exists() else None,
+                log=context.log.info,
+                progress=progress_logger(context.log.info, "prompts"),
+                journal=journal,
+            )
         return dg.Output(
             table,
             metadata={

@@ -29,19 +29,20 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     ):
         """K graded samples per training problem from pi_sft (the source of negatives)."""
         data_size, seed = current_partition(context)
-        table = samples.sample_solutions(
-            generator.over(sft_model["path"][0], context.log.info),
-            training_subset(problems, data_size, seed),
-            samples.sampling_params(
-                sampling,
-                n=sampling.samples_per_problem,
-                temperature=sampling.temperature,
-                seed=seed,
-            ),
-            id_prefix="policy",
-            answer_format=config.answer_format,
-            progress=progress_logger(context.log.info, "prompts"),
-        )
+        with generator.over(sft_model["path"][0], context.log.info) as engine:
+            table = samples.sample_solutions(
+                engine,
+                training_subset(problems, data_size, seed),
+                samples.sampling_params(
+                    sampling,
+                    n=sampling.samples_per_problem,
+                    temperature=sampling.temperature,
+                    seed=seed,
+                ),
+                id_prefix="policy",
+                answer_format=config.answer_format,
+                progress=progress_logger(context.log.info, "prompts"),
+            )
         return dg.Output(table, metadata=samples.sample_summary(table))
 
     return [policy_samples]

@@ -58,7 +58,8 @@ class Completion:
 
 @runtime_checkable
 class Generator(Protocol):
-    """Anything that samples completions for prompts."""
+    """Anything that samples completions for prompts. The engines also have ``close()``,
+    which frees what they hold (a vLLM engine, a model on the GPU)."""
 
     def generate(
         self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None

@@ -109,6 +109,12 @@ class TransformersGenerator:
         model, tokenizer = load_checkpoint(folder, device=device, dtype=dtype)
         return cls(model, tokenizer, batch_size=batch_size, log=log)
 
+    def close(self) -> None:
+        """Drop the model (and the GPU memory it held); the generator is unusable afterwards."""
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     @torch.inference_mode()
     def generate(
         self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None

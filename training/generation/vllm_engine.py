@@ -49,6 +49,7 @@ pass.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -56,6 +57,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import vllm
 from vllm.platforms import current_platform
 
@@ -117,6 +119,7 @@ class VLLMGenerator:
                 kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
         if kv_cache_memory_bytes is not None:
             engine_kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        started = time.perf_counter()
         self.llm = vllm.LLM(
             model=str(folder),
             tokenizer=str(folder),
@@ -128,6 +131,21 @@ class VLLMGenerator:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.context = self.llm.llm_engine.model_config.max_model_len
+        # benchmarks/gpu_check.py reads this line from the run's log.
+        where = "/".join(folder.parts[-3:])
+        self.log(f"vLLM engine started in {time.perf_counter() - started:.1f}s ({where})")
+
+    def close(self) -> None:
+        """Stop the engine and free its memory now, not whenever garbage collection gets to
+        it: the next engine of the process checks the free GPU memory against its
+        ``gpu_memory_utilization`` when it starts. The generator is unusable afterwards."""
+        if self.llm is None:
+            return
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def generate(
         self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None
