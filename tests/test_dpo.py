@@ -56,13 +56,7 @@ TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=
 CONFIG = TrainingConfig(bf16=False, warmup_ratio=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # See tests/test_training.py: a second OpenMP thread only spin-waits on a busy laptop.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

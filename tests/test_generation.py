@@ -38,14 +38,7 @@ PARAMS = EmbeddedParams()
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=256)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # A model this small gains nothing from a second thread, and OpenMP threads spin-wait when
-    # another process holds a core, which slows these tests down many times over.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,9 @@ def _roll(early_stop: bool, previous: pl.DataFrame | None = None):
     return config, samples, table, stats, policy
 
 
-def _generate(policy, config, samples: pl.DataFrame, problems: pl.DataFrame, previous=None):
+def _generate(
+    policy, config, samples: pl.DataFrame, problems: pl.DataFrame, previous=None, journal=None
+):
     """``generate_rollouts`` of ``samples`` with the preset's rollout settings, seed 0."""
     return rollouts.generate_rollouts(
         policy,
@@ -85,6 +87,7 @@ def _generate(policy, config, samples: pl.DataFrame, problems: pl.DataFrame, pre
         problems=problems,
         previous=previous,
         log=lambda _message: None,
+        journal=journal,
     )
 
 
@@ -316,19 +319,7 @@ def test_a_killed_rollout_stage_resumes_from_its_journal(tmp_path) -> None:
 
     def roll(policy, previous=None, previous_written=None):
         journal = rollouts.Journal(tmp_path / "journal", 2, previous_written=previous_written)
-        return rollouts.generate_rollouts(
-            policy,
-            config.credit,
-            rollouts.rollout_params(config.credit, config.sampling, seed=0),
-            step_rule="lines",
-            answer_format=config.answer_format,
-            checkpoint_id="ckpt@run",
-            samples=samples,
-            problems=problems,
-            previous=previous,
-            log=lambda _message: None,
-            journal=journal,
-        )
+        return _generate(policy, config, samples, problems, previous, journal)
 
     # Two calls of two prompts each finish, the third dies: their rollouts are in the journal.
     with pytest.raises(Killed):
