@@ -4,7 +4,8 @@ Run it whenever a GPU machine is at hand, in the environment that has vLLM::
 
     python benchmarks/gpu_check.py                 # Qwen2.5-0.5B's shape; meant for < 8 minutes
     python benchmarks/gpu_check.py --shape tiny --size 8 --new-tokens 32 --results /tmp/r
-                                                   # a CPU dry run (3.5 min, 2 cores of an AMD EPYC, AVX512)
+
+The second line is a CPU dry run: 3.5 minutes on 2 cores of an AMD EPYC (AVX512).
 
 It has not run on a GPU yet: the first GPU run says whether the default sizes fit 8 minutes.
 
