@@ -7,6 +7,8 @@
     synthdata grade FILE.jsonl     grade model outputs against gold answers
     synthdata config               print the resolved configuration
     synthdata ui                   open the Dagster UI on the warehouse's instance
+    synthdata run --workers N      the same, N partitions at a time on N local Celery workers
+    synthdata worker               serve the steps of runs from the Celery broker
 
 The preset comes from ``SYNTHDATA_PRESET`` (default ``demo``), overrides from the YAML
 file named by ``SYNTHDATA_CONFIG``, and the warehouse root from ``SYNTHDATA_HOME``.
@@ -136,35 +138,114 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from synthdata_assets.orchestrate import recover_dead_runs, stop_on_sigterm
+    from synthdata_assets.config import BROKER_ENV, LOCAL_BROKER
+    from synthdata_assets.orchestrate import claim_instance, recover_dead_runs, stop_on_sigterm
     from synthdata_assets.preflight import check_data, usable_warehouse
+    from synthdata_assets.workers import BrokerUnreachable, check_broker
     from training.checkpoint import remove_partial_checkpoints
+    from warehouse.instance import InstanceOwnedElsewhere, write_instance_settings
     from warehouse.lock import WarehouseBusy, WarehouseLock
 
     stop_on_sigterm()
     config = load_config()
+    broker = config.execution.broker
+    if args.workers:
+        broker = broker or LOCAL_BROKER
+        # The runs' code locations read the broker from here (config.load_config).
+        os.environ[BROKER_ENV] = broker
+        config = load_config()
+    slots = config.execution.accelerator_slots or args.workers or 1
     warehouse = usable_warehouse()
     check_data(config)
+    try:
+        if broker:
+            check_broker(broker)
+    except BrokerUnreachable as exc:
+        print(f"synthdata run: {exc}", file=sys.stderr)
+        return 2
     lock = WarehouseLock(warehouse.root)
     try:
         lock.acquire(wait=args.wait)
     except WarehouseBusy as exc:
         print(f"synthdata run: {exc}", file=sys.stderr)
         return 2
+    workers = None
     try:
+        write_instance_settings(warehouse.dagster_home, slots)
+        claim_instance(warehouse)
         dead = recover_dead_runs(warehouse)
         if dead:
             print(f"marked {len(dead)} run(s) of a killed launcher as failed: {', '.join(dead)}")
         for leftover in remove_partial_checkpoints(warehouse.checkpoints):
             print(f"removed {leftover}, a checkpoint a killed run left half-written")
-        return _run_study(config, warehouse, args.force, lock.fd)
+        if args.workers:
+            from synthdata_assets.workers import LocalWorkers
+
+            workers = LocalWorkers.start(
+                args.workers,
+                broker=str(broker),
+                threads=args.threads,
+                process_per_step=config.execution.process_per_stage,
+                logs=warehouse.reports / "logs" / "workers",
+                lock_fd=lock.fd,
+            )
+            print(workers.describe())
+        parallel = slots if broker else 1
+        return _run_study(config, warehouse, args.force, lock.fd, parallel, workers)
+    except InstanceOwnedElsewhere as exc:
+        print(f"synthdata run: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         return _stopped("run", exc, "; the next run resumes")
     finally:
+        if workers is not None:
+            workers.stop()
         lock.release()
 
 
-def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -> int:
+def cmd_worker(args: argparse.Namespace) -> int:
+    from synthdata_assets.config import LOCAL_BROKER
+    from synthdata_assets.workers import BrokerUnreachable, run_worker
+    from warehouse.instance import use_psycopg2_driver
+    from warehouse.layout import WarehouseMissing
+
+    config = load_config()  # fail here, with the field named, rather than at the first step
+    broker = args.broker or config.execution.broker or LOCAL_BROKER
+    warehouse = Warehouse.from_env()
+    try:
+        warehouse.require()
+    except WarehouseMissing as exc:
+        print(f"synthdata worker: {exc}", file=sys.stderr)
+        return 2
+    os.environ["DAGSTER_HOME"] = str(warehouse.dagster_home)
+    use_psycopg2_driver()
+    name = args.name or f"worker-{os.getpid()}@{os.uname().nodename}"
+    print(
+        f"synthdata worker {name}: steps from {broker}, warehouse {warehouse.root}, "
+        f"{args.threads} torch thread(s)",
+        flush=True,
+    )
+    try:
+        return run_worker(
+            broker,
+            name=name,
+            threads=args.threads,
+            process_per_step=args.process_per_step or config.execution.process_per_stage,
+            logfile=Path(args.logfile) if args.logfile else None,
+        )
+    except BrokerUnreachable as exc:
+        print(f"synthdata worker: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_study(
+    config,
+    warehouse: Warehouse,
+    force: bool,
+    lock_fd: int | None,
+    parallel: int = 1,
+    workers=None,
+) -> int:
     from synthdata_assets import study
     from synthdata_assets.orchestrate import RunFailed, materialize, recorded_stages
     from synthdata_assets.terminal import runs_table
@@ -177,6 +258,7 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
     # A stage is reused only when it was made under the current settings, after the stages
     # it reads; the rest of its partition is recomputed (study.stale_stages).
     current = study.stage_fingerprints(config)
+    launch = {"lock_fd": lock_fd}
 
     def stale(stages: tuple[str, ...], partition: str | None = None) -> list[str]:
         if force:
@@ -190,19 +272,12 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
     try:
         setup = stale(study.SETUP_STAGES)
         if setup:
-            runs.append(("setup", materialize(",".join(setup), warehouse, lock_fd=lock_fd).seconds))
+            runs.append(("setup", materialize(",".join(setup), warehouse, **launch).seconds))
         else:
             print(f"  = {', '.join(study.SETUP_STAGES)}: up to date")
-        for key in study.partition_keys(config):
-            todo = stale(study.PARTITION_STAGES, key)
-            if not todo:
-                print(f"  = [{key}]: up to date (--force recomputes)")
-                continue
-            if len(todo) < len(study.PARTITION_STAGES):
-                print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
-            record = materialize(",".join(todo), warehouse, key, label=key, lock_fd=lock_fd)
-            runs.append((f"partition {key}", record.seconds))
-        report = materialize(",".join(study.REPORT_STAGES), warehouse, lock_fd=lock_fd)
+        records = _partitions(config, stale, warehouse, launch, parallel, workers)
+        runs += [(f"partition {r.partition}", r.seconds) for r in records]
+        report = materialize(",".join(study.REPORT_STAGES), warehouse, **launch)
         runs.append(("report", report.seconds))
     except RunFailed as exc:
         print(f"\n{exc}", file=sys.stderr)
@@ -222,6 +297,41 @@ def _run_study(config, warehouse: Warehouse, force: bool, lock_fd: int | None) -
         "or browse runs and assets with `make ui`."
     )
     return 0
+
+
+def _partitions(config, stale, warehouse: Warehouse, launch: dict, parallel: int, workers):
+    """Materialize every partition with stale stages: one after another, or ``parallel`` at
+    once when the runs' steps go to Celery workers."""
+    from synthdata_assets import study
+    from synthdata_assets.orchestrate import RunFailed, materialize, materialize_parallel
+
+    jobs = []
+    for key in study.partition_keys(config):
+        todo = stale(study.PARTITION_STAGES, key)
+        if not todo:
+            print(f"  = [{key}]: up to date (--force recomputes)")
+            continue
+        if len(todo) < len(study.PARTITION_STAGES):
+            print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
+        jobs.append((",".join(todo), key))
+    if parallel > 1 and len(jobs) > 1:
+        print(f"  {len(jobs)} partitions, {parallel} at a time (stage logs: workers' logs)")
+        healthy = workers.problem if workers is not None else None
+        records = materialize_parallel(
+            jobs, warehouse, parallel=parallel, healthy=healthy, **launch
+        )
+    else:
+        records = [materialize(sel, warehouse, key, label=key, **launch) for sel, key in jobs]
+    for _, key in jobs:
+        # A step records the fingerprint of the settings of the process that ran it: a worker
+        # started with another SYNTHDATA_CONFIG leaves its stages stale here.
+        if wrong := stale(study.PARTITION_STAGES, key):
+            raise RunFailed(
+                f"[{key}]: {', '.join(wrong)} were written under other settings than this "
+                "run's: start every worker with this run's SYNTHDATA_CONFIG and "
+                "SYNTHDATA_PRESET; the next run recomputes them"
+            )
+    return records
 
 
 def _credit_vs_truth(warehouse: Warehouse, partitions: list, policy: str) -> str:
@@ -294,17 +404,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from synthdata_assets.orchestrate import open_instance, serve, stop_on_sigterm
+    from synthdata_assets.orchestrate import claim_instance, open_instance, serve, stop_on_sigterm
     from synthdata_assets.preflight import usable_warehouse
+    from warehouse.instance import write_instance_settings
     from warehouse.lock import WarehouseBusy, WarehouseLock
 
     stop_on_sigterm()
-    load_config()  # fail here, with the field named, rather than inside the UI
+    config = load_config()  # fail here, with the field named, rather than inside the UI
     warehouse = usable_warehouse()
-    # Create or migrate the instance's storage while no synthdata run can be doing the same;
-    # a run that holds the warehouse has done it already, and the UI can watch it.
+    # Write the instance's settings and create or migrate its storage while no synthdata run
+    # can be doing the same; a run that holds the warehouse has done it already, and the UI
+    # can watch it.
     with contextlib.suppress(WarehouseBusy), WarehouseLock(warehouse.root):
+        write_instance_settings(warehouse.dagster_home, config.execution.accelerator_slots or 1)
         open_instance()
+        claim_instance(warehouse)
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml")]
     cmd += ["-h", args.host, "-p", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port} (instance: {warehouse.dagster_home})")
@@ -325,6 +439,32 @@ def _stopped(command: str, exc: KeyboardInterrupt, after: str = "") -> int:
     return 143 if by_signal else 130
 
 
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force", action="store_true", help="recompute partitions that are already materialized"
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another run holds the warehouse, wait for it instead of refusing",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start N Celery workers on this machine (broker: execution.broker, else the "
+        "local Redis) and run up to N partitions at once, one step per worker",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="T",
+        help="torch threads per worker (default: this machine's cores over N)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthdata", description=__doc__.split("::")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -334,14 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="materialize the whole study for the current preset: every data_size x seed "
         "partition not yet materialized, then the scaling curves",
     )
-    p.add_argument(
-        "--force", action="store_true", help="recompute partitions that are already materialized"
-    )
-    p.add_argument(
-        "--wait",
-        action="store_true",
-        help="when another run holds the warehouse, wait for it instead of refusing",
-    )
+    _run_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sql", help="run a read-only SQL query against the warehouse")
@@ -369,6 +502,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="write the base here instead of models/embedded-base")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "worker",
+        help="serve the steps of runs from a Celery broker (execution.broker); start one per "
+        "GPU, on any machine that sees the warehouse at the same path",
+    )
+    p.add_argument("--broker", help="the broker URL (default: execution.broker, else local Redis)")
+    p.add_argument("--name", help="the worker's name in logs and the UI (default: worker-PID@host)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    p.add_argument(
+        "--process-per-step",
+        action="store_true",
+        help="each step in a fresh process (default: execution.process_per_stage)",
+    )
+    p.add_argument("--logfile", help="write the worker's log here instead of stderr")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("ui", help="open the Dagster UI on the warehouse's instance")
     p.add_argument("--host", default="127.0.0.1")

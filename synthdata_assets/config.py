@@ -51,6 +51,8 @@ PresetName = Literal["tiny", "demo", "embedded", "didactic", "small", "paper"]
 PRESETS: tuple[str, ...] = get_args(PresetName)
 DEFAULT_PRESET = "demo"
 PRESET_ENV = "SYNTHDATA_PRESET"
+BROKER_ENV = "SYNTHDATA_BROKER"
+LOCAL_BROKER = "redis://127.0.0.1:6379/0"
 CONFIG_ENV = "SYNTHDATA_CONFIG"
 
 
@@ -292,6 +294,27 @@ class ExecutionConfig(Section):
         "to the partition's journal at once, so a killed stage resumes from the last finished "
         "call. None: every prompt in one call (what the transformers engine batches best).",
     )
+    accelerator_slots: int | None = Field(
+        None,
+        ge=1,
+        description="Steps that run a model at once across every run of the instance (the "
+        "`accelerator` pool's limit): one per GPU, or per worker that owns its cores. None: "
+        "1, or the worker count of `synthdata run --workers N`.",
+    )
+    broker: str | None = Field(
+        None,
+        description="A Celery broker URL (e.g. redis://host:6379/0): every run's steps are "
+        "sent to the `synthdata worker` processes listening there, on this machine or others, "
+        "from `synthdata run` and from the UI alike. None: steps run where their run runs; "
+        "`synthdata run --workers N` then uses the local Redis at " + LOCAL_BROKER + ".",
+    )
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "amqp://")):
+            raise ValueError("a Celery broker URL: redis://host:port/db or amqp://...")
+        return value
 
 
 class ExperimentConfig(Section):
@@ -586,7 +609,8 @@ def load_config(
     """The experiment to run: preset, then YAML file, then explicit overrides.
 
     With no arguments the preset comes from ``SYNTHDATA_PRESET`` and the file from
-    ``SYNTHDATA_CONFIG``.
+    ``SYNTHDATA_CONFIG``; ``SYNTHDATA_BROKER`` gives ``execution.broker`` when nothing else
+    does (how ``synthdata run --workers N`` points its runs at its workers' broker).
     """
     file_data: dict[str, Any] = {}
     path = config_path if config_path is not None else os.environ.get(CONFIG_ENV) or None
@@ -612,5 +636,7 @@ def load_config(
     data = _merge(preset_dict(str(name), source=named_by), file_data)
     if overrides:
         data = _merge(data, overrides)
+    if os.environ.get(BROKER_ENV) and not (data.get("execution") or {}).get("broker"):
+        data = _merge(data, {"execution": {"broker": os.environ[BROKER_ENV]}})
     data["preset"] = name
     return config_from_dict(data, source=source)

@@ -32,7 +32,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +83,13 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _python_handles_ctrl_c() -> None:
+    """Give ``SIGINT`` back to Python's handler (KeyboardInterrupt). polars installs a C-level
+    handler of its own when it is imported, which leaves Ctrl-C waiting until a blocking wait
+    on a child ends: for ``dagster dev``, never."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _die_with_parent() -> None:
     """In the child, before it runs: ``SIGKILL`` when the launcher dies (Linux). Not a
     gentler signal: Dagster defers ``SIGINT``/``SIGTERM`` while its own code runs (a step
@@ -100,9 +109,12 @@ def materialize(
     echo: bool = True,
     label: str | None = None,
     lock_fd: int | None = None,
+    started: dict | None = None,
 ) -> RunRecord:
     """Materialize ``selection`` (asset names, comma-separated) in one Dagster run; the run
-    inherits ``lock_fd``, the warehouse lock, when given."""
+    inherits ``lock_fd``, the warehouse lock, when given. ``started``: filled with the run's
+    process and run id as they become known, so that another thread can stop it
+    (:func:`materialize_parallel`)."""
     warehouse.activate()
     logs = warehouse.reports / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -122,6 +134,8 @@ def materialize(
     if echo:
         print(f"  … {label}", flush=True)
     start = time.perf_counter()
+    if threading.current_thread() is threading.main_thread():
+        _python_handles_ctrl_c()
     with (
         open(log, "w") as handle,
         subprocess.Popen(
@@ -136,7 +150,8 @@ def materialize(
             preexec_fn=_die_with_parent,
         ) as proc,
     ):
-        followed: dict[str, str] = {}
+        followed: dict = {} if started is None else started
+        followed["proc"] = proc
         try:
             _follow(proc, handle, warehouse, followed, echo=echo)
         except KeyboardInterrupt:
@@ -153,6 +168,68 @@ def materialize(
     if echo:
         print(f"  ✓ {label}  {seconds:.1f}s", flush=True)
     return RunRecord(selection=selection, partition=partition, seconds=seconds, log=log)
+
+
+def materialize_parallel(
+    jobs: list[tuple[str, str]],
+    warehouse: Warehouse,
+    *,
+    parallel: int,
+    lock_fd: int | None = None,
+    healthy: Callable[[], str | None] | None = None,
+) -> list[RunRecord]:
+    """Materialize each ``(selection, partition)`` in its own run, up to ``parallel`` runs at
+    once (their steps go wherever the executor sends them: Celery workers). One line per run
+    as it starts and ends; the stages' own messages are in the workers' logs. When a run
+    fails, the runs already going finish and no new one starts; when this process is
+    interrupted, or ``healthy`` returns why the runs cannot go on (every worker is gone),
+    every run going is stopped as :func:`materialize` stops one."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    _python_handles_ctrl_c()
+    started: dict[str, dict] = {key: {} for _, key in jobs}
+
+    def one(selection: str, key: str) -> RunRecord:
+        print(f"  … [{key}]", flush=True)
+        record = materialize(
+            selection, warehouse, key, echo=False, lock_fd=lock_fd, started=started[key]
+        )
+        print(f"  ✓ [{key}]  {record.seconds:.1f}s", flush=True)
+        return record
+
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="run")
+    futures = [pool.submit(one, selection, key) for selection, key in jobs]
+
+    def stop_all() -> None:
+        for future in futures:
+            future.cancel()
+        for run in started.values():
+            if (proc := run.get("proc")) is not None and proc.poll() is None:
+                _stop(proc, warehouse, run.get("run_id"))
+        pool.shutdown(wait=True)
+
+    try:
+        while True:
+            done, pending = wait(futures, timeout=2.0, return_when=FIRST_EXCEPTION)
+            if not pending:
+                break
+            if any(f.exception() for f in done if not f.cancelled()):
+                # A run failed: the ones going finish, no other starts.
+                for future in pending:
+                    future.cancel()
+                wait(pending)
+                break
+            if healthy is not None and (problem := healthy()):
+                stop_all()
+                raise RunFailed(problem)
+    except KeyboardInterrupt:
+        stop_all()
+        raise
+    pool.shutdown(wait=True)
+    failed = [f.exception() for f in futures if not f.cancelled() and f.exception()]
+    if failed:
+        raise failed[0]
+    return [future.result() for future in futures]
 
 
 def _follow(
@@ -197,6 +274,7 @@ def serve(cmd: list[str], *, cwd: Path) -> int:
     ends or this process is interrupted; then stop the whole group as :func:`materialize`
     stops a run (``dagster dev`` ignores ``SIGTERM``, and its webserver, daemon and code
     servers outlive a lone signal to their parent)."""
+    _python_handles_ctrl_c()
     with subprocess.Popen(
         cmd, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent
     ) as proc:
@@ -230,6 +308,29 @@ def open_instance() -> None:
 
     with dg.DagsterInstance.get():
         pass
+
+
+def claim_instance(warehouse: Warehouse) -> None:
+    """Record this warehouse as the owner of the active instance's database, or raise
+    :class:`InstanceOwnedElsewhere` when another warehouse owns it. SQLite instances live in
+    the warehouse's own folder and need no claim."""
+    from warehouse.instance import OWNER_KEY, POSTGRES_URL_ENV, InstanceOwnedElsewhere
+
+    if not os.environ.get(POSTGRES_URL_ENV):
+        return
+    import dagster as dg
+
+    root = str(warehouse.root)
+    with dg.DagsterInstance.get() as instance:
+        owner = instance.run_storage.get_cursor_values({OWNER_KEY}).get(OWNER_KEY)
+        if owner is None:
+            instance.run_storage.set_cursor_values({OWNER_KEY: root})
+        elif owner != root:
+            raise InstanceOwnedElsewhere(
+                f"the Postgres database of {POSTGRES_URL_ENV} holds the Dagster instance of "
+                f"the warehouse {owner}, not of {root}: give each warehouse its own database "
+                f"(or point SYNTHDATA_HOME at {owner})"
+            )
 
 
 def _runs_file(warehouse: Warehouse) -> Path:
@@ -304,12 +405,14 @@ def _set_cancelled(warehouse: Warehouse, run_id: str, *, finished: bool) -> None
 def recorded_stages(stages: tuple[str, ...], partition: str | None = None) -> dict:
     """``stage -> study.Materialized`` of the latest materialization of each of ``stages``
     (of ``partition``, or unpartitioned) in the active warehouse's instance; stages never
-    materialized are left out."""
+    materialized are left out, and so are stages whose step failed after writing (a blocking
+    asset check that failed on the table: it is recomputed, not trusted)."""
     import dagster as dg
 
     from synthdata_assets.study import FINGERPRINT_KEY, Materialized
 
     found = {}
+    failed_steps: dict[str, set[str]] = {}
     with dg.DagsterInstance.get() as instance:
         for stage in stages:
             records = instance.fetch_materializations(
@@ -320,6 +423,12 @@ def recorded_stages(stages: tuple[str, ...], partition: str | None = None) -> di
                 limit=1,
             ).records
             if not records:
+                continue
+            run_id = records[0].run_id
+            if run_id not in failed_steps:
+                failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+                failed_steps[run_id] = {e.step_key for e in failures if e.step_key}
+            if stage in failed_steps[run_id]:
                 continue
             event = records[0].asset_materialization
             value = event.metadata.get(FINGERPRINT_KEY) if event else None

@@ -24,8 +24,14 @@ import dagster as dg
 import polars as pl
 from upath import UPath
 
-from warehouse.layout import hive_path
-from warehouse.lock import LOCK_FD_ENV, WarehouseBusy, WarehouseLock
+from warehouse.layout import Warehouse, WarehouseMissing, hive_path
+from warehouse.lock import (
+    LOCK_FD_ENV,
+    WORKER_ENV,
+    WarehouseBusy,
+    WarehouseLock,
+    claim_partition,
+)
 from warehouse.parquet import read_parquet, write_parquet_atomic
 
 PARTITION_COLUMNS = ("data_size", "seed")
@@ -96,12 +102,23 @@ class PolarsParquetIOManager(dg.UPathIOManager):
         return metadata
 
 
+def _finished(instance: dg.DagsterInstance):
+    def is_finished(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is None or run.is_finished
+
+    return is_finished
+
+
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):
     """Binds :class:`PolarsParquetIOManager` to a warehouse's ``tables`` folder and the
-    study's settings fingerprints. With ``lock_root``, a run holds that warehouse's lock while
-    it executes (:mod:`warehouse.lock`), unless the ``synthdata run`` that launched it holds
-    it for the run: so runs launched from the UI or by the daemon obey the one-writer rule
-    too, and fail at once, naming the holder, while another run writes the warehouse."""
+    study's settings fingerprints. With ``lock_root``, the warehouse's root, a run's steps
+    execute only where the warehouse is (:meth:`Warehouse.require`), for the run that claims
+    the partition they write (:func:`warehouse.lock.claim_partition`); and unless the
+    ``synthdata run`` that launched the run holds the warehouse's lock for it, or the step
+    runs on a ``synthdata worker``, the warehouse's lock too: so runs launched from the UI or
+    by the daemon obey the one-writer rule, and fail at once, naming the holder, while
+    another run writes the warehouse."""
 
     base_path: str
     fingerprints: dict[str, str] = {}
@@ -110,19 +127,31 @@ class ParquetIOManager(dg.ConfigurableIOManagerFactory):
 
     @contextlib.contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext):
-        if not self.lock_root or os.environ.get(LOCK_FD_ENV):
+        if not self.lock_root:
             with super().yield_for_execution(context) as manager:
                 yield manager
             return
+        root = Path(self.lock_root)
+        run = context.dagster_run
+        lock = None
         try:
-            lock = WarehouseLock(Path(self.lock_root)).acquire()
-        except WarehouseBusy as exc:
+            Warehouse(root).require()
+            if not (os.environ.get(LOCK_FD_ENV) or os.environ.get(WORKER_ENV)):
+                lock = WarehouseLock(root).acquire()
+            if run is not None and context.instance is not None:
+                claim_partition(
+                    root, run.tags.get("dagster/partition"), run.run_id, _finished(context.instance)
+                )
+        except (WarehouseBusy, WarehouseMissing) as exc:
+            if lock is not None:
+                lock.release()
             raise dg.Failure(description=str(exc)) from None
         try:
             with super().yield_for_execution(context) as manager:
                 yield manager
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     def create_io_manager(self, context: dg.InitResourceContext) -> PolarsParquetIOManager:
         return PolarsParquetIOManager(

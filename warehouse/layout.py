@@ -10,6 +10,8 @@
       dagster/                             the Dagster instance (DAGSTER_HOME)
       cache/teacher/                       the endpoint teacher's completions
       cache/step_rollouts/data_size=N/seed=S/   the rollout journal of a partition
+      .synthdata-warehouse                 the marker that says this folder is a warehouse
+      .lock, .locks/                       the launcher's lock and the partitions' locks
 """
 
 from __future__ import annotations
@@ -21,16 +23,11 @@ from pathlib import Path
 HOME_ENV = "SYNTHDATA_HOME"
 DEFAULT_HOME = ".synthdata"
 
-# Written to the instance folder once: the UI and the CLI read the same instance; a
-# machine with no internet should not try to send telemetry; and the steps that run a
-# model share one "accelerator" pool so that only one at a time holds the GPU (or cores).
-_DAGSTER_YAML = """\
-telemetry:
-  enabled: false
-concurrency:
-  pools:
-    default_limit: 1
-"""
+MARKER = ".synthdata-warehouse"
+
+
+class WarehouseMissing(RuntimeError):
+    """A process that is to write a warehouse does not find it (see :meth:`Warehouse.require`)."""
 
 
 def hive_path(values: dict[str, object], suffix: str = "") -> str:
@@ -92,17 +89,39 @@ class Warehouse:
         return self.checkpoints / method / hive_path({"data_size": data_size, "seed": seed})
 
     def ensure(self) -> Warehouse:
-        """Create the folders and the Dagster instance settings if they are missing."""
+        """Create the folders, the marker and the Dagster instance settings if they are
+        missing. Only the commands that own a warehouse call this (``synthdata run``, ``ui``,
+        ``worker``, tests); importing the code location and running a step never do."""
+        from warehouse.instance import write_instance_settings
+
         for folder in (self.tables, self.checkpoints, self.reports, self.dagster_home):
             folder.mkdir(parents=True, exist_ok=True)
-        settings = self.dagster_home / "dagster.yaml"
-        if not settings.exists():
-            settings.write_text(_DAGSTER_YAML)
+        marker = self.root / MARKER
+        if not marker.exists():
+            marker.write_text("This folder is a synthdata warehouse.\n")
+        if not (self.dagster_home / "dagster.yaml").exists():
+            write_instance_settings(self.dagster_home)
+        return self
+
+    def require(self) -> Warehouse:
+        """This warehouse as it is, or :class:`WarehouseMissing`: a step run on a worker
+        whose filesystem does not hold the warehouse must fail, not write a new one on a
+        local disk that nobody else reads."""
+        if not (self.root / MARKER).is_file():
+            raise WarehouseMissing(
+                f"no synthdata warehouse at {self.root} on {os.uname().nodename}: every "
+                "process that runs a step (each Celery worker, each Slurm job, each pod) must "
+                "see the warehouse at the same path, on a filesystem they all share (NFS, "
+                "Lustre, a mounted volume); mount it there or set SYNTHDATA_HOME to where it is"
+            )
         return self
 
     def activate(self) -> Warehouse:
         """Point this process (and the Dagster processes it starts) at this warehouse."""
+        from warehouse.instance import use_psycopg2_driver
+
         self.ensure()
+        use_psycopg2_driver()
         os.environ[HOME_ENV] = str(self.root)
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
         return self

@@ -7,7 +7,15 @@ The runs a holder launches inherit the descriptor (:attr:`WarehouseLock.fd`), so
 warehouse stays locked until the launcher *and* every run it started are gone: a run left
 behind by a killed launcher keeps the warehouse locked until it ends too.
 
-Beside the lock, the file records who holds it (process id, command, start time) so that a
+Runs of different partitions may go on side by side (Celery workers, ``synthdata run
+--workers``), and the steps of one run may execute in several processes at once, so a
+partition is not locked by a process but claimed by a run (:func:`claim_partition`): the
+file ``<root>/.locks/<partition>.lock`` names the run that writes the partition, and every
+step, wherever it executes, checks it under a brief ``flock`` of that file. A step of another
+run finds the claim held while that run is unfinished in the instance, and fails at once,
+naming it. ``flock`` is also what NFS v4 and Lustre clients honour across machines.
+
+Beside each lock, the file records who holds it (process id, command, start time) so that a
 second writer can say which process it is waiting for; the record is information, the lock
 is the ``flock``.
 """
@@ -25,6 +33,10 @@ from pathlib import Path
 LOCK_FILE = ".lock"
 # Set in the environment of the runs a lock holder launches: they hold the lock through it.
 LOCK_FD_ENV = "SYNTHDATA_LOCK_FD"
+# Set by ``synthdata worker``: the steps of this process belong to runs that a launcher
+# elsewhere answers for, so they take only their partition's lock.
+WORKER_ENV = "SYNTHDATA_WORKER"
+PARTITION_LOCKS = ".locks"
 
 
 class WarehouseBusy(RuntimeError):
@@ -37,15 +49,16 @@ class WarehouseLock:
 
     root: Path
     fd: int | None = None
+    file: str = LOCK_FILE
 
     @property
     def path(self) -> Path:
-        return self.root / LOCK_FILE
+        return self.root / self.file
 
     def acquire(self, *, wait: bool = False) -> WarehouseLock:
         """Take the lock, or raise :class:`WarehouseBusy` naming its holder (``wait``: block
         until it is free instead)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -86,3 +99,31 @@ class WarehouseLock:
 
     def __exit__(self, *_exc) -> None:
         self.release()
+
+
+def claim_partition(root: Path, partition: str | None, run_id: str, is_finished) -> None:
+    """Claim ``partition`` (``None``: the unpartitioned tables) of the warehouse at ``root``
+    for the run ``run_id``, or raise :class:`WarehouseBusy` naming the unfinished run that
+    holds it. ``is_finished(run_id)``: whether a run is over (or unknown), read from the
+    instance; a claim of a finished run is stale and passes to the new one."""
+    name = (partition or "unpartitioned").replace("|", "_").replace("/", "_")
+    path = root / PARTITION_LOCKS / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held for the read and write below only
+        claim = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        holder = json.loads(claim) if claim.startswith("{") else {}
+        owner = holder.get("claimed_by_run")
+        if owner and owner != run_id and not is_finished(owner):
+            raise WarehouseBusy(
+                f"partition {partition or '(unpartitioned)'} of the warehouse {root} is being "
+                f"written by run {owner} (claimed by process {holder.get('pid')} on "
+                f"{holder.get('host')}): wait for that run to finish or cancel it"
+            )
+        if owner != run_id:
+            record = {"claimed_by_run": run_id, "pid": os.getpid(), "host": os.uname().nodename}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
+    finally:
+        os.close(fd)

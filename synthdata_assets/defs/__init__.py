@@ -50,12 +50,21 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
 
 
 def executor(config: ExperimentConfig) -> dg.ExecutorDefinition:
-    """Every step of a run in one process by default: a process per step imports torch,
-    transformers and the model again (seconds each, more than most demo steps take). With
+    """With ``execution.broker``, Dagster's Celery executor: each step goes to the
+    ``synthdata worker`` processes listening on the broker (:mod:`synthdata_assets.workers`),
+    wherever the run was launched from. Otherwise every step of a run in one process by
+    default: a process per step imports torch, transformers and the model again (seconds
+    each, more than most demo steps take). With
     ``execution.process_per_stage``, Dagster's multiprocess executor runs each step in its own
     process, one at a time, so the memory a stage held (a model being trained, a vLLM engine's
     share of the GPU) is the operating system's again before the next starts. Runs still
     queue on the `accelerator` pool, so parallel runs never share the device."""
+    if config.execution.broker:
+        from dagster_celery import celery_executor
+
+        from synthdata_assets.workers import executor_config
+
+        return celery_executor.configured(executor_config(config.execution.broker))
     if config.execution.process_per_stage:
         return dg.multiprocess_executor.configured({"max_concurrent": 1})
     return dg.in_process_executor

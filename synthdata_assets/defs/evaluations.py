@@ -1,11 +1,14 @@
-"""Every model of the partition on the test split."""
+"""Every model of the partition on the test split, with a check that each answered every
+test problem."""
 
 import dagster as dg
 import polars as pl
 
 from synthdata_assets import evaluations as eval_lib
+from synthdata_assets.checks import evaluations_cover
 from synthdata_assets.config import ExperimentConfig
 from synthdata_assets.defs.models import GROUP, POOL
+from synthdata_assets.defs.problems import check_result
 from synthdata_assets.defs.resources import GeneratorResource
 from synthdata_assets.defs.study import current_partition, study_partitions
 from synthdata_assets.terminal import progress_logger
@@ -17,6 +20,18 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         kinds={"pytorch", "polars"},
         pool=POOL,
         partitions_def=study_partitions(config),
+        check_specs=[
+            # Blocking, though no stage of the partition's run reads evaluations: a failed
+            # blocking check fails the run, and a failed run is what stops `synthdata run`
+            # before it draws the curves from a partial test split (a non-blocking failure
+            # would show only in the UI's Checks tab).
+            dg.AssetCheckSpec(
+                "covers_every_method_and_test_problem",
+                asset="evaluations",
+                blocking=True,
+                description="One answer of every model to every test problem, and no other.",
+            ),
+        ],
     )
     def evaluations(
         context: dg.AssetExecutionContext,
@@ -62,6 +77,10 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             if r.get("follows_cue") is not None:
                 metadata[f"follows_cue_{r['method']}"] = r["follows_cue"]
         metadata["summary"] = dg.MetadataValue.md(eval_lib.markdown_table(summary))
-        return dg.Output(table, metadata=metadata)
+        yield dg.Output(table, metadata=metadata)
+        yield check_result(
+            "covers_every_method_and_test_problem",
+            evaluations_cover(table, test["problem_id"].to_list(), list(trained)),
+        )
 
     return [evaluations]

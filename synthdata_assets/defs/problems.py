@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from synthdata_assets import problems as pool_lib
+from synthdata_assets.checks import Verdict
 from synthdata_assets.config import ExperimentConfig
 
 GROUP = "data"
@@ -11,6 +12,12 @@ GROUP = "data"
 
 def markdown_sample(text: str) -> dg.MetadataValue:
     return dg.MetadataValue.md("```\n" + text + "\n```")
+
+
+def check_result(name: str, verdict: Verdict) -> dg.AssetCheckResult:
+    """The result of the asset check ``name`` from the plain check's verdict
+    (:mod:`synthdata_assets.checks`)."""
+    return dg.AssetCheckResult(check_name=name, passed=verdict.passed, metadata=verdict.metadata)
 
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:

@@ -1,11 +1,13 @@
-"""The teacher's solutions (D_syn) of each partition, with checks on their coverage."""
+"""The teacher's solutions (D_syn) of each partition, with checks on their coverage and
+pass rate."""
 
 import dagster as dg
 import polars as pl
 
 from synthdata_assets import teacher as teacher_lib
+from synthdata_assets.checks import teacher_pass_rate_in_bounds
 from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.defs.problems import GROUP, markdown_sample
+from synthdata_assets.defs.problems import GROUP, check_result, markdown_sample
 from synthdata_assets.defs.study import current_partition, study_partitions
 from synthdata_assets.problems import training_subset
 from warehouse import Warehouse
@@ -20,6 +22,13 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
             dg.AssetCheckSpec("solution_ids_unique", asset="teacher_solutions", blocking=True),
             dg.AssetCheckSpec("covers_subset", asset="teacher_solutions", blocking=True),
             dg.AssetCheckSpec("has_positives", asset="teacher_solutions", blocking=True),
+            dg.AssetCheckSpec(
+                "pass_rate_in_bounds",
+                asset="teacher_solutions",
+                blocking=True,
+                description="The oracle's pass rate is where teacher.slip_rate puts it "
+                "(Binomial(n, 1 - slip_rate)); other teachers imply no rate.",
+            ),
         ],
     )
     def teacher_solutions(context: dg.AssetExecutionContext, problems: pl.DataFrame):
@@ -62,6 +71,9 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
             passed=bool(table["is_correct"].any()),
             description="SFT trains on verified teacher positives; there must be some.",
             metadata={"pass_rate": pass_rate},
+        )
+        yield check_result(
+            "pass_rate_in_bounds", teacher_pass_rate_in_bounds(table["is_correct"], config.teacher)
         )
 
     return [teacher_solutions]
