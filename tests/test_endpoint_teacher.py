@@ -221,7 +221,7 @@ def test_teacher_solutions_asset_with_an_endpoint_teacher(
     from synthdata_assets.defs.study import partition_key
     from warehouse import Warehouse
 
-    warehouse = Warehouse(tmp_path / "home")
+    warehouse = Warehouse(tmp_path / "home").ensure()
     config = load_config(
         "tiny", overrides={"teacher": {"kind": "endpoint", "base_url": teacher_stub.url}}
     )

@@ -132,7 +132,7 @@ class ParquetIOManager(dg.ConfigurableIOManagerFactory):
                 yield manager
             return
         root = Path(self.lock_root)
-        run = context.dagster_run
+        run = context.run
         lock = None
         try:
             Warehouse(root).require()
