@@ -260,13 +260,14 @@ def _run_study(
     current = study.stage_fingerprints(config)
     launch = {"lock_fd": lock_fd}
 
-    def stale(stages: tuple[str, ...], partition: str | None = None) -> list[str]:
-        if force:
-            return list(stages)
+    def outdated(stages: tuple[str, ...], partition: str | None = None) -> list[str]:
         recorded = recorded_stages(study.SETUP_STAGES)
         if partition is not None:
             recorded |= recorded_stages(stages, partition)
         return study.stale_stages(stages, recorded, current)
+
+    def stale(stages: tuple[str, ...], partition: str | None = None) -> list[str]:
+        return list(stages) if force else outdated(stages, partition)
 
     runs = []
     try:
@@ -275,7 +276,7 @@ def _run_study(
             runs.append(("setup", materialize(",".join(setup), warehouse, **launch).seconds))
         else:
             print(f"  = {', '.join(study.SETUP_STAGES)}: up to date")
-        records = _partitions(config, stale, warehouse, launch, parallel, workers)
+        records = _partitions(config, (stale, outdated), warehouse, launch, parallel, workers)
         runs += [(f"partition {r.partition}", r.seconds) for r in records]
         report = materialize(",".join(study.REPORT_STAGES), warehouse, **launch)
         runs.append(("report", report.seconds))
@@ -299,12 +300,14 @@ def _run_study(
     return 0
 
 
-def _partitions(config, stale, warehouse: Warehouse, launch: dict, parallel: int, workers):
+def _partitions(config, judges, warehouse: Warehouse, launch: dict, parallel: int, workers):
     """Materialize every partition with stale stages: one after another, or ``parallel`` at
-    once when the runs' steps go to Celery workers."""
+    once when the runs' steps go to Celery workers. ``judges``: the stages to run of a
+    partition (``--force``: all), and those not made under the current settings."""
     from synthdata_assets import study
     from synthdata_assets.orchestrate import RunFailed, materialize, materialize_parallel
 
+    stale, outdated = judges
     jobs = []
     for key in study.partition_keys(config):
         todo = stale(study.PARTITION_STAGES, key)
@@ -325,7 +328,7 @@ def _partitions(config, stale, warehouse: Warehouse, launch: dict, parallel: int
     for _, key in jobs:
         # A step records the fingerprint of the settings of the process that ran it: a worker
         # started with another SYNTHDATA_CONFIG leaves its stages stale here.
-        if wrong := stale(study.PARTITION_STAGES, key):
+        if wrong := outdated(study.PARTITION_STAGES, key):
             raise RunFailed(
                 f"[{key}]: {', '.join(wrong)} were written under other settings than this "
                 "run's: start every worker with this run's SYNTHDATA_CONFIG and "

@@ -111,9 +111,10 @@ class LocalWorkers:
     leaves the warehouse locked until its workers are gone too), with its log under
     ``reports/logs/workers``."""
 
-    def __init__(self, procs: list, logs: list[Path]) -> None:
+    def __init__(self, procs: list, logs: list[Path], threads: int) -> None:
         self.procs = procs
         self.logs = logs
+        self.threads = threads
 
     @classmethod
     def start(
@@ -156,9 +157,7 @@ class LocalWorkers:
                 )
             )
             files.append(log)
-        workers = cls(procs, files)
-        workers.threads = threads
-        return workers
+        return cls(procs, files, threads)
 
     def describe(self) -> str:
         return (
@@ -175,8 +174,8 @@ class LocalWorkers:
         return None
 
     def stop(self) -> None:
-        """SIGTERM (Celery's warm shutdown: the step going finishes... but the runs are done or
-        stopped by now), then SIGKILL to whatever is left of each group."""
+        """SIGTERM to each worker's group (Celery's warm shutdown; the runs are over or stopped
+        by now, so no step is going), then SIGKILL to whatever is left after 10 s."""
         import signal
         import subprocess
 

@@ -254,7 +254,7 @@ def test_two_runs_of_one_partition_at_once_leave_it_as_one_run_would(tmp_path: P
     from synthdata_assets.study import PARTITION_STAGES, SETUP_STAGES
 
     clean = tmp_path / "clean"
-    _synthdata(_env(clean), "run")
+    _synthdata(_env(clean), "run", "--force")  # (--force also passes its own settings check)
     home = tmp_path / "home"
     env = _env(home, SYNTHDATA_WORKER="test")  # steps take no warehouse lock, as on a worker
     old = dict(os.environ)
