@@ -75,8 +75,7 @@ def _children(pid: int) -> list[int]:
 
 def _stop(ui: subprocess.Popen, groups: list[int]) -> None:
     """``SIGTERM`` to ``synthdata ui`` (it stops ``dagster dev``'s group in turn), then
-    ``SIGKILL`` to whatever is left of both groups after a grace period. Not ``SIGINT``: once
-    polars is imported its handler holds Ctrl-C back until the UI's ``wait`` returns."""
+    ``SIGKILL`` to whatever is left of both groups after a grace period."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(ui.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -240,7 +240,11 @@ def _group_members(pgid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_ui_and_all_its_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_stops_the_ui_and_all_its_processes(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """Ctrl-C too: polars installs a SIGINT handler of its own that held it back."""
     import socket
     import urllib.request
 
@@ -266,9 +270,9 @@ def test_sigterm_stops_the_ui_and_all_its_processes(tmp_path: Path) -> None:
                 time.sleep(1)
         (dev,) = _children(ui.pid)
         assert len(_group_members(dev)) > 1  # the webserver, the daemon, code servers
-        ui.send_signal(signal.SIGTERM)
+        ui.send_signal(sig)
         _, err = ui.communicate(timeout=30)
-        assert ui.returncode == 143 and "Traceback" not in err
+        assert ui.returncode == code and "Traceback" not in err
         deadline = time.monotonic() + 10
         while _group_members(dev) and time.monotonic() < deadline:
             time.sleep(0.2)
