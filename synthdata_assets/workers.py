@@ -66,17 +66,6 @@ def check_broker(broker: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
-def worker_command(
-    name: str, *, threads: int, process_per_step: bool, broker: str
-) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of one ``synthdata worker`` process."""
-    cmd = [sys.executable, "-m", "synthdata_assets.cli", "worker", "--name", name]
-    cmd += ["--threads", str(threads), "--broker", broker]
-    if process_per_step:
-        cmd.append("--process-per-step")
-    return cmd, {BROKER_ENV: broker}
-
-
 def run_worker(
     broker: str, *, name: str, threads: int, process_per_step: bool, logfile: Path | None
 ) -> int:
@@ -138,13 +127,12 @@ class LocalWorkers:
         procs, files = [], []
         for i in range(1, count + 1):
             name = f"worker{i}@{os.uname().nodename}"
-            cmd, env = worker_command(
-                name, threads=threads, process_per_step=process_per_step, broker=broker
-            )
             log = logs / f"worker{i}.log"
-            cmd += ["--logfile", str(log)]
-            if lock_fd is not None:
-                env[LOCK_FD_ENV] = str(lock_fd)
+            cmd = [sys.executable, "-m", "synthdata_assets.cli", "worker", "--name", name]
+            cmd += ["--threads", str(threads), "--broker", broker, "--logfile", str(log)]
+            if process_per_step:
+                cmd.append("--process-per-step")
+            env = {} if lock_fd is None else {LOCK_FD_ENV: str(lock_fd)}
             procs.append(
                 subprocess.Popen(
                     cmd,

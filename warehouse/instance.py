@@ -60,7 +60,6 @@ def instance_settings(accelerator_slots: int = 1, *, postgres: bool | None = Non
 def write_instance_settings(dagster_home: Path, accelerator_slots: int = 1) -> Path:
     """Write a warehouse's ``dagster.yaml`` (in its ``dagster_home``) when its text changes
     (atomically: the UI and running steps may read it at any time)."""
-    use_psycopg2_driver()
     path = dagster_home / "dagster.yaml"
     text = instance_settings(accelerator_slots)
     if not path.exists() or path.read_text() != text:

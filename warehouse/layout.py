@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from warehouse.instance import use_psycopg2_driver, write_instance_settings
+
 HOME_ENV = "SYNTHDATA_HOME"
 DEFAULT_HOME = ".synthdata"
 
@@ -92,8 +94,6 @@ class Warehouse:
         """Create the folders, the marker and the Dagster instance settings if they are
         missing. Only the commands that own a warehouse call this (``synthdata run``, ``ui``,
         ``worker``, tests); importing the code location and running a step never do."""
-        from warehouse.instance import write_instance_settings
-
         for folder in (self.tables, self.checkpoints, self.reports, self.dagster_home):
             folder.mkdir(parents=True, exist_ok=True)
         marker = self.root / MARKER
@@ -118,8 +118,6 @@ class Warehouse:
 
     def activate(self) -> Warehouse:
         """Point this process (and the Dagster processes it starts) at this warehouse."""
-        from warehouse.instance import use_psycopg2_driver
-
         self.ensure()
         use_psycopg2_driver()
         os.environ[HOME_ENV] = str(self.root)
