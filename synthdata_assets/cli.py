@@ -6,6 +6,7 @@
     synthdata sql "SELECT ..."     query the warehouse, read-only (@name: warehouse/sql/name.sql)
     synthdata grade FILE.jsonl     grade model outputs against gold answers
     synthdata config               print the resolved configuration
+    synthdata synthesize SEEDS OUT new problems in the style of SEEDS, from a served model
     synthdata ui                   open the Dagster UI on the warehouse's instance
     synthdata run --workers N      the same, N partitions at a time on N local Celery workers
     synthdata worker               serve the steps of runs from the Celery broker
@@ -28,6 +29,7 @@ from typing import Any, TextIO
 
 from synthdata_assets.config import ConfigError, load_config
 from warehouse import Warehouse
+from warehouse.parquet import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,10 +121,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         graded.append({**row, "extracted": result.extracted, "is_correct": result.is_correct})
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in graded)
     if args.output:
-        out = Path(args.output)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        write_text_atomic(Path(args.output), text)
     else:
         sys.stdout.write(text)
     correct = sum(r["is_correct"] for r in graded)
@@ -406,6 +405,78 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    """Write a GSM8K-format pool of new problems (synthdata_assets/synthesis.py)."""
+    from synthdata_assets.synthesis import SynthesisSettings, settings_record, synthesize_pool
+    from synthdata_assets.tasks.realdata import DataFormatError, load_gsm8k
+    from synthdata_assets.terminal import progress_logger
+    from training.generation.openai_engine import OpenAIBackendError, OpenAIGenerator
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        print(
+            f"synthdata synthesize: no folder {str(out.parent)!r}; create it first", file=sys.stderr
+        )
+        return 2
+    try:
+        settings = SynthesisSettings(
+            size=args.size,
+            shots=args.shots,
+            votes=args.votes,
+            min_agreement=args.min_agreement,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            max_candidates=args.max_candidates,
+        )
+        seeds = load_gsm8k(args.seeds, split="seed")
+    except (ValueError, OSError) as exc:  # DataFormatError is a ValueError
+        where = "" if isinstance(exc, (DataFormatError, OSError)) else "--"
+        print(f"synthdata synthesize: {where}{exc}", file=sys.stderr)
+        return 2
+    cache = Path(args.cache) if args.cache else out.with_name(f"{out.stem}.cache.jsonl")
+    try:
+        generator = OpenAIGenerator(
+            args.base_url,
+            model=args.model,
+            api=args.api,
+            max_concurrency=args.concurrency,
+            cache_path=cache,
+            log=print,
+        )
+        rows, report = synthesize_pool(
+            seeds, generator, settings, progress=progress_logger(print, "requests", every_s=10)
+        )
+    except OpenAIBackendError as exc:
+        print(
+            f"synthdata synthesize: {exc}\n(the requests that arrived are in {cache})",
+            file=sys.stderr,
+        )
+        return 1
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    summary = {
+        **settings_record(settings, generator),
+        **report.summary(),
+        "kept_in_pool": len(rows),
+    }
+    summary_path = out.with_name(f"{out.stem}.summary.json")
+    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    print(
+        f"wrote {len(rows)} problems to {out} ({report.summary()['candidates']} candidates: "
+        + ", ".join(f"{n} {o}" for o, n in report.counts().items())
+        + f"); summary in {summary_path}"
+    )
+    if len(rows) < settings.size:
+        print(
+            f"synthdata synthesize: only {len(rows)} of {settings.size} problems kept within "
+            f"{settings.candidate_limit} candidates; raise --max-candidates or lower "
+            "--min-agreement",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from synthdata_assets.orchestrate import claim_instance, open_instance, serve, stop_on_sigterm
     from synthdata_assets.preflight import usable_warehouse
@@ -468,6 +539,26 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _synthesize_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("seeds", help="GSM8K-format JSONL of seed problems (question, answer)")
+    p.add_argument("out", help="the pool to write (JSONL; read it with task.train_path)")
+    p.add_argument("--size", type=int, required=True, help="problems to keep")
+    p.add_argument("--base-url", required=True, help="the server's root, http://host:port")
+    p.add_argument("--model", help="model name (default: the first one the server lists)")
+    p.add_argument("--api", choices=("completions", "chat"), default="completions")
+    p.add_argument("--shots", type=int, default=4, help="seed examples in each prompt")
+    p.add_argument("--votes", type=int, default=4, help="solutions asked per new problem")
+    p.add_argument(
+        "--min-agreement", type=float, default=0.75, help="share of votes that must agree"
+    )
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-candidates", type=int, help="candidates to try at most (default 4x size)")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    p.add_argument("--cache", help="request cache (default: OUT's name with .cache.jsonl)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthdata", description=__doc__.split("::")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -521,6 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--logfile", help="write the worker's log here instead of stderr")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "synthesize",
+        help="write a GSM8K-format pool of new problems in the style of a seed set, from a "
+        "model behind an OpenAI-compatible API; keeps a problem when its solutions agree",
+    )
+    _synthesize_arguments(p)
+    p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("ui", help="open the Dagster UI on the warehouse's instance")
     p.add_argument("--host", default="127.0.0.1")

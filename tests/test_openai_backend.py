@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -107,10 +107,12 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body["path"] = self.path  # which API: /v1/completions or /v1/chat/completions
+            prompt = body.get("prompt") or json.dumps(body.get("messages"))
             with stub.lock:
                 stub.bodies.append(body)
-                stub.attempts[body["prompt"], body.get("seed")] += 1
-                attempt = stub.attempts[body["prompt"], body.get("seed")]
+                stub.attempts[prompt, body.get("seed")] += 1
+                attempt = stub.attempts[prompt, body.get("seed")]
                 stub.in_flight += 1
                 stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                 outcome = stub.fail(body, attempt, stub.served)
@@ -399,9 +401,9 @@ def _tiny_trained_checkpoint(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def vllm_server(folder: Path, log_path: Path) -> Iterator[str]:
-    """`vllm serve` on ``folder`` (model name "tiny"), with its output in ``log_path``: the
-    server's URL once healthy; stopped on exit."""
+def vllm_server(folder: Path, log_path: Path, extra: Sequence[str] = ()) -> Iterator[str]:
+    """`vllm serve` on ``folder`` (model name "tiny"), with its output in ``log_path`` and
+    the server options ``extra``: the server's URL once healthy; stopped on exit."""
     for key, value in VLLM_CPU_ENV.items():
         os.environ.setdefault(key, value)
     port = free_port()
@@ -413,6 +415,7 @@ def vllm_server(folder: Path, log_path: Path) -> Iterator[str]:
         "--model", str(folder), "--served-model-name", "tiny",
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
         "--enforce-eager", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "32768",
+        *extra,
     ]  # fmt: skip
     env = {**VLLM_CPU_ENV, **os.environ}
     with open(log_path, "wb") as log_file:

@@ -38,6 +38,21 @@ def remove_stale_temps(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to the local file ``path`` the same way: the old file or the new one."""
+    remove_stale_temps(path)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_parquet_atomic(frame: pl.DataFrame, path: UPath | Path) -> None:
     """Write ``frame`` to ``path`` so that readers see the old file or the new one, whole."""
     if not _is_local(path):

@@ -137,29 +137,38 @@ def _check_unique(path: str | Path, line: int, problem_id: str, seen: set[str]) 
     seen.add(problem_id)
 
 
+def gsm8k_answer(solution: str) -> tuple[str, tuple[str, ...]]:
+    """The final answer (commas removed) and the steps of a GSM8K worked solution without
+    calculator notes; ``ValueError`` says what is wrong with one that breaks the rules above."""
+    lines = solution.split("\n")
+    final_at = next((i for i, t in enumerate(lines) if t.lstrip().startswith("####")), None)
+    if final_at is None:
+        raise ValueError("answer has no '####' line")
+    final = lines[final_at].lstrip()[4:].strip()
+    if not _GSM8K_FINAL.fullmatch(final):
+        raise ValueError(f"non-numeric final answer {final!r} after '####'")
+    steps = tuple(text.strip() for text in lines[:final_at] if text.strip())
+    if not steps:
+        raise ValueError("answer has no solution steps before '####'")
+    return final.replace(",", ""), steps
+
+
 def load_gsm8k(path: str | Path, *, split: str) -> list[RealProblem]:
     """Load a GSM8K JSONL file (``question``, ``answer``) as ``RealProblem`` rows."""
     split = _check_split(split)
     problems: list[RealProblem] = []
     for index, (line, row) in enumerate(iter_jsonl(path)):
         question = _question(path, line, row, "question")
-        reference = _text_field(path, line, row, "answer")
-        solution = strip_calculator_notes(reference)
-        lines = solution.split("\n")
-        final_at = next((i for i, t in enumerate(lines) if t.lstrip().startswith("####")), None)
-        if final_at is None:
-            raise DataFormatError(path, line, "answer has no '####' line")
-        final = lines[final_at].lstrip()[4:].strip()
-        if not _GSM8K_FINAL.fullmatch(final):
-            raise DataFormatError(path, line, f"non-numeric final answer {final!r} after '####'")
-        steps = tuple(text.strip() for text in lines[:final_at] if text.strip())
-        if not steps:
-            raise DataFormatError(path, line, "answer has no solution steps before '####'")
+        solution = strip_calculator_notes(_text_field(path, line, row, "answer"))
+        try:
+            final, steps = gsm8k_answer(solution)
+        except ValueError as exc:
+            raise DataFormatError(path, line, str(exc)) from None
         problems.append(
             RealProblem(
                 problem_id=f"gsm8k-{split}-{index:06d}",
                 question=question,
-                answer=final.replace(",", ""),
+                answer=final,
                 solution=solution,
                 steps=steps,
                 source="gsm8k",

