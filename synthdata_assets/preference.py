@@ -170,7 +170,7 @@ def train_preference_model(
     )
     model = merged(model)
     texts, measured_on = kl_texts(pairs, held_out, tokenizer, max_seq_len)
-    kl = kl_to_sft(model, tokenizer, sft_path, texts)
+    kl = kl_to_sft(model, tokenizer, sft_path, texts, chunk=training.logprob_chunk)
     log(f"KL(policy || pi_sft) {kl:.3g} per token on {measured_on}")
     row = saved_row(
         model,
@@ -262,9 +262,12 @@ def kl_texts(
     return texts, f"{CHOSEN_TEXTS} (n={texts.height})"
 
 
-def kl_to_sft(model, tokenizer, sft_path: str, texts: pl.DataFrame) -> float:
+def kl_to_sft(
+    model, tokenizer, sft_path: str, texts: pl.DataFrame, *, chunk: int | None = None
+) -> float:
     """``kl_to_sft_per_token`` (see the module docstring): ``model`` against pi_sft, loaded
-    again from ``sft_path`` beside it, on ``texts`` (:func:`kl_texts`)."""
+    again from ``sft_path`` beside it, on ``texts`` (:func:`kl_texts`); ``chunk``: see
+    ``training.logprob_chunk``."""
     parameter = next(model.parameters())
     reference, _ = load_checkpoint(sft_path, device=parameter.device, dtype=parameter.dtype)
     kl, _tokens = token_kl(
@@ -274,6 +277,7 @@ def kl_to_sft(model, tokenizer, sft_path: str, texts: pl.DataFrame) -> float:
         texts["prompt"].to_list(),
         texts["completion"].to_list(),
         texts["has_eos"].to_list(),
+        chunk=chunk,
     )
     return kl
 

@@ -128,6 +128,7 @@ ADDED_SETTINGS: dict[tuple[str, str], object] = {
     ("training", "gradient_checkpointing"): False,
     ("training", "dpo_batch_size"): None,
     ("training", "lora_rank"): 0,
+    ("training", "logprob_chunk"): None,
     ("sampling", "stop"): [],
 }
 

@@ -29,6 +29,8 @@ padding. A truncated negative therefore says "these steps are worse than the cho
 not "stopping here is bad". A pair whose chosen or rejected sequence is longer than
 ``max_seq_len`` is dropped (counted in :class:`DPOStats`); if all are, :func:`train_dpo`
 raises ``ValueError``. A response with no token to score (empty text and no EOS) is an error.
+With ``config.logprob_chunk`` the sums come from the output head on those tokens only, in
+chunks (:mod:`training.logprobs`), the same up to float rounding.
 
 Reference log-probs
 -------------------
@@ -106,6 +108,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from training import trainer
 from training.config import TrainingConfig
+from training.logprobs import completion_kl, completion_logprobs
 from training.progress import Progress
 from training.trainer import (
     IGNORE_INDEX,
@@ -392,7 +395,13 @@ def _run_updates(run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0)
     plan = run.plan
 
     def loss_function(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        sums = _logprob_sums(model, batch, device_type=run.device.type, bf16=run.precision.bf16)
+        sums = _logprob_sums(
+            model,
+            batch,
+            device_type=run.device.type,
+            bf16=run.precision.bf16,
+            chunk=run.config.logprob_chunk,
+        )
         chosen, rejected = sums.chunk(2)
         ref = batch["reference"]
         margins = beta * (chosen - ref[:, 0]) - beta * (rejected - ref[:, 1])
@@ -420,9 +429,20 @@ def _run_updates(run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0)
 
 
 def _logprob_sums(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, device_type: str, bf16: bool
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    device_type: str,
+    bf16: bool,
+    chunk: int | None = None,
 ) -> torch.Tensor:
-    """Per row, the sum of log p(label) over positions whose label is not ``-100``."""
+    """Per row, the sum of log p(label) over positions whose label is not ``-100``; with
+    ``chunk``, from the output head on those positions only (:mod:`training.logprobs`)."""
+    if chunk:
+        autocast = functools.partial(
+            torch.autocast, device_type, dtype=torch.bfloat16, enabled=bf16
+        )
+        return completion_logprobs(model, batch, chunk=chunk, autocast=autocast).sum(-1)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
@@ -444,6 +464,7 @@ def _score(
     batch_size: int,
     device: torch.device,
     bf16: bool,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Log-prob sums of ``encoded`` (float32, on the CPU), in batches sorted by length."""
     out = torch.zeros(len(encoded), dtype=torch.float32)
@@ -452,7 +473,8 @@ def _score(
         rows = order[start : start + batch_size]
         batch = collate_examples([encoded[i] for i in rows], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        out[rows] = _logprob_sums(model, batch, device_type=device.type, bf16=bf16).cpu()
+        sums = _logprob_sums(model, batch, device_type=device.type, bf16=bf16, chunk=chunk)
+        out[rows] = sums.cpu()
     return out
 
 
@@ -486,6 +508,7 @@ def _pair_logprobs(
             batch_size=2 * run.plan.micro,
             device=accelerator.device,
             bf16=run.precision.bf16,
+            chunk=run.config.logprob_chunk,
         )
     finally:
         scorer.train(was_training)
@@ -510,11 +533,14 @@ def token_kl(
     *,
     batch_size: int = 8,
     bf16: bool = False,
+    chunk: int | None = None,
 ) -> tuple[float, int]:
     """Mean per-token ``KL(policy || reference)`` over the completion tokens (+ EOS iff
     ``has_eos``) of the texts, and the number of tokens it averages (see "Distance from the
     reference" in the module docstring). ``reference`` must be on the policy's device; both
     run in eval mode, without gradients, and their modes are restored. Nothing is truncated.
+    With ``chunk``, the distributions come from the output heads on completion positions only,
+    ``chunk`` at a time (:func:`training.logprobs.completion_kl`).
     """
     encoded = _encode_texts(tokenizer, prompts, completions, has_eos)
     pad_id = trainer.pad_token_id(tokenizer)
@@ -530,6 +556,15 @@ def token_kl(
                 [encoded[i] for i in order[start : start + batch_size]], pad_id
             )
             batch = {k: v.to(device) for k, v in batch.items()}
+            if chunk:
+                autocast = functools.partial(
+                    torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16
+                )
+                kl_sum, tokens = completion_kl(
+                    policy, reference, batch, chunk=chunk, autocast=autocast
+                )
+                total, count = total + kl_sum, count + tokens
+                continue
             log_p, log_q = (
                 _next_token_logprobs(model, batch, device_type=device.type, bf16=bf16)
                 for model in (policy, reference)

@@ -4,7 +4,10 @@ Examples are ``(prompt, completion)`` text pairs (build them with
 :func:`training.prompts.format_example`), or ``(prompt, completion, False)`` for a completion
 that stops mid-text and must not teach EOS (the pretraining drills). The loss is the mean
 cross-entropy over completion tokens only; prompt tokens and padding carry the label
-``-100``. Pretraining passes an empty prompt, so the loss covers the whole text.
+``-100``. Pretraining passes an empty prompt, so the loss covers the whole text. With
+``config.logprob_chunk`` the loss is computed from the output head on completion positions
+only, in chunks (:mod:`training.logprobs`): the same value, up to float rounding, with far
+fewer float32 logits in memory.
 
 An example is its prompt's tokens, its completion's and EOS (:func:`encode_example`; the token
 rules are in :mod:`training.trainer`). An example longer than ``max_seq_len`` is **dropped**,
@@ -42,6 +45,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from training import trainer
 from training.config import TrainingConfig
+from training.logprobs import completion_logprobs
 from training.progress import Progress
 from training.trainer import IGNORE_INDEX, EncodedExample, TrainStats, collate_examples
 
@@ -103,6 +107,13 @@ def train_sft(
 
     def loss_function(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
         denominator = batch.pop("tokens_per_share", None)
+        if config.logprob_chunk:
+            logps = completion_logprobs(
+                model, batch, chunk=config.logprob_chunk, autocast=run.autocast
+            )
+            if denominator is None:  # the micro-batch's per-token mean, as transformers takes it
+                denominator = batch["labels"][:, 1:].ne(IGNORE_INDEX).sum().unsqueeze(0)
+            return -logps.sum() / denominator[0], None
         with run.autocast():
             if denominator is None:
                 return model(**batch).loss, None

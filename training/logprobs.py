@@ -1,0 +1,125 @@
+"""Completion log-probabilities without the whole vocabulary's float32 logits.
+
+A causal LM's output head turns every position's hidden state into one logit per vocabulary
+entry, and the trainers need them in float32. For Qwen2.5's 152k entries a micro-batch of
+8 x 1024 positions is 1.25 G logits: 5 GB in float32, as much again for the log-softmax, and
+both kept for the backward pass. With ``training.logprob_chunk: N`` the trainers instead run
+the model's decoder once and the head on **scored positions only** (the completion tokens,
+not the prompt or the padding), ``N`` at a time, each chunk under activation checkpointing,
+so the backward pass recomputes a chunk's logits instead of keeping them: at most
+``N x vocabulary`` float32 logits exist at once. The SFT loss, DPO's log-probability sums
+and the KL to the reference all go through it; the values are those of the model's own full
+logits, up to float rounding (``tests/test_training.py``).
+
+Why hand-written: transformers' ``logits_to_keep`` keeps the last positions of every row,
+not a chosen set per row; Liger's fused linear cross-entropy is a Triton (GPU-only) kernel
+and not a dependency here.
+
+The decoder's output is caught with a forward hook while the model runs its own ``forward``
+(with ``logits_to_keep=1``, so its logits are one position per row), because DDP and
+accelerate hook that ``forward``: calling the decoder directly would bypass them. The head is
+then applied outside ``forward``; that is right for one process and for DDP, but not for a
+head whose weights FSDP shards (not built here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    chunk: int,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """``[rows, length - 1]`` float32: ``log p(label at t + 1)`` where that label is scored
+    (not ``-100``), 0 elsewhere; differentiable. ``autocast`` is the forward pass's context."""
+    hidden, head = _decoder_states(model, batch, autocast)
+    targets = batch["labels"][:, 1:]
+    rows, columns = targets.ne(IGNORE_INDEX).nonzero(as_tuple=True)
+    states, picked = hidden[:, :-1][rows, columns], targets[rows, columns]
+    pieces = [
+        checkpoint(
+            _chunk_logprobs,
+            head,
+            states[start : start + chunk],
+            picked[start : start + chunk],
+            autocast,
+            use_reentrant=False,
+        )
+        for start in range(0, len(picked), chunk)
+    ]
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    if pieces:
+        out = out.index_put((rows, columns), torch.cat(pieces))
+    return out
+
+
+@torch.no_grad()
+def completion_kl(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    chunk: int,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[float, int]:
+    """The sum of ``KL(policy || reference)`` of the next-token distributions over the scored
+    positions of ``batch``, and their number, ``chunk`` positions at a time."""
+    (p_hidden, p_head), (q_hidden, q_head) = (
+        _decoder_states(model, batch, autocast) for model in (policy, reference)
+    )
+    rows, columns = batch["labels"][:, 1:].ne(IGNORE_INDEX).nonzero(as_tuple=True)
+    p_states, q_states = p_hidden[:, :-1][rows, columns], q_hidden[:, :-1][rows, columns]
+    total = 0.0
+    for start in range(0, len(rows), chunk):
+        with autocast():
+            p_logits = p_head(p_states[start : start + chunk])
+            q_logits = q_head(q_states[start : start + chunk])
+        log_p = torch.log_softmax(p_logits.float(), dim=-1)
+        log_q = torch.log_softmax(q_logits.float(), dim=-1)
+        total += float((log_p.exp() * (log_p - log_q)).sum(-1).double().sum())
+    return total, len(rows)
+
+
+def _chunk_logprobs(
+    head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor, autocast: Callable
+) -> torch.Tensor:
+    with autocast():
+        logits = head(states)
+    logits = logits.float()
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _decoder_states(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], autocast: Callable
+) -> tuple[torch.Tensor, torch.nn.Module]:
+    """The decoder's last hidden states for ``batch`` (the final norm applied), from a run of
+    ``model``'s own forward, and the model's output head."""
+    inner = getattr(model, "module", model)  # DDP keeps the model as .module
+    caught: list[torch.Tensor] = []
+
+    def catch(_module, _inputs, output) -> None:
+        caught.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    handle = inner.get_decoder().register_forward_hook(catch)
+    try:
+        with autocast():
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+                logits_to_keep=1,
+            )
+    finally:
+        handle.remove()
+    return caught[-1], inner.get_output_embeddings()
