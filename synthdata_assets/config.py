@@ -281,6 +281,14 @@ class ExecutionConfig(Section):
         "when the stage ends: what a GPU needs between training and vLLM. Off, every stage of "
         "a run shares one process, which saves the seconds of importing torch per stage.",
     )
+    train_processes: int = Field(
+        1,
+        ge=1,
+        description="Processes each training stage (SFT, RFT, both DPO variants) runs as: one "
+        "per GPU, data-parallel (DDP, started by torchrun; synthdata_assets/ranks.py). The "
+        "global batch and the schedule are those of one process; the updates differ only in "
+        "the order of float sums.",
+    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="vLLM: the share of GPU memory its engine may take."
     )

@@ -38,6 +38,7 @@ from training.progress import Progress, no_progress
 from training.prompts import format_example, format_prompt
 from training.sft import TrainStats, train_sft
 from training.tokenizer import build_tokenizer
+from training.trainer import is_main_rank
 
 Log = Callable[[str], None]
 
@@ -297,8 +298,9 @@ def fine_tune(
     max_seq_len: int,
     log: Log,
     progress: Progress = no_progress,
-) -> pl.DataFrame:
-    """SFT (and RFT): fine-tune the model at ``init_path`` on (question, solution) pairs."""
+) -> pl.DataFrame | None:
+    """SFT (and RFT): fine-tune the model at ``init_path`` on (question, solution) pairs.
+    None on a training rank other than 0 (:mod:`synthdata_assets.ranks`)."""
     if not examples:
         # RFT of a policy that solved nothing has nothing to train on.
         log(f"{method}: no verified positives to train on; the model stays its initialisation")
@@ -316,6 +318,8 @@ def fine_tune(
         log=log,
         progress=progress,
     )
+    if not is_main_rank():  # one of several training ranks: rank 0 saves (synthdata_assets.ranks)
+        return None
     row = saved_row(
         merged(model),
         tokenizer,

@@ -63,6 +63,7 @@ from training.dpo import PreferenceExample, encode_response, token_kl, train_dpo
 from training.lora import load_trainable, merged
 from training.progress import Progress, no_progress
 from training.prompts import format_example
+from training.trainer import is_main_rank
 
 # The weight of a pit that loses no value, before the weights are normalised to mean 1, so
 # that a pit losing all of it counts at most 1 / MIN_PIT_WEIGHT times as much.
@@ -125,11 +126,12 @@ def train_preference_model(
     weights: Sequence[float] | None = None,
     held_out: pl.DataFrame | None = None,
     progress: Progress = no_progress,
-) -> pl.DataFrame:
+) -> pl.DataFrame | None:
     """DPO from pi_sft (also the frozen reference) on ``pairs``: one checkpoint row
-    (:data:`PREFERENCE_SCHEMA`). ``twins``: the other method's pairs of the same negatives
-    (see "Same pairs, same updates"); ``weights``: one per row of ``pairs``; ``held_out``:
-    :func:`held_out_texts`, where the KL to pi_sft is measured (without, on chosen sides)."""
+    (:data:`PREFERENCE_SCHEMA`; None on a training rank other than 0). ``twins``: the other
+    method's pairs of the same negatives (see "Same pairs, same updates"); ``weights``: one
+    per row of ``pairs``; ``held_out``: :func:`held_out_texts`, where the KL to pi_sft is
+    measured (without, on chosen sides)."""
     model, tokenizer, stored = load_trainable(sft_path, training, lambda m: log(f"{method}: {m}"))
     keep = _fitting(pairs, twins, tokenizer, max_seq_len)
     too_long = keep.count(False)
@@ -142,20 +144,10 @@ def train_preference_model(
         log(f"{method}: no preference pairs; the model stays pi_sft")
         row = untrained_row(method, sft_path, merged(model)).row(0, named=True)
         return pl.DataFrame([{**row, "pairs_too_long": too_long}], schema=PREFERENCE_SCHEMA)
-    examples = [
-        PreferenceExample(
-            prompt=r["prompt"],
-            chosen=r["chosen"],
-            rejected=r["rejected"],
-            chosen_has_eos=r["chosen_has_eos"],
-            rejected_has_eos=r["rejected_has_eos"],
-        )
-        for r in pairs.iter_rows(named=True)
-    ]
     stats = train_dpo(
         model,
         tokenizer,
-        examples,
+        _examples(pairs),
         beta=training.dpo_beta,
         learning_rate=training.dpo_learning_rate,
         epochs=training.dpo_epochs,
@@ -168,6 +160,8 @@ def train_preference_model(
         weights=weights,
         progress=progress,
     )
+    if not is_main_rank():  # one of several training ranks: rank 0 saves (synthdata_assets.ranks)
+        return None
     model = merged(model)
     texts, measured_on = kl_texts(pairs, held_out, tokenizer, max_seq_len)
     kl = kl_to_sft(model, tokenizer, sft_path, texts, chunk=training.logprob_chunk)
@@ -191,6 +185,19 @@ def train_preference_model(
         "pairs_too_long": too_long + stats.dropped,
     }
     return pl.DataFrame([row], schema=PREFERENCE_SCHEMA)
+
+
+def _examples(pairs: pl.DataFrame) -> list[PreferenceExample]:
+    return [
+        PreferenceExample(
+            prompt=r["prompt"],
+            chosen=r["chosen"],
+            rejected=r["rejected"],
+            chosen_has_eos=r["chosen_has_eos"],
+            rejected_has_eos=r["rejected_has_eos"],
+        )
+        for r in pairs.iter_rows(named=True)
+    ]
 
 
 def _fitting(

@@ -155,9 +155,12 @@ def test_small_preset_end_to_end_on_a_real_architecture(qwen2: Path, warehouse: 
 def test_small_preset_with_lora_through_synthdata_run_one_process_per_stage(
     qwen2: Path, tmp_path: Path
 ) -> None:
-    """LoRA, and each stage in its own process (Dagster's multiprocess executor, which needs
-    the code location that ``synthdata run`` launches)."""
-    overrides = small_overrides(qwen2, "transformers", lora_rank=4, process_per_stage=True)
+    """LoRA, each stage in its own process (Dagster's multiprocess executor, which needs the
+    code location that ``synthdata run`` launches), and each training stage over two
+    data-parallel ranks (``execution.train_processes``, here on CPUs over gloo)."""
+    overrides = small_overrides(
+        qwen2, "transformers", lora_rank=4, process_per_stage=True, train_processes=2
+    )
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(overrides))
     home = tmp_path / "home"
@@ -176,6 +179,9 @@ def test_small_preset_with_lora_through_synthdata_run_one_process_per_stage(
     pids = {m["step"]: int(m["pid"]) for m in STEP_START.finditer(log.read_text())}
     assert set(pids) == set(PARTITION_STAGES)
     assert len(set(pids.values())) == len(PARTITION_STAGES), pids  # a process each
+    text = log.read_text()
+    assert text.count("training over 2 ranks") == 4  # SFT, RFT and both DPO variants
+    assert "(2 process(es) x 1 x <= 2)" in text  # batch 4: two ranks of one micro-batch of 2
     check_study(Warehouse(home))
     # Execution settings are in no fingerprint: the same study in one process is up to date.
     config.write_text(yaml.safe_dump(overrides | {"execution": {"process_per_stage": False}}))

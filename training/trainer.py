@@ -56,6 +56,7 @@ core busy, two torch threads spin-wait on each other.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -152,6 +153,12 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     is masked anyway."""
     pad_id = tokenizer.pad_token_id
     return tokenizer.eos_token_id if pad_id is None else pad_id
+
+
+def is_main_rank() -> bool:
+    """Whether this process saves and reports: rank 0 of ranks started by torchrun
+    (``RANK``), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_budget(max_steps: int | None, micro_batch_size: int | None) -> None:
@@ -296,7 +303,10 @@ class TrainingRun:
     ) -> None:
         """A run named ``what`` in messages, over ``examples`` examples, with ``config``'s
         batch size, epochs, precision and optimiser settings."""
-        self.accelerator = Accelerator()
+        # Ranks started by torchrun on a machine without GPUs: accelerate makes them one
+        # data-parallel group over gloo only when told they run on CPUs.
+        cpu_ranks = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
+        self.accelerator = Accelerator(cpu=cpu_ranks)
         if micro_batch_size is None:
             micro_batch_size = config.micro_batch_size
         self.plan = plan_batches(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
-from synthdata_assets import models
+from synthdata_assets import models, ranks
 from synthdata_assets.config import ExperimentConfig
 from synthdata_assets.defs.study import current_partition, study_partitions
 from synthdata_assets.terminal import progress_logger
@@ -41,12 +41,16 @@ def trained(
     warehouse: Warehouse,
     method: str,
     train: Callable[..., pl.DataFrame],
+    processes: int = 1,
 ) -> dg.Output:
     """A partition's training stage: seeded by the partition, written to the method's
-    checkpoint folder, its progress on the terminal; ``train`` returns the checkpoint row."""
+    checkpoint folder, its progress on the terminal; ``train`` returns the checkpoint row.
+    ``processes`` > 1: over that many data-parallel ranks (:mod:`synthdata_assets.ranks`)."""
     data_size, seed = current_partition(context)
     models.seeded(seed)
-    row = train(
+    row = ranks.call(
+        train,
+        processes=processes,
         folder=warehouse.checkpoint_folder(method, data_size, seed),
         seed=seed,
         log=context.log.info,
@@ -79,7 +83,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         fine_tune = functools.partial(
             models.fine_tune, training, method, init["path"][0], examples, max_seq_len=max_seq_len
         )
-        return trained(context, warehouse, method, fine_tune)
+        return trained(context, warehouse, method, fine_tune, config.execution.train_processes)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def sft_model(
