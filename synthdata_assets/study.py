@@ -30,7 +30,8 @@ from pathlib import Path
 
 from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig, TaskConfig
 
-SETUP_STAGES: tuple[str, ...] = ("problems", "base_model")
+# The base is one model for the whole study: it is trained (or loaded) and evaluated once.
+SETUP_STAGES: tuple[str, ...] = ("problems", "base_model", "base_evaluation")
 PARTITION_STAGES: tuple[str, ...] = (
     "teacher_solutions",
     "sft_model",
@@ -52,6 +53,7 @@ FINGERPRINT_KEY = "synthdata/settings"
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "problems": (),
     "base_model": ("problems",),
+    "base_evaluation": ("problems", "base_model"),
     "teacher_solutions": ("problems",),
     "sft_model": ("base_model", "teacher_solutions", "problems"),
     "policy_samples": ("sft_model", "problems"),
@@ -69,7 +71,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "dpo_model": ("sft_model", "problems", "preference_pairs"),
     "evaluations": (
         "problems",
-        "base_model",
+        "base_evaluation",
         "sft_model",
         "rft_model",
         "per_step_dpo_model",
@@ -81,6 +83,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "problems": ("task",),
     "base_model": ("model", "training"),
+    "base_evaluation": ("sampling",),
     "teacher_solutions": ("teacher",),
     "sft_model": ("model", "training"),
     "policy_samples": ("sampling",),

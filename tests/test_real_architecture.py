@@ -28,7 +28,7 @@ import yaml
 from synthdata_assets.config import load_config
 from synthdata_assets.defs import build_definitions
 from synthdata_assets.defs.study import partition_key
-from synthdata_assets.study import PARTITION_STAGES
+from synthdata_assets.study import PARTITION_STAGES, SETUP_STAGES
 from warehouse import Warehouse
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
@@ -140,7 +140,7 @@ def test_small_preset_end_to_end_on_a_real_architecture(qwen2: Path, warehouse: 
     assert config.training.gradient_checkpointing and config.model.dtype == "bfloat16"
     defs = build_definitions(config, warehouse)
     with dg.instance_for_test() as instance:
-        for selection, key in ((["problems", "base_model"], None), (PARTITION_STAGES, (8, 0))):
+        for selection, key in ((list(SETUP_STAGES), None), (PARTITION_STAGES, (8, 0))):
             result = dg.materialize(
                 list(defs.assets or []),
                 selection=list(selection),

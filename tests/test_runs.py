@@ -217,7 +217,8 @@ def test_a_changed_setting_and_an_interruption_leave_no_mixed_partition(
         [str(SYNTHDATA), "run"], env=env, capture_output=True, text=True, timeout=600
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "problems, base_model: up to date" in rerun.stdout  # the teacher is downstream
+    # The teacher is downstream.
+    assert "problems, base_model, base_evaluation: up to date" in rerun.stdout
     assert "~ [32|0]: recomputing sft_model, policy_samples" in rerun.stdout
     for key in ("32|0", "64|0"):
         assert settings(key) == dict.fromkeys((*SETUP_STAGES, *PARTITION_STAGES), True)

@@ -19,6 +19,7 @@ import pytest
 from synthdata_assets.config import load_config
 from synthdata_assets.defs import build_definitions
 from synthdata_assets.defs.study import partition_key
+from synthdata_assets.evaluations import EVAL_SCHEMA
 from synthdata_assets.study import PARTITION_STAGES, SETUP_STAGES
 from warehouse import Warehouse
 from warehouse.query import run_query
@@ -86,6 +87,7 @@ def study(tmp_path_factory: pytest.TempPathFactory):
         )
         s.requested = [r.partition_key for r in schedule.evaluate_tick(context).run_requests]
         s.second = _run(both, PARTITION_STAGES, instance, partition_key(64, 0))
+        s.second_logs = [e.user_message for e in instance.all_logs(s.second.run_id)]
         s.curves = _run(both, ["scaling_curves"], instance)
         s.first_steps = _run(both, ["first_step_curves"], instance)
         yield s
@@ -140,6 +142,19 @@ def test_evaluations_cover_every_method_and_test_problem(study) -> None:
     )
     n_test = study.config.task.n_test
     assert evals.group_by("method").len()["len"].to_list() == [n_test] * len(METHODS)
+
+
+def test_the_base_is_evaluated_once_per_study(study) -> None:
+    answers = list(EVAL_SCHEMA)  # without the runs' provenance columns
+    once = pl.read_parquet(study.warehouse.table_file("base_evaluation")).select(answers)
+    assert once.height == study.config.task.n_test
+    for size in (32, 64):
+        evals = pl.read_parquet(study.warehouse.partition_file("evaluations", size, 0))
+        base = evals.filter(pl.col("method") == "base").select(answers)
+        assert base.sort("problem_id").equals(once.sort("problem_id"))
+    # The second partition's evaluations evaluated its four trained models, not the base.
+    evaluated = [m.split(":")[0] for m in study.second_logs if ": accuracy " in m]
+    assert sorted(evaluated) == ["dpo", "per_step_dpo", "rft", "sft"]
 
 
 def test_named_step_queries(study) -> None:

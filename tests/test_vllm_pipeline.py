@@ -38,7 +38,7 @@ import training.generation.vllm_engine
 from synthdata_assets.config import load_config
 from synthdata_assets.defs import build_definitions
 from synthdata_assets.defs.study import partition_key
-from synthdata_assets.study import PARTITION_STAGES
+from synthdata_assets.study import PARTITION_STAGES, SETUP_STAGES
 from training.generation.transformers_engine import TransformersGenerator
 from warehouse import Warehouse
 
@@ -100,7 +100,7 @@ def test_tiny_preset_end_to_end_on_vllm(
     defs = build_definitions(config, warehouse)
     key = partition_key(32, 0)
     with dg.instance_for_test() as instance:
-        assert _run(defs, ["problems", "base_model"], None, instance).success
+        assert _run(defs, list(SETUP_STAGES), None, instance).success
         result = _run(defs, PARTITION_STAGES, key, instance)
     assert result.success
 
@@ -169,7 +169,7 @@ def test_tiny_preset_with_a_teacher_served_by_vllm(warehouse: Warehouse, tmp_pat
         }
         defs = build_definitions(load_config("tiny", overrides=overrides), warehouse)
         with dg.instance_for_test() as instance:
-            assert _run(defs, ["problems", "base_model"], None, instance).success
+            assert _run(defs, list(SETUP_STAGES), None, instance).success
             result = _run(defs, PARTITION_STAGES, partition_key(32, 0), instance)
     assert result.success
     solutions = pl.read_parquet(warehouse.partition_file("teacher_solutions", 32, 0))
@@ -192,6 +192,6 @@ def test_small_preset_on_a_real_architecture_on_vllm(warehouse: Warehouse, tmp_p
     overrides["model"]["dtype"] = "float32"
     defs = build_definitions(load_config("small", overrides=overrides), warehouse)
     with dg.instance_for_test() as instance:
-        assert _run(defs, ["problems", "base_model"], None, instance).success
+        assert _run(defs, list(SETUP_STAGES), None, instance).success
         assert _run(defs, PARTITION_STAGES, partition_key(8, 0), instance).success
     check_study(warehouse)

@@ -1,5 +1,12 @@
 """Every model of the partition on the test split, with a check that each answered every
-test problem."""
+test problem.
+
+The base model is the same in every partition, so ``base_evaluation`` evaluates it once per
+study (its samples for pass@k drawn with :data:`BASE_SEED`), and each partition's
+``evaluations`` copies those rows beside its four trained models' answers: the table of a
+partition stays whole for SQL and the reports."""
+
+import functools
 
 import dagster as dg
 import polars as pl
@@ -13,8 +20,25 @@ from synthdata_assets.defs.resources import GeneratorResource
 from synthdata_assets.defs.study import current_partition, study_partitions
 from synthdata_assets.terminal import progress_logger
 
+# The sampling seed of the base's pass@k samples (its greedy answers need none).
+BASE_SEED = 0
+
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
+    evaluate = functools.partial(_evaluate, config)
+
+    @dg.asset(group_name=GROUP, kinds={"pytorch", "polars"}, pool=POOL)
+    def base_evaluation(
+        context: dg.AssetExecutionContext,
+        generator: GeneratorResource,
+        problems: pl.DataFrame,
+        base_model: pl.DataFrame,
+    ):
+        """The base model's answers to the test split, once for the whole study."""
+        test = problems.filter(pl.col("split") == "test")
+        table = evaluate(context, generator, "base", base_model, test, BASE_SEED)
+        return dg.Output(table, metadata={"accuracy_base": float(table["is_correct"].mean())})
+
     @dg.asset(
         group_name=GROUP,
         kinds={"pytorch", "polars"},
@@ -37,37 +61,25 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext,
         generator: GeneratorResource,
         problems: pl.DataFrame,
-        base_model: pl.DataFrame,
+        base_evaluation: pl.DataFrame,
         sft_model: pl.DataFrame,
         rft_model: pl.DataFrame,
         per_step_dpo_model: pl.DataFrame,
         dpo_model: pl.DataFrame,
     ):
-        """Every model's answers to the test split: greedy accuracy and pass@k."""
+        """Every model's answers to the test split: greedy accuracy and pass@k (the base's
+        rows from ``base_evaluation``)."""
         _, seed = current_partition(context)
         test = problems.filter(pl.col("split") == "test")
         trained = {
-            "base": base_model,
             "sft": sft_model,
             "rft": rft_model,
             "per_step_dpo": per_step_dpo_model,
             "dpo": dpo_model,
         }
-        tables = []
+        tables = [base_evaluation.select(list(eval_lib.EVAL_SCHEMA))]
         for method, model in trained.items():
-            with generator.over(model["path"][0], context.log.info) as engine:
-                tables.append(
-                    eval_lib.evaluate_model(
-                        engine,
-                        method,
-                        test,
-                        config.sampling,
-                        seed=seed,
-                        answer_format=config.answer_format,
-                        log=context.log.info,
-                        progress=progress_logger(context.log.info, "prompts"),
-                    )
-                )
+            tables.append(evaluate(context, generator, method, model, test, seed))
         table = pl.concat(tables)
         k_values = sorted({1, config.sampling.eval_samples})
         summary = eval_lib.summarize_evaluations(table, k_values)
@@ -80,7 +92,30 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         yield dg.Output(table, metadata=metadata)
         yield check_result(
             "covers_every_method_and_test_problem",
-            evaluations_cover(table, test["problem_id"].to_list(), list(trained)),
+            evaluations_cover(table, test["problem_id"].to_list(), ["base", *trained]),
         )
 
-    return [evaluations]
+    return [base_evaluation, evaluations]
+
+
+def _evaluate(
+    config: ExperimentConfig,
+    context: dg.AssetExecutionContext,
+    generator: GeneratorResource,
+    method: str,
+    model: pl.DataFrame,
+    test: pl.DataFrame,
+    seed: int,
+) -> pl.DataFrame:
+    """``method``'s answers to ``test``, from its checkpoint row ``model``."""
+    with generator.over(model["path"][0], context.log.info) as engine:
+        return eval_lib.evaluate_model(
+            engine,
+            method,
+            test,
+            config.sampling,
+            seed=seed,
+            answer_format=config.answer_format,
+            log=context.log.info,
+            progress=progress_logger(context.log.info, "prompts"),
+        )
