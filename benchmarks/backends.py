@@ -17,8 +17,10 @@ length: compare new tokens per second, and see the mean tokens per completion be
 The transformers part runs in this interpreter (the main ``.venv``); the vLLM part in
 ``.venv-vllm`` (``make vllm-env``), which this script starts on itself with ``--vllm-part``,
 sharing the checkpoint folder. vLLM runs each model in float32 (as the transformers backend
-does) and in bfloat16 (what ``dtype="auto"`` picks for a float32 checkpoint on CPUs). One
-torch/OpenMP thread everywhere unless ``--threads``. Figures go to
+does) and in bfloat16 (what ``dtype="auto"`` picks for a float32 checkpoint on CPUs), with a
+seed per request (``sampling.request_seeds``, the default), and in float32 once more without
+(the engine's one random stream): what per-request seeds cost. One torch/OpenMP thread
+everywhere unless ``--threads``. Figures go to
 ``benchmarks/results/backends.json`` and ``.md``, never to assertions in the tests::
 
     .venv/bin/python benchmarks/backends.py               # both parts, about 8 minutes
@@ -31,7 +33,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,8 @@ MODELS = {
     "large": {"hidden_size": 192, "num_layers": 4, "num_heads": 3, "intermediate_size": 512},
 }
 N, TEMPERATURE, MAX_NEW_TOKENS = 5, 0.7, 160
-VLLM_DTYPES = ("float32", "bfloat16")
+# (dtype, seed per request) of each vLLM row.
+VLLM_ROWS = (("float32", True), ("bfloat16", True), ("float32", False))
 # As `make test-vllm`: an in-process engine, an explicit KV cache, no thread pinning, offline.
 VLLM_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -109,7 +111,7 @@ def build_models(work: Path, arithmetic_steps: int, pretrain_steps: int) -> dict
         folder = work / name
         info_file = folder / "benchmark.json"
         if not info_file.exists():
-            model = {**dims, "pretrain_steps": pretrain_steps}
+            model = {"name": "tiny-llama", **dims, "pretrain_steps": pretrain_steps}
             if "arithmetic_steps" in ModelConfig.model_fields:
                 model["arithmetic_steps"] = arithmetic_steps
             config = load_config("demo", overrides={"model": model})
@@ -154,17 +156,17 @@ def vllm_part(work: Path, prompts: list[str], repeats: int) -> list[dict]:
 
     rows = []
     for name in MODELS:
-        for dtype in VLLM_DTYPES:
+        for dtype, request_seeds in VLLM_ROWS:
             start = time.perf_counter()
-            generator = VLLMGenerator(work / name, dtype=dtype)
+            generator = VLLMGenerator(work / name, dtype=dtype, request_seeds=request_seeds)
             startup = round(time.perf_counter() - start, 1)
-            print(f"vLLM {vllm.__version__} ({dtype}), {name}: started in {startup} s", flush=True)
-            rows.append(
-                {"model": name, "backend": "vllm", "dtype": dtype, "startup_seconds": startup}
-                | _timed(generator, prompts, repeats)
-            )
+            seeds = "" if request_seeds else ", unseeded requests"
+            print(f"vLLM {vllm.__version__} ({dtype}{seeds}), {name}: started in {startup} s")
+            row = {"model": name, "backend": "vllm", "dtype": dtype, "startup_seconds": startup}
+            row["request_seeds"] = request_seeds
+            rows.append(row | _timed(generator, prompts, repeats))
             print(f"  {rows[-1]['tokens_per_second']:,.0f} new tokens/s", flush=True)
-            del generator
+            generator.close()
     return rows
 
 
@@ -174,9 +176,9 @@ def _markdown(result: dict) -> str:
         f"{result['problems']} slipped solutions, n = {N}, temperature {TEMPERATURE}, "
         f"max_new_tokens {MAX_NEW_TOKENS}; best of {result['repeats']}), {result['machine']}:",
         "",
-        "| model | parameters | backend | prompts | completions | new tokens | tokens/completion "
-        "| seconds | tokens/s | engine start s |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | parameters | backend | seed per request | prompts | completions | new tokens "
+        "| tokens/completion | seconds | tokens/s | engine start s |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         model = result["models"][r["model"]]
@@ -186,8 +188,9 @@ def _markdown(result: dict) -> str:
         )
         backend = f"{r['backend']} {r['dtype']}"
         startup = "" if r["startup_seconds"] is None else f"{r['startup_seconds']:.1f}"
+        seeds = {True: "yes", False: "no"}.get(r.get("request_seeds"), "")
         lines.append(
-            f"| {shape} | {model['parameters']:,} | {backend} | {r['prompts']} | "
+            f"| {shape} | {model['parameters']:,} | {backend} | {seeds} | {r['prompts']} | "
             f"{r['completions']} | {r['new_tokens']:,} | {r['tokens_per_completion']:.1f} | "
             f"{r['seconds']:.1f} | {r['tokens_per_second']:,.0f} | {startup} |"
         )
@@ -221,6 +224,8 @@ def main() -> None:
         args.vllm_part.write_text(json.dumps(vllm_part(args.work, prompts, args.repeats)))
         return
 
+    from benchmarks.stages import cpu_model
+
     models = build_models(args.work, args.arithmetic_steps, args.pretrain_steps)
     rows = transformers_part(args.work, prompts, args.batch_size, args.repeats)
     skipped = None
@@ -252,7 +257,9 @@ def main() -> None:
         "max_new_tokens": MAX_NEW_TOKENS,
         "threads": args.threads,
         "repeats": args.repeats,
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} thread(s)",
+        "machine": f"{cpu_model()} (torch CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, "
+        f"{args.threads} thread(s)",
         "models": models,
         "rows": rows,
         **({"vllm_skipped": skipped} if skipped else {}),

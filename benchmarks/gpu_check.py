@@ -23,7 +23,8 @@ Figures, to ``benchmarks/results/gpu_check.json`` and ``.md``: wall seconds of e
 (generated tokens over the stage's seconds; the trainers' own tokens per second), the peak
 GPU memory in use while each stage ran (``nvidia-smi`` every half second, the whole device),
 and every vLLM engine's start time. ``--limit`` stops the run (default 450 s) and writes what
-was measured by then.
+was measured by then. With vLLM, one more engine then samples the test questions (4 samples
+each) with a seed per request and without (``sampling.request_seeds``): what the seeds cost.
 """
 
 from __future__ import annotations
@@ -204,6 +205,40 @@ def engine_starts(home: Path) -> list[dict]:
     return starts
 
 
+def request_seed_cost(model: Path, data: Path, size: int, new_tokens: int) -> list[dict]:
+    """New tokens per second of one vLLM engine sampling ``size`` test questions 4 times each,
+    with a seed per request and without (the same engine, the same prompts)."""
+    from synthdata_assets.tasks import realdata
+    from training.generation import SamplingParams, make_generator
+    from training.prompts import format_prompt
+
+    rows = realdata.load_gsm8k(data / "test.jsonl", split="test")[:size]
+    prompts = [format_prompt(row.question) for row in rows]
+    generator = make_generator("vllm", model, max_model_len=1024)
+    params = SamplingParams(n=4, temperature=0.7, max_new_tokens=new_tokens, seed=0)
+    generator.generate(prompts[:4], params)  # warm-up
+    out = []
+    try:
+        for seeded in (True, False):
+            generator.request_seeds = seeded
+            start = time.perf_counter()
+            completions = generator.generate(prompts, params)
+            seconds = time.perf_counter() - start
+            tokens = sum(c.num_tokens for samples in completions for c in samples)
+            out.append(
+                {
+                    "request_seeds": seeded,
+                    "sequences": len(prompts) * params.n,
+                    "new_tokens": tokens,
+                    "seconds": round(seconds, 2),
+                    "tokens_per_s": round(tokens / seconds),
+                }
+            )
+    finally:
+        generator.close()
+    return out
+
+
 def device() -> str:
     try:
         import torch
@@ -239,6 +274,20 @@ def write(result: dict, results: Path) -> None:
     lines[-1] += (
         ", ".join(f"{s['seconds']:.1f} ({s['model']})" for s in result["engines"]) or "none"
     )
+    if result.get("request_seeds"):
+        lines += [
+            "",
+            "Sampling with and without a seed per request (one engine, same prompts):",
+            "",
+        ]
+        lines += ["| seed per request | sequences | new tokens | seconds | tokens/s |"]
+        lines += ["| --- | ---: | ---: | ---: | ---: |"]
+        for r in result["request_seeds"]:
+            seeded = "yes" if r["request_seeds"] else "no"
+            lines.append(
+                f"| {seeded} | {r['sequences']} | {r['new_tokens']} | {r['seconds']} | "
+                f"{r['tokens_per_s']} |"
+            )
     (results / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -269,6 +318,9 @@ def main() -> None:
     home = work / "home"
     with GPUMemory() as memory:
         code, seconds = run_study(home, config, args.limit)
+    seeds = None
+    if args.backend == "vllm":
+        seeds = request_seed_cost(model, args.data, args.size, args.new_tokens)
     write(
         {
             "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -283,6 +335,7 @@ def main() -> None:
             "stages": stage_figures(home, memory),
             "engines": engine_starts(home),
             "gpu_memory_sampled": memory.available,
+            "request_seeds": seeds,
         },
         args.results,
     )

@@ -295,6 +295,21 @@ class ExecutionConfig(Section):
     tensor_parallel_size: int = Field(
         1, ge=1, description="vLLM: GPUs one engine's model is split over."
     )
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM: engines per generation stage, each in its own process on "
+        "tensor_parallel_size GPUs of its own, sharing every call's prompts "
+        "(training/generation/vllm_replicas.py). Seeded requests give one engine's samples.",
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        description="vLLM: the engine's context in tokens (prompt and completion). None: the "
+        "model's own (Qwen2.5: 32k), which the KV cache must hold at least once. Keep it at "
+        "least the longest prompt plus sampling.max_new_tokens: a longer prompt is "
+        "left-truncated (a warning in the log), which no stage's fingerprint records.",
+    )
     rollout_chunk_prompts: int | None = Field(
         None,
         ge=1,

@@ -133,6 +133,7 @@ ADDED_SETTINGS: dict[tuple[str, str], object] = {
     ("training", "lora_rank"): 0,
     ("training", "logprob_chunk"): None,
     ("sampling", "stop"): [],
+    ("sampling", "request_seeds"): True,
 }
 
 

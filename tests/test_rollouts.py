@@ -161,6 +161,26 @@ def test_the_rollout_generator_uses_credit_rollout_backend(monkeypatch) -> None:
     assert built == ["vllm"]
 
 
+@pytest.mark.parametrize("request_seeds", [True, False])
+def test_vllm_engines_get_their_execution_settings(monkeypatch, request_seeds) -> None:
+    from synthdata_assets.defs import resources
+
+    built = []
+    monkeypatch.setattr(
+        resources, "make_generator", lambda backend, folder, **kw: built.append(kw) or policy
+    )
+    policy = ScriptedPolicy("x")
+    generator = resources.GeneratorResource(
+        backend="vllm", request_seeds=request_seeds, data_parallel_size=2, max_model_len=512
+    )
+    generator.over("ckpt", print).generate(["p"], SamplingParams(seed=7))
+    (kwargs,) = built
+    assert kwargs["request_seeds"] is request_seeds
+    assert kwargs["data_parallel_size"] == 2 and kwargs["max_model_len"] == 512
+    # Unseeded requests draw from the engine's stream, seeded by the stage's first call.
+    assert kwargs.get("seed") == (None if request_seeds else 7)
+
+
 class ScriptedPolicy:
     """Completes every prompt with the same text."""
 

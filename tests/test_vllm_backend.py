@@ -56,6 +56,7 @@ from training.config import ModelConfig
 from training.generation import SamplingParams, make_generator, prompt_seed
 from training.generation.transformers_engine import TransformersGenerator
 from training.generation.vllm_engine import VLLMGenerator, on_cpu
+from training.generation.vllm_replicas import ReplicaError, VLLMReplicas
 from training.model import build_tiny_llama
 from training.prompts import format_example, format_prompt
 from training.tokenizer import build_tokenizer
@@ -102,6 +103,20 @@ def test_samples_do_not_depend_on_the_batch(generator, prompts) -> None:
     assert generator.generate(prompts[5:7], params) == together[5:7]
     # Distinct prompts get distinct seeds: they do not share one random stream.
     assert len({prompt_seed(3, p) for p in prompts}) == len(prompts)
+
+
+def test_unseeded_requests_draw_from_the_engine_stream(generator, prompts) -> None:
+    params = SamplingParams(n=2, temperature=0.8, max_new_tokens=10, seed=3)
+    generator.request_seeds = False
+    try:
+        first, again = generator.generate(prompts, params), generator.generate(prompts, params)
+    finally:
+        generator.request_seeds = True
+    assert [len(samples) for samples in first] == [2] * len(prompts)
+    # No request carries a seed: the second call draws on from where the first stopped.
+    assert first != again
+    seeded = generator.generate(prompts, params)
+    assert seeded == generator.generate(prompts, params) != first
 
 
 def test_greedy_matches_the_transformers_backend(generator, reference, prompts) -> None:
@@ -221,3 +236,33 @@ def test_unsupported_head_size_fails_early(problems, tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="head_dim 16"):
         VLLMGenerator(folder)
+
+
+def test_replicas_share_the_prompts_and_give_one_engines_samples(
+    generator, checkpoint, prompts
+) -> None:
+    lines: list[str] = []
+    replicas = make_generator(
+        "vllm", checkpoint, dtype="float32", data_parallel_size=2, log=lines.append
+    )
+    assert isinstance(replicas, VLLMReplicas)
+    try:
+        for params in (
+            SamplingParams(n=3, temperature=0.8, max_new_tokens=12, seed=5),
+            SamplingParams(max_new_tokens=16),
+        ):
+            assert replicas.generate(prompts, params) == generator.generate(prompts, params)
+        assert replicas.generate(prompts[:1], SamplingParams(max_new_tokens=4)) == (
+            generator.generate(prompts[:1], SamplingParams(max_new_tokens=4))
+        )
+        assert any(line.startswith("replica 1: vLLM engine started") for line in lines)
+    finally:
+        processes = list(replicas._processes)
+        replicas.close()
+    assert not any(p.is_alive() for p in processes)
+
+
+def test_a_replica_that_fails_to_start_fails_the_call(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ReplicaError, match="replica 0 failed to start"):
+        VLLMReplicas(tmp_path, replicas=2)

@@ -68,6 +68,14 @@ class SamplingConfig(Section):
         "into a made-up next question: the GPU presets stop at '\\nQuestion:'.",
     )
     batch_size: int = Field(128, ge=1, description="Prompts in flight per generation call.")
+    request_seeds: bool = Field(
+        True,
+        description="vLLM: each sampled request carries a seed of its own (from the stage's "
+        "seed and the prompt), so a sample does not depend on which prompts share its batch "
+        "and a rerun writes the same samples. False: the stage's engine is seeded once and "
+        "requests draw from its stream, which lets vLLM sample a batch at once (measured in "
+        "benchmarks/results/backends.md) and makes samples depend on the batches.",
+    )
     samples_per_problem: int = Field(
         4, ge=1, description="K self-generated samples per training problem."
     )

@@ -20,10 +20,10 @@ from warehouse.io_manager import ParquetIOManager
 class _OnFirstUse:
     """A generator built at its first ``generate`` call: a stage that finds everything it
     needs already generated (reused rollouts) never loads the model. Used as a context
-    manager, it closes the engine it built on leaving (the evaluation stage runs five engines
+    manager, it closes the engine it built on leaving (the evaluation stage runs four engines
     in a row, and each must give its memory back before the next one starts)."""
 
-    def __init__(self, build: Callable[[], Generator]) -> None:
+    def __init__(self, build: Callable[[SamplingParams], Generator]) -> None:
         self._build = build
         self._generator: Generator | None = None
 
@@ -43,7 +43,7 @@ class _OnFirstUse:
         self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None
     ) -> list[list[Completion]]:
         if self._generator is None:
-            self._generator = self._build()
+            self._generator = self._build(params)
         return self._generator.generate(prompts, params, progress=progress)
 
 
@@ -57,6 +57,9 @@ class GeneratorResource(dg.ConfigurableResource):
     dtype: str = "float32"
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    max_model_len: int | None = None
+    request_seeds: bool = True
 
     def over(self, checkpoint: str, log: Callable[[str], None]) -> _OnFirstUse:
         """A generator over the model at ``checkpoint``, loaded at its first use."""
@@ -73,11 +76,18 @@ class GeneratorResource(dg.ConfigurableResource):
             extra["dtype"] = self.dtype
             extra["gpu_memory_utilization"] = self.gpu_memory_utilization
             extra["tensor_parallel_size"] = self.tensor_parallel_size
-        return _OnFirstUse(
-            lambda: make_generator(
-                backend, checkpoint, batch_size=self.batch_size, log=log, **extra
-            )
-        )
+            extra["data_parallel_size"] = self.data_parallel_size
+            extra["max_model_len"] = self.max_model_len
+            extra["request_seeds"] = self.request_seeds
+
+        def build(params: SamplingParams) -> Generator:
+            if backend == "vllm" and not self.request_seeds:
+                # Unseeded requests draw from the engine's stream: seeded by the stage's first
+                # call, so that partitions of other seeds draw other samples.
+                extra["seed"] = params.seed
+            return make_generator(backend, checkpoint, batch_size=self.batch_size, log=log, **extra)
+
+        return _OnFirstUse(build)
 
 
 def study_resources(config: ExperimentConfig, warehouse: Warehouse) -> dict[str, Any]:
@@ -95,5 +105,8 @@ def study_resources(config: ExperimentConfig, warehouse: Warehouse) -> dict[str,
             dtype=config.model.dtype,
             gpu_memory_utilization=config.execution.gpu_memory_utilization,
             tensor_parallel_size=config.execution.tensor_parallel_size,
+            data_parallel_size=config.execution.data_parallel_size,
+            max_model_len=config.execution.max_model_len,
+            request_seeds=config.sampling.request_seeds,
         ),
     }

@@ -31,6 +31,8 @@ share :mod:`training.generation.interface` and nothing else.
   loop over a transformers model (continuous batching, shared prompt caches, prefix sharing).
 - ``"vllm"``: :mod:`training.generation.vllm_engine`, a ``vllm.LLM`` engine; vLLM is the
   optional extra ``pip install -e ".[vllm]"`` (GPU machines; ``make vllm-env`` elsewhere).
+  With ``data_parallel_size=N`` (N > 1), :mod:`training.generation.vllm_replicas`: N engines
+  in as many processes, each on its own GPUs, sharing every call's prompts.
 - ``"openai"``: :mod:`training.generation.openai_engine`, requests to an OpenAI-compatible
   ``/v1/completions`` server (``folder`` is then the server's URL).
 
@@ -84,6 +86,11 @@ def make_generator(backend: str, folder: str | os.PathLike[str], **kwargs: Any) 
                 "On a GPU machine run: pip install -e '.[vllm]'; "
                 "otherwise set sampling.backend: transformers"
             ) from exc
+        replicas = kwargs.pop("data_parallel_size", 1)
+        if replicas > 1:
+            from training.generation.vllm_replicas import VLLMReplicas
+
+            return VLLMReplicas(folder, replicas=replicas, **kwargs)
         return module.VLLMGenerator(folder, **kwargs)
     if backend == "openai":
         module = importlib.import_module("training.generation.openai_engine")

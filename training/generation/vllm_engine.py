@@ -13,9 +13,12 @@ Semantics (those of :mod:`training.generation`)
 - ``temperature == 0`` decodes once per prompt and repeats the completion ``n`` times.
 - Sampled requests are seeded per prompt from ``(seed, prompt text)`` (a SHA-256 digest, so
   prompts do not share one random stream); vLLM gives sample ``j`` the seed ``s + j``. Samples
-  thus do not depend on which other prompts share the call. vLLM's random streams differ from
-  the transformers engine's: the two engines give different samples for the same seed.
-  :mod:`training.generation.openai_engine` seeds its requests the same way
+  thus do not depend on which other prompts share the call. With ``request_seeds=False``
+  requests carry no seed and draw from the engine's one random stream (``seed``): vLLM's
+  batched sampler, without a generator per request, at the price of samples that depend on
+  the call's batches (the cost of each is measured in ``benchmarks/backends.py``). vLLM's
+  random streams differ from the transformers engine's: the two engines give different samples
+  for the same seed. :mod:`training.generation.openai_engine` seeds its requests the same way
   (:func:`~training.generation.interface.prompt_seed`), so a ``vllm serve`` endpoint of the
   same checkpoint gives the samples of this engine.
 - ``num_tokens`` counts the generated tokens, the EOS or the token completing a stop string
@@ -82,7 +85,8 @@ class VLLMGenerator:
     """Sampling with a ``vllm.LLM`` engine over a checkpoint folder (see the module docstring).
 
     ``dtype``, ``gpu_memory_utilization``, ``max_model_len``, ``kv_cache_memory_bytes``,
-    ``seed`` (the engine's; requests carry their own) and any other keyword go to ``vllm.LLM``;
+    ``seed`` (the engine's: what unseeded requests draw from) and any other keyword go to
+    ``vllm.LLM``; ``request_seeds`` seeds each sampled request (see the module docstring);
     ``batch_size`` is accepted for interface parity and ignored (vLLM schedules its own
     batches).
     """
@@ -96,12 +100,14 @@ class VLLMGenerator:
         max_model_len: int | None = None,
         kv_cache_memory_bytes: int | None = None,
         seed: int = 0,
+        request_seeds: bool = True,
         batch_size: int | None = None,
         log: Callable[[str], None] | None = None,
         **engine_kwargs: Any,
     ) -> None:
         del batch_size
         self.log = log or (lambda _message: None)
+        self.request_seeds = request_seeds
         folder = Path(folder)
         engine_kwargs.setdefault("enable_prefix_caching", True)
         if on_cpu():
@@ -158,6 +164,7 @@ class VLLMGenerator:
             self.tokenizer, prompts, self.context, params.max_new_tokens, self.log
         )
         greedy = params.temperature == 0
+        seeded = self.request_seeds and not greedy
         draws = 1 if greedy else params.n
         sampling = [
             vllm.SamplingParams(
@@ -166,7 +173,7 @@ class VLLMGenerator:
                 top_p=params.top_p,
                 max_tokens=params.max_new_tokens,
                 stop=list(params.stop) or None,
-                seed=None if greedy else prompt_seed(params.seed, prompt),
+                seed=prompt_seed(params.seed, prompt) if seeded else None,
             )
             for prompt in prompts
         ]
