@@ -139,7 +139,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from synthdata_assets.config import BROKER_ENV, LOCAL_BROKER
     from synthdata_assets.orchestrate import claim_instance, recover_dead_runs, stop_on_sigterm
-    from synthdata_assets.preflight import check_data, usable_warehouse
+    from synthdata_assets.preflight import check_data, check_devices, usable_warehouse
     from synthdata_assets.workers import BrokerUnreachable, check_broker
     from training.checkpoint import remove_partial_checkpoints
     from warehouse.instance import InstanceOwnedElsewhere, write_instance_settings
@@ -156,6 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     slots = config.execution.accelerator_slots or args.workers or 1
     warehouse = usable_warehouse()
     check_data(config)
+    check_devices(config)
     try:
         if broker:
             check_broker(broker)

@@ -562,7 +562,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "eval_samples": 8,
         },
         # The paper fine-tunes every weight; a 7B model's float32 states (112 GB) need FSDP over
-        # several GPUs, which the trainers cannot launch yet, so on one GPU: LoRA.
+        # several GPUs, which the trainers cannot do yet (DDP keeps a whole copy per GPU), so: LoRA.
         "training": {
             "epochs": 3,
             "learning_rate": 1e-5,
@@ -574,7 +574,14 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "dpo_learning_rate": 1e-6,
             "dpo_beta": 0.1,
         },
-        "execution": {"process_per_stage": True, "rollout_chunk_prompts": 4096},
+        # One node of 8 GPUs: each training stage as 8 DDP ranks, each generation stage as 8
+        # vLLM engines (set both to the node's GPU count).
+        "execution": {
+            "process_per_stage": True,
+            "rollout_chunk_prompts": 4096,
+            "train_processes": 8,
+            "data_parallel_size": 8,
+        },
     },
 }
 

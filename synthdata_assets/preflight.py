@@ -51,3 +51,33 @@ def check_data(config: ExperimentConfig) -> None:
         ) from None
     except ValueError as exc:
         raise PreflightError(str(exc)) from None
+
+
+def check_devices(config: ExperimentConfig, gpus: int | None = None) -> None:
+    """On a GPU machine, the multi-GPU settings ask for no more GPUs than it has (``gpus``,
+    default: the GPUs torch sees), so that a preset made for 8 GPUs fails here, not at its
+    first training or generation stage. Nothing is checked without a GPU (training ranks then
+    run over gloo and vLLM replicas on the cores) or with ``execution.broker`` (the stages run
+    on the workers' machines)."""
+    if config.execution.broker:
+        return
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not gpus:
+        return
+    execution = config.execution
+    if execution.train_processes > gpus:
+        raise PreflightError(
+            f"execution.train_processes {execution.train_processes} asks for a GPU per "
+            f"training rank, and {gpus} are visible; set it to at most {gpus}"
+        )
+    engines = {config.sampling.backend, config.credit.rollout_backend}
+    needed = execution.data_parallel_size * execution.tensor_parallel_size
+    if "vllm" in engines and needed > gpus:
+        raise PreflightError(
+            f"execution.data_parallel_size {execution.data_parallel_size} x "
+            f"execution.tensor_parallel_size {execution.tensor_parallel_size} needs {needed} "
+            f"GPUs, and {gpus} are visible; lower data_parallel_size"
+        )

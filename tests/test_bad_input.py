@@ -169,3 +169,18 @@ def _processes_of(home: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_multi_gpu_settings_beyond_the_machine_are_named() -> None:
+    from synthdata_assets.preflight import PreflightError, check_devices
+
+    paper = load_config("paper")  # one node of 8 GPUs
+    check_devices(paper, gpus=8)
+    check_devices(paper, gpus=0)  # no GPU: ranks over gloo, vLLM replicas on the cores
+    with pytest.raises(PreflightError, match="execution.train_processes 8 .* at most 4"):
+        check_devices(paper, gpus=4)
+    one_rank = load_config("paper", overrides={"execution": {"train_processes": 4}})
+    with pytest.raises(PreflightError, match="execution.data_parallel_size 8 x"):
+        check_devices(one_rank, gpus=4)
+    on_workers = load_config("paper", overrides={"execution": {"broker": "redis://h:6379/0"}})
+    check_devices(on_workers, gpus=1)  # the stages run on the workers' machines
