@@ -256,6 +256,11 @@ def test_replicas_share_the_prompts_and_give_one_engines_samples(
             generator.generate(prompts[:1], SamplingParams(max_new_tokens=4))
         )
         assert any(line.startswith("replica 1: vLLM engine started") for line in lines)
+        # A replica's error is raised here, and leaves no answer behind for the next call.
+        with pytest.raises(ReplicaError, match="leaves no room"):
+            replicas.generate(prompts, SamplingParams(max_new_tokens=100_000))
+        greedy = SamplingParams(max_new_tokens=8)
+        assert replicas.generate(prompts, greedy) == generator.generate(prompts, greedy)
     finally:
         processes = list(replicas._processes)
         replicas.close()

@@ -146,8 +146,14 @@ class VLLMReplicas:
         for pipe, share in parts:
             pipe.send(("generate", [prompts[i] for i in share], params))
         results: list[list[Completion]] = []
-        for pipe, _share in parts:
-            results += self._reply(pipe)
+        failure: ReplicaError | None = None
+        for pipe, _share in parts:  # every answer is read, so none is left for the next call
+            try:
+                results += self._reply(pipe)
+            except ReplicaError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         if progress is not None and prompts:
             tokens = sum(c.num_tokens for samples in results for c in samples)
             elapsed = max(time.perf_counter() - start, 1e-9)
