@@ -137,7 +137,7 @@ def materialize(
     if threading.current_thread() is threading.main_thread():
         _python_handles_ctrl_c()
     with (
-        open(log, "w") as handle,
+        open(log, "w+") as handle,
         subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -159,9 +159,16 @@ def materialize(
             if echo:
                 print(f"  ✗ {label} stopped after {time.perf_counter() - start:.1f}s", flush=True)
             raise
+        if proc.returncode != 0:
+            # This run's own lines, from its own file: a launcher of the same selection and
+            # partition started since then has moved it to previous/ and writes its own.
+            handle.flush()
+            handle.seek(0)
+            tail = "\n".join(handle.read().splitlines()[-40:])
+            if not log.exists() or not os.path.samestat(os.fstat(handle.fileno()), log.stat()):
+                log = logs / "previous" / log.name
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         if echo:
             print(f"  ✗ {label} failed after {seconds:.1f}s (log: {log})", flush=True)
         raise RunFailed(f"run of {label} failed; last lines of {log}:\n{tail}")

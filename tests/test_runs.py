@@ -312,3 +312,35 @@ def test_a_run_not_launched_by_the_holder_fails_naming_it(
     assert any(f"in use by process {os.getpid()}" in text for text in failures)
     assert not warehouse.table_file("problems").exists()
     assert materialize_problems().success  # once the holder is gone
+
+
+def test_a_failed_run_reports_its_own_log_lines(tmp_path: Path, monkeypatch) -> None:
+    """A launcher of the same selection and partition that starts while a run is going moves
+    the run's log to previous/ and writes its own: the failed run still reports its own lines,
+    and where they are now."""
+    from synthdata_assets import orchestrate
+
+    class FailedRun:
+        pid, returncode, stdout = 0, 1, None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_exc) -> None:
+            pass
+
+    def follow(proc, handle, warehouse, followed, *, echo) -> None:
+        handle.write("refused: partition 32|0 is being written by run r1\n")
+        log = warehouse.reports / "logs" / "sft_model__32_0.log"
+        (log.parent / "previous").mkdir(exist_ok=True)
+        log.replace(log.parent / "previous" / log.name)  # the second launcher starts
+        log.write_text("sft_model - STEP_SUCCESS\n")
+
+    monkeypatch.setattr(orchestrate.subprocess, "Popen", lambda *a, **k: FailedRun())
+    monkeypatch.setattr(orchestrate, "_follow", follow)
+    warehouse = Warehouse(tmp_path / "home")
+    with pytest.raises(orchestrate.RunFailed) as failed:
+        orchestrate.materialize("sft_model", warehouse, "32|0", echo=False)
+    message = str(failed.value)
+    assert "is being written by run r1" in message and "STEP_SUCCESS" not in message
+    assert str(Path("previous") / "sft_model__32_0.log") in message
