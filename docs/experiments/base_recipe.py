@@ -1,0 +1,107 @@
+"""Does a base pretrained from scratch with a longer phase 2 converge, and is SFT on the
+teacher's solutions then above that base?
+
+    python docs/experiments/base_recipe.py pretrain CHAIN_STEPS [FOLDER]
+    python docs/experiments/base_recipe.py sft FOLDER SIZE SEED POOL_SEED LR
+    python docs/experiments/base_recipe.py eval FOLDER
+
+``pretrain`` runs ``pretrain_base(PretrainRecipe(chain_steps=CHAIN_STEPS))`` from scratch into
+FOLDER (default /tmp/base_recipe_runs/chain{CHAIN_STEPS}), times it, and scores greedy accuracy
+on the test problems of pools 0 and 7 (sft_forgetting.accuracy). ``sft`` fine-tunes the base at
+FOLDER as sft_forgetting.py's ``sft`` does (the demo preset's teacher solutions of SIZE problems,
+the preset's ``training`` section with ``learning_rate`` LR, no replay) and scores greedy
+accuracy (``eval=acc``). ``eval`` scores a saved base (greedy accuracy and first errors, pools 0
+and 7). Rows are appended to ``base_recipe.jsonl`` next to this file. Run with
+one torch thread (``OMP_NUM_THREADS=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sft_forgetting  # noqa: E402
+
+from synthdata_assets.pretrain import PretrainRecipe, pretrain_base, pretraining_corpus  # noqa: E402
+
+OUT = Path(__file__).with_name("base_recipe.jsonl")
+# sft_forgetting's _record appends to its module-level OUT: send its rows here instead.
+sft_forgetting.OUT = OUT
+
+
+def _cpu() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cmd_pretrain(chain_steps: str, folder: str = "") -> None:
+    recipe = PretrainRecipe(chain_steps=int(chain_steps))
+    out = Path(folder or f"/tmp/base_recipe_runs/chain{chain_steps}")
+    started = time.monotonic()
+    drill, chains = pretraining_corpus(recipe)  # only to record the corpus sizes
+    corpus_s = time.monotonic() - started
+    started = time.monotonic()
+    meta = pretrain_base(recipe, out, log=lambda m: print(m, flush=True))
+    pretrain_s = time.monotonic() - started
+    row = {
+        "cmd": "pretrain",
+        "chain_steps": recipe.chain_steps,
+        "folder": str(out),
+        "drill_examples": len(drill),
+        "chain_problems": len(chains),
+        "lookups": recipe.lookups,
+        "drill_accuracy": round(meta["drill_accuracy"], 4),
+        "loss_last_10pct": round(meta["final_loss"], 4),
+        "corpus_seconds": round(corpus_s, 1),
+        "pretrain_seconds": round(pretrain_s, 1),
+        "cpu_model": _cpu(),
+    }
+    started = time.monotonic()
+    for pool in (0, 7):
+        scored = sft_forgetting.accuracy(str(out), pool, 0)
+        row[f"accuracy_pool{pool}"] = scored["accuracy"]
+        row[f"first_error_pool{pool}"] = scored["first_error"]
+    row["eval_seconds"] = round(time.monotonic() - started, 1)
+    sft_forgetting._record(row)
+
+
+def cmd_eval(folder: str) -> None:
+    row = {"cmd": "eval", "folder": folder}
+    for pool in (0, 7):
+        scored = sft_forgetting.accuracy(folder, pool, 0)
+        row[f"accuracy_pool{pool}"] = scored["accuracy"]
+        row[f"first_error_pool{pool}"] = scored["first_error"]
+    sft_forgetting._record(row)
+
+
+def cmd_sft(folder: str, size: str, seed: str, pool_seed: str, lr: str) -> None:
+    sft_forgetting.cmd_sft(
+        size, seed, pool_seed, "0", "pretrain", f"base={folder}", f"learning_rate={lr}", "eval=acc"
+    )
+
+
+if __name__ == "__main__":
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "cpu": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(),
+                "cpu_model": _cpu(),
+            }
+        ),
+        flush=True,
+    )
+    {"pretrain": cmd_pretrain, "sft": cmd_sft, "eval": cmd_eval}[sys.argv[1]](*sys.argv[2:])
