@@ -73,8 +73,8 @@ class SamplingConfig(Section):
         description="vLLM: each sampled request carries a seed of its own (from the stage's "
         "seed and the prompt), so a sample does not depend on which prompts share its batch "
         "and a rerun writes the same samples. False: the stage's engine is seeded once and "
-        "requests draw from its stream, which lets vLLM sample a batch at once (measured in "
-        "benchmarks/results/backends.md) and makes samples depend on the batches.",
+        "requests draw from its stream, which lets vLLM sample a batch at once (no measurable "
+        "gain on CPUs: docs/benchmarks.md) and makes samples depend on the batches.",
     )
     samples_per_problem: int = Field(
         4, ge=1, description="K self-generated samples per training problem."
