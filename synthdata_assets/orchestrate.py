@@ -90,13 +90,13 @@ def _python_handles_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _die_with_parent() -> None:
-    """In the child, before it runs: ``SIGKILL`` when the launcher dies (Linux). Not a
-    gentler signal: Dagster defers ``SIGINT``/``SIGTERM`` while its own code runs (a step
-    waiting for a pool slot waits on), and what a run writes is atomic anyway."""
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """In a child, before it runs (``preexec_fn``): ``signum`` when its parent dies (Linux).
+    ``SIGKILL`` for Dagster runs: Dagster defers ``SIGINT``/``SIGTERM`` while its own code runs
+    (a step waiting for a pool slot waits on), and what a run writes is atomic anyway."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(_PR_SET_PDEATHSIG, signum)
     except (OSError, AttributeError):
         pass  # not Linux: the launcher's own handlers are all there is
 
@@ -147,7 +147,7 @@ def materialize(
             errors="replace",
             start_new_session=True,
             pass_fds=() if lock_fd is None else (lock_fd,),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         ) as proc,
     ):
         followed: dict = {} if started is None else started
@@ -282,9 +282,7 @@ def serve(cmd: list[str], *, cwd: Path) -> int:
     stops a run (``dagster dev`` ignores ``SIGTERM``, and its webserver, daemon and code
     servers outlive a lone signal to their parent)."""
     _python_handles_ctrl_c()
-    with subprocess.Popen(
-        cmd, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent
-    ) as proc:
+    with subprocess.Popen(cmd, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent) as proc:
         try:
             return proc.wait()
         except KeyboardInterrupt:

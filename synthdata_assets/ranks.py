@@ -23,8 +23,7 @@ works as in one process) and pickles the result back. The ranks die with the sta
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import functools
 import os
 import pickle
 import signal
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from synthdata_assets.models import seeded
+from synthdata_assets.orchestrate import die_with_parent
 from synthdata_assets.terminal import PROGRESS_MARK, parse_progress, progress_logger
 from training.progress import Progress, no_progress
 from training.trainer import is_main_rank
@@ -69,7 +69,8 @@ def call(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_die_with_parent,
+        # SIGTERM: torchrun passes it on to the ranks.
+        preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),
     )
     try:
         assert ranks.stdout is not None
@@ -112,12 +113,6 @@ def _progress_figures(line: str) -> tuple[int, int, dict[str, float]]:
         except ValueError:
             continue
     return done, total, figures
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the stage's process dies (Linux)."""
-    with contextlib.suppress(OSError):  # not Linux: the ranks outlive a killed stage
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def main(spec: str, result: str) -> None:

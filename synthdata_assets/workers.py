@@ -118,7 +118,7 @@ class LocalWorkers:
     ) -> LocalWorkers:
         import subprocess
 
-        from synthdata_assets.orchestrate import _die_with_parent
+        from synthdata_assets.orchestrate import die_with_parent
         from warehouse.lock import LOCK_FD_ENV
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
@@ -141,7 +141,7 @@ class LocalWorkers:
                     stderr=open(logs / f"worker{i}.err", "w"),  # noqa: SIM115 (the child owns it)
                     start_new_session=True,
                     pass_fds=() if lock_fd is None else (lock_fd,),
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             )
             files.append(log)
