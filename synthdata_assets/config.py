@@ -285,9 +285,18 @@ class ExecutionConfig(Section):
         1,
         ge=1,
         description="Processes each training stage (SFT, RFT, both DPO variants) runs as: one "
-        "per GPU, data-parallel (DDP, started by torchrun; synthdata_assets/ranks.py). The "
+        "per GPU, data-parallel (DDP or FSDP by train_sharding, started by torchrun; "
+        "synthdata_assets/ranks.py). The "
         "global batch and the schedule are those of one process; the updates differ only in "
         "the order of float sums.",
+    )
+    train_sharding: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How the train_processes ranks share the model. ddp: each keeps all of the "
+        "weights, gradients and AdamW states. fsdp: each keeps 1/train_processes of them "
+        "(PyTorch FSDP2, training/fsdp.py), so a model whose float32 training states do not "
+        "fit one GPU trains fully over several; rank 0 still saves a full Hugging Face folder, "
+        "and the updates are those of ddp up to float rounding. No effect with one process.",
     )
     gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="vLLM: the share of GPU memory its engine may take."
@@ -561,8 +570,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "samples_per_problem": 4,
             "eval_samples": 8,
         },
-        # The paper fine-tunes every weight; a 7B model's float32 states (112 GB) need FSDP over
-        # several GPUs, which the trainers cannot do yet (DDP keeps a whole copy per GPU), so: LoRA.
+        # The paper fine-tunes every weight; a 7B model's float32 states (112 GB) do not fit one
+        # GPU, so each DDP rank cannot keep a whole copy: LoRA here. For full fine-tuning set
+        # lora_rank: 0 and execution.train_sharding: fsdp (each of 8 GPUs keeps 1/8).
         "training": {
             "epochs": 3,
             "learning_rate": 1e-5,

@@ -1,18 +1,25 @@
-"""Training stages over several processes of one machine: data-parallel ranks (DDP).
+"""Training stages over several processes of one machine: data-parallel ranks (DDP or FSDP).
 
 With ``execution.train_processes: N`` (N > 1), SFT, RFT, plain and per-step DPO each run as N
 processes started by ``torch.distributed.run`` (torchrun), one per GPU. Each rank loads the
-starting model, trains on its share of every batch under accelerate (DDP: the gradients are
-averaged across ranks before each update), and rank 0 saves the full model and returns the
-stage's checkpoint row. The global batch, the schedule and the examples are those of one
-process (:class:`training.trainer.BatchPlan`), so the updates are the same up to the order of
-float sums. On a machine without GPUs the ranks share its cores over gloo: that is how the
-tests check it (``tests/test_ranks.py``).
+starting model, trains on its share of every batch under accelerate, and rank 0 saves the full
+model and returns the stage's checkpoint row. The global batch, the schedule and the examples
+are those of one process (:class:`training.trainer.BatchPlan`), so the updates are the same up
+to the order of float sums. On a machine without GPUs the ranks share its cores over gloo:
+that is how the tests check it (``tests/test_ranks.py``).
+
+:func:`call`'s ``sharding`` (``execution.train_sharding``) says how the ranks share the model.
+``ddp`` (the default): every rank keeps all of the weights, gradients and AdamW states, and the
+gradients are averaged before each update. ``fsdp``: each rank keeps ``1/N`` of each (PyTorch
+FSDP2, :mod:`training.fsdp`), so a model whose float32 training states do not fit one GPU (a
+7B model's take 112 GB) can be fully fine-tuned over several; rank 0 gathers the trained
+weights and saves the same plain Hugging Face folder. The ranks learn the choice from the
+``SYNTHDATA_TRAIN_SHARDING`` variable that :func:`call` sets for them
+(:data:`training.trainer.SHARDING_ENV`).
 
 Why torchrun and not ``accelerate launch``: accelerate's launcher starts several processes only
 on GPUs (or under MPI), while torchrun starts them on GPUs and CPUs alike, and accelerate's
-``Accelerator`` reads torchrun's environment (NCCL on GPUs, gloo on CPUs). FSDP is not built:
-a 7B model's full fine-tuning, whose float32 states do not fit one GPU, still needs LoRA.
+``Accelerator`` reads torchrun's environment (NCCL on GPUs, gloo on CPUs).
 
 The stage's function and arguments go to the ranks in a pickle beside the checkpoint folder;
 rank 0 prints the log and the progress lines (which the stage passes on, so its progress bar
@@ -37,7 +44,7 @@ from synthdata_assets.models import seeded
 from synthdata_assets.orchestrate import die_with_parent
 from synthdata_assets.terminal import PROGRESS_MARK, parse_progress, progress_logger
 from training.progress import Progress, no_progress
-from training.trainer import is_main_rank
+from training.trainer import SHARDING_ENV, Sharding, is_main_rank
 
 Log = Callable[[str], None]
 
@@ -50,9 +57,11 @@ def call(
     seed: int,
     log: Log,
     progress: Progress,
+    sharding: Sharding = "ddp",
 ) -> Any:
     """``train(folder=, seed=, log=, progress=)`` in this process, or over ``processes``
-    ranks (see the module docstring); its result (rank 0's)."""
+    ranks sharing the model as ``sharding`` says (see the module docstring); its result
+    (rank 0's)."""
     if processes <= 1:
         return train(folder=folder, seed=seed, log=log, progress=progress)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +72,10 @@ def call(
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={processes}", "-m", __name__, str(spec), str(result),
     ]  # fmt: skip
-    log(f"training over {processes} ranks: {' '.join(command[1:])}")
+    log(f"training over {processes} ranks ({sharding}): {' '.join(command[1:])}")
     ranks = subprocess.Popen(
         command,
+        env={**os.environ, SHARDING_ENV: sharding},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

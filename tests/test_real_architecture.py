@@ -156,10 +156,16 @@ def test_small_preset_with_lora_through_synthdata_run_one_process_per_stage(
     qwen2: Path, tmp_path: Path
 ) -> None:
     """LoRA, each stage in its own process (Dagster's multiprocess executor, which needs the
-    code location that ``synthdata run`` launches), and each training stage over two
-    data-parallel ranks (``execution.train_processes``, here on CPUs over gloo)."""
+    code location that ``synthdata run`` launches), and each training stage over two ranks
+    that shard the model (``execution.train_processes`` and ``train_sharding: fsdp``, here on
+    CPUs over gloo)."""
     overrides = small_overrides(
-        qwen2, "transformers", lora_rank=4, process_per_stage=True, train_processes=2
+        qwen2,
+        "transformers",
+        lora_rank=4,
+        process_per_stage=True,
+        train_processes=2,
+        train_sharding="fsdp",
     )
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(overrides))
@@ -180,11 +186,12 @@ def test_small_preset_with_lora_through_synthdata_run_one_process_per_stage(
     assert set(pids) == set(PARTITION_STAGES)
     assert len(set(pids.values())) == len(PARTITION_STAGES), pids  # a process each
     text = log.read_text()
-    assert text.count("training over 2 ranks") == 4  # SFT, RFT and both DPO variants
+    assert text.count("training over 2 ranks (fsdp)") == 4  # SFT, RFT and both DPO variants
     assert "(2 process(es) x 1 x <= 2)" in text  # batch 4: two ranks of one micro-batch of 2
     check_study(Warehouse(home))
     # Execution settings are in no fingerprint: the same study in one process is up to date.
-    config.write_text(yaml.safe_dump(overrides | {"execution": {"process_per_stage": False}}))
+    one_process = {"process_per_stage": False, "train_sharding": "ddp"}
+    config.write_text(yaml.safe_dump(overrides | {"execution": one_process}))
     again = subprocess.run(
         [str(synthdata), "run"], env=env, capture_output=True, text=True, timeout=300
     )

@@ -38,7 +38,9 @@ Computed **once**, before any update: ``reference_model`` if given, else ``model
 (so no second copy of the model stays in memory), in eval mode, without gradients, batched by
 length, under the same bf16 autocast setting as training (so at the first update the policy
 and the reference agree and the loss is ``log 2``). They are stored per pair. With several
-processes each scores a share of the pairs and the shares are summed across processes.
+processes each scores a share of the pairs and the shares are summed across processes; under
+FSDP (``execution.train_sharding``) ``model`` is sharded first and the processes score their
+shares together, since each forward pass gathers the parameters from all of them.
 
 Weights
 -------
@@ -57,8 +59,8 @@ seeded length-grouped batches from :func:`training.trainer.micro_batches` (keyed
 longer sequence of each pair), AdamW with ``config.weight_decay`` on matrices, linear warmup over
 ``config.warmup_ratio`` then cosine decay, gradient clipping at 1.0, bf16 autocast as
 ``config.bf16`` and the hardware decide (:mod:`training.precision`), ``accelerate`` for devices
-and several processes. ``max_steps`` overrides ``epochs``. The model is trained in place and
-left in eval mode.
+and several processes (DDP or FSDP, :mod:`training.fsdp`). ``max_steps`` overrides ``epochs``.
+The model is trained in place and left in eval mode (under FSDP: on rank 0, which saves).
 
 Statistics and progress
 -----------------------
@@ -260,7 +262,7 @@ def train_dpo(
     pad_id = trainer.pad_token_id(tokenizer)
     reference_start = time.perf_counter()
     reference = _pair_logprobs(
-        reference_model if reference_model is not None else model,
+        reference_model if reference_model is not None else run.place(model),
         pairs,
         pad_id,
         run=run,
@@ -287,7 +289,8 @@ def train_dpo(
         "mean_margin": float(last_epoch[2] / last_epoch[0]),
     }
     summary = run.finish(**preference)
-    moved = _logprob_changes(model, pairs, reference, pad_id, run=run)
+    moved = _logprob_changes(run.place(model), pairs, reference, pad_id, run=run)
+    run.consolidate()
     return DPOStats(**summary, **counts, **preference, **moved, reference_seconds=reference_seconds)
 
 
@@ -496,10 +499,15 @@ def _pair_logprobs(
     accelerator = run.accelerator
     was_training = scorer.training
     original_device = next(scorer.parameters()).device
-    scorer.to(accelerator.device).eval()
+    if original_device != accelerator.device:
+        scorer.to(accelerator.device)
+    scorer.eval()
     rank, processes = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(pairs), processes))
-    sequences = [pairs[i].chosen for i in mine] + [pairs[i].rejected for i in mine]
+    # Every process runs as many forward passes (each is collective under FSDP): a share one
+    # pair short is topped up with pair 0, whose extra scores are dropped.
+    topped = mine + [0] * (math.ceil(len(pairs) / processes) - len(mine))
+    sequences = [pairs[i].chosen for i in topped] + [pairs[i].rejected for i in topped]
     try:
         scores = _score(
             scorer,
@@ -514,7 +522,7 @@ def _pair_logprobs(
         scorer.train(was_training)
     result = torch.zeros(len(pairs), 2, dtype=torch.float32)
     result[mine, 0] = scores[: len(mine)]
-    result[mine, 1] = scores[len(mine) :]
+    result[mine, 1] = scores[len(topped) : len(topped) + len(mine)]
     if processes > 1:  # every pair is scored by one process; the others add zeros
         result = accelerator.reduce(result.to(accelerator.device), "sum").cpu()
     if restore_device and original_device != accelerator.device:

@@ -16,10 +16,13 @@ not a chosen set per row; Liger's fused linear cross-entropy is a Triton (GPU-on
 and not a dependency here.
 
 The decoder's output is caught with a forward hook while the model runs its own ``forward``
-(with ``logits_to_keep=1``, so its logits are one position per row), because DDP and
+(with ``logits_to_keep=1``, so its logits are one position per row), because DDP, FSDP and
 accelerate hook that ``forward``: calling the decoder directly would bypass them. The head is
-then applied outside ``forward``; that is right for one process and for DDP, but not for a
-head whose weights FSDP shards (not built here).
+then applied outside ``forward``, here and again when the backward pass recomputes a chunk.
+Under FSDP that needs the head's whole weight at those times, not this rank's shard:
+:mod:`training.fsdp` keeps the head in the root unit, which stays gathered from its forward
+pass to the end of the backward pass, where its gradient is reduce-scattered. A head found
+sharded (another layout) is an error here rather than a wrong product.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import contextlib
 from collections.abc import Callable
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
@@ -122,4 +126,10 @@ def _decoder_states(
             )
     finally:
         handle.remove()
-    return caught[-1], inner.get_output_embeddings()
+    head = inner.get_output_embeddings()
+    if isinstance(head.weight, DTensor):
+        raise RuntimeError(
+            "the output head's weight is sharded outside forward; shard the model with "
+            "training.fsdp.shard, which keeps the head gathered until the backward pass ends"
+        )
+    return caught[-1], head

@@ -33,7 +33,9 @@ line when training starts and one when it ends; ``progress`` (a
 total, and the figures ``loss``, ``lr`` (for the next update) and ``tokens_per_s`` (since the
 start).
 
-The model is trained in place and left in eval mode on the accelerator's device.
+The model is trained in place and left in eval mode on the accelerator's device; over FSDP
+ranks (:mod:`training.fsdp`) that holds on rank 0, which saves, while the other ranks' models
+stay sharded.
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ def train_sft(
 
     for micro in run.updates(loss_function):
         run.record(run.update_loss([loss for loss, _ in micro]))
-    return TrainStats(**run.finish(), examples=len(kept), dropped=dropped)
+    stats = TrainStats(**run.finish(), examples=len(kept), dropped=dropped)
+    run.consolidate()
+    return stats
 
 
 def scored_tokens(example: EncodedExample) -> int:

@@ -36,8 +36,14 @@ Devices and precision
 ---------------------
 ``accelerate.Accelerator`` does device placement, data sharding across processes, gradient
 accumulation and synchronisation, backward and clipping, so the same loop runs on a laptop
-CPU (``python ...``) and on several GPUs (``accelerate launch ...``, DDP/FSDP/DeepSpeed from
-its config). Logging is by the main process only.
+CPU (``python ...``) and over ranks started by torchrun (:mod:`synthdata_assets.ranks`), one
+per GPU or sharing a machine's CPUs over gloo. The ranks are data-parallel (DDP) unless
+``SYNTHDATA_TRAIN_SHARDING=fsdp`` (:data:`SHARDING_ENV`, set for the ranks by
+:func:`synthdata_assets.ranks.call` from its ``sharding``, i.e. ``execution.train_sharding``):
+then :mod:`training.fsdp` shards the parameters, gradients and AdamW states over them, rank 0
+(the saver) keeps the caller's model whole in host memory, and
+:meth:`TrainingRun.consolidate` loads the trained weights into it at the end. Logging is by the
+main process only.
 
 bf16 comes from an explicit ``torch.autocast`` around the forward pass on the accelerator's
 device type, as :func:`training.precision.resolve_bf16` decides from ``training.bf16`` and the
@@ -55,19 +61,21 @@ core busy, two torch threads spin-wait on each other.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from training import fsdp
 from training.config import TrainingConfig
 from training.precision import resolve_bf16
 from training.progress import Progress
@@ -77,6 +85,9 @@ ADAM_BETAS = (0.9, 0.95)
 MAX_GRAD_NORM = 1.0
 # Batches sorted by length together; more saves padding, fewer keeps batches more random.
 LENGTH_GROUP = 8
+# How the ranks of a run share the model (execution.train_sharding), set by their launcher.
+SHARDING_ENV = "SYNTHDATA_TRAIN_SHARDING"
+Sharding = Literal["ddp", "fsdp"]
 
 Log = Callable[[str], None]
 # A micro-batch's loss (to backpropagate) and a per-micro-batch figure the trainer tallies.
@@ -159,6 +170,14 @@ def is_main_rank() -> bool:
     """Whether this process saves and reports: rank 0 of ranks started by torchrun
     (``RANK``), or the only process."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def sharding_from_env() -> Sharding:
+    """The ranks' sharding, from :data:`SHARDING_ENV` (``ddp`` when unset)."""
+    value = os.environ.get(SHARDING_ENV, "ddp")
+    if value not in get_args(Sharding):
+        raise ValueError(f"{SHARDING_ENV} must be one of {get_args(Sharding)}, got {value!r}")
+    return value  # type: ignore[return-value]  # checked against the Literal above
 
 
 def check_budget(max_steps: int | None, micro_batch_size: int | None) -> None:
@@ -287,7 +306,9 @@ class TrainingRun:
     """One run of a trainer: its accelerator, batch plan, precision, optimiser and loss curve.
 
     Use: construct, :meth:`prepare` the model and data, iterate :meth:`updates`, call
-    :meth:`record` with each update's loss, then :meth:`finish`.
+    :meth:`record` with each update's loss, then :meth:`finish` and :meth:`consolidate`.
+    Forward passes outside the updates (DPO's reference and scoring passes) run on
+    :meth:`place`'s module: under FSDP every rank must run each of them, as each is collective.
     """
 
     def __init__(
@@ -300,9 +321,11 @@ class TrainingRun:
         *,
         log: Log | None = None,
         progress: Progress | None = None,
+        sharding: Sharding | None = None,
     ) -> None:
         """A run named ``what`` in messages, over ``examples`` examples, with ``config``'s
-        batch size, epochs, precision and optimiser settings."""
+        batch size, epochs, precision and optimiser settings; ``sharding`` (else
+        :func:`sharding_from_env`) says how several processes share the model."""
         # Ranks started by torchrun on a machine without GPUs: accelerate makes them one
         # data-parallel group over gloo only when told they run on CPUs.
         cpu_ranks = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
@@ -314,6 +337,11 @@ class TrainingRun:
         )
         self.accelerator.gradient_accumulation_steps = self.plan.accumulation
         self.precision = resolve_bf16(config.bf16, self.accelerator.device)
+        sharding = sharding or sharding_from_env()
+        # One process has nothing to shard over.
+        self.fsdp = sharding == "fsdp" and self.accelerator.num_processes > 1
+        self.given: torch.nn.Module | None = None  # the caller's model, under FSDP
+        self.sharded: torch.nn.Module | None = None
         self.what, self.config = what, config
         self.log, self.progress = log, progress
         self.losses: list[float] = []
@@ -333,6 +361,28 @@ class TrainingRun:
         """The forward pass's autocast context: bf16 iff the run's precision says so."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision.bf16)
 
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module that trains (accelerate wraps it for DDP) and runs ``model``'s other
+        forward passes: ``model`` itself, or under FSDP its shards on this rank (sharded at the
+        first call). Rank 0 shards a copy and keeps ``model`` whole on the CPU for
+        :meth:`consolidate`; the other ranks shard ``model`` in place, which is then of no use
+        alone."""
+        if not self.fsdp:
+            return model
+        if self.sharded is None:
+            self.given = model
+            if self.accelerator.is_main_process:
+                model = copy.deepcopy(model.cpu())
+            self.sharded = fsdp.shard(model, self.device, self.accelerator.num_processes)
+            here, total = fsdp.local_share(self.sharded)
+            self.emit(
+                f"FSDP over {self.accelerator.num_processes} ranks: rank 0 keeps {here:,} of "
+                f"{total:,} parameter elements, their gradients and AdamW states"
+            )
+        elif model is not self.given:
+            raise ValueError("a run trains one model; place() was given another")
+        return self.sharded
+
     def prepare(
         self,
         model: torch.nn.Module,
@@ -340,7 +390,11 @@ class TrainingRun:
         batch_sampler: Sequence[list[int]],
         collate_fn: Callable[[list], dict[str, torch.Tensor]],
     ) -> None:
-        """Build the loader, AdamW and the schedule, and hand them to accelerate."""
+        """Build the loader, AdamW and the schedule, and hand them to accelerate with the
+        model (under FSDP, :meth:`place`'s shards, which accelerate must not wrap in DDP)."""
+        model = self.place(model)
+        if self.fsdp:
+            model = fsdp.resharded(model)
         loader = DataLoader(
             dataset,  # type: ignore[arg-type]  # a list is a map-style dataset
             batch_sampler=batch_sampler,
@@ -361,6 +415,12 @@ class TrainingRun:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         model.train()
+        if self.fsdp:
+            self.model = model
+            self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+                optimizer, loader, scheduler
+            )
+            return
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
         )
@@ -372,6 +432,11 @@ class TrainingRun:
         done: list[tuple[float, Any]] = []
         for batch in self.loader:
             with self.accelerator.accumulate(self.model):
+                if self.fsdp:
+                    # accelerate's accumulate() skips the gradient reduction of the first
+                    # micro-batches of an update only for DDP and its own FSDP (through this
+                    # switch, Accelerator.no_sync); they accumulate unreduced gradients.
+                    self.model.set_requires_gradient_sync(self.accelerator.sync_gradients)
                 loss, tally = loss_function(self.model, batch)
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients:
@@ -435,3 +500,19 @@ class TrainingRun:
             + f", {summary['tokens_per_second']:,.0f} tokens/s"
         )
         return summary
+
+    def consolidate(self) -> None:
+        """Under FSDP, load the trained weights into the caller's model on rank 0 (gathered
+        from every rank: all must call this) and move it to the run's device, as DDP leaves
+        it; nothing otherwise. The run's sharded model and optimizer are released first."""
+        if self.sharded is None:
+            return
+        full = fsdp.full_state_dict(self.sharded)
+        del self.model, self.optimizer
+        self.sharded = None
+        self.accelerator.free_memory()
+        if self.accelerator.is_main_process:
+            assert self.given is not None  # set with self.sharded
+            self.given.load_state_dict(full)
+            self.given.to(self.device).eval()
+        self.given = None

@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 
 from synthdata_assets import models, ranks
-from synthdata_assets.config import ExperimentConfig
+from synthdata_assets.config import ExecutionConfig, ExperimentConfig
 from synthdata_assets.defs.study import current_partition, study_partitions
 from synthdata_assets.terminal import progress_logger
 from warehouse import Warehouse
@@ -41,16 +41,18 @@ def trained(
     warehouse: Warehouse,
     method: str,
     train: Callable[..., pl.DataFrame],
-    processes: int = 1,
+    execution: ExecutionConfig,
 ) -> dg.Output:
     """A partition's training stage: seeded by the partition, written to the method's
     checkpoint folder, its progress on the terminal; ``train`` returns the checkpoint row.
-    ``processes`` > 1: over that many data-parallel ranks (:mod:`synthdata_assets.ranks`)."""
+    ``execution.train_processes`` > 1: over that many data-parallel ranks, sharing the model
+    as ``execution.train_sharding`` says (:mod:`synthdata_assets.ranks`)."""
     data_size, seed = current_partition(context)
     models.seeded(seed)
     row = ranks.call(
         train,
-        processes=processes,
+        processes=execution.train_processes,
+        sharding=execution.train_sharding,
         folder=warehouse.checkpoint_folder(method, data_size, seed),
         seed=seed,
         log=context.log.info,
@@ -83,7 +85,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         fine_tune = functools.partial(
             models.fine_tune, training, method, init["path"][0], examples, max_seq_len=max_seq_len
         )
-        return trained(context, warehouse, method, fine_tune, config.execution.train_processes)
+        return trained(context, warehouse, method, fine_tune, config.execution)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def sft_model(

@@ -30,7 +30,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
             weights=weights,
             held_out=preference.held_out_texts(problems),
         )
-        output = trained(context, warehouse, method, train_dpo, config.execution.train_processes)
+        output = trained(context, warehouse, method, train_dpo, config.execution)
         # How far the model moved from pi_sft, beside its training figures.
         moved = preference.movement_metadata(output.value.row(0, named=True))
         return dg.Output(output.value, metadata={**output.metadata, **moved})
