@@ -31,17 +31,29 @@ ROOT = HERE.parents[1]
 MOVED = ("reward_accuracy", "chosen_logp_change", "rejected_logp_change")
 
 
-def _results(home: Path) -> dict:
-    evals = pl.read_parquet(home / "tables" / "evaluations" / "**" / "*.parquet")
+def _results(home: Path, config: dict) -> dict:
+    """The run's figures, from the partitions of ``config``'s sizes and seeds only: a warehouse
+    may hold other partitions, which must not be averaged in."""
+
+    def read(table: str) -> pl.DataFrame:
+        files = [
+            home / "tables" / table / f"data_size={size}" / f"seed={seed}.parquet"
+            for size in config["data_sizes"]
+            for seed in config["seeds"]
+        ]
+        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+    evals = read("evaluations")
     acc = evals.group_by("method").agg(pl.col("is_correct").fill_null(False).mean())
     row = {m: round(100 * a, 1) for m, a in acc.iter_rows()}
-    sft = evals.filter(pl.col("method") == "sft").select("problem_id", sft="is_correct")
+    key = ["problem_id", "data_size", "seed"]
+    sft = evals.filter(pl.col("method") == "sft").select(*key, sft="is_correct")
     for method in ("per_step_dpo", "dpo", "rft"):
-        paired = evals.filter(pl.col("method") == method).join(sft, on="problem_id")
+        paired = evals.filter(pl.col("method") == method).join(sft, on=key)
         row[f"{method}_wins"] = int((paired["is_correct"] & ~paired["sft"]).sum())
         row[f"{method}_losses"] = int((~paired["is_correct"] & paired["sft"]).sum())
     for method in ("per_step_dpo_model", "dpo_model"):
-        table = pl.read_parquet(home / "tables" / method / "**" / "*.parquet")
+        table = read(method)
         for col in MOVED:
             if col in table.columns:
                 row[f"{method}.{col}"] = round(float(table[col][0] or 0.0), 3)
@@ -54,17 +66,29 @@ def main(name: str, home: str, base_yaml: str, settings_json: str) -> None:
     for setting in json.loads(settings_json):
         config = Path(home) / f"{name}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(merge_overrides(base, setting)))
+        merged = merge_overrides(base, setting)
+        config.write_text(yaml.safe_dump(merged))
         env = {**os.environ, "SYNTHDATA_HOME": home, "SYNTHDATA_CONFIG": str(config)}
         env["DAGSTER_HOME"] = str(Path(home) / "dagster")
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "synthdata_assets.cli", "run"], env=env, check=True)
         row = {"setting": setting, "seconds": round(time.monotonic() - started)}
-        row |= {"cpu": torch.backends.cpu.get_cpu_capability(), **_results(Path(home))}
+        row |= {"cpu": torch.backends.cpu.get_cpu_capability()}
+        row |= _results(Path(home), _partitions(merged))
         with out_jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row))
     _write_markdown(name, out_jsonl)
+
+
+def _partitions(config: dict) -> dict:
+    """The data sizes and seeds a run's configuration asks for (its preset's where it names
+    none)."""
+    from synthdata_assets.config import config_from_dict, preset_dict
+
+    full = merge_overrides(preset_dict(config["preset"]), config) if "preset" in config else config
+    checked = config_from_dict(full)
+    return {"data_sizes": checked.data_sizes, "seeds": checked.seeds}
 
 
 def _write_markdown(name: str, jsonl: Path) -> None:
