@@ -6,10 +6,13 @@ signal them at a model stage, as a user (or the OOM killer) would.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +33,31 @@ def test_a_second_lock_is_refused_naming_the_holder(tmp_path: Path) -> None:
     with WarehouseLock(tmp_path), busy:
         WarehouseLock(tmp_path).acquire()
     WarehouseLock(tmp_path).acquire().release()  # free again once released
+
+
+@pytest.mark.parametrize("previous", [None, "ended"])
+def test_a_process_refused_before_the_holder_wrote_its_record_still_names_it(
+    tmp_path: Path, previous: str | None
+) -> None:
+    """Two runs started together: the refused one can read the record between the winner's
+    flock and its write, and find the file empty or still naming the previous holder, which
+    has ended. It waits for the record instead of giving up on naming the holder."""
+    lock = WarehouseLock(tmp_path)
+    if previous:
+        ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        lock.path.write_text(json.dumps({"pid": int(ended.stdout), "command": "old"}) + "\n")
+    fd = os.open(lock.path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the winner holds the lock, its record not yet written
+    record = {"pid": os.getpid(), "command": "synthdata run", "since": time.time()}
+    writer = threading.Timer(0.3, lambda: lock.path.write_text(json.dumps(record) + "\n"))
+    writer.start()
+    try:
+        with pytest.raises(WarehouseBusy, match=f"in use by process {os.getpid()} "):
+            WarehouseLock(tmp_path).acquire()
+    finally:
+        writer.join()
+        os.close(fd)
 
 
 def test_a_child_that_inherited_the_lock_keeps_it(tmp_path: Path) -> None:

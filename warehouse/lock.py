@@ -39,6 +39,24 @@ WORKER_ENV = "SYNTHDATA_WORKER"
 PARTITION_LOCKS = ".locks"
 
 
+# How long a refused process waits for the holder's record (see _busy_message).
+RECORD_WAIT_S = 2.0
+
+
+def _alive(record: dict | None) -> bool:
+    """Whether a lock record names a process that is running."""
+    pid = (record or {}).get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # running, under another user
+        return True
+    return True
+
+
 class WarehouseBusy(RuntimeError):
     """Another process holds the warehouse's lock; the message names it."""
 
@@ -84,7 +102,15 @@ class WarehouseLock:
             return None
 
     def _busy_message(self) -> str:
+        # The holder writes its record just after taking the lock, so a process refused in
+        # between reads an empty file, or the record of the previous holder, which has ended:
+        # give the record a moment to name a live process. (A holder on another machine of a
+        # shared file system is not alive here; after the wait its record is named anyway.)
+        deadline = time.monotonic() + RECORD_WAIT_S
         who = self.holder()
+        while not _alive(who) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            who = self.holder()
         if not who:
             return f"another process holds the warehouse {self.root} (lock {self.path})"
         since = time.strftime("%H:%M:%S", time.localtime(who.get("since", 0)))
