@@ -23,24 +23,21 @@ to this file. Run with one torch thread (``OMP_NUM_THREADS=1``).
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
-import torch
 
 from synthdata_assets import pairs, preference
 from synthdata_assets.config import load_config
-from synthdata_assets.samples import sample_solutions, sampling_params
 from synthdata_assets.steps import resolve_rule
-from training.generation import make_generator
 from warehouse import Warehouse
 
 sys.path.insert(0, str(Path(__file__).parent))
 import base_recipe  # noqa: E402
+import sft_forgetting  # noqa: E402
 
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
 
@@ -91,16 +88,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str) -> None:
             twins=twins,
             held_out=preference.held_out_texts(problems),
         ).row(0, named=True)
-        generator = make_generator(
-            config.sampling.backend, str(folder), batch_size=config.sampling.batch_size
-        )
-        greedy = sample_solutions(
-            generator,
-            test,
-            sampling_params(config.sampling, n=1, temperature=0.0, seed=seed_),
-            id_prefix="greedy",
-            answer_format=config.answer_format,
-        )
+        greedy = sft_forgetting.greedy(config, str(folder), test, seed_)
     evals = table("evaluations")
     sft = evals.filter(pl.col("method") == "sft").select("problem_id", sft="is_correct")
     mine = greedy.select("problem_id", new="is_correct").join(sft, on="problem_id")
@@ -123,13 +111,9 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str) -> None:
         "chosen_logp_change": round(row["chosen_logp_change"], 3),
         "rejected_logp_change": round(row["rejected_logp_change"], 3),
         "seconds": round(time.monotonic() - started, 1),
-        "cpu": torch.backends.cpu.get_cpu_capability(),
         "cpu_model": base_recipe._cpu(),
-        "threads": torch.get_num_threads(),
     }
-    print(json.dumps(out), flush=True)
-    with OUT.open("a") as f:
-        f.write(json.dumps(out) + "\n")
+    sft_forgetting.write_row(OUT, out)
 
 
 if __name__ == "__main__":

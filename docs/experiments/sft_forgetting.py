@@ -190,38 +190,49 @@ def in_context(folder: str, pool_seed: int, n: int = 300) -> dict:
 def accuracy(folder: str, pool_seed: int, seed: int) -> dict:
     """Greedy accuracy on the pool's test split, as the ``evaluations`` asset computes it,
     and the first errors of the greedy solutions by kind."""
-    config = _config(pool_seed)
     test = _problems(pool_seed).filter(pl.col("split") == "test")
-    generator = make_generator(
-        config.sampling.backend, folder, batch_size=config.sampling.batch_size, log=print
+    solutions = greedy(_config(pool_seed), folder, test, seed, log=print)
+    specs = dict(test.select("problem_id", "spec").iter_rows())
+    kinds = collections.Counter(
+        first_error(embedded.EmbeddedProblem.from_spec(pid, specs[pid]), text)
+        for pid, text in solutions.select("problem_id", "solution").iter_rows()
     )
-    greedy = sample_solutions(
+    return {
+        "accuracy": round(100 * float(solutions["is_correct"].mean()), 1),
+        "first_error": dict(kinds.most_common()),
+    }
+
+
+def greedy(config, folder: str, test: pl.DataFrame, seed: int, log=lambda _m: None):
+    """The greedy solutions of ``folder``'s model on ``test``, graded, as the ``evaluations``
+    asset samples them under ``config``."""
+    generator = make_generator(
+        config.sampling.backend, folder, batch_size=config.sampling.batch_size, log=log
+    )
+    return sample_solutions(
         generator,
         test,
         sampling_params(config.sampling, n=1, temperature=0.0, seed=seed),
         id_prefix="greedy",
         answer_format=config.answer_format,
     )
-    specs = dict(test.select("problem_id", "spec").iter_rows())
-    kinds = collections.Counter(
-        first_error(embedded.EmbeddedProblem.from_spec(pid, specs[pid]), text)
-        for pid, text in greedy.select("problem_id", "solution").iter_rows()
-    )
-    return {
-        "accuracy": round(100 * float(greedy["is_correct"].mean()), 1),
-        "first_error": dict(kinds.most_common()),
-    }
 
 
-def _record(row: dict) -> None:
+def write_row(path: Path, row: dict) -> None:
+    """Print ``row`` and append it to the JSON-lines file ``path``, after the CPU capability
+    and the torch thread count it was measured with."""
     row = {
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         **row,
     }
     print(json.dumps(row), flush=True)
-    with OUT.open("a") as f:
+    with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def _record(row: dict) -> None:
+    write_row(OUT, row)
 
 
 def cmd_base(pool_seed: str = "0") -> None:

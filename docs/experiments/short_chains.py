@@ -22,14 +22,12 @@ Run with one torch thread (``OMP_NUM_THREADS=1``).
 from __future__ import annotations
 
 import collections
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import base_recipe  # noqa: E402
@@ -38,11 +36,9 @@ import sft_forgetting as sf  # noqa: E402
 from synthdata_assets import models  # noqa: E402
 from synthdata_assets.pretrain import PretrainRecipe, pretrain_base  # noqa: E402
 from synthdata_assets.problems import training_subset  # noqa: E402
-from synthdata_assets.samples import sample_solutions, sampling_params  # noqa: E402
 from synthdata_assets.tasks import embedded  # noqa: E402
 from synthdata_assets.teacher import teacher_solutions  # noqa: E402
 from training.checkpoint import save_checkpoint  # noqa: E402
-from training.generation import make_generator  # noqa: E402
 from training.lora import load_trainable  # noqa: E402
 from training.prompts import format_example  # noqa: E402
 from training.sft import train_sft  # noqa: E402
@@ -52,18 +48,8 @@ OUT = Path(__file__).with_name("short_chains.jsonl")
 
 def score(folder: str, pool_seed: int) -> dict:
     """Greedy test accuracy (%), overall and by number of steps."""
-    config = sf._config(pool_seed)
     test = sf._problems(pool_seed).filter(pl.col("split") == "test")
-    generator = make_generator(
-        config.sampling.backend, folder, batch_size=config.sampling.batch_size, log=lambda m: None
-    )
-    greedy = sample_solutions(
-        generator,
-        test,
-        sampling_params(config.sampling, n=1, temperature=0.0, seed=0),
-        id_prefix="greedy",
-        answer_format=config.answer_format,
-    )
+    greedy = sf.greedy(sf._config(pool_seed), folder, test, 0)
     specs = dict(test.select("problem_id", "spec").iter_rows())
     by = collections.defaultdict(list)
     for pid, ok in greedy.select("problem_id", "is_correct").iter_rows():
@@ -75,15 +61,7 @@ def score(folder: str, pool_seed: int) -> dict:
 
 
 def record(row: dict) -> None:
-    row = {
-        "cpu": torch.backends.cpu.get_cpu_capability(),
-        "cpu_model": base_recipe._cpu(),
-        "threads": torch.get_num_threads(),
-        **row,
-    }
-    print(json.dumps(row), flush=True)
-    with OUT.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    sf.write_row(OUT, {"cpu_model": base_recipe._cpu(), **row})
 
 
 def cmd_pretrain(max_steps: str, folder: str = "") -> None:
