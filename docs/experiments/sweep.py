@@ -24,6 +24,7 @@ import polars as pl
 import torch
 import yaml
 
+from synthdata_assets.config import ExperimentConfig, load_config
 from synthdata_assets.config import _merge as merge_overrides
 
 HERE = Path(__file__).parent
@@ -31,15 +32,14 @@ ROOT = HERE.parents[1]
 MOVED = ("reward_accuracy", "chosen_logp_change", "rejected_logp_change")
 
 
-def _results(home: Path, config: dict) -> dict:
+def _results(home: Path, config: ExperimentConfig) -> dict:
     """The run's figures, from the partitions of ``config``'s sizes and seeds only: a warehouse
     may hold other partitions, which must not be averaged in."""
 
     def read(table: str) -> pl.DataFrame:
         files = [
             home / "tables" / table / f"data_size={size}" / f"seed={seed}.parquet"
-            for size in config["data_sizes"]
-            for seed in config["seeds"]
+            for size, seed in config.partition_keys
         ]
         return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
 
@@ -66,29 +66,18 @@ def main(name: str, home: str, base_yaml: str, settings_json: str) -> None:
     for setting in json.loads(settings_json):
         config = Path(home) / f"{name}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        merged = merge_overrides(base, setting)
-        config.write_text(yaml.safe_dump(merged))
+        config.write_text(yaml.safe_dump(merge_overrides(base, setting)))
         env = {**os.environ, "SYNTHDATA_HOME": home, "SYNTHDATA_CONFIG": str(config)}
         env["DAGSTER_HOME"] = str(Path(home) / "dagster")
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "synthdata_assets.cli", "run"], env=env, check=True)
         row = {"setting": setting, "seconds": round(time.monotonic() - started)}
         row |= {"cpu": torch.backends.cpu.get_cpu_capability()}
-        row |= _results(Path(home), _partitions(merged))
+        row |= _results(Path(home), load_config(config_path=config))
         with out_jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row))
     _write_markdown(name, out_jsonl)
-
-
-def _partitions(config: dict) -> dict:
-    """The data sizes and seeds a run's configuration asks for (its preset's where it names
-    none)."""
-    from synthdata_assets.config import config_from_dict, preset_dict
-
-    full = merge_overrides(preset_dict(config["preset"]), config) if "preset" in config else config
-    checked = config_from_dict(full)
-    return {"data_sizes": checked.data_sizes, "seeds": checked.seeds}
 
 
 def _write_markdown(name: str, jsonl: Path) -> None:
