@@ -23,7 +23,7 @@ from processes import children, free_port, group_members
 
 from synthdata_assets.study import PARTITION_STAGES
 from warehouse import Warehouse
-from warehouse.lock import WarehouseBusy, WarehouseLock
+from warehouse.lock import WarehouseBusy, WarehouseLock, process_running
 
 SYNTHDATA = Path(sys.executable).with_name("synthdata")
 
@@ -107,15 +107,6 @@ def _wait_for_stage(home: Path, stage: str, timeout: float = 180.0) -> None:
     raise AssertionError(f"{stage} did not start within {timeout}s")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().split()[2] != "Z"
-
-
 def _run_statuses(home: Path) -> list[dg.DagsterRunStatus]:
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         return [run.status for run in instance.get_runs()]
@@ -155,9 +146,9 @@ def test_a_second_run_refuses_and_sigterm_stops_the_first(tmp_path: Path) -> Non
         first.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         _, err = first.communicate(timeout=30)
-        while any(_alive(c) for c in launched) and time.monotonic() < deadline:
+        while any(process_running(c) for c in launched) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(c) for c in launched)
+        assert not any(process_running(c) for c in launched)
         assert first.returncode == 143 and "Traceback" not in err and "resumes" in err
         assert dg.DagsterRunStatus.CANCELED in _run_statuses(home)
     finally:

@@ -43,18 +43,26 @@ PARTITION_LOCKS = ".locks"
 RECORD_WAIT_S = 2.0
 
 
-def _alive(record: dict | None) -> bool:
-    """Whether a lock record names a process that is running."""
-    pid = (record or {}).get("pid")
-    if not isinstance(pid, int):
-        return False
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` is running on this machine: it exists (under any user) and is
+    not a zombie waiting for its parent."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # running, under another user
+        pass
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split()[2] != "Z"
+    except OSError:  # no /proc (or gone meanwhile): existence is all there is to go on
         return True
-    return True
+
+
+def _alive(record: dict | None) -> bool:
+    """Whether a lock record names a process that is running."""
+    pid = (record or {}).get("pid")
+    return isinstance(pid, int) and process_running(pid)
 
 
 class WarehouseBusy(RuntimeError):
