@@ -321,11 +321,10 @@ class TrainingRun:
         *,
         log: Log | None = None,
         progress: Progress | None = None,
-        sharding: Sharding | None = None,
     ) -> None:
         """A run named ``what`` in messages, over ``examples`` examples, with ``config``'s
-        batch size, epochs, precision and optimiser settings; ``sharding`` (else
-        :func:`sharding_from_env`) says how several processes share the model."""
+        batch size, epochs, precision and optimiser settings; several processes share the
+        model as :func:`sharding_from_env` says."""
         # Ranks started by torchrun on a machine without GPUs: accelerate makes them one
         # data-parallel group over gloo only when told they run on CPUs.
         cpu_ranks = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
@@ -337,9 +336,8 @@ class TrainingRun:
         )
         self.accelerator.gradient_accumulation_steps = self.plan.accumulation
         self.precision = resolve_bf16(config.bf16, self.accelerator.device)
-        sharding = sharding or sharding_from_env()
         # One process has nothing to shard over.
-        self.fsdp = sharding == "fsdp" and self.accelerator.num_processes > 1
+        self.fsdp = sharding_from_env() == "fsdp" and self.accelerator.num_processes > 1
         self.given: torch.nn.Module | None = None  # the caller's model, under FSDP
         self.sharded: torch.nn.Module | None = None
         self.what, self.config = what, config
