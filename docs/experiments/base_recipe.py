@@ -2,16 +2,18 @@
 teacher's solutions then above that base?
 
     python docs/experiments/base_recipe.py pretrain CHAIN_STEPS [FOLDER]
+    python docs/experiments/base_recipe.py recipe FOLDER FIELD=VALUE ...
     python docs/experiments/base_recipe.py sft FOLDER SIZE SEED POOL_SEED LR
     python docs/experiments/base_recipe.py eval FOLDER
 
 ``pretrain`` runs ``pretrain_base(PretrainRecipe(chain_steps=CHAIN_STEPS))`` from scratch into
 FOLDER (default /tmp/base_recipe_runs/chain{CHAIN_STEPS}), times it, and scores greedy accuracy
-on the test problems of pools 0 and 7 (sft_forgetting.accuracy). ``sft`` fine-tunes the base at
-FOLDER as sft_forgetting.py's ``sft`` does (the demo preset's teacher solutions of SIZE problems,
-the preset's ``training`` section with ``learning_rate`` LR, no replay) and scores greedy
-accuracy (``eval=acc``). ``eval`` scores a saved base (greedy accuracy and first errors, pools 0
-and 7). Rows are appended to ``base_recipe.jsonl`` next to this file. Run with
+on the test problems of pools 0 and 7 (sft_forgetting.accuracy); ``recipe`` does the same with
+any of the recipe's fields changed (values in JSON: ``num_layers=4``). ``sft`` fine-tunes the
+base at FOLDER as sft_forgetting.py's ``sft`` does (the demo preset's teacher solutions of
+SIZE problems, the preset's ``training`` section with ``learning_rate`` LR, no replay) and
+scores greedy accuracy (``eval=acc``). ``eval`` scores a saved base (greedy accuracy and first
+errors, pools 0 and 7). Rows are appended to ``base_recipe.jsonl`` next to this file. Run with
 one torch thread (``OMP_NUM_THREADS=1``).
 """
 
@@ -47,8 +49,17 @@ def _cpu() -> str:
 
 
 def cmd_pretrain(chain_steps: str, folder: str = "") -> None:
-    recipe = PretrainRecipe(chain_steps=int(chain_steps))
     out = Path(folder or f"/tmp/base_recipe_runs/chain{chain_steps}")
+    _pretrain(PretrainRecipe(chain_steps=int(chain_steps)), out)
+
+
+def cmd_recipe(folder: str, *settings: str) -> None:
+    """Pretrain by the shipped recipe with SETTINGS (``field=value``) changed."""
+    changed = {k: json.loads(v) for k, v in (s.split("=", 1) for s in settings)}
+    _pretrain(PretrainRecipe(**changed), Path(folder), changed)
+
+
+def _pretrain(recipe: PretrainRecipe, out: Path, changed: dict | None = None) -> None:
     started = time.monotonic()
     drill, chains = pretraining_corpus(recipe)  # only to record the corpus sizes
     corpus_s = time.monotonic() - started
@@ -57,7 +68,9 @@ def cmd_pretrain(chain_steps: str, folder: str = "") -> None:
     pretrain_s = time.monotonic() - started
     row = {
         "cmd": "pretrain",
+        **({"recipe": changed} if changed is not None else {}),
         "chain_steps": recipe.chain_steps,
+        "parameters": meta["parameters"],
         "folder": str(out),
         "drill_examples": len(drill),
         "chain_problems": len(chains),
@@ -104,4 +117,6 @@ if __name__ == "__main__":
         ),
         flush=True,
     )
-    {"pretrain": cmd_pretrain, "sft": cmd_sft, "eval": cmd_eval}[sys.argv[1]](*sys.argv[2:])
+    {"pretrain": cmd_pretrain, "recipe": cmd_recipe, "sft": cmd_sft, "eval": cmd_eval}[sys.argv[1]](
+        *sys.argv[2:]
+    )
