@@ -22,6 +22,7 @@ import contextlib
 import csv
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -504,8 +505,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _stopped(command: str, exc: KeyboardInterrupt, after: str = "") -> int:
-    """Say how ``synthdata COMMAND`` was stopped (SIGTERM: 143, Ctrl-C: 130), no traceback."""
+    """Say how ``synthdata COMMAND`` was stopped (SIGTERM: 143, Ctrl-C: 130), no traceback.
+
+    Further presses are ignored from here on: what is left (stopping local workers, releasing
+    the lock, leaving the interpreter) is bounded, and a press landing in it would only print
+    a traceback from wherever it struck, often Python's own shutdown."""
     from synthdata_assets.orchestrate import Interrupted
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     by_signal = isinstance(exc, Interrupted)
     print(
@@ -639,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthdata: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in _stopped
         print("\nsynthdata: interrupted", file=sys.stderr)
         return 130
 

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +94,35 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
     """In a child, before it runs (``preexec_fn``): ``signum`` when its parent dies (Linux).
     ``SIGKILL`` for Dagster runs: Dagster defers ``SIGINT``/``SIGTERM`` while its own code runs
     (a step waiting for a pool slot waits on), and what a run writes is atomic anyway."""
+    # Ctrl-C may be held in the parent while it forks (_ctrl_c_held); the child takes it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signum)
     except (OSError, AttributeError):
         pass  # not Linux: the launcher's own handlers are all there is
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[Callable[[], None]]:
+    """Hold Ctrl-C (block ``SIGINT`` in this thread) until the ``release()`` it yields is
+    called, or the block ends. A Ctrl-C that lands while Python forks a child is raised inside
+    the interpreter's at-fork hooks (logging's lock release), which print it as an ignored
+    exception and lose it. Held, it arrives at ``release()``, which the caller places where it
+    is ready to stop the child it started. Children unblock it (:func:`die_with_parent`)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    try:
+        yield release
+    finally:
+        release()
 
 
 def materialize(
@@ -137,6 +161,7 @@ def materialize(
     if threading.current_thread() is threading.main_thread():
         _python_handles_ctrl_c()
     with (
+        _ctrl_c_held() as release_ctrl_c,
         open(log, "w+") as handle,
         subprocess.Popen(
             cmd,
@@ -153,6 +178,7 @@ def materialize(
         followed: dict = {} if started is None else started
         followed["proc"] = proc
         try:
+            release_ctrl_c()
             _follow(proc, handle, warehouse, followed, echo=echo)
         except KeyboardInterrupt:
             _stop(proc, warehouse, followed.get("run_id"))
@@ -282,8 +308,12 @@ def serve(cmd: list[str], *, cwd: Path) -> int:
     stops a run (``dagster dev`` ignores ``SIGTERM``, and its webserver, daemon and code
     servers outlive a lone signal to their parent)."""
     _python_handles_ctrl_c()
-    with subprocess.Popen(cmd, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent) as proc:
+    with (
+        _ctrl_c_held() as release_ctrl_c,
+        subprocess.Popen(cmd, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent) as proc,
+    ):
         try:
+            release_ctrl_c()
             return proc.wait()
         except KeyboardInterrupt:
             _stop_group(proc)
@@ -291,7 +321,8 @@ def serve(cmd: list[str], *, cwd: Path) -> int:
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGINT to the process group, then SIGKILL after :data:`STOP_GRACE_S` seconds."""
+    """SIGINT to the process group, then SIGKILL after :data:`STOP_GRACE_S` seconds, or at
+    once when Ctrl-C is pressed again while it waits."""
     for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)
@@ -299,7 +330,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
             return
         try:
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
             continue
         # The leader is gone; anything left in its group goes too.
         with contextlib.suppress(ProcessLookupError):
