@@ -14,12 +14,12 @@ Runs and their launcher
 A run is a child process in its own process group, which inherits the warehouse lock
 (:class:`warehouse.lock.WarehouseLock`) when the caller holds it. When the launcher is
 interrupted (Ctrl-C, ``SIGTERM``: :class:`Interrupted`), it sends the run ``SIGINT``, waits
-:data:`STOP_GRACE_S` seconds, then kills its process group, and records the run as
-cancelled; when the launcher dies without a chance to do so (``kill -9``), the kernel kills
-the run (``PR_SET_PDEATHSIG``). The id of every run launched is appended to
-``dagster/synthdata_runs.jsonl``; :func:`recover_dead_runs` marks those of them that never
-finished as failed and frees the concurrency slots they held, which is safe whenever the
-caller holds the warehouse lock, since every run launched under it is then gone.
+:data:`STOP_GRACE_S` seconds (or until Ctrl-C is pressed again), then kills its process group,
+and records the run as cancelled; when the launcher dies without a chance to do so
+(``kill -9``), the kernel kills the run (``PR_SET_PDEATHSIG``). The id of every run launched
+is appended to ``dagster/synthdata_runs.jsonl``; :func:`recover_dead_runs` marks those of
+them that never finished as failed and frees the concurrency slots they held, which is safe
+whenever the caller holds the warehouse lock, since every run launched under it is then gone.
 """
 
 from __future__ import annotations
