@@ -4,7 +4,7 @@ the drill during SFT keep it?
     python docs/experiments/sft_forgetting.py base [POOL_SEED]
     python docs/experiments/sft_forgetting.py sft SIZE SEED POOL_SEED REPLAY [MIX [KEY=VALUE ...]]
     python docs/experiments/sft_forgetting.py noise SIGMA NOISE_SEED [POOL_SEED]
-    python docs/experiments/sft_forgetting.py continue STEPS [LR [SEED [FOLDER]]]
+    python docs/experiments/sft_forgetting.py continue STEPS [LR [SEED [FOLDER [START]]]]
 
 ``base`` scores the shipped base (models/embedded-base); ``sft`` fine-tunes it as the demo
 preset's ``sft_model`` does (the oracle teacher's solutions of the partition's SIZE problems,
@@ -343,10 +343,14 @@ def cmd_noise(sigma: str, noise_seed: str, pool_seed: str = "0") -> None:
     _record(row | {"seconds": round(time.monotonic() - started, 1)})
 
 
-def cmd_continue(steps: str, lr: str = "5e-4", seed: str = "100", save: str = "") -> None:
+def cmd_continue(
+    steps: str, lr: str = "5e-4", seed: str = "100", save: str = "", start: str = ""
+) -> None:
     """Continue the shipped base's phase 2 (chains + drill, batch 32, as pretrain_base mixes
     them) for ``steps`` updates at peak ``lr`` with the trainer's warmup (0.05) and cosine
-    decay; greedy accuracy on pools 0 and 7. ``seed`` orders the batches (phase 2 used 1)."""
+    decay; greedy accuracy on pools 0 and 7. ``seed`` orders the batches (phase 2 used 1).
+    ``start``: continue the base in that folder instead (one pretrained by another recipe,
+    ``base_recipe.py recipe``)."""
     from synthdata_assets.pretrain import pretraining_corpus
 
     started = time.monotonic()
@@ -355,7 +359,7 @@ def cmd_continue(steps: str, lr: str = "5e-4", seed: str = "100", save: str = ""
     built_s = time.monotonic() - started
     config = TrainingConfig(batch_size=recipe.chain_batch_size, learning_rate=float(lr), bf16=False)
     models.seeded(int(seed))
-    model, tokenizer, stored = load_trainable(str(SHIPPED_BASE), config)
+    model, tokenizer, stored = load_trainable(start or str(SHIPPED_BASE), config)
     stats = train_sft(
         model, tokenizer, chains + drill, config=config, seed=int(seed),
         max_seq_len=recipe.max_seq_len, max_steps=int(steps),
@@ -368,6 +372,7 @@ def cmd_continue(steps: str, lr: str = "5e-4", seed: str = "100", save: str = ""
         "steps": int(steps),
         "learning_rate": float(lr),
         "seed": int(seed),
+        **({"start": start} if start else {}),
         "saved": save or None,
         "updates": stats.steps,
         "loss": round(stats.mean_loss_last_10pct, 4),
