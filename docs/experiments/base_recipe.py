@@ -9,7 +9,9 @@ teacher's solutions then above that base?
 ``pretrain`` runs ``pretrain_base(PretrainRecipe(chain_steps=CHAIN_STEPS))`` from scratch into
 FOLDER (default /tmp/base_recipe_runs/chain{CHAIN_STEPS}), times it, and scores greedy accuracy
 on the test problems of pools 0 and 7 (sft_forgetting.accuracy); ``recipe`` does the same with
-any of the recipe's fields changed (values in JSON: ``num_layers=4``). ``sft`` fine-tunes the
+any of the recipe's fields changed (values in JSON: ``num_layers=4``), and with
+``drill_learning_rate=X`` phase 1's peak learning rate (``pretrain.DRILL_TRAINING``, not a
+recipe field: the shipped base keeps 3e-3). ``sft`` fine-tunes the
 base at FOLDER as sft_forgetting.py's ``sft`` does (the demo preset's teacher solutions of
 SIZE problems, the preset's ``training`` section with ``learning_rate`` LR, no replay) and
 scores greedy accuracy (``eval=acc``). ``eval`` scores a saved base (greedy accuracy and first
@@ -31,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import sft_forgetting  # noqa: E402
 
+from synthdata_assets import pretrain  # noqa: E402
 from synthdata_assets.pretrain import PretrainRecipe, pretrain_base, pretraining_corpus  # noqa: E402
 
 OUT = Path(__file__).with_name("base_recipe.jsonl")
@@ -56,7 +59,12 @@ def cmd_pretrain(chain_steps: str, folder: str = "") -> None:
 def cmd_recipe(folder: str, *settings: str) -> None:
     """Pretrain by the shipped recipe with SETTINGS (``field=value``) changed."""
     changed = {k: json.loads(v) for k, v in (s.split("=", 1) for s in settings)}
-    _pretrain(PretrainRecipe(**changed), Path(folder), changed)
+    fields = {k: v for k, v in changed.items() if k != "drill_learning_rate"}
+    if "drill_learning_rate" in changed:
+        pretrain.DRILL_TRAINING = pretrain.DRILL_TRAINING.model_copy(
+            update={"learning_rate": changed["drill_learning_rate"]}
+        )
+    _pretrain(PretrainRecipe(**fields), Path(folder), changed)
 
 
 def _pretrain(recipe: PretrainRecipe, out: Path, changed: dict | None = None) -> None:
