@@ -11,12 +11,13 @@ FOLDER (default /tmp/base_recipe_runs/chain{CHAIN_STEPS}), times it, and scores 
 on the test problems of pools 0 and 7 (sft_forgetting.accuracy); ``recipe`` does the same with
 any of the recipe's fields changed (values in JSON: ``num_layers=4``), and with
 ``drill_learning_rate=X`` phase 1's peak learning rate (``pretrain.DRILL_TRAINING``, not a
-recipe field: the shipped base keeps 3e-3). ``sft`` fine-tunes the
-base at FOLDER as sft_forgetting.py's ``sft`` does (the demo preset's teacher solutions of
-SIZE problems, the preset's ``training`` section with ``learning_rate`` LR, no replay) and
-scores greedy accuracy (``eval=acc``). ``eval`` scores a saved base (greedy accuracy and first
-errors, pools 0 and 7). Rows are appended to ``base_recipe.jsonl`` next to this file. Run with
-one torch thread (``OMP_NUM_THREADS=1``).
+recipe field: the shipped base keeps 3e-3), and with ``init_seed=N`` the weights initialised
+from seed N while the recipe's ``seed`` still draws the data and the batch order. ``sft`` fine-
+tunes the base at FOLDER as sft_forgetting.py's ``sft`` does (the demo preset's teacher
+solutions of SIZE problems, the preset's ``training`` section with ``learning_rate`` LR, no
+replay) and scores greedy accuracy (``eval=acc``). ``eval`` scores a saved base (greedy accuracy
+and first errors, pools 0 and 7). Rows are appended to ``base_recipe.jsonl`` next to this file.
+Run with one torch thread (``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -59,11 +60,18 @@ def cmd_pretrain(chain_steps: str, folder: str = "") -> None:
 def cmd_recipe(folder: str, *settings: str) -> None:
     """Pretrain by the shipped recipe with SETTINGS (``field=value``) changed."""
     changed = {k: json.loads(v) for k, v in (s.split("=", 1) for s in settings)}
-    fields = {k: v for k, v in changed.items() if k != "drill_learning_rate"}
+    fields = {k: v for k, v in changed.items() if k not in ("drill_learning_rate", "init_seed")}
     if "drill_learning_rate" in changed:
         pretrain.DRILL_TRAINING = pretrain.DRILL_TRAINING.model_copy(
             update={"learning_rate": changed["drill_learning_rate"]}
         )
+    if "init_seed" in changed:
+        build = pretrain.build_tiny_llama
+
+        def build_with_init_seed(config, tokenizer, *, seed):
+            return build(config, tokenizer, seed=changed["init_seed"])
+
+        pretrain.build_tiny_llama = build_with_init_seed
     _pretrain(PretrainRecipe(**fields), Path(folder), changed)
 
 
