@@ -12,8 +12,8 @@ on the test problems of pools 0 and 7 (sft_forgetting.accuracy); ``recipe`` does
 any of the recipe's fields changed (values in JSON: ``num_layers=4``), and with
 ``drill_learning_rate=X`` phase 1's peak learning rate (``pretrain.DRILL_TRAINING``, not a
 recipe field: the shipped base keeps 3e-3), and with ``init_seed=N`` the weights initialised
-from seed N while the recipe's ``seed`` still draws the data and the batch order. ``sft`` fine-
-tunes the base at FOLDER as sft_forgetting.py's ``sft`` does (the demo preset's teacher
+from seed N while the recipe's ``seed`` still draws the data and the batch order. ``sft``
+fine-tunes the base at FOLDER as sft_forgetting.py's ``sft`` does (the demo preset's teacher
 solutions of SIZE problems, the preset's ``training`` section with ``learning_rate`` LR, no
 replay) and scores greedy accuracy (``eval=acc``). ``eval`` scores a saved base (greedy accuracy
 and first errors, pools 0 and 7). Rows are appended to ``base_recipe.jsonl`` next to this file.
