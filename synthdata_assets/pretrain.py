@@ -224,7 +224,9 @@ def pretrain_base(
         "final_loss": stats.mean_loss_last_10pct if stats else None,
         "pretrain_seconds": round(time.monotonic() - started, 1),
         # Thread count changes floating-point sums, so the same recipe on another count (or
-        # CPU) trains a slightly different base.
+        # CPU) trains a different base; and draws of this recipe differ widely (pretraining
+        # seeds 0-4 solve 3.8-36.4% of the task, docs/laptop-study.md), so such a base can be
+        # much worse than the shipped one.
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
