@@ -406,8 +406,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     )
     print(
         "note: draws of this recipe differ widely (pretraining seeds 0-4 solve 3.8-36.4% of the "
-        "task; the shipped base is seed 0 at one torch thread), so score this base "
-        "(base_evaluation) before it replaces the shipped one; see docs/laptop-study.md"
+        "task; the shipped base is seed 0 at one torch thread). Score this base "
+        "(base_evaluation) before you commit it as the shipped one; `git restore "
+        "models/embedded-base` brings the shipped one back. See docs/laptop-study.md."
     )
     return 0
 
