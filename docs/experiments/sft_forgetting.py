@@ -157,6 +157,11 @@ SCORED = ("read", "name", "op", "b", "c", "answer")
 def in_context(folder: str, pool_seed: int, n: int = 300) -> dict:
     """Argmax accuracy and mean loss per role on gold test solutions (teacher forcing)."""
     model, tokenizer = load_checkpoint(folder)
+    return in_context_of(model, tokenizer, pool_seed, n)
+
+
+def in_context_of(model, tokenizer, pool_seed: int, n: int = 300) -> dict:
+    """:func:`in_context` of a model in memory (in eval mode)."""
     test = _problems(pool_seed).filter(pl.col("split") == "test").head(n)
     right, loss = collections.defaultdict(list), collections.defaultdict(list)
     for pid, spec in test.select("problem_id", "spec").iter_rows():

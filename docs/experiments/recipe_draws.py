@@ -1,0 +1,173 @@
+"""Where do draws of the pretraining recipe part, and does a recipe change make good draws
+reliably?
+
+    python docs/experiments/recipe_draws.py run NAME SEED [FIELD=VALUE ...]
+    python docs/experiments/recipe_draws.py table [NAME ...]
+
+``run`` pretrains ``PretrainRecipe(seed=SEED)`` with the FIELDs changed (values in JSON,
+``chain_learning_rate=1e-3``; ``init_seed=N`` as in ``base_recipe.py``) into
+``/tmp/recipe_draws/NAME/sSEED``, and records on the way
+
+- the loss of every update of both phases, as means over blocks of 50 updates;
+- the skills in context (``sft_forgetting.in_context_of``: argmax accuracy per role of a step
+  line, ``name`` / ``op`` / ``b`` / ``c``, on the gold solutions of the first 100 test
+  problems of pool 0, teacher forcing) after phase 1 and every 250 phase-2 updates. The
+  probe reads the model under ``torch.no_grad`` and draws no random numbers, so the run's
+  updates are those of an unprobed run (checked: the final losses of the shipped recipe's
+  seeds equal those of ``base_recipe.py recipe``);
+
+then scores the base as ``base_recipe.py`` does (greedy accuracy and first errors on the 1000
+test problems of pools 0 and 7) and appends one row to ``recipe_draws.jsonl`` next to this
+file. NAME labels the recipe, so that ``table`` can put the draws of one recipe side by side
+(mean ± sd over seeds). Run with one torch thread (``OMP_NUM_THREADS=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sft_forgetting  # noqa: E402
+from base_recipe import _cpu  # noqa: E402
+
+from synthdata_assets import pretrain  # noqa: E402
+from synthdata_assets.pretrain import PretrainRecipe, pretrain_base  # noqa: E402
+
+OUT = Path(__file__).with_name("recipe_draws.jsonl")
+PROBE_EVERY = 250
+PROBE_PROBLEMS = 100
+BLOCK = 50
+ROLES = ("name", "op", "b", "c")
+
+
+def cmd_run(name: str, seed: str, *settings: str) -> None:
+    changed = {k: json.loads(v) for k, v in (s.split("=", 1) for s in settings)}
+    fields = {k: v for k, v in changed.items() if k != "init_seed"}
+    recipe = PretrainRecipe(seed=int(seed), **fields)
+    folder = Path(f"/tmp/recipe_draws/{name}/s{seed}")
+
+    # pretrain_base builds its model inside; keep a handle on it (and its tokenizer) for the
+    # probe, and draw the initial weights from init_seed when asked.
+    built = {}
+    build = pretrain.build_tiny_llama
+
+    def build_and_keep(config, tokenizer, *, seed):
+        model = build(config, tokenizer, seed=changed.get("init_seed", seed))
+        built.update(model=model, tokenizer=tokenizer)
+        return model
+
+    pretrain.build_tiny_llama = build_and_keep
+    curves = {"phase1": [], "phase2": []}
+    probes = []
+    state = {"phase": "phase1", "last": 0, "probe_s": 0.0}
+
+    def probe(update: int) -> None:
+        started = time.monotonic()
+        model = built["model"]
+        model.eval()
+        with torch.no_grad():
+            skills = sft_forgetting.in_context_of(model, built["tokenizer"], 0, PROBE_PROBLEMS)
+        model.train()
+        probes.append({"update": update, **{r: skills[f"ctx_{r}"] for r in ROLES}})
+        state["probe_s"] += time.monotonic() - started
+
+    def progress(done: int, total: int, **figures: float) -> None:
+        if done < state["last"]:  # phase 2 counts from update 1 again
+            state["phase"] = "phase2"
+        state["last"] = done
+        curves[state["phase"]].append(figures["loss"])
+        if state["phase"] == "phase1" and done == total:
+            probe(0)  # the end of phase 1 is update 0 of phase 2
+        elif state["phase"] == "phase2" and done % PROBE_EVERY == 0:
+            probe(done)
+
+    started = time.monotonic()
+    meta = pretrain_base(recipe, folder, log=lambda m: print(m, flush=True), progress=progress)
+    pretrain_s = time.monotonic() - started
+    row = {
+        "cmd": "run",
+        "name": name,
+        "seed": int(seed),
+        "recipe": changed,
+        "cpu_model": _cpu(),
+        "folder": str(folder),
+        "drill_accuracy": round(meta["drill_accuracy"], 4),
+        "loss_last_10pct": round(meta["final_loss"], 4),
+        "pretrain_seconds": round(pretrain_s, 1),
+        "probe_seconds": round(state["probe_s"], 1),
+        "loss_blocks": {
+            phase: [
+                round(sum(c[i : i + BLOCK]) / len(c[i : i + BLOCK]), 4)
+                for i in range(0, len(c), BLOCK)
+            ]
+            for phase, c in curves.items()
+        },  # fmt: skip
+        "probes": probes,
+    }
+    started = time.monotonic()
+    for pool in (0, 7):
+        scored = sft_forgetting.accuracy(str(folder), pool, 0)
+        row[f"accuracy_pool{pool}"] = scored["accuracy"]
+        row[f"first_error_pool{pool}"] = scored["first_error"]
+    row["eval_seconds"] = round(time.monotonic() - started, 1)
+    sft_forgetting.write_row(OUT, row)
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def cmd_table(*names: str) -> None:
+    """Markdown: one line per draw, then each recipe's mean ± sd over its seeds."""
+    rows = [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["cmd"] == "run" and (not names or r["name"] in names)]
+    print("| recipe | seed | drill acc. | phase-2 loss | pool 0 | pool 7 | first errors (pool 0) "
+          "| in context at 500 / 1500 / 3000: name, op, b, c | s |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |")
+    by_name = defaultdict(list)
+    for r in rows:
+        by_name[r["name"]].append(r)
+        errors = ", ".join(f"{k} {v}" for k, v in list(r["first_error_pool0"].items())[:3])
+        at = {p["update"]: p for p in r["probes"]}
+        ctx = " / ".join(
+            ", ".join(f"{100 * at[u][role]:.0f}" for role in ROLES) for u in (500, 1500, 3000)
+            if u in at
+        )  # fmt: skip
+        cells = [
+            r["name"], r["seed"], f"{100 * r['drill_accuracy']:.1f}",
+            f"{r['loss_last_10pct']:.3f}", f"{r['accuracy_pool0']:.1f}",
+            f"{r['accuracy_pool7']:.1f}", errors, ctx, f"{r['pretrain_seconds']:.0f}",
+        ]  # fmt: skip
+        print("| " + " | ".join(map(str, cells)) + " |")
+    print()
+    print("| recipe | draws | pool 0 | pool 7 | draws at or above 30% (pool 0) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, group in by_name.items():
+        p0 = [r["accuracy_pool0"] for r in group]
+        p7 = [r["accuracy_pool7"] for r in group]
+        good = sum(a >= 30 for a in p0)
+        print(f"| {name} | {len(group)} | {_mean_sd(p0)} | {_mean_sd(p7)} | {good} |")
+
+
+if __name__ == "__main__":
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "cpu": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(),
+                "cpu_model": _cpu(),
+            }
+        ),
+        flush=True,
+    )
+    {"run": cmd_run, "table": cmd_table}[sys.argv[1]](*sys.argv[2:])
