@@ -125,26 +125,33 @@ class LocalWorkers:
         threads = threads or max(1, cores // count)
         logs.mkdir(parents=True, exist_ok=True)
         procs, files = [], []
-        for i in range(1, count + 1):
-            name = f"worker{i}@{os.uname().nodename}"
-            log = logs / f"worker{i}.log"
-            cmd = [sys.executable, "-m", "synthdata_assets.cli", "worker", "--name", name]
-            cmd += ["--threads", str(threads), "--broker", broker, "--logfile", str(log)]
-            if process_per_step:
-                cmd.append("--process-per-step")
-            env = {} if lock_fd is None else {LOCK_FD_ENV: str(lock_fd)}
-            procs.append(
-                subprocess.Popen(
-                    cmd,
-                    env=os.environ | env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=open(logs / f"worker{i}.err", "w"),  # noqa: SIM115 (the child owns it)
-                    start_new_session=True,
-                    pass_fds=() if lock_fd is None else (lock_fd,),
-                    preexec_fn=die_with_parent,
+        # A Ctrl-C (or any error) between two starts would lose the workers already started
+        # with the object that stops them: stop those before the exception goes on.
+        try:
+            for i in range(1, count + 1):
+                name = f"worker{i}@{os.uname().nodename}"
+                log = logs / f"worker{i}.log"
+                cmd = [sys.executable, "-m", "synthdata_assets.cli", "worker", "--name", name]
+                cmd += ["--threads", str(threads), "--broker", broker, "--logfile", str(log)]
+                if process_per_step:
+                    cmd.append("--process-per-step")
+                env = {} if lock_fd is None else {LOCK_FD_ENV: str(lock_fd)}
+                err = open(logs / f"worker{i}.err", "w")  # noqa: SIM115 (the child owns it)
+                procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        env=os.environ | env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        start_new_session=True,
+                        pass_fds=() if lock_fd is None else (lock_fd,),
+                        preexec_fn=die_with_parent,
+                    )
                 )
-            )
-            files.append(log)
+                files.append(log)
+        except BaseException:
+            cls(procs, files, threads).stop()
+            raise
         return cls(procs, files, threads)
 
     def describe(self) -> str:

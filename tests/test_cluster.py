@@ -285,3 +285,30 @@ def test_two_runs_of_one_partition_at_once_leave_it_as_one_run_would(tmp_path: P
         y = pl.read_parquet(clean / "tables" / name)
         keep = [c for c in x.columns if c not in PROVENANCE]
         assert x.select(keep).equals(y.select(keep)), stage
+
+
+def test_workers_started_before_an_interrupt_are_stopped(tmp_path, monkeypatch) -> None:
+    """A Ctrl-C while `synthdata run --workers N` starts its workers stops the ones already
+    started, rather than losing them with the object that would stop them."""
+    from synthdata_assets.workers import LocalWorkers
+
+    real, started = subprocess.Popen, []
+
+    def popen(cmd, **kwargs):
+        if started:
+            raise KeyboardInterrupt
+        # A stand-in worker that would outlive the test if nothing stopped it.
+        started.append(real([sys.executable, "-c", "import time; time.sleep(120)"], **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    with pytest.raises(KeyboardInterrupt):
+        LocalWorkers.start(
+            2,
+            broker="redis://localhost:1",
+            threads=1,
+            process_per_step=False,
+            logs=tmp_path,
+            lock_fd=None,
+        )
+    assert len(started) == 1 and started[0].poll() is not None
