@@ -3,9 +3,10 @@
 The study starts from a pretrained model, as the paper's starts from DeepSeek-Math-7B. For the
 embedded task that model is a small Llama pretrained here once, by :func:`pretrain_base` with
 the :class:`PretrainRecipe`, and committed to the repository under :data:`SHIPPED_BASE`
-(safetensors, tokenizer, and ``meta.json`` holding the recipe). ``synthdata pretrain`` runs
-it. A test compares the code's default recipe with the shipped ``meta.json``, so a change of
-the task or the recipe cannot silently keep using a stale base.
+(safetensors, tokenizer, and ``meta.json`` holding the recipe and the base's greedy accuracy
+on the demo preset's test split). ``synthdata pretrain`` runs it and prints that score beside
+the shipped base's. A test compares the code's default recipe with the shipped
+``meta.json``, so a change of the task or the recipe cannot silently keep using a stale base.
 
 What the base learns is the task's world, not the whole task. Phase 1 drills the arithmetic
 facts and the two name lookups of a step line (:func:`lookup_drill`), with the loss on the
@@ -28,10 +29,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+import polars as pl
 import torch
 from pydantic import Field
 
-from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME
+from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig
+from synthdata_assets.problems import problem_pool
+from synthdata_assets.samples import sample_solutions, sampling_params
 from synthdata_assets.tasks import embedded
 from training.checkpoint import save_checkpoint
 from training.config import ModelConfig, Section, TrainingConfig
@@ -186,9 +190,16 @@ def _answer(problem: embedded.EmbeddedProblem) -> str:
 
 
 def pretrain_base(
-    recipe: PretrainRecipe, folder: Path, *, log: Log, progress: Progress = no_progress
+    recipe: PretrainRecipe,
+    folder: Path,
+    *,
+    log: Log,
+    progress: Progress = no_progress,
+    score_on: ExperimentConfig | None = None,
 ) -> dict:
-    """Pretrain the base by ``recipe`` into ``folder``; returns its ``meta.json``."""
+    """Pretrain the base by ``recipe`` into ``folder``; returns its ``meta.json``. With
+    ``score_on``, the meta also holds the base's greedy accuracy on that configuration's test
+    split (:func:`score_base`, as ``greedy_accuracy``)."""
     started = time.monotonic()
     drill, chains = pretraining_corpus(recipe)
     tokenizer = build_tokenizer(
@@ -230,6 +241,12 @@ def pretrain_base(
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+    if score_on is not None:
+        meta["greedy_accuracy"] = score_base(model, tokenizer, score_on)
+        log(
+            f"greedy accuracy {meta['greedy_accuracy']['accuracy']:.1%} on "
+            f"{meta['greedy_accuracy']['test_problems']} test problems"
+        )
     save_checkpoint(model, tokenizer, folder, meta)
     return meta
 
@@ -242,6 +259,28 @@ def drill_accuracy_of(model, tokenizer, drill: Sequence[tuple]) -> float:
     )
     right = sum(o[0].text.strip() == d[1].strip() for o, d in zip(outputs, drill, strict=True))
     return right / len(drill)
+
+
+def score_base(
+    model, tokenizer, config: ExperimentConfig, *, progress: Progress = no_progress
+) -> dict:
+    """Greedy accuracy of a base model on the test split of ``config``'s pool, as the
+    ``base_evaluation`` asset scores it. Draws of the recipe differ by tens of points
+    (docs/laptop-study.md), so this is the figure to compare before a base replaces another."""
+    test = problem_pool(config.task).filter(pl.col("split") == "test")
+    solved = sample_solutions(
+        TransformersGenerator(model, tokenizer, batch_size=config.sampling.batch_size),
+        test,
+        sampling_params(config.sampling, n=1, temperature=0.0, seed=0),
+        id_prefix="greedy",
+        answer_format=config.answer_format,
+        progress=progress,
+    )
+    return {
+        "pool_seed": config.task.pool_seed,
+        "test_problems": test.height,
+        "accuracy": float(solved["is_correct"].mean()),
+    }
 
 
 def shipped_meta(folder: Path = SHIPPED_BASE) -> dict:

@@ -13,9 +13,12 @@ from synthdata_assets.pretrain import (
     SHIPPED_BASE,
     PretrainRecipe,
     lookup_drill,
+    pretrain_base,
+    score_base,
     shipped_meta,
 )
 from synthdata_assets.tasks import embedded
+from training.checkpoint import load_checkpoint, read_meta
 from training.prompts import format_prompt
 
 MAX_BYTES = 25 * 2**20
@@ -40,6 +43,34 @@ def test_presets_that_use_it_load_it() -> None:
     assert config.model.name == "embedded-base"
     row = shipped_base_row(config.task)
     assert row["parameters"][0] == shipped_meta()["parameters"]
+
+
+def test_the_shipped_base_scores_what_its_meta_records() -> None:
+    """`synthdata pretrain` prints a new base's score beside this recorded one, so the
+    recorded one must be what the scoring gives for the shipped base."""
+    recorded = shipped_meta()["greedy_accuracy"]
+    config = load_config("demo", overrides={"task": {"pool_seed": recorded["pool_seed"]}})
+    model, tokenizer = load_checkpoint(SHIPPED_BASE)
+    score = score_base(model, tokenizer, config)
+    # Within a point: another CPU's float sums may flip a greedy token or two.
+    assert score["test_problems"] == recorded["test_problems"]
+    assert abs(score["accuracy"] - recorded["accuracy"]) <= 0.01, (score, recorded)
+
+
+def test_pretrain_base_writes_a_scored_base(tmp_path) -> None:
+    """The recipe's two phases, cut to a few updates, write a loadable base whose meta holds
+    the recipe and its score on the test split it was given."""
+    recipe = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
+    config = load_config("demo", overrides={"task": {"n_test": 20}})
+    lines: list[str] = []
+    meta = pretrain_base(recipe, tmp_path / "base", log=lines.append, score_on=config)
+    assert read_meta(tmp_path / "base") == meta
+    assert meta["recipe"] == recipe.model_dump()
+    assert meta["greedy_accuracy"]["test_problems"] == 20
+    assert 0.0 <= meta["greedy_accuracy"]["accuracy"] <= 1.0
+    assert any("greedy accuracy" in line for line in lines)
+    model, tokenizer = load_checkpoint(tmp_path / "base")
+    assert score_base(model, tokenizer, config) == meta["greedy_accuracy"]
 
 
 def test_another_world_is_refused() -> None:
