@@ -5,7 +5,9 @@ reliably?
     python docs/experiments/recipe_draws.py table [NAME ...]
 
 ``run`` pretrains ``PretrainRecipe(seed=SEED)`` with the FIELDs changed (values in JSON,
-``chain_learning_rate=1e-3``; ``init_seed=N`` as in ``base_recipe.py``) into
+``chain_learning_rate=1e-3``; ``init_seed=N`` as in ``base_recipe.py``; ``phase2_KEY=VALUE``
+sets a ``TrainingConfig`` field of phase 2 that the recipe does not hold, such as
+``phase2_weight_decay=0.1``) into
 ``/tmp/recipe_draws/NAME/sSEED``, and records on the way
 
 - the loss of every update of both phases, as means over blocks of 50 updates;
@@ -49,7 +51,12 @@ ROLES = ("name", "op", "b", "c")
 
 def cmd_run(name: str, seed: str, *settings: str) -> None:
     changed = {k: json.loads(v) for k, v in (s.split("=", 1) for s in settings)}
-    fields = {k: v for k, v in changed.items() if k != "init_seed"}
+    fields = {k: v for k, v in changed.items() if k != "init_seed" and not k.startswith("phase2_")}
+    phase2 = {k.removeprefix("phase2_"): v for k, v in changed.items() if k.startswith("phase2_")}
+    if phase2:
+        # Phase 2's TrainingConfig is built inside pretrain_base (phase 1's at import).
+        make = pretrain.TrainingConfig
+        pretrain.TrainingConfig = lambda **settings: make(**(settings | phase2))
     recipe = PretrainRecipe(seed=int(seed), **fields)
     folder = Path(f"/tmp/recipe_draws/{name}/s{seed}")
 
