@@ -143,7 +143,8 @@ def cmd_table(*names: str) -> None:
     by_name = defaultdict(list)
     for r in rows:
         by_name[r["name"]].append(r)
-        errors = ", ".join(f"{k} {v}" for k, v in list(r["first_error_pool0"].items())[:3])
+        wrong = [(k, v) for k, v in r["first_error_pool0"].items() if k != "right"]
+        errors = ", ".join(f"{k} {v}" for k, v in wrong[:3])
         at = {p["update"]: p for p in r["probes"]}
         ctx = " / ".join(
             ", ".join(f"{100 * at[u][role]:.0f}" for role in ROLES) for u in (500, 1500, 3000)
