@@ -3,6 +3,7 @@ reliably?
 
     python docs/experiments/recipe_draws.py run NAME SEED [FIELD=VALUE ...]
     python docs/experiments/recipe_draws.py table [NAME ...]
+    python docs/experiments/recipe_draws.py plot PNG [NAME ...]
 
 ``run`` pretrains ``PretrainRecipe(seed=SEED)`` with the FIELDs changed (values in JSON,
 ``chain_learning_rate=1e-3``; ``init_seed=N`` as in ``base_recipe.py``; ``phase2_KEY=VALUE``
@@ -21,7 +22,8 @@ sets a ``TrainingConfig`` field of phase 2 that the recipe does not hold, such a
 then scores the base as ``base_recipe.py`` does (greedy accuracy and first errors on the 1000
 test problems of pools 0 and 7) and appends one row to ``recipe_draws.jsonl`` next to this
 file. NAME labels the recipe, so that ``table`` can put the draws of one recipe side by side
-(mean ± sd over seeds). Run with one torch thread (``OMP_NUM_THREADS=1``).
+(mean ± sd over seeds); ``plot`` draws each draw's phase-2 loss and in-context probes against
+the update, one colour per recipe. Run with one torch thread (``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -166,6 +168,38 @@ def cmd_table(*names: str) -> None:
         print(f"| {name} | {len(group)} | {_mean_sd(p0)} | {_mean_sd(p7)} | {good} |")
 
 
+def cmd_plot(png: str, *names: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["cmd"] == "run" and (not names or r["name"] in names)]
+    recipes = list(dict.fromkeys(r["name"] for r in rows))
+    figure = Figure(figsize=(15, 3.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 1 + len(ROLES))
+    for r in rows:
+        colour = f"C{recipes.index(r['name'])}"
+        label = f"{r['name']} s{r['seed']} ({r['accuracy_pool0']:.1f}%)"
+        loss = r["loss_blocks"]["phase2"]
+        axes[0].plot([BLOCK * (i + 0.5) for i in range(len(loss))], loss, color=colour)
+        for ax, role in zip(axes[1:], ROLES, strict=True):
+            ax.plot(
+                [p["update"] for p in r["probes"]],
+                [100 * p[role] for p in r["probes"]],
+                color=colour,
+                marker=".",
+                label=label,
+            )
+    axes[0].set(yscale="log", title="phase-2 loss (mean of 50 updates)", xlabel="update")
+    titles = {"name": "name", "op": "operator", "b": "constant", "c": "result (table)"}
+    for ax, role in zip(axes[1:], ROLES, strict=True):
+        ax.set(title=f"{titles[role]}, in context (%)", xlabel="phase-2 update", ylim=(0, 100))
+    axes[-1].legend(fontsize=7, loc="lower right")
+    figure.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
 if __name__ == "__main__":
     print(
         json.dumps(
@@ -178,4 +212,4 @@ if __name__ == "__main__":
         ),
         flush=True,
     )
-    {"run": cmd_run, "table": cmd_table}[sys.argv[1]](*sys.argv[2:])
+    {"run": cmd_run, "table": cmd_table, "plot": cmd_plot}[sys.argv[1]](*sys.argv[2:])
