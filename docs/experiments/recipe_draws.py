@@ -8,7 +8,8 @@ reliably?
 ``run`` pretrains ``PretrainRecipe(seed=SEED)`` with the FIELDs changed (values in JSON,
 ``chain_learning_rate=1e-3``; ``init_seed=N`` as in ``base_recipe.py``; ``phase2_KEY=VALUE``
 sets a ``TrainingConfig`` field of phase 2 that the recipe does not hold, such as
-``phase2_weight_decay=0.1``) into
+``phase2_weight_decay=0.1``; ``name_keyed=N`` adds N lookups keyed by the name alone to the
+drill, :func:`name_keyed_drill`) into
 ``/tmp/recipe_draws/NAME/sSEED``, and records on the way
 
 - the loss of every update of both phases, as means over blocks of 50 updates;
@@ -43,6 +44,8 @@ from base_recipe import _cpu  # noqa: E402
 
 from synthdata_assets import pretrain  # noqa: E402
 from synthdata_assets.pretrain import PretrainRecipe, pretrain_base  # noqa: E402
+from synthdata_assets.tasks import embedded  # noqa: E402
+from training.prompts import format_prompt  # noqa: E402
 
 OUT = Path(__file__).with_name("recipe_draws.jsonl")
 PROBE_EVERY = 250
@@ -53,7 +56,22 @@ ROLES = ("name", "op", "b", "c")
 
 def cmd_run(name: str, seed: str, *settings: str) -> None:
     changed = {k: json.loads(v) for k, v in (s.split("=", 1) for s in settings)}
-    fields = {k: v for k, v in changed.items() if k != "init_seed" and not k.startswith("phase2_")}
+    fields = {
+        k: v
+        for k, v in changed.items()
+        if k not in ("init_seed", "name_keyed") and not k.startswith("phase2_")
+    }
+    if changed.get("name_keyed"):
+        corpus = pretrain.pretraining_corpus
+
+        def with_name_keyed(recipe: PretrainRecipe) -> tuple[list, list]:
+            drill, chains = corpus(recipe)
+            extra = name_keyed_drill(
+                recipe.task_params(), seed=recipe.seed + 2, n=changed["name_keyed"]
+            )
+            return drill + [(p, c, False) for p, c in extra], chains
+
+        pretrain.pretraining_corpus = with_name_keyed
     phase2 = {k.removeprefix("phase2_"): v for k, v in changed.items() if k.startswith("phase2_")}
     if phase2:
         # Phase 2's TrainingConfig is built inside pretrain_base (phase 1's at import).
@@ -127,6 +145,26 @@ def cmd_run(name: str, seed: str, *settings: str) -> None:
         row[f"first_error_pool{pool}"] = scored["first_error"]
     row["eval_seconds"] = round(time.monotonic() - started, 1)
     sft_forgetting.write_row(OUT, row)
+
+
+def name_keyed_drill(params, *, seed: int, n: int) -> list[tuple[str, str]]:
+    """``n`` operator and constant lookups of a step line with its "After Ray," left out, so
+    that the name just written is the only key to the step's sentence: a chain question and the
+    solution's first lines, then ``Uma has 12`` completed by `` -``, or ``Uma has 12 -`` by
+    `` 2`` (alternately). The arithmetic drill's lines have the same form (``Bob has 3 + 5 =``).
+    """
+    out = []
+    for i, problem in enumerate(embedded.generate_problems(params, n, seed=seed, split="lookup")):
+        lines = embedded.solve(problem)
+        j = (i // 2) % len(lines)
+        name, tail = lines[j].split(", ", 1)[1].split(" has ")
+        a, op, b = tail.split(" ")[:3]
+        context = format_prompt(problem.question) + "".join(line + "\n" for line in lines[:j])
+        if i % 2 == 0:
+            out.append((context + f"{name} has {a}", f" {op}"))
+        else:
+            out.append((context + f"{name} has {a} {op}", f" {b}"))
+    return out
 
 
 def _mean_sd(values: list[float]) -> str:
