@@ -24,7 +24,8 @@ then scores the base as ``base_recipe.py`` does (greedy accuracy and first error
 test problems of pools 0 and 7) and appends one row to ``recipe_draws.jsonl`` next to this
 file. NAME labels the recipe, so that ``table`` can put the draws of one recipe side by side
 (mean ± sd over seeds); ``plot`` draws each draw's phase-2 loss and in-context probes against
-the update, one colour per recipe. Run with one torch thread (``OMP_NUM_THREADS=1``).
+the update, one colour per recipe, the shipped base in black. Run with one torch thread
+(``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -213,27 +214,33 @@ def cmd_plot(png: str, *names: str) -> None:
     rows = [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r["cmd"] == "run" and (not names or r["name"] in names)]
     recipes = list(dict.fromkeys(r["name"] for r in rows))
-    figure = Figure(figsize=(15, 3.4), layout="constrained")
+    figure = Figure(figsize=(17, 3.6), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 1 + len(ROLES))
     for r in rows:
-        colour = f"C{recipes.index(r['name'])}"
+        # The shipped base (the default recipe's seed 0) in black, over the others.
+        shipped = not r["recipe"] and r["seed"] == 0
+        style = (
+            {"color": "black", "linewidth": 2.2, "zorder": 3}
+            if shipped
+            else {"color": f"C{recipes.index(r['name'])}", "linewidth": 1}
+        )
         label = f"{r['name']} s{r['seed']} ({r['accuracy_pool0']:.1f}%)"
         loss = r["loss_blocks"]["phase2"]
-        axes[0].plot([BLOCK * (i + 0.5) for i in range(len(loss))], loss, color=colour)
+        axes[0].plot([BLOCK * (i + 0.5) for i in range(len(loss))], loss, **style)
         for ax, role in zip(axes[1:], ROLES, strict=True):
             ax.plot(
                 [p["update"] for p in r["probes"]],
                 [100 * p[role] for p in r["probes"]],
-                color=colour,
                 marker=".",
-                label=label,
+                label=label if ax is axes[1] else None,
+                **style,
             )
     axes[0].set(yscale="log", title="phase-2 loss (mean of 50 updates)", xlabel="update")
     titles = {"name": "name", "op": "operator", "b": "constant", "c": "result (table)"}
     for ax, role in zip(axes[1:], ROLES, strict=True):
         ax.set(title=f"{titles[role]}, in context (%)", xlabel="phase-2 update", ylim=(0, 100))
-    axes[-1].legend(fontsize=7, loc="lower right")
+    figure.legend(loc="outside right center", fontsize=7, title="draw (pool 0)")
     figure.savefig(png, dpi=110)
     print(f"wrote {png}")
 
