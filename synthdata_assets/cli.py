@@ -398,7 +398,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else SHIPPED_BASE
     recipe = PretrainRecipe()
     # Read before pretraining: with the default --out, the shipped meta is about to be replaced.
-    shipped = shipped_meta().get("greedy_accuracy")
+    shipped = (
+        shipped_meta().get("greedy_accuracy") if (SHIPPED_BASE / "meta.json").is_file() else None
+    )
     print(f"pretraining the embedded base into {out}; recipe: {recipe.model_dump_json()}")
     meta = pretrain_base(
         recipe,
