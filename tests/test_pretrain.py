@@ -98,3 +98,22 @@ def test_lookup_drill_continues_the_true_solution_with_each_lookup() -> None:
             assert re.search(r"has \d+( [-+*])?$", context), (kind, context)
     with pytest.raises(ValueError, match="unknown lookup"):
         lookup_drill(params, seed=3, n=2, kinds=("nope",))
+
+
+def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import argparse
+
+    from synthdata_assets import cli, pretrain
+
+    cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
+    monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
+    assert cli.cmd_pretrain(argparse.Namespace(out=str(tmp_path / "base"))) == 0
+    printed = capsys.readouterr().out
+    score = read_meta(tmp_path / "base")["greedy_accuracy"]
+    shipped = shipped_meta()["greedy_accuracy"]["accuracy"]
+    assert (
+        f"greedy accuracy {score['accuracy']:.1%} on the demo preset's 1000 test problems "
+        f"(the shipped base: {shipped:.1%})"
+    ) in printed
