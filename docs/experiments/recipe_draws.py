@@ -9,7 +9,8 @@ reliably?
 ``chain_learning_rate=1e-3``; ``init_seed=N`` as in ``base_recipe.py``; ``phase2_KEY=VALUE``
 sets a ``TrainingConfig`` field of phase 2 that the recipe does not hold, such as
 ``phase2_weight_decay=0.1``; ``name_keyed=N`` adds N lookups keyed by the name alone to the
-drill, :func:`name_keyed_drill`) into
+drill, :func:`name_keyed_drill`; ``restate=true`` pretrains and scores with step lines that
+restate their sentence, as ``restate.py`` does, without the probes) into
 ``/tmp/recipe_draws/NAME/sSEED``, and records on the way
 
 - the loss of every update of both phases, as means over blocks of 50 updates;
@@ -60,8 +61,13 @@ def cmd_run(name: str, seed: str, *settings: str) -> None:
     fields = {
         k: v
         for k, v in changed.items()
-        if k not in ("init_seed", "name_keyed") and not k.startswith("phase2_")
+        if k not in ("init_seed", "name_keyed", "restate") and not k.startswith("phase2_")
     }
+    if changed.get("restate"):
+        # Step lines that restate their sentence (restate.py patches the task's step line
+        # and the lookup drill on import). The probe's token roles are those of the plain
+        # line, so it is off.
+        import restate  # noqa: F401
     if changed.get("name_keyed"):
         corpus = pretrain.pretraining_corpus
 
@@ -97,6 +103,8 @@ def cmd_run(name: str, seed: str, *settings: str) -> None:
     state = {"phase": "phase1", "last": 0, "probe_s": 0.0}
 
     def probe(update: int) -> None:
+        if changed.get("restate"):
+            return
         started = time.monotonic()
         model = built["model"]
         model.eval()
