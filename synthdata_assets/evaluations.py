@@ -54,13 +54,8 @@ def evaluate_model(
     """Greedy answers of ``method``'s model (behind ``generator``) to the test split, plus
     ``sampling.eval_samples`` samples per problem for pass@k."""
     start = time.perf_counter()
-    greedy = sample_solutions(
-        generator,
-        test,
-        sampling_params(sampling, n=1, temperature=0.0, seed=seed),
-        id_prefix="greedy",
-        answer_format=answer_format,
-        progress=progress,
+    greedy = greedy_solutions(
+        generator, test, sampling, seed=seed, answer_format=answer_format, progress=progress
     )
     sampled = sample_solutions(
         generator,
@@ -86,6 +81,27 @@ def evaluate_model(
         f"({time.perf_counter() - start:.1f}s)"
     )
     return table
+
+
+def greedy_solutions(
+    generator: Generator,
+    test: pl.DataFrame,
+    sampling: SamplingConfig,
+    *,
+    seed: int,
+    answer_format: str,
+    progress: Progress = no_progress,
+) -> pl.DataFrame:
+    """One greedy answer per test problem, graded (``sample_solutions``' columns): the answers
+    greedy accuracy is read from, wherever a model is scored."""
+    return sample_solutions(
+        generator,
+        test,
+        sampling_params(sampling, n=1, temperature=0.0, seed=seed),
+        id_prefix="greedy",
+        answer_format=answer_format,
+        progress=progress,
+    )
 
 
 def with_cue_columns(table: pl.DataFrame, test: pl.DataFrame) -> pl.DataFrame:

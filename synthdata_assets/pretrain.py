@@ -34,8 +34,8 @@ import torch
 from pydantic import Field
 
 from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig
+from synthdata_assets.evaluations import greedy_solutions
 from synthdata_assets.problems import problem_pool
-from synthdata_assets.samples import sample_solutions, sampling_params
 from synthdata_assets.tasks import embedded
 from training.checkpoint import save_checkpoint
 from training.config import ModelConfig, Section, TrainingConfig
@@ -268,11 +268,11 @@ def score_base(
     ``base_evaluation`` asset scores it. Draws of the recipe differ by tens of points
     (docs/laptop-study.md), so this is the figure to compare before a base replaces another."""
     test = problem_pool(config.task).filter(pl.col("split") == "test")
-    solved = sample_solutions(
+    solved = greedy_solutions(
         TransformersGenerator(model, tokenizer, batch_size=config.sampling.batch_size),
         test,
-        sampling_params(config.sampling, n=1, temperature=0.0, seed=0),
-        id_prefix="greedy",
+        config.sampling,
+        seed=0,
         answer_format=config.answer_format,
         progress=progress,
     )

@@ -59,6 +59,7 @@ import torch
 
 from synthdata_assets import models
 from synthdata_assets.config import load_config
+from synthdata_assets.evaluations import greedy_solutions
 from synthdata_assets.pretrain import (
     LOOKUPS,
     SHIPPED_BASE,
@@ -67,7 +68,6 @@ from synthdata_assets.pretrain import (
     lookup_drill,
 )
 from synthdata_assets.problems import problem_pool, training_subset
-from synthdata_assets.samples import sample_solutions, sampling_params
 from synthdata_assets.tasks import embedded
 from synthdata_assets.teacher import teacher_solutions
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -214,12 +214,8 @@ def greedy(config, folder: str, test: pl.DataFrame, seed: int, log=lambda _m: No
     generator = make_generator(
         config.sampling.backend, folder, batch_size=config.sampling.batch_size, log=log
     )
-    return sample_solutions(
-        generator,
-        test,
-        sampling_params(config.sampling, n=1, temperature=0.0, seed=seed),
-        id_prefix="greedy",
-        answer_format=config.answer_format,
+    return greedy_solutions(
+        generator, test, config.sampling, seed=seed, answer_format=config.answer_format
     )
 
 
