@@ -52,6 +52,21 @@ def _cpu() -> str:
     return platform.processor()
 
 
+def print_environment() -> None:
+    """One JSON line: what the figures of this run were measured on."""
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "cpu": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(),
+                "cpu_model": _cpu(),
+            }
+        ),
+        flush=True,
+    )
+
+
 def cmd_pretrain(chain_steps: str, folder: str = "") -> None:
     out = Path(folder or f"/tmp/base_recipe_runs/chain{chain_steps}")
     _pretrain(PretrainRecipe(chain_steps=int(chain_steps)), out)
@@ -122,17 +137,7 @@ def cmd_sft(folder: str, size: str, seed: str, pool_seed: str, lr: str) -> None:
 
 
 if __name__ == "__main__":
-    print(
-        json.dumps(
-            {
-                "torch": torch.__version__,
-                "cpu": torch.backends.cpu.get_cpu_capability(),
-                "threads": torch.get_num_threads(),
-                "cpu_model": _cpu(),
-            }
-        ),
-        flush=True,
-    )
+    print_environment()
     {"pretrain": cmd_pretrain, "recipe": cmd_recipe, "sft": cmd_sft, "eval": cmd_eval}[sys.argv[1]](
         *sys.argv[2:]
     )

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sft_forgetting  # noqa: E402
-from base_recipe import _cpu  # noqa: E402
+from base_recipe import _cpu, print_environment  # noqa: E402
 
 from synthdata_assets import pretrain  # noqa: E402
 from synthdata_assets.pretrain import PretrainRecipe, pretrain_base  # noqa: E402
@@ -254,15 +254,5 @@ def cmd_plot(png: str, *names: str) -> None:
 
 
 if __name__ == "__main__":
-    print(
-        json.dumps(
-            {
-                "torch": torch.__version__,
-                "cpu": torch.backends.cpu.get_cpu_capability(),
-                "threads": torch.get_num_threads(),
-                "cpu_model": _cpu(),
-            }
-        ),
-        flush=True,
-    )
+    print_environment()
     {"run": cmd_run, "table": cmd_table, "plot": cmd_plot}[sys.argv[1]](*sys.argv[2:])
