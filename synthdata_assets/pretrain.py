@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Literal
 
@@ -35,9 +38,9 @@ from pydantic import Field
 
 from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig
 from synthdata_assets.evaluations import greedy_solutions
-from synthdata_assets.problems import problem_pool
+from synthdata_assets.problems import generated_split, problem_pool
 from synthdata_assets.tasks import embedded
-from training.checkpoint import save_checkpoint
+from training.checkpoint import META_FILE, load_checkpoint, read_meta, save_checkpoint
 from training.config import ModelConfig, Section, TrainingConfig
 from training.generation import SamplingParams
 from training.generation.transformers_engine import TransformersGenerator
@@ -268,19 +271,162 @@ def score_base(
     ``base_evaluation`` asset scores it. Draws of the recipe differ by tens of points
     (docs/laptop-study.md), so this is the figure to compare before a base replaces another."""
     test = problem_pool(config.task).filter(pl.col("split") == "test")
+    return {
+        "pool_seed": config.task.pool_seed,
+        "test_problems": test.height,
+        "accuracy": greedy_accuracy(model, tokenizer, config, test, progress=progress),
+    }
+
+
+def greedy_accuracy(
+    model,
+    tokenizer,
+    config: ExperimentConfig,
+    problems: pl.DataFrame,
+    *,
+    progress: Progress = no_progress,
+) -> float:
+    """Share of ``problems`` the model solves greedily, sampled and graded as ``config``
+    says."""
     solved = greedy_solutions(
         TransformersGenerator(model, tokenizer, batch_size=config.sampling.batch_size),
-        test,
+        problems,
         config.sampling,
         seed=0,
         answer_format=config.answer_format,
         progress=progress,
     )
-    return {
-        "pool_seed": config.task.pool_seed,
-        "test_problems": test.height,
-        "accuracy": float(solved["is_correct"].mean()),
+    return float(solved["is_correct"].mean())
+
+
+VALIDATION_PROBLEMS = 1000
+# The validation split's stream: one for every pool, so the draw chosen does not depend on
+# task.pool_seed, and no pool's train or test split is what it is chosen by.
+VALIDATION_SEED = 0
+
+
+def draws_folder(folder: Path) -> Path:
+    """Where :func:`pretrain_draws` keeps each draw (``seed-N``), beside ``folder``."""
+    return folder.parent / f".{folder.name}.draws"
+
+
+def pretrain_draws(
+    recipe: PretrainRecipe,
+    folder: Path,
+    *,
+    draws: int,
+    score_on: ExperimentConfig,
+    jobs: int | None = None,
+    validation_problems: int | None = None,
+    log: Log,
+) -> dict:
+    """Pretrain ``draws`` draws of ``recipe`` (seeds ``recipe.seed`` to
+    ``recipe.seed + draws - 1``), keep the one with the best greedy accuracy on the task's
+    ``validation`` split in ``folder``, and return its ``meta.json``.
+
+    Draws of the shipped recipe solve 3.8-36.4% of the test split (docs/laptop-study.md), so
+    one draw says little about a recipe; the best of several on problems no study trains or
+    tests on is the base to use. Each draw is trained in its own process at one torch thread
+    (``jobs`` at a time, by default one per core): two one-thread processes outrun one
+    two-thread process, and the shipped base was trained at one thread, so draw 0 of the
+    default recipe on a CPU like the one named in its meta is the shipped base again. Each
+    finished draw is kept under :func:`draws_folder` (written atomically), so a run that is
+    stopped resumes from the draws it finished. The meta gains ``draws`` (seed, validation
+    accuracy, loss, seconds of each) and ``validation`` (the split: ``validation_problems``
+    problems, :data:`VALIDATION_PROBLEMS` by default), and ``greedy_accuracy``
+    on ``score_on``'s test split as :func:`pretrain_base` records it.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    if score_on.task.name != "embedded":
+        raise ValueError(f"the base is scored on the embedded task, not {score_on.task.name!r}")
+    store = draws_folder(folder)
+    recipes = [recipe.model_copy(update={"seed": recipe.seed + k}) for k in range(draws)]
+    todo = []
+    for each in recipes:
+        kept = store / f"seed-{each.seed}"
+        if (kept / META_FILE).is_file() and read_meta(kept).get("recipe") == each.model_dump():
+            log(f"seed {each.seed}: kept from an earlier run ({kept})")
+        else:
+            todo.append(each)
+    if todo:
+        jobs = max(1, min(len(todo), jobs or os.cpu_count() or 1))
+        log(
+            f"pretraining {len(todo)} draw(s) into {store}, {jobs} at a time, one torch thread "
+            "each (a draw of the default recipe: about 12 minutes on one core of an AMD EPYC)"
+        )
+        _run_draws(todo, store, jobs)
+    validation = generated_split(
+        score_on.task,
+        "validation",
+        validation_problems or VALIDATION_PROBLEMS,
+        seed=VALIDATION_SEED,
+    )
+    rows = []
+    for each in recipes:
+        kept = store / f"seed-{each.seed}"
+        model, tokenizer = load_checkpoint(kept)
+        meta = read_meta(kept)
+        rows.append(
+            {
+                "seed": each.seed,
+                "validation_accuracy": greedy_accuracy(model, tokenizer, score_on, validation),
+                "final_loss": meta["final_loss"],
+                "drill_accuracy": meta["drill_accuracy"],
+                "pretrain_seconds": meta["pretrain_seconds"],
+            }
+        )
+        log(f"seed {each.seed}: validation accuracy {rows[-1]['validation_accuracy']:.1%}")
+    best = max(rows, key=lambda row: (row["validation_accuracy"], -row["seed"]))
+    kept = store / f"seed-{best['seed']}"
+    model, tokenizer = load_checkpoint(kept)
+    meta = read_meta(kept) | {
+        "draws": rows,
+        "validation": {
+            "split": "validation",
+            "stream_seed": VALIDATION_SEED,
+            "problems": validation.height,
+        },
+        "greedy_accuracy": score_base(model, tokenizer, score_on),
     }
+    save_checkpoint(model, tokenizer, folder, meta)
+    return meta
+
+
+def _run_draws(recipes: list[PretrainRecipe], store: Path, jobs: int) -> None:
+    # Spawned, not forked: a forked child inherits the parent's torch thread pool, and the
+    # draws must train exactly as a fresh one-thread process does.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    try:
+        futures = [
+            pool.submit(
+                _pretrain_one_draw, each.model_dump_json(), str(store / f"seed-{each.seed}")
+            )
+            for each in recipes
+        ]
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        # One failed or interrupted draw stops the run; the draws already written stay.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _pretrain_one_draw(recipe_json: str, folder: str) -> None:
+    """One draw, in a worker process at one torch thread; lines are prefixed by its seed."""
+    from synthdata_assets.terminal import progress_logger
+
+    torch.set_num_threads(1)
+    recipe = PretrainRecipe.model_validate_json(recipe_json)
+
+    def log(line: str) -> None:
+        print(f"seed {recipe.seed}: {line}", flush=True)
+
+    pretrain_base(
+        recipe, Path(folder), log=log, progress=progress_logger(log, "updates", every_s=60)
+    )
 
 
 def shipped_meta(folder: Path = SHIPPED_BASE) -> dict:

@@ -87,6 +87,23 @@ def _generated_rows(task: TaskConfig) -> list[dict]:
     ]
 
 
+def generated_split(task: TaskConfig, split: str, n: int, *, seed: int) -> pl.DataFrame:
+    """Problems ``0..n-1`` of a generated task's ``(seed, split)`` stream, as rows of the
+    ``problems`` table: a split beside the pool's, such as the ``validation`` split that
+    draws of the pretraining recipe are chosen by (:func:`pretrain.pretrain_draws`)."""
+    if task.name == "embedded":
+        module, params = embedded, embedded_params(task.embedded)
+    elif task.name == "star_graph":
+        module, params = star_graph, star_graph_params(task.star_graph)
+    else:
+        raise ValueError(f"task {task.name!r} is not generated; it has no {split!r} stream")
+    problems = module.generate_problems(params, n, seed=seed, split=split)
+    rows = [
+        _problem_row(p, split, source=task.name, n_steps=p.n_steps, spec=p.spec) for p in problems
+    ]
+    return pl.DataFrame(rows, schema=PROBLEM_SCHEMA)
+
+
 def _real_rows(task: TaskConfig, needed: int) -> list[dict]:
     loader = realdata.load_gsm8k if task.name == "gsm8k" else realdata.load_math
     assert task.train_path is not None and task.test_path is not None  # validated in config

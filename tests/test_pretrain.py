@@ -12,11 +12,15 @@ from synthdata_assets.pretrain import (
     LOOKUPS,
     SHIPPED_BASE,
     PretrainRecipe,
+    draws_folder,
+    greedy_accuracy,
     lookup_drill,
     pretrain_base,
+    pretrain_draws,
     score_base,
     shipped_meta,
 )
+from synthdata_assets.problems import generated_split
 from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint, read_meta
 from training.prompts import format_prompt
@@ -109,7 +113,9 @@ def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
 
     cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
-    assert cli.cmd_pretrain(argparse.Namespace(out=str(tmp_path / "base"))) == 0
+    monkeypatch.setattr(pretrain, "VALIDATION_PROBLEMS", 20)
+    args = argparse.Namespace(out=str(tmp_path / "base"), draws=1, jobs=None)
+    assert cli.cmd_pretrain(args) == 0
     printed = capsys.readouterr().out
     score = read_meta(tmp_path / "base")["greedy_accuracy"]
     shipped = shipped_meta()["greedy_accuracy"]["accuracy"]
@@ -117,3 +123,44 @@ def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
         f"greedy accuracy {score['accuracy']:.1%} on the demo preset's 1000 test problems "
         f"(the shipped base: {shipped:.1%})"
     ) in printed
+
+
+def test_pretrain_draws_keeps_the_best_on_validation_and_resumes(tmp_path) -> None:
+    """Two draws of a cut recipe, in two one-thread processes: the base kept is the draw with
+    the best validation accuracy, byte for byte, and a second run reuses both draws."""
+    from safetensors.torch import load_file
+
+    recipe = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4, seed=5)
+    config = load_config("demo", overrides={"task": {"n_test": 20}})
+    lines: list[str] = []
+    out = tmp_path / "base"
+    draw = {"score_on": config, "validation_problems": 50, "log": lines.append}
+    meta = pretrain_draws(recipe, out, draws=2, jobs=2, **draw)
+    assert [row["seed"] for row in meta["draws"]] == [5, 6]
+    best = max(meta["draws"], key=lambda row: (row["validation_accuracy"], -row["seed"]))
+    assert meta["recipe"] == recipe.model_copy(update={"seed": best["seed"]}).model_dump()
+    assert meta["torch_threads"] == 1
+    assert meta["validation"] == {"split": "validation", "stream_seed": 0, "problems": 50}
+    assert meta["greedy_accuracy"]["test_problems"] == 20
+    assert read_meta(out) == meta
+    kept = load_file(draws_folder(out) / f"seed-{best['seed']}" / "model.safetensors")
+    written = load_file(out / "model.safetensors")
+    assert kept.keys() == written.keys()
+    assert all((kept[k] == written[k]).all() for k in kept)
+    # Each draw is scored as the base itself would be on the validation split.
+    model, tokenizer = load_checkpoint(draws_folder(out) / "seed-5")
+    validation = [row for row in meta["draws"] if row["seed"] == 5][0]["validation_accuracy"]
+    assert validation == greedy_accuracy(
+        model, tokenizer, config, generated_split(config.task, "validation", 50, seed=0)
+    )
+
+    lines.clear()
+    again = pretrain_draws(recipe, out, draws=2, **draw)
+    assert again == meta
+    assert sum("kept from an earlier run" in line for line in lines) == 2
+    assert not any("pretraining" in line for line in lines)
+
+
+def test_pretrain_draws_refuses_no_draws(tmp_path) -> None:
+    with pytest.raises(ValueError, match="draws must be at least 1"):
+        pretrain_draws(PretrainRecipe(), tmp_path, draws=0, score_on=load_config("demo"), log=print)
