@@ -13,7 +13,14 @@ the DPO term is log 2 with no gradient and only the chosen side's NLL (``dpo_sft
 trains, with the same pairs, schedule and updates: what the stage does without the per-step
 negatives.
 
-    python docs/experiments/oracle_pits.py HOME CONFIG_YAML SIZE SEED mc|truth|nll
+``token`` and ``truthtoken`` (thirteenth session) keep the pits of ``mc`` and ``truth`` but
+cut each rejected side right after its first token that departs from the pair's chosen side,
+where that token lies in the pit step (other pairs are kept whole). The pit step's later
+tokens are mostly right given that token ("18 + 1 = 19" after a wrong "+": the constant and
+the sum are right), and the step cut pushes them down too. If that is what cancels the
+negatives' gain, the token cut beats the step cut and the ``nll`` control.
+
+    python docs/experiments/oracle_pits.py HOME CONFIG_YAML SIZE SEED mc|truth|nll|token|truthtoken
 
 HOME is a warehouse where the partition SIZE|SEED of CONFIG_YAML (``SYNTHDATA_CONFIG``) is
 materialized. Scores: greedy accuracy on the pool's test problems, and the paired difference
@@ -33,6 +40,7 @@ import polars as pl
 from synthdata_assets import pairs, preference
 from synthdata_assets.config import load_config
 from synthdata_assets.steps import resolve_rule
+from training.checkpoint import load_checkpoint
 from warehouse import Warehouse
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,37 +50,55 @@ import sft_forgetting  # noqa: E402
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
 
 
+class Partition:
+    """The tables of one materialized partition SIZE|SEED of a warehouse."""
+
+    def __init__(self, home: str, config_yaml: str, size: str, seed: str) -> None:
+        self.config = load_config(config_path=config_yaml)
+        self.warehouse = Warehouse(Path(home))
+        self.size, self.seed = int(size), int(seed)
+        self.problems = pl.read_parquet(self.warehouse.table_file("problems"))
+
+    def table(self, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self.warehouse.partition_file(name, self.size, self.seed))
+
+    def pairs(self, pits: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        """The per-step and outcome pairs ``per_step_dpo_model`` and ``dpo_model`` train on,
+        built from the Monte Carlo pits or (``truth*``) the true first wrong steps; and the
+        step advantages they came from."""
+        adv = self.table("step_advantages")
+        if pits.startswith("truth"):
+            adv = adv.with_columns(is_first_pit=pl.col("is_true_first_wrong"))
+        built = pairs.partition_pairs(
+            self.problems,
+            self.table("policy_samples"),
+            adv,
+            self.table("step_rollouts"),
+            self.table("teacher_solutions"),
+            seed=self.seed,
+            step_rule=resolve_rule(self.config.credit.step_rule, self.config.task.name),
+        )
+        kind = pl.col("kind")
+        return built.filter(kind == "per_step"), built.filter(kind == "outcome"), adv
+
+
 def main(home: str, config_yaml: str, size: str, seed: str, pits: str) -> None:
     started = time.monotonic()
-    config = load_config(config_path=config_yaml)
-    warehouse = Warehouse(Path(home))
-    size_, seed_ = int(size), int(seed)
-
-    def table(name: str) -> pl.DataFrame:
-        return pl.read_parquet(warehouse.partition_file(name, size_, seed_))
-
-    problems = pl.read_parquet(warehouse.table_file("problems"))
-    adv = table("step_advantages")
-    if pits == "truth":
-        adv = adv.with_columns(is_first_pit=pl.col("is_true_first_wrong"))
-    elif pits not in ("mc", "nll"):
-        raise SystemExit(f"pits must be mc, truth or nll, got {pits!r}")
-    built = pairs.partition_pairs(
-        problems,
-        table("policy_samples"),
-        adv,
-        table("step_rollouts"),
-        table("teacher_solutions"),
-        seed=seed_,
-        step_rule=resolve_rule(config.credit.step_rule, config.task.name),
-    )
-    chosen = built.filter(pl.col("kind") == "per_step")
-    twins = built.filter(pl.col("kind") == "outcome")
+    if pits not in ("mc", "truth", "nll", "token", "truthtoken"):
+        raise SystemExit(f"pits must be mc, truth, nll, token or truthtoken, got {pits!r}")
+    part = Partition(home, config_yaml, size, seed)
+    config, problems, table, size_, seed_ = (
+        part.config, part.problems, part.table, part.size, part.seed
+    )  # fmt: skip
+    chosen, twins, adv = part.pairs(pits)
     if pits == "nll":
         chosen = chosen.with_columns(
             rejected=pl.col("chosen"), rejected_has_eos=pl.col("chosen_has_eos")
         )
     sft_path = table("sft_model")["path"][0]
+    cut = None
+    if pits.endswith("token"):
+        chosen, cut = cut_at_first_departure(chosen, load_checkpoint(sft_path)[1])
     test = problems.filter(pl.col("split") == "test")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "per_step_dpo"
@@ -100,6 +126,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str) -> None:
         "seed": seed_,
         "pits": pits,
         "pairs": chosen.height,
+        "token_cut": cut,
         "pits_moved": int(
             adv.filter(pl.col("is_true_first_wrong") != pl.col("is_first_pit_best_of_k")).height
         ),
@@ -114,6 +141,32 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str) -> None:
         "cpu_model": base_recipe._cpu(),
     }
     sft_forgetting.write_row(OUT, out)
+
+
+def cut_at_first_departure(chosen: pl.DataFrame, tokenizer) -> tuple[pl.DataFrame, dict]:
+    """Each rejected side cut right after its first token that differs from the chosen side,
+    where that token lies in the pit step (the rejected side's last line); the counts of
+    pairs cut, kept whole (they part before the pit step, or not at all) and tokens removed."""
+    rejected, counts = [], {"cut": 0, "part_before_pit": 0, "no_departure": 0}
+    counts["tokens_removed"] = 0
+    for row in chosen.iter_rows(named=True):
+        text = row["rejected"]
+        ids = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        other = tokenizer(row["chosen"], add_special_tokens=False)["input_ids"]
+        n = len(ids["input_ids"])
+        pairs_ = enumerate(zip(ids["input_ids"], other, strict=False))
+        k = next((i for i, (a, b) in pairs_ if a != b), min(n, len(other)))
+        if k >= n:  # the rejected side is a prefix of the chosen one: its pit step is right
+            kind = "no_departure"
+        elif ids["offset_mapping"][k][0] < text.rfind("\n") + 1:
+            kind = "part_before_pit"
+        else:
+            kind = "cut"
+            counts["tokens_removed"] += n - k - 1
+            text = text[: ids["offset_mapping"][k][1]]
+        counts[kind] += 1
+        rejected.append(text)
+    return chosen.with_columns(rejected=pl.Series(rejected, dtype=pl.String)), counts
 
 
 if __name__ == "__main__":
