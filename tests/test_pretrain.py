@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import polars as pl
 import pytest
 
 from synthdata_assets.config import load_config
@@ -20,7 +21,7 @@ from synthdata_assets.pretrain import (
     score_base,
     shipped_meta,
 )
-from synthdata_assets.problems import generated_split
+from synthdata_assets.problems import generated_split, problem_pool
 from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint, read_meta
 from training.prompts import format_prompt
@@ -164,3 +165,18 @@ def test_pretrain_draws_keeps_the_best_on_validation_and_resumes(tmp_path) -> No
 def test_pretrain_draws_refuses_no_draws(tmp_path) -> None:
     with pytest.raises(ValueError, match="draws must be at least 1"):
         pretrain_draws(PretrainRecipe(), tmp_path, draws=0, score_on=load_config("demo"), log=print)
+
+
+def test_the_validation_split_is_its_own_stream() -> None:
+    """Draws are chosen on problems of no pool: the same for every pool seed, and none of them
+    a test question of the demo's pool."""
+    task = load_config("demo").task
+    validation = generated_split(task, "validation", 200, seed=0)
+    assert validation.height == 200 and set(validation["split"]) == {"validation"}
+    other_pool = load_config("demo", overrides={"task": {"pool_seed": 7}}).task
+    assert validation.equals(generated_split(other_pool, "validation", 200, seed=0))
+    test = problem_pool(task).filter(pl.col("split") == "test")
+    assert not set(validation["question"]) & set(test["question"])
+    gsm8k = task.model_copy(update={"name": "gsm8k"})
+    with pytest.raises(ValueError, match="not generated"):
+        generated_split(gsm8k, "validation", 2, seed=0)
