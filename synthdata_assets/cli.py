@@ -435,7 +435,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             "synthdata_assets/pretrain.py (a test compares the recipe with the shipped meta.json)"
         )
     print(
-        "note: draws of this recipe differ widely (seeds 0-6 solve 3.8-36.4% of the task; the "
+        "note: draws of this recipe differ widely (seeds 0-18 solve 3.8-36.4% of the task; the "
         "shipped base is seed 0), so compare the two scores before you commit this base as "
         "the shipped one; `git restore models/embedded-base` brings the shipped one back. "
         "See docs/laptop-study.md."

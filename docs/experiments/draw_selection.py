@@ -53,7 +53,7 @@ def score(folder: str) -> dict:
     before = operator_source.CASES[2]
     return {
         "folder": folder,
-        "seed": read_meta(folder)["recipe"]["seed"],
+        "seed": read_meta(folder).get("recipe", {}).get("seed"),  # None: a continued base
         "validation": round(100 * greedy_accuracy(model, tokenizer, config, validation), 1),
         "pool0": round(100 * pools[0], 1),
         "pool7": round(100 * pools[7], 1),
