@@ -66,13 +66,17 @@ def _problem_row(
     }
 
 
+def _generator(task: TaskConfig):
+    """The task module and generator parameters of a generated task."""
+    if task.name == "embedded":
+        return embedded, embedded_params(task.embedded)
+    return star_graph, star_graph_params(task.star_graph)
+
+
 def _generated_rows(task: TaskConfig) -> list[dict]:
     """The pool of a generated task (embedded or star_graph): both task modules generate,
     split and de-duplicate their problems the same way."""
-    if task.name == "embedded":
-        module, params = embedded, embedded_params(task.embedded)
-    else:
-        module, params = star_graph, star_graph_params(task.star_graph)
+    module, params = _generator(task)
     seed = task.pool_seed
     train = module.generate_problems(params, task.n_train_pool, seed=seed, split="train")
     # Generate a margin of test problems so that dropping overlaps still leaves n_test.
@@ -91,12 +95,9 @@ def generated_split(task: TaskConfig, split: str, n: int, *, seed: int) -> pl.Da
     """Problems ``0..n-1`` of a generated task's ``(seed, split)`` stream, as rows of the
     ``problems`` table: a split beside the pool's, such as the ``validation`` split that
     draws of the pretraining recipe are chosen by (:func:`pretrain.pretrain_draws`)."""
-    if task.name == "embedded":
-        module, params = embedded, embedded_params(task.embedded)
-    elif task.name == "star_graph":
-        module, params = star_graph, star_graph_params(task.star_graph)
-    else:
+    if not task.generated:
         raise ValueError(f"task {task.name!r} is not generated; it has no {split!r} stream")
+    module, params = _generator(task)
     problems = module.generate_problems(params, n, seed=seed, split=split)
     rows = [
         _problem_row(p, split, source=task.name, n_steps=p.n_steps, spec=p.spec) for p in problems
