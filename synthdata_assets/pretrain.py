@@ -362,21 +362,9 @@ def pretrain_draws(
         validation_problems or VALIDATION_PROBLEMS,
         seed=VALIDATION_SEED,
     )
-    rows = []
-    for each in recipes:
-        kept = store / f"seed-{each.seed}"
-        model, tokenizer = load_checkpoint(kept)
-        meta = read_meta(kept)
-        rows.append(
-            {
-                "seed": each.seed,
-                "validation_accuracy": greedy_accuracy(model, tokenizer, score_on, validation),
-                "final_loss": meta["final_loss"],
-                "drill_accuracy": meta["drill_accuracy"],
-                "pretrain_seconds": meta["pretrain_seconds"],
-            }
-        )
-        log(f"seed {each.seed}: validation accuracy {rows[-1]['validation_accuracy']:.1%}")
+    rows = [_scored_draw(store / f"seed-{each.seed}", score_on, validation) for each in recipes]
+    for row in rows:
+        log(f"seed {row['seed']}: validation accuracy {row['validation_accuracy']:.1%}")
     best = max(rows, key=lambda row: (row["validation_accuracy"], -row["seed"]))
     kept = store / f"seed-{best['seed']}"
     model, tokenizer = load_checkpoint(kept)
@@ -391,6 +379,19 @@ def pretrain_draws(
     }
     save_checkpoint(model, tokenizer, folder, meta)
     return meta
+
+
+def _scored_draw(folder: Path, score_on: ExperimentConfig, validation: pl.DataFrame) -> dict:
+    """A draw's row of the meta's ``draws``: its seed, validation accuracy, loss and time."""
+    model, tokenizer = load_checkpoint(folder)
+    meta = read_meta(folder)
+    return {
+        "seed": meta["recipe"]["seed"],
+        "validation_accuracy": greedy_accuracy(model, tokenizer, score_on, validation),
+        "final_loss": meta["final_loss"],
+        "drill_accuracy": meta["drill_accuracy"],
+        "pretrain_seconds": meta["pretrain_seconds"],
+    }
 
 
 def _run_draws(recipes: list[PretrainRecipe], store: Path, jobs: int) -> None:
