@@ -403,6 +403,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else SHIPPED_BASE
     recipe = PretrainRecipe()
+    if args.polish_steps is not None:
+        recipe = recipe.model_copy(update={"polish_steps": args.polish_steps})
     # Read before pretraining: with the default --out, the shipped meta is about to be replaced.
     shipped = (
         shipped_meta().get("greedy_accuracy") if (SHIPPED_BASE / "meta.json").is_file() else None
@@ -429,10 +431,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"{score['test_problems']} test problems"
         + (f" (the shipped base: {shipped['accuracy']:.1%})" if shipped else "")
     )
-    if chosen != recipe.seed:
+    changed = {"seed": chosen} if chosen != PretrainRecipe().seed else {}
+    if recipe.polish_steps != PretrainRecipe().polish_steps:
+        changed["polish_steps"] = recipe.polish_steps
+    if changed:
+        fields = ", ".join(f"PretrainRecipe.{k} = {v}" for k, v in changed.items())
         print(
-            f"to record this draw as the recipe, set PretrainRecipe.seed = {chosen} in "
-            "synthdata_assets/pretrain.py (a test compares the recipe with the shipped meta.json)"
+            f"to record this base as the recipe, set {fields} in synthdata_assets/pretrain.py "
+            "(a test compares the recipe with the shipped meta.json)"
         )
     print(
         "note: draws of this recipe differ widely (seeds 0-18 solve 3.8-36.4% of the task; the "
@@ -610,6 +616,42 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _add_pretrain_parser(sub) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain the embedded task's base model by the recorded recipe "
+        "(writes models/embedded-base, the folder the study ships with)",
+    )
+    p.add_argument("--out", help="write the base here instead of models/embedded-base")
+    p.add_argument(
+        "--draws",
+        type=_positive_int,
+        default=1,
+        help="pretrain this many draws (seeds recipe.seed, recipe.seed+1, ...) and keep the "
+        "best on the task's validation split (default 1: the recorded seed alone)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        help="draws trained at once, one process and one torch thread each (default: one per "
+        "CPU core)",
+    )
+    p.add_argument(
+        "--polish-steps",
+        type=_non_negative_int,
+        help="phase 3: this many more updates on phase 2's data at a lower learning rate "
+        "(default: the recipe's, 0); with --draws, try 1000",
+    )
+    p.set_defaults(func=cmd_pretrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthdata", description=__doc__.split("::")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -640,26 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration as JSON")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser(
-        "pretrain",
-        help="pretrain the embedded task's base model by the recorded recipe "
-        "(writes models/embedded-base, the folder the study ships with)",
-    )
-    p.add_argument("--out", help="write the base here instead of models/embedded-base")
-    p.add_argument(
-        "--draws",
-        type=_positive_int,
-        default=1,
-        help="pretrain this many draws (seeds recipe.seed, recipe.seed+1, ...) and keep the "
-        "best on the task's validation split (default 1: the recorded seed alone)",
-    )
-    p.add_argument(
-        "--jobs",
-        type=_positive_int,
-        help="draws trained at once, one process and one torch thread each (default: one per "
-        "CPU core)",
-    )
-    p.set_defaults(func=cmd_pretrain)
+    _add_pretrain_parser(sub)
 
     p = sub.add_parser(
         "worker",

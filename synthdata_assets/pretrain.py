@@ -15,8 +15,9 @@ step to four, where the task has two to four) with the drill mixed in, their dea
 stated anywhere after the quantity they read, as the task states them
 (``dead_end_order``). A base whose pretraining stated every dead end after the step to take
 learned to take a step's operator from the first sentence reading the same quantity, a
-shortcut no amount of fine-tuning data undid. The tokenizer is trained on the same
-pretraining text, never on test questions. How each part of the recipe was found is in
+shortcut no amount of fine-tuning data undid. An optional phase 3 (``polish_steps``)
+continues phase 2 at a lower learning rate. The tokenizer is trained on the same pretraining
+text, never on test questions. How each part of the recipe was found is in
 docs/laptop-study.md.
 """
 
@@ -58,6 +59,10 @@ DRILL_TRAINING = TrainingConfig(
 )
 
 
+# Phase 3's batch order: seed + 100, as the continuation that found it (sft_forgetting.py).
+POLISH_SEED = 100
+
+
 class PretrainRecipe(Section):
     """Everything that determines the shipped base (see the module docstring)."""
 
@@ -94,6 +99,16 @@ class PretrainRecipe(Section):
     chain_steps: int = Field(3000, ge=0, description="Phase 2 updates.")
     chain_learning_rate: float = 2e-3
     chain_batch_size: int = 32
+    polish_steps: int = Field(
+        0,
+        ge=0,
+        description="Phase 3: more updates on phase 2's data, from a new warmup at "
+        "polish_learning_rate. It lifts the draws that read a step's operator by the name just "
+        "written (one of them from 22 to 73%) and barely moves the others "
+        "(docs/experiments/recipe_draws.md, step 7), so with --draws it makes those draws the "
+        "ones validation keeps.",
+    )
+    polish_learning_rate: float = 5e-4
     seed: int = 0
 
     def learner(self) -> ModelConfig:
@@ -229,6 +244,13 @@ def pretrain_base(
             model, tokenizer, chains + drill, config=phase2, seed=recipe.seed + 1,
             max_steps=recipe.chain_steps, **train,
         )  # fmt: skip
+    if recipe.polish_steps:
+        log(f"phase 3: {recipe.polish_steps} more updates at {recipe.polish_learning_rate:g}")
+        phase3 = phase2.model_copy(update={"learning_rate": recipe.polish_learning_rate})
+        stats = train_sft(
+            model, tokenizer, chains + drill, config=phase3, seed=recipe.seed + POLISH_SEED,
+            max_steps=recipe.polish_steps, **train,
+        )  # fmt: skip
     meta = {
         "method": "base",
         "name": SHIPPED_NAME,
@@ -345,7 +367,7 @@ def pretrain_draws(
     todo = []
     for each in recipes:
         kept = store / f"seed-{each.seed}"
-        if (kept / META_FILE).is_file() and read_meta(kept).get("recipe") == each.model_dump():
+        if (kept / META_FILE).is_file() and _recipe_of(read_meta(kept)) == each:
             log(f"seed {each.seed}: kept from an earlier run ({kept})")
         else:
             todo.append(each)
@@ -379,6 +401,15 @@ def pretrain_draws(
     }
     save_checkpoint(model, tokenizer, folder, meta)
     return meta
+
+
+def _recipe_of(meta: dict) -> PretrainRecipe | None:
+    """The recipe a stored draw was made by, with fields added since at their defaults (so a
+    draw made before a new, default-off phase existed is still reused); None if unreadable."""
+    try:
+        return PretrainRecipe.model_validate(meta.get("recipe"))
+    except ValueError:
+        return None
 
 
 def _scored_draw(folder: Path, score_on: ExperimentConfig, validation: pl.DataFrame) -> dict:

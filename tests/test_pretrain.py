@@ -78,6 +78,37 @@ def test_pretrain_base_writes_a_scored_base(tmp_path) -> None:
     assert score_base(model, tokenizer, config) == meta["greedy_accuracy"]
 
 
+def test_phase_3_continues_phase_2_from_the_same_weights(tmp_path) -> None:
+    """polish_steps trains on after phase 2: a base with phase 3 starts from the weights of the
+    same recipe without it (same tokenizer, same phases 1 and 2) and ends elsewhere."""
+    from safetensors.torch import load_file
+
+    cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
+    lines: list[str] = []
+    plain = pretrain_base(cut, tmp_path / "plain", log=print)
+    polished = pretrain_base(
+        cut.model_copy(update={"polish_steps": 2}), tmp_path / "polished", log=lines.append
+    )
+    assert polished["recipe"]["polish_steps"] == 2 and plain["recipe"]["polish_steps"] == 0
+    assert any(line.startswith("phase 3: 2 more updates at 0.0005") for line in lines)
+    assert (tmp_path / "plain" / "tokenizer.json").read_text() == (
+        tmp_path / "polished" / "tokenizer.json"
+    ).read_text()
+    a = load_file(tmp_path / "plain" / "model.safetensors")
+    b = load_file(tmp_path / "polished" / "model.safetensors")
+    assert any(not (a[k] == b[k]).all() for k in a)
+
+
+def test_a_draw_stored_before_a_new_default_off_field_is_still_its_recipe(tmp_path) -> None:
+    from synthdata_assets.pretrain import _recipe_of
+
+    old = PretrainRecipe(seed=3).model_dump()
+    del old["polish_steps"], old["polish_learning_rate"]
+    assert _recipe_of({"recipe": old}) == PretrainRecipe(seed=3)
+    assert _recipe_of({"recipe": old}) != PretrainRecipe(seed=3, polish_steps=10)
+    assert _recipe_of({}) is None
+
+
 def test_another_world_is_refused() -> None:
     task = load_config("demo", overrides={"task": {"embedded": {"modulus": 29}}}).task
     with pytest.raises(ValueError, match="modulus 23"):
@@ -115,15 +146,33 @@ def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
     cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
     monkeypatch.setattr(pretrain, "VALIDATION_PROBLEMS", 20)
-    args = argparse.Namespace(out=str(tmp_path / "base"), draws=1, jobs=None)
+    args = argparse.Namespace(out=str(tmp_path / "base"), draws=1, jobs=None, polish_steps=None)
     assert cli.cmd_pretrain(args) == 0
     printed = capsys.readouterr().out
+    assert "to record this base" not in printed
     score = read_meta(tmp_path / "base")["greedy_accuracy"]
     shipped = shipped_meta()["greedy_accuracy"]["accuracy"]
     assert (
         f"greedy accuracy {score['accuracy']:.1%} on the demo preset's 1000 test problems "
         f"(the shipped base: {shipped:.1%})"
     ) in printed
+
+
+def test_synthdata_pretrain_polish_steps_runs_phase_3_and_says_how_to_record_it(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from synthdata_assets import cli, pretrain
+
+    cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
+    monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
+    monkeypatch.setattr(pretrain, "VALIDATION_PROBLEMS", 20)
+    argv = ["pretrain", "--out", str(tmp_path / "base"), "--polish-steps", "2"]
+    args = cli.build_parser().parse_args(argv)
+    assert cli.cmd_pretrain(args) == 0
+    assert read_meta(tmp_path / "base")["recipe"]["polish_steps"] == 2
+    assert "set PretrainRecipe.polish_steps = 2 in" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*argv[:-1], "-1"])
 
 
 def test_pretrain_draws_keeps_the_best_on_validation_and_resumes(tmp_path) -> None:
