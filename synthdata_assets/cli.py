@@ -403,8 +403,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else SHIPPED_BASE
     recipe = PretrainRecipe()
-    if args.polish_steps is not None:
-        recipe = recipe.model_copy(update={"polish_steps": args.polish_steps})
+    chosen_fields = {"seed": args.seed, "polish_steps": args.polish_steps}
+    recipe = recipe.model_copy(update={k: v for k, v in chosen_fields.items() if v is not None})
     # Read before pretraining: with the default --out, the shipped meta is about to be replaced.
     shipped = (
         shipped_meta().get("greedy_accuracy") if (SHIPPED_BASE / "meta.json").is_file() else None
@@ -642,6 +642,11 @@ def _add_pretrain_parser(sub) -> None:
         type=_positive_int,
         help="draws trained at once, one process and one torch thread each (default: one per "
         "CPU core)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        help="the first draw's seed (default: the recipe's, 0); --draws N trains seed..seed+N-1",
     )
     p.add_argument(
         "--polish-steps",

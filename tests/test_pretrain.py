@@ -146,7 +146,9 @@ def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
     cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
     monkeypatch.setattr(pretrain, "VALIDATION_PROBLEMS", 20)
-    args = argparse.Namespace(out=str(tmp_path / "base"), draws=1, jobs=None, polish_steps=None)
+    args = argparse.Namespace(
+        out=str(tmp_path / "base"), draws=1, jobs=None, seed=None, polish_steps=None
+    )
     assert cli.cmd_pretrain(args) == 0
     printed = capsys.readouterr().out
     assert "to record this base" not in printed
@@ -158,7 +160,7 @@ def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
     ) in printed
 
 
-def test_synthdata_pretrain_polish_steps_runs_phase_3_and_says_how_to_record_it(
+def test_synthdata_pretrain_seed_and_polish_steps_change_the_recipe_and_say_how_to_record_it(
     tmp_path, monkeypatch, capsys
 ) -> None:
     from synthdata_assets import cli, pretrain
@@ -166,11 +168,14 @@ def test_synthdata_pretrain_polish_steps_runs_phase_3_and_says_how_to_record_it(
     cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
     monkeypatch.setattr(pretrain, "VALIDATION_PROBLEMS", 20)
-    argv = ["pretrain", "--out", str(tmp_path / "base"), "--polish-steps", "2"]
+    argv = ["pretrain", "--out", str(tmp_path / "base"), "--seed", "2", "--polish-steps", "2"]
     args = cli.build_parser().parse_args(argv)
     assert cli.cmd_pretrain(args) == 0
-    assert read_meta(tmp_path / "base")["recipe"]["polish_steps"] == 2
-    assert "set PretrainRecipe.polish_steps = 2 in" in capsys.readouterr().out
+    recipe = read_meta(tmp_path / "base")["recipe"]
+    assert (recipe["seed"], recipe["polish_steps"]) == (2, 2)
+    assert "set PretrainRecipe.seed = 2, PretrainRecipe.polish_steps = 2 in" in (
+        capsys.readouterr().out
+    )
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args([*argv[:-1], "-1"])
 
