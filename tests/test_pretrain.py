@@ -136,16 +136,24 @@ def test_lookup_drill_continues_the_true_solution_with_each_lookup() -> None:
         lookup_drill(params, seed=3, n=2, kinds=("nope",))
 
 
-def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
-    tmp_path, monkeypatch, capsys
-) -> None:
-    import argparse
-
-    from synthdata_assets import cli, pretrain
+@pytest.fixture
+def cut_recipe(monkeypatch) -> PretrainRecipe:
+    """`synthdata pretrain` with the recipe cut to a few updates and 20 validation problems."""
+    from synthdata_assets import pretrain
 
     cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
     monkeypatch.setattr(pretrain, "VALIDATION_PROBLEMS", 20)
+    return cut
+
+
+def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
+    tmp_path, cut_recipe, capsys
+) -> None:
+    import argparse
+
+    from synthdata_assets import cli
+
     args = argparse.Namespace(
         out=str(tmp_path / "base"), draws=1, jobs=None, seed=None, polish_steps=None
     )
@@ -161,13 +169,10 @@ def test_synthdata_pretrain_prints_the_new_score_beside_the_shipped_one(
 
 
 def test_synthdata_pretrain_seed_and_polish_steps_change_the_recipe_and_say_how_to_record_it(
-    tmp_path, monkeypatch, capsys
+    tmp_path, cut_recipe, capsys
 ) -> None:
-    from synthdata_assets import cli, pretrain
+    from synthdata_assets import cli
 
-    cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
-    monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
-    monkeypatch.setattr(pretrain, "VALIDATION_PROBLEMS", 20)
     argv = ["pretrain", "--out", str(tmp_path / "base"), "--seed", "2", "--polish-steps", "2"]
     args = cli.build_parser().parse_args(argv)
     assert cli.cmd_pretrain(args) == 0
