@@ -79,13 +79,14 @@ def test_pretrain_base_writes_a_scored_base(tmp_path) -> None:
 
 
 def test_phase_3_continues_phase_2_from_the_same_weights(tmp_path) -> None:
-    """polish_steps trains on after phase 2: a base with phase 3 starts from the weights of the
-    same recipe without it (same tokenizer, same phases 1 and 2) and ends elsewhere."""
+    """polish_steps trains on after phase 2: the same recipe with and without it builds the same
+    tokenizer, runs phase 3 only when asked, and ends with other weights."""
     from safetensors.torch import load_file
 
     cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
     lines: list[str] = []
-    plain = pretrain_base(cut, tmp_path / "plain", log=print)
+    plain = pretrain_base(cut, tmp_path / "plain", log=lines.append)
+    assert not any(line.startswith("phase 3") for line in lines)
     polished = pretrain_base(
         cut.model_copy(update={"polish_steps": 2}), tmp_path / "polished", log=lines.append
     )
@@ -99,7 +100,7 @@ def test_phase_3_continues_phase_2_from_the_same_weights(tmp_path) -> None:
     assert any(not (a[k] == b[k]).all() for k in a)
 
 
-def test_a_draw_stored_before_a_new_default_off_field_is_still_its_recipe(tmp_path) -> None:
+def test_a_draw_stored_before_a_new_default_off_field_is_still_its_recipe() -> None:
     from synthdata_assets.pretrain import _recipe_of
 
     old = PretrainRecipe(seed=3).model_dump()
