@@ -11,8 +11,9 @@ point its own way. Testing that needs a base that reads such questions: ``pretra
 ``pretrain_draws`` with the shipped recipe but ``dead_ends`` dead ends per pretraining problem,
 scored on the task with as many; ``continue`` continues a base's phase 2 on that recipe's own
 corpus (as ``sft_forgetting.py continue`` does for the shipped recipe); ``score`` gives greedy
-accuracy on validation and on the test splits of pools 0 and 7, with the first wrong step's
-kind. Rows go to ``dead_ends.jsonl``. Run with ``OMP_NUM_THREADS=1``.
+accuracy on validation and on the test splits of pools 0 and 7, with the kind of each greedy
+solution's first error (``errors.first_error``). Rows go to ``dead_ends.jsonl``. Run with
+``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainingConfig
 from training.lora import load_trainable
 from training.sft import train_sft
+
+sys.path.insert(0, str(Path(__file__).parent))
+from errors import first_error  # noqa: E402
 
 OUT = Path(__file__).with_name("dead_ends.jsonl")
 
@@ -105,14 +109,14 @@ def _scores(dead_ends: int, folder: str) -> dict:
         config = _config(dead_ends, pool)
         test = problem_pool(config.task).filter(pl.col("split") == "test")
         row[f"pool{pool}"] = round(100 * greedy_accuracy(model, tokenizer, config, test), 1)
-    row["first_wrong_line"] = _first_wrong_lines(model, tokenizer, config)
+    row["first_error"] = _first_errors(model, tokenizer, config)
     return row
 
 
-def _first_wrong_lines(model, tokenizer, config) -> dict:
-    """How the greedy solutions' first wrong lines go wrong, on 200 test problems: the line
-    names a quantity that is not the next needed one (``name``), or the right quantity with
-    a wrong operation or value (``value``)."""
+def _first_errors(model, tokenizer, config) -> dict:
+    """The first error of each greedy solution on 200 test problems, by kind
+    (``errors.first_error``: ``dead_end``, ``other_name``, ``read``, ``operator``,
+    ``constant``, ``table``, ...)."""
     from synthdata_assets.evaluations import greedy_solutions
     from training.generation.transformers_engine import TransformersGenerator
 
@@ -121,25 +125,10 @@ def _first_wrong_lines(model, tokenizer, config) -> dict:
         TransformersGenerator(model, tokenizer, batch_size=64), test, config.sampling, seed=0,
         answer_format=config.answer_format,
     )  # fmt: skip
-    kinds: collections.Counter = collections.Counter()
-    for problem, solution in zip(test.iter_rows(named=True), out["solution"], strict=True):
-        spec = embedded.EmbeddedProblem.from_spec(problem["problem_id"], problem["spec"])
-        gold = embedded.solve(spec)
-        lines = [line for line in solution.splitlines() if line.startswith("After ")]
-        kind = "right"
-        for i, line in enumerate(lines):
-            if i >= len(gold):
-                kind = "too long"
-                break
-            if line != gold[i]:
-                kind = (
-                    "name" if embedded.step_name(line) != embedded.step_name(gold[i]) else "value"
-                )
-                break
-        else:
-            if len(lines) < len(gold):
-                kind = "too short"
-        kinds[kind] += 1
+    kinds = collections.Counter(
+        first_error(embedded.EmbeddedProblem.from_spec(row["problem_id"], row["spec"]), text)
+        for row, text in zip(test.iter_rows(named=True), out["solution"], strict=True)
+    )
     return dict(kinds.most_common())
 
 
