@@ -402,9 +402,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     )
 
     out = Path(args.out) if args.out else SHIPPED_BASE
-    recipe = PretrainRecipe()
+    default = PretrainRecipe()
     chosen_fields = {"seed": args.seed, "polish_steps": args.polish_steps}
-    recipe = recipe.model_copy(update={k: v for k, v in chosen_fields.items() if v is not None})
+    recipe = default.model_copy(update={k: v for k, v in chosen_fields.items() if v is not None})
     # Read before pretraining: with the default --out, the shipped meta is about to be replaced.
     shipped = (
         shipped_meta().get("greedy_accuracy") if (SHIPPED_BASE / "meta.json").is_file() else None
@@ -431,8 +431,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"{score['test_problems']} test problems"
         + (f" (the shipped base: {shipped['accuracy']:.1%})" if shipped else "")
     )
-    changed = {"seed": chosen} if chosen != PretrainRecipe().seed else {}
-    if recipe.polish_steps != PretrainRecipe().polish_steps:
+    changed = {"seed": chosen} if chosen != default.seed else {}
+    if recipe.polish_steps != default.polish_steps:
         changed["polish_steps"] = recipe.polish_steps
     if changed:
         fields = ", ".join(f"PretrainRecipe.{k} = {v}" for k, v in changed.items())
