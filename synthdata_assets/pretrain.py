@@ -15,9 +15,11 @@ step to four, where the task has two to four) with the drill mixed in, their dea
 stated anywhere after the quantity they read, as the task states them
 (``dead_end_order``). A base whose pretraining stated every dead end after the step to take
 learned to take a step's operator from the first sentence reading the same quantity, a
-shortcut no amount of fine-tuning data undid. An optional phase 3 (``polish_steps``)
-continues phase 2 at a lower learning rate. The tokenizer is trained on the same pretraining
-text, never on test questions. How each part of the recipe was found is in
+shortcut no amount of fine-tuning data undid. Phase 3 (``polish_steps``) continues phase 2
+at a lower learning rate. The draws of this recipe differ by seed (4-36% after phase 2); the
+shipped base is seed 15, one of the two draws of 25 measured that read a step's operator by
+the name just written, which phase 3 takes from 22 to 64%. The tokenizer is trained on the
+same pretraining text, never on test questions. How each part of the recipe was found is in
 docs/laptop-study.md.
 """
 
@@ -100,7 +102,7 @@ class PretrainRecipe(Section):
     chain_learning_rate: float = 2e-3
     chain_batch_size: int = 32
     polish_steps: int = Field(
-        0,
+        1000,
         ge=0,
         description="Phase 3: more updates on phase 2's data, from a new warmup at "
         "polish_learning_rate. It lifts the draws that read a step's operator by the name just "
@@ -109,7 +111,7 @@ class PretrainRecipe(Section):
         "ones validation keeps.",
     )
     polish_learning_rate: float = 5e-4
-    seed: int = 0
+    seed: int = 15
 
     def learner(self) -> ModelConfig:
         return ModelConfig(
