@@ -405,11 +405,20 @@ def pretrain_draws(
     return meta
 
 
+# What a recipe field added since a draw was stored means where it is absent: the phase it
+# controls did not run, whatever the field's default is now.
+_ABSENT_FIELDS = {"polish_steps": 0}
+
+
 def _recipe_of(meta: dict) -> PretrainRecipe | None:
-    """The recipe a stored draw was made by, with fields added since at their defaults (so a
-    draw made before a new, default-off phase existed is still reused); None if unreadable."""
+    """The recipe a stored draw was made by, fields added since read as ``_ABSENT_FIELDS`` says
+    (so a draw made before phase 3 existed is still reused, as a draw without it); None if
+    unreadable."""
+    stored = meta.get("recipe")
+    if not isinstance(stored, dict):
+        return None
     try:
-        return PretrainRecipe.model_validate(meta.get("recipe"))
+        return PretrainRecipe.model_validate({**_ABSENT_FIELDS, **stored})
     except ValueError:
         return None
 

@@ -29,6 +29,13 @@ from training.prompts import format_prompt
 MAX_BYTES = 25 * 2**20
 
 
+def _cut(**fields: object) -> PretrainRecipe:
+    """The default recipe cut to a few updates of phases 1 and 2, and no phase 3."""
+    return PretrainRecipe(
+        drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4, polish_steps=0, **fields
+    )
+
+
 def test_shipped_base_matches_the_default_recipe() -> None:
     """A change of the recipe (or of the task world it encodes) must come with a new base:
     `synthdata pretrain` writes it."""
@@ -65,7 +72,7 @@ def test_the_shipped_base_scores_what_its_meta_records() -> None:
 def test_pretrain_base_writes_a_scored_base(tmp_path) -> None:
     """The recipe's two phases, cut to a few updates, write a loadable base whose meta holds
     the recipe and its score on the test split it was given."""
-    recipe = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
+    recipe = _cut()
     config = load_config("demo", overrides={"task": {"n_test": 20}})
     lines: list[str] = []
     meta = pretrain_base(recipe, tmp_path / "base", log=lines.append, score_on=config)
@@ -83,7 +90,7 @@ def test_phase_3_continues_phase_2_from_the_same_weights(tmp_path) -> None:
     tokenizer, runs phase 3 only when asked, and ends with other weights."""
     from safetensors.torch import load_file
 
-    cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
+    cut = _cut()
     lines: list[str] = []
     plain = pretrain_base(cut, tmp_path / "plain", log=lines.append)
     assert not any(line.startswith("phase 3") for line in lines)
@@ -100,14 +107,17 @@ def test_phase_3_continues_phase_2_from_the_same_weights(tmp_path) -> None:
     assert any(not (a[k] == b[k]).all() for k in a)
 
 
-def test_a_draw_stored_before_a_new_default_off_field_is_still_its_recipe() -> None:
+def test_a_draw_stored_before_phase_3_existed_is_a_draw_without_it() -> None:
+    """The default recipe has phase 3 now; a draw stored before the field existed had none."""
     from synthdata_assets.pretrain import _recipe_of
 
+    assert PretrainRecipe().polish_steps > 0
     old = PretrainRecipe(seed=3).model_dump()
     del old["polish_steps"], old["polish_learning_rate"]
-    assert _recipe_of({"recipe": old}) == PretrainRecipe(seed=3)
-    assert _recipe_of({"recipe": old}) != PretrainRecipe(seed=3, polish_steps=10)
+    assert _recipe_of({"recipe": old}) == PretrainRecipe(seed=3, polish_steps=0)
+    assert _recipe_of({"recipe": old}) != PretrainRecipe(seed=3)
     assert _recipe_of({}) is None
+    assert _recipe_of({"recipe": PretrainRecipe().model_dump()}) == PretrainRecipe()
 
 
 def test_another_world_is_refused() -> None:
@@ -142,7 +152,7 @@ def cut_recipe(monkeypatch) -> PretrainRecipe:
     """`synthdata pretrain` with the recipe cut to a few updates and 20 validation problems."""
     from synthdata_assets import pretrain
 
-    cut = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4)
+    cut = _cut()
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: cut)
     monkeypatch.setattr(pretrain, "VALIDATION_PROBLEMS", 20)
     return cut
@@ -191,7 +201,7 @@ def test_pretrain_draws_keeps_the_best_on_validation_and_resumes(tmp_path) -> No
     the best validation accuracy, byte for byte, and a second run reuses both draws."""
     from safetensors.torch import load_file
 
-    recipe = PretrainRecipe(drill_steps=3, lookups=64, chain_steps=3, chain_batch_size=4, seed=5)
+    recipe = _cut(seed=5)
     config = load_config("demo", overrides={"task": {"n_test": 20}})
     lines: list[str] = []
     out = tmp_path / "base"

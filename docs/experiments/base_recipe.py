@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sft_forgetting  # noqa: E402
+from base_p import recipe_p  # noqa: E402
 
 from synthdata_assets import pretrain  # noqa: E402
 from synthdata_assets.pretrain import PretrainRecipe, pretrain_base, pretraining_corpus  # noqa: E402
@@ -69,7 +70,7 @@ def print_environment() -> None:
 
 def cmd_pretrain(chain_steps: str, folder: str = "") -> None:
     out = Path(folder or f"/tmp/base_recipe_runs/chain{chain_steps}")
-    _pretrain(PretrainRecipe(chain_steps=int(chain_steps)), out)
+    _pretrain(recipe_p(chain_steps=int(chain_steps)), out)
 
 
 def cmd_recipe(folder: str, *settings: str) -> None:
@@ -87,7 +88,7 @@ def cmd_recipe(folder: str, *settings: str) -> None:
             return build(config, tokenizer, seed=changed["init_seed"])
 
         pretrain.build_tiny_llama = build_with_init_seed
-    _pretrain(PretrainRecipe(**fields), Path(folder), changed)
+    _pretrain(recipe_p(**fields), Path(folder), changed)
 
 
 def _pretrain(recipe: PretrainRecipe, out: Path, changed: dict | None = None) -> None:

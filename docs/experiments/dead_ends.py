@@ -30,7 +30,6 @@ import torch
 from synthdata_assets.config import load_config
 from synthdata_assets.pretrain import (
     VALIDATION_SEED,
-    PretrainRecipe,
     greedy_accuracy,
     pretrain_draws,
     pretraining_corpus,
@@ -43,6 +42,7 @@ from training.lora import load_trainable
 from training.sft import train_sft
 
 sys.path.insert(0, str(Path(__file__).parent))
+from base_p import recipe_p  # noqa: E402
 from errors import first_error  # noqa: E402
 
 OUT = Path(__file__).with_name("dead_ends.jsonl")
@@ -63,7 +63,7 @@ def _record(row: dict) -> None:
 
 
 def cmd_pretrain(dead_ends: str, draws: str, out: str, seed: str = "0") -> None:
-    recipe = PretrainRecipe(dead_ends=int(dead_ends), seed=int(seed))
+    recipe = recipe_p(dead_ends=int(dead_ends), seed=int(seed))
     meta = pretrain_draws(
         recipe, Path(out), draws=int(draws), score_on=_config(int(dead_ends)), jobs=2,
         log=lambda line: print(line, flush=True),
@@ -80,7 +80,7 @@ def cmd_continue(dead_ends: str, folder: str, steps: str, lr: str, out: str) -> 
     32) for ``steps`` updates at peak ``lr`` (warmup and cosine decay as the trainer does), with
     batch order seed 100, then score it."""
     started = time.monotonic()
-    recipe = PretrainRecipe(dead_ends=int(dead_ends))
+    recipe = recipe_p(dead_ends=int(dead_ends))
     drill, chains = pretraining_corpus(recipe)
     config = TrainingConfig(batch_size=recipe.chain_batch_size, learning_rate=float(lr), bf16=False)
     model, tokenizer, stored = load_trainable(folder, config)

@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sft_forgetting  # noqa: E402
+from base_p import recipe_p  # noqa: E402
 from base_recipe import _cpu, print_environment  # noqa: E402
 
 from synthdata_assets import pretrain  # noqa: E402
@@ -84,7 +85,7 @@ def cmd_run(name: str, seed: str, *settings: str) -> None:
         # Phase 2's TrainingConfig is built inside pretrain_base (phase 1's at import).
         make = pretrain.TrainingConfig
         pretrain.TrainingConfig = lambda **settings: make(**(settings | phase2))
-    recipe = PretrainRecipe(seed=int(seed), **fields)
+    recipe = recipe_p(seed=int(seed), **fields)
     folder = Path(f"/tmp/recipe_draws/{name}/s{seed}")
 
     # pretrain_base builds its model inside; keep a handle on it (and its tokenizer) for the

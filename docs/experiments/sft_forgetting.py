@@ -63,7 +63,6 @@ from synthdata_assets.evaluations import greedy_solutions
 from synthdata_assets.pretrain import (
     LOOKUPS,
     SHIPPED_BASE,
-    PretrainRecipe,
     drill_accuracy_of,
     lookup_drill,
 )
@@ -79,6 +78,7 @@ from training.prompts import format_example
 from training.sft import train_sft
 
 sys.path.insert(0, str(Path(__file__).parent))
+from base_p import recipe_p  # noqa: E402
 from errors import first_error  # noqa: E402
 
 OUT = Path(__file__).with_name("sft_forgetting.jsonl")
@@ -97,7 +97,7 @@ def _problems(pool_seed: int) -> pl.DataFrame:
 def _drill() -> tuple[list, list]:
     """(arithmetic facts, name/read lookups) of the base's drill, as pretraining builds them
     (pretraining_corpus without its 48000 chain problems)."""
-    recipe = PretrainRecipe()
+    recipe = recipe_p()
     params = recipe.task_params()
     facts = embedded.arithmetic_drill(params, seed=recipe.seed)
     lookups = lookup_drill(params, seed=recipe.seed, n=recipe.lookups)
@@ -108,7 +108,7 @@ def _drill() -> tuple[list, list]:
 def _chains(n: int = 4000) -> list:
     """The first ``n`` chain problems of pretraining's phase 2, as its (prompt, completion)."""
     problems = embedded.generate_problems(
-        PretrainRecipe().task_params(), n, seed=PretrainRecipe().seed, split="base"
+        recipe_p().task_params(), n, seed=recipe_p().seed, split="base"
     )
     return [
         format_example(
@@ -138,7 +138,7 @@ def skills(folder: str) -> dict:
         "arithmetic": round(drill_accuracy_of(model, tokenizer, facts), 4),
         "drill": round(drill_accuracy_of(model, tokenizer, facts + lookups), 4),
     }
-    questions = lookup_drill(PretrainRecipe().task_params(), seed=99, n=1200, kinds=LOOKUPS)
+    questions = lookup_drill(recipe_p().task_params(), seed=99, n=1200, kinds=LOOKUPS)
     outs = TransformersGenerator(model, tokenizer, batch_size=256).generate(
         [p for p, _ in questions], SamplingParams(max_new_tokens=1)
     )
@@ -355,7 +355,7 @@ def cmd_continue(
     from synthdata_assets.pretrain import pretraining_corpus
 
     started = time.monotonic()
-    recipe = PretrainRecipe()
+    recipe = recipe_p()
     drill, chains = pretraining_corpus(recipe)
     built_s = time.monotonic() - started
     config = TrainingConfig(batch_size=recipe.chain_batch_size, learning_rate=float(lr), bf16=False)

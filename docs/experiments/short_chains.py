@@ -32,9 +32,10 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).parent))
 import base_recipe  # noqa: E402
 import sft_forgetting as sf  # noqa: E402
+from base_p import recipe_p  # noqa: E402
 
 from synthdata_assets import models  # noqa: E402
-from synthdata_assets.pretrain import PretrainRecipe, pretrain_base  # noqa: E402
+from synthdata_assets.pretrain import pretrain_base  # noqa: E402
 from synthdata_assets.problems import training_subset  # noqa: E402
 from synthdata_assets.tasks import embedded  # noqa: E402
 from synthdata_assets.teacher import teacher_solutions  # noqa: E402
@@ -65,7 +66,7 @@ def record(row: dict) -> None:
 
 
 def cmd_pretrain(max_steps: str, folder: str = "") -> None:
-    recipe = PretrainRecipe(max_steps=int(max_steps))
+    recipe = recipe_p(max_steps=int(max_steps))
     out = folder or f"/tmp/short_chains/max{max_steps}"
     started = time.monotonic()
     meta = pretrain_base(recipe, Path(out), log=lambda m: print(m, flush=True))
