@@ -262,9 +262,9 @@ def pretrain_base(
         "final_loss": stats.mean_loss_last_10pct if stats else None,
         "pretrain_seconds": round(time.monotonic() - started, 1),
         # Thread count changes floating-point sums, so the same recipe on another count (or
-        # CPU) trains a different base; and draws of this recipe differ widely (pretraining
-        # seeds 0-4 solve 3.8-36.4% of the task, docs/laptop-study.md), so such a base can be
-        # much worse than the shipped one.
+        # CPU) trains a different base; and draws of this recipe differ widely (4-64% of the
+        # task over 25 seeds, docs/laptop-study.md), so such a base can be much worse than the
+        # shipped one.
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
@@ -348,7 +348,7 @@ def pretrain_draws(
     ``recipe.seed + draws - 1``), keep the one with the best greedy accuracy on the task's
     ``validation`` split in ``folder``, and return its ``meta.json``.
 
-    Draws of the shipped recipe solve 3.8-36.4% of the test split (docs/laptop-study.md), so
+    Draws of the shipped recipe solve 4-64% of the test split (docs/laptop-study.md), so
     one draw says little about a recipe; the best of several on problems no study trains or
     tests on is the base to use. Each draw is trained in its own process at one torch thread
     (``jobs`` at a time, by default one per core): two one-thread processes outrun one
