@@ -352,8 +352,8 @@ def pretrain_draws(
     one draw says little about a recipe; the best of several on problems no study trains or
     tests on is the base to use. Each draw is trained in its own process at one torch thread
     (``jobs`` at a time, by default one per core): two one-thread processes outrun one
-    two-thread process, and the shipped base was trained at one thread, so draw 0 of the
-    default recipe on a CPU like the one named in its meta is the shipped base again. Each
+    two-thread process, and the shipped base was trained at one thread, so the first draw of
+    the default recipe on a CPU like the one named in its meta is the shipped base again. Each
     finished draw is kept under :func:`draws_folder` (written atomically), so a run that is
     stopped resumes from the draws it finished. The meta gains ``draws`` (seed, validation
     accuracy, loss, seconds of each) and ``validation`` (the split: ``validation_problems``
