@@ -441,9 +441,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             "(a test compares the recipe with the shipped meta.json)"
         )
     print(
-        "note: draws of this recipe differ widely (with phase 3, 2 of 25 draws measured solve "
-        "48-64% of the task and the others 4-25%; the shipped base is seed 15), so compare the "
-        "two scores before you commit this base as "
+        "note: draws of this recipe differ widely (2 of 25 draws measured reach 48-64% of the "
+        "task with phase 3, the others about 25% at most; the shipped base is seed 15), so "
+        "compare the two scores before you commit this base as "
         "the shipped one; `git restore models/embedded-base` brings the shipped one back. "
         "See docs/laptop-study.md."
     )
