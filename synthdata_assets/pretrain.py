@@ -377,7 +377,7 @@ def pretrain_draws(
         jobs = max(1, min(len(todo), jobs or os.cpu_count() or 1))
         log(
             f"pretraining {len(todo)} draw(s) into {store}, {jobs} at a time, one torch thread "
-            "each (a draw of the default recipe: about 12 minutes on one core of an AMD EPYC)"
+            "each (a draw of the default recipe: about 16 minutes on one core of an AMD EPYC)"
         )
         _run_draws(todo, store, jobs)
     validation = generated_split(
