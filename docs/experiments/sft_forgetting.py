@@ -107,9 +107,8 @@ def _drill() -> tuple[list, list]:
 @functools.cache
 def _chains(n: int = 4000) -> list:
     """The first ``n`` chain problems of pretraining's phase 2, as its (prompt, completion)."""
-    problems = embedded.generate_problems(
-        recipe_p().task_params(), n, seed=recipe_p().seed, split="base"
-    )
+    recipe = recipe_p()
+    problems = embedded.generate_problems(recipe.task_params(), n, seed=recipe.seed, split="base")
     return [
         format_example(
             p.question, "\n".join([*embedded.solve(p), embedded.final_answer_line(p.answer)])
