@@ -28,7 +28,13 @@ solver) gets the problem's first correct sample without one instead, else its fi
 teacher solution, else the pair is dropped. If clean chosen sides lift both ``mc`` and
 ``nll``, the positives' wrong steps cost accuracy, and credit on positives could earn it.
 
-    python docs/experiments/oracle_pits.py HOME CONFIG_YAML SIZE SEED MODE
+A dose of the negatives (sixteenth session): ``KEY=VALUE`` arguments after the mode set
+fields of the config's ``training`` section, e.g. ``dpo_beta=0.03``. With the NLL term on,
+the DPO term's gradient scales about linearly with ``dpo_beta`` at small margins, so a sweep
+of it from the ``nll`` control (no DPO gradient) upwards is a dose-response curve of the
+per-step negatives.
+
+    python docs/experiments/oracle_pits.py HOME CONFIG_YAML SIZE SEED MODE [KEY=VALUE ...]
 
 HOME is a warehouse where the partition SIZE|SEED of CONFIG_YAML (``SYNTHDATA_CONFIG``) is
 materialized. Scores: greedy accuracy on the pool's test problems, and the paired difference
@@ -50,6 +56,7 @@ from synthdata_assets.config import load_config
 from synthdata_assets.steps import resolve_rule
 from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint
+from training.config import TrainingConfig
 from warehouse import Warehouse
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,11 +99,15 @@ class Partition:
         return built.filter(kind == "per_step"), built.filter(kind == "outcome"), adv
 
 
-def main(home: str, config_yaml: str, size: str, seed: str, pits: str) -> None:
+def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *overrides: str) -> None:
     started = time.monotonic()
     if pits not in MODES:
         raise SystemExit(f"mode must be one of {', '.join(MODES)}, got {pits!r}")
     part = Partition(home, config_yaml, size, seed)
+    training = _training_overrides(overrides)
+    part.config = part.config.model_copy(
+        update={"training": part.config.training.model_copy(update=training)}
+    )
     config, problems, table, size_, seed_ = (
         part.config, part.problems, part.table, part.size, part.seed
     )  # fmt: skip
@@ -139,6 +150,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str) -> None:
         "seed": seed_,
         "pits": pits,
         "pairs": chosen.height,
+        "training": training or None,
         "token_cut": cut,
         "clean_chosen": cleaned,
         "pits_moved": int(
@@ -155,6 +167,20 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str) -> None:
         "cpu_model": base_recipe._cpu(),
     }
     sft_forgetting.write_row(OUT, out)
+
+
+def _training_overrides(overrides: tuple[str, ...]) -> dict[str, float]:
+    """``KEY=VALUE`` settings of the ``training`` section (numbers), checked by name."""
+    fields = TrainingConfig.model_fields
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"an override is KEY=VALUE with KEY a training field, got {item!r}")
+        out[key] = float(value)
+    # Validated as the config file's fields are.
+    TrainingConfig(**{**TrainingConfig().model_dump(), **out})
+    return out
 
 
 def clean_chosen(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, dict]:
