@@ -63,7 +63,7 @@ SHAPES = {
         "num_key_value_heads": 1,
     },
 }
-TRAINING = ("sft_model", "rft_model", "per_step_dpo_model", "dpo_model")
+TRAINING = ("sft_model", "rft_model", "per_step_dpo_model", "nll_control_model", "dpo_model")
 ENGINE_START = re.compile(r"vLLM engine started in (?P<s>[\d.]+)s \((?P<folder>[^)]*)\)")
 
 

@@ -21,6 +21,9 @@ and a null counts as wrong) into:
       bootstrap median, percentile interval and share of resamples above 1x.
 ``multipliers(evaluations, ...)``
     ``compare(...).multipliers``.
+``control_comparison(evaluations, ...)``
+    per-step DPO paired against its control without negatives (``nll_control``): what the
+    negatives add over imitating the chosen sides.
 ``plot_curves``, ``report_markdown``, ``study_report``
     the figure, the markdown report, and both written into the reports folder.
 
@@ -135,6 +138,9 @@ MULTIPLIER_SCHEMA = {
 }
 
 EVAL_COLUMNS = ("method", "data_size", "seed", "problem_id", "is_correct")
+# Per-step DPO's control without negatives (synthdata_assets.preference): the report pairs
+# per-step DPO against it as well as against SFT.
+CONTROL = "nll_control"
 
 # Accuracies closer than this are equal (isotonic averages are not bit-exact).
 _TOL = 1e-12
@@ -960,6 +966,25 @@ def _paired_section(comparison: Comparison) -> list[str]:
     return lines + _md_table(["method", "size", "diff", f"{conf} CI", "wins", "losses"], rows)
 
 
+def _control_section(control: Comparison) -> list[str]:
+    conf = f"{100 * control.confidence:g}%"
+    lines = _prose(
+        f"What the negatives add: per-step DPO minus {CONTROL} (the same pairs, schedule and "
+        "updates from pi_sft with each rejected side set to its chosen side, so only the chosen "
+        f"side's NLL trains), in accuracy points, paired, with a {conf} bootstrap interval. "
+        "Below 0, the stage does better without its negatives."
+    )
+    rows = []
+    for r in control.paired.filter(pl.col("method") == "per_step_dpo").iter_rows(named=True):
+        ci = "—"
+        if r["ci_low"] is not None:
+            ci = f"{r['ci_low']:+.1f} to {r['ci_high']:+.1f}"
+        rows.append(
+            [str(r["data_size"]), f"{r['difference']:+.1f}", ci, str(r["wins"]), str(r["losses"])]
+        )
+    return lines + _md_table(["size", "diff", f"{conf} CI", "wins", "losses"], rows)
+
+
 def _equivalent_section(comparison: Comparison) -> list[str]:
     ref = _name(comparison.reference)
     per_size = comparison.per_size.filter(pl.col("method") != comparison.reference)
@@ -1023,10 +1048,13 @@ def report_markdown(
     plot_path: str | os.PathLike,
     *,
     relative_to: str | os.PathLike | None = None,
+    control: Comparison | None = None,
 ) -> str:
     """The report: accuracy table, paired differences, equivalent sizes, multipliers, how
-    the chance floor is handled, and the plot, linked relative to ``relative_to`` (default:
-    the plot's own folder, i.e. the report is expected to sit next to it)."""
+    the chance floor is handled, per-step DPO against its control without negatives
+    (``control``: :func:`control_comparison`, where there is one), and the plot, linked
+    relative to ``relative_to`` (default: the plot's own folder, i.e. the report is expected
+    to sit next to it)."""
     plot_path = Path(plot_path)
     base = Path(relative_to) if relative_to is not None else plot_path.parent
     rel = os.path.relpath(plot_path, base)
@@ -1039,8 +1067,19 @@ def report_markdown(
     if comparison.multipliers.height:
         lines += _multiplier_section(comparison)
         lines += _prose(floor_note(comparison.chance, comparison.reference))
+    if control is not None and control.paired.height:
+        lines += _control_section(control)
     lines += [f"![accuracy vs. data size]({rel})", f"Plot: `{rel}`", ""]
     return "\n".join(lines)
+
+
+def control_comparison(evaluations: pl.DataFrame, **options) -> Comparison | None:
+    """Per-step DPO against its control without negatives (:data:`CONTROL`), paired as
+    :func:`compare` pairs against SFT; None where either method is missing."""
+    pair = evaluations.filter(pl.col("method").is_in(["per_step_dpo", CONTROL]))
+    if set(pair["method"].unique().to_list()) != {"per_step_dpo", CONTROL}:
+        return None
+    return compare(pair, reference=CONTROL, **options)
 
 
 @dataclass(frozen=True)
@@ -1067,9 +1106,10 @@ def study_report(
     atomically into ``reports``. ``chance``: the task's chance accuracy, None if unknown."""
     table = scaling_table(evaluations)
     comparison = compare(evaluations, reference="sft", chance=chance, n_boot=n_boot, seed=seed)
+    control = control_comparison(evaluations, chance=chance, n_boot=n_boot, seed=seed)
     reports.mkdir(parents=True, exist_ok=True)
     plot = plot_curves(table, comparison, reports / "scaling_curves.png")
-    markdown = report_markdown(table, comparison, plot, relative_to=reports)
+    markdown = report_markdown(table, comparison, plot, relative_to=reports, control=control)
     report = reports / "scaling_report.md"
     tmp = temp_sibling(report)
     tmp.write_text(markdown)

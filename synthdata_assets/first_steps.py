@@ -54,7 +54,7 @@ HISTOGRAM_SCHEMA = pl.Schema(
         "true_first_wrong": pl.Int64,
     }
 )
-METHOD_ORDER = ("base", "sft", "rft", "per_step_dpo", "dpo")
+METHOD_ORDER = ("base", "sft", "rft", "per_step_dpo", "nll_control", "dpo")
 
 
 @dataclass(frozen=True)

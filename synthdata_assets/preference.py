@@ -1,5 +1,6 @@
-"""The preference-trained models (assets ``per_step_dpo_model`` and ``dpo_model``): DPO from
-pi_sft, which is also the frozen reference, on the partition's preference pairs of one kind.
+"""The preference-trained models (assets ``per_step_dpo_model``, ``nll_control_model`` and
+``dpo_model``): DPO from pi_sft, which is also the frozen reference, on the partition's
+preference pairs of one kind.
 
 Per-step DPO trains on ``credit.per_step_pair_kind`` pairs (``per_step`` by default: a
 correct solution against a negative cut right after its first pit); plain DPO on
@@ -45,6 +46,16 @@ Its checkpoint row (:data:`PREFERENCE_SCHEMA`) holds, besides the training figur
   ``model.max_seq_len``.
 
 A method with no pair keeps pi_sft: its row has 0 examples and null figures.
+
+The control without negatives
+-----------------------------
+``nll_control`` is per-step DPO's stage with its negatives taken out
+(:func:`without_negatives`): the same pairs, twins, weights, schedule, learning rate and
+updates from pi_sft, with each rejected side set to its chosen side, so that the DPO term is
+``log 2`` with no gradient and only the chosen side's NLL trains (weight
+``training.dpo_sft_weight``, or 1 where that is 0: :func:`control_training`). Per-step DPO
+minus this control is what the negatives add over imitating the chosen sides, pi_sft's own
+correct solutions. On the laptop study's base the control was ahead (docs/laptop-study.md).
 """
 
 from __future__ import annotations
@@ -91,6 +102,19 @@ PREFERENCE_SCHEMA = {
     "kl_measured_on": pl.String,
     "pairs_too_long": pl.Int64,
 }
+
+
+def without_negatives(pairs: pl.DataFrame) -> pl.DataFrame:
+    """``pairs`` with every rejected side replaced by its chosen side: the ``nll_control``
+    method's pairs (see "The control without negatives")."""
+    return pairs.with_columns(rejected=pl.col("chosen"), rejected_has_eos=pl.col("chosen_has_eos"))
+
+
+def control_training(training: TrainingConfig) -> TrainingConfig:
+    """The ``nll_control`` method's training settings: per-step DPO's, with the chosen side's
+    NLL weighted by ``dpo_sft_weight``, or by 1 where that is 0 (plain DPO has no NLL term,
+    and without one the control would not train)."""
+    return training.model_copy(update={"dpo_sft_weight": training.dpo_sft_weight or 1.0})
 
 
 def pair_weights(

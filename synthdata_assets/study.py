@@ -41,6 +41,7 @@ PARTITION_STAGES: tuple[str, ...] = (
     "step_advantages",
     "preference_pairs",
     "per_step_dpo_model",
+    "nll_control_model",
     "dpo_model",
     "evaluations",
 )
@@ -68,6 +69,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "step_rollouts",
     ),
     "per_step_dpo_model": ("sft_model", "problems", "preference_pairs", "step_advantages"),
+    "nll_control_model": ("sft_model", "problems", "preference_pairs", "step_advantages"),
     "dpo_model": ("sft_model", "problems", "preference_pairs"),
     "evaluations": (
         "problems",
@@ -75,6 +77,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "sft_model",
         "rft_model",
         "per_step_dpo_model",
+        "nll_control_model",
         "dpo_model",
     ),
     "scaling_curves": ("evaluations",),
@@ -92,6 +95,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "step_advantages": ("credit",),
     "preference_pairs": ("credit",),
     "per_step_dpo_model": ("model", "training", "credit"),
+    "nll_control_model": ("model", "training", "credit"),
     "dpo_model": ("model", "training"),
     "evaluations": ("sampling",),
     "scaling_curves": (),

@@ -21,6 +21,7 @@ from synthdata_assets.curves import (
     SIZE_MULTIPLIER_SCHEMA,
     _isotonic,
     compare,
+    control_comparison,
     multipliers,
     plot_curves,
     report_markdown,
@@ -487,6 +488,30 @@ def test_study_report_writes_both(tmp_path: Path, study: pl.DataFrame):
     assert result.plot.name == "scaling_curves.png" and result.plot.exists()
     assert by_method(result.comparison.multipliers)["per_step_dpo"]["multiplier"] > 1.5
     assert result.table.schema == pl.Schema(SCALING_SCHEMA)
+
+
+def test_report_pairs_per_step_dpo_against_its_control_without_negatives(tmp_path: Path):
+    # per-step DPO 2 points below its control at every size: the negatives cost 2 points
+    sizes = (250, 1000)
+    evals = exact_evals(
+        {"sft": [0.5, 0.6], "per_step_dpo": [0.53, 0.63], "nll_control": [0.55, 0.65]},
+        sizes=sizes,
+    )
+    control = control_comparison(evals, n_boot=200)
+    assert control is not None and control.reference == "nll_control"
+    rows = control.paired.filter(pl.col("method") == "per_step_dpo").sort("data_size")
+    assert rows["difference"].to_list() == pytest.approx([-2.0, -2.0])
+    assert rows["losses"].to_list() == [20, 20] and rows["wins"].to_list() == [0, 0]
+    result = study_report(evals, tmp_path / "reports", n_boot=200)
+    assert "What the negatives add: per-step DPO minus nll_control" in result.markdown
+    assert "| 250  | -2.0 |" in result.markdown
+    assert max(len(line) for line in result.markdown.splitlines()) <= 100
+    # without the control (an older warehouse), no such section
+    assert control_comparison(evals.filter(pl.col("method") != "nll_control")) is None
+    older = study_report(
+        evals.filter(pl.col("method") != "nll_control"), tmp_path / "older", n_boot=200
+    )
+    assert "What the negatives add" not in older.markdown
 
 
 def test_asset_metadata_carries_multipliers_and_paired_differences(tmp_path, study):

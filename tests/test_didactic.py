@@ -89,7 +89,7 @@ def test_ground_truth_reaches_the_step_advantages(star_study) -> None:
 def test_first_step_curves_report_the_first_step_against_one_over_degree(star_study) -> None:
     warehouse, _, _ = star_study
     table = pl.read_parquet(warehouse.table_file("first_step_curves"))
-    assert set(table["method"]) == {"base", "sft", "rft", "per_step_dpo", "dpo"}
+    assert set(table["method"]) == {"base", "sft", "rft", "per_step_dpo", "nll_control", "dpo"}
     assert table["first_step_accuracy"].null_count() == 0
     # A whole path right has its first node right.
     assert (table["first_step_accuracy"] >= table["accuracy"]).all()

@@ -23,11 +23,13 @@ from transformers import PreTrainedTokenizerBase
 from synthdata_assets.config import TaskConfig
 from synthdata_assets.preference import (
     PREFERENCE_SCHEMA,
+    control_training,
     held_out_texts,
     kl_texts,
     kl_to_sft,
     movement_metadata,
     train_preference_model,
+    without_negatives,
 )
 from synthdata_assets.problems import PROBLEM_SCHEMA, problem_pool
 from synthdata_assets.tasks.embedded import (
@@ -472,13 +474,15 @@ def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they
     n_held_out = kl_texts(frames["per_step"], held_out, tokenizer, cutoff)[0].height
     assert n_held_out > 0
     training = TrainingConfig(bf16=False, warmup_ratio=0.0, batch_size=4, dpo_epochs=2)
+    frames["control"] = without_negatives(frames["per_step"])
     trained = {}
     for method, own, twin in (
         ("per_step_dpo", "per_step", "outcome"),
         ("dpo", "outcome", "per_step"),
+        ("nll_control", "control", "outcome"),
     ):
         trained[method] = train_preference_model(
-            training,
+            control_training(training) if method == "nll_control" else training,
             method,
             str(sft),
             frames[own],
@@ -534,6 +538,20 @@ def test_both_preference_methods_train_on_the_same_pairs_and_report_how_far_they
     ).row(0, named=True)
     assert empty["train_examples"] == 0 and empty["kl_to_sft_per_token"] is None
     assert empty["kl_measured_on"] is None
+    # The control without negatives: per-step DPO's pairs and updates, each rejected side its
+    # chosen side, so the DPO term has no gradient and the chosen side's NLL (weight 1 where
+    # dpo_sft_weight is 0) raises both alike.
+    control = trained["nll_control"].row(0, named=True)
+    assert (control["train_examples"], control["train_steps"]) == (
+        per_step["train_examples"],
+        per_step["train_steps"],
+    )
+    assert control["chosen_logp_change"] == pytest.approx(control["rejected_logp_change"])
+    assert control["chosen_logp_change"] > 0
+    assert training.dpo_sft_weight == 0 and control_training(training).dpo_sft_weight == 1.0
+    rpo = training.model_copy(update={"dpo_sft_weight": 0.5})
+    assert control_training(rpo).dpo_sft_weight == 0.5
+    assert frames["control"]["rejected"].to_list() == frames["per_step"]["chosen"].to_list()
 
 
 def test_the_chosen_nll_term_starts_at_log_2_plus_alpha_nll_and_holds_the_chosen_side_up(

@@ -32,7 +32,7 @@ from synthdata_assets.study import PARTITION_STAGES, SETUP_STAGES
 from warehouse import Warehouse
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
-METHODS = {"base", "sft", "rft", "per_step_dpo", "dpo"}
+METHODS = {"base", "sft", "rft", "per_step_dpo", "nll_control", "dpo"}
 # A step's start in a run's event log: "... - <run id> - <pid> - <step> - STEP_START - ...".
 STEP_START = re.compile(r" - [0-9a-f-]{36} - (?P<pid>\d+) - (?P<step>\w+) - STEP_START - ")
 
@@ -186,7 +186,8 @@ def test_small_preset_with_lora_through_synthdata_run_one_process_per_stage(
     assert set(pids) == set(PARTITION_STAGES)
     assert len(set(pids.values())) == len(PARTITION_STAGES), pids  # a process each
     text = log.read_text()
-    assert text.count("training over 2 ranks (fsdp)") == 4  # SFT, RFT and both DPO variants
+    # SFT, RFT, both DPO variants and the control without negatives
+    assert text.count("training over 2 ranks (fsdp)") == 5
     assert "(2 process(es) x 1 x <= 2)" in text  # batch 4: two ranks of one micro-batch of 2
     check_study(Warehouse(home))
     # Execution settings are in no fingerprint: the same study in one process is up to date.

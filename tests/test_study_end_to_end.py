@@ -26,7 +26,7 @@ from warehouse.query import run_query
 
 pytestmark = pytest.mark.slow
 
-METHODS = {"base", "sft", "rft", "per_step_dpo", "dpo"}
+METHODS = {"base", "sft", "rft", "per_step_dpo", "nll_control", "dpo"}
 QUERIES = (
     "@first_pit_share",
     "@advantage_by_step",
@@ -152,9 +152,9 @@ def test_the_base_is_evaluated_once_per_study(study) -> None:
         evals = pl.read_parquet(study.warehouse.partition_file("evaluations", size, 0))
         base = evals.filter(pl.col("method") == "base").select(answers)
         assert base.sort("problem_id").equals(once.sort("problem_id"))
-    # The second partition's evaluations evaluated its four trained models, not the base.
+    # The second partition's evaluations evaluated its five trained models, not the base.
     evaluated = [m.split(":")[0] for m in study.second_logs if ": accuracy " in m]
-    assert sorted(evaluated) == ["dpo", "per_step_dpo", "rft", "sft"]
+    assert sorted(evaluated) == ["dpo", "nll_control", "per_step_dpo", "rft", "sft"]
 
 
 def test_named_step_queries(study) -> None:

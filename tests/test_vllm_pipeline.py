@@ -48,7 +48,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
 ]
 
-METHODS = {"base", "sft", "rft", "per_step_dpo", "dpo"}
+METHODS = {"base", "sft", "rft", "per_step_dpo", "nll_control", "dpo"}
 # The tiny preset with head size 32 (vLLM's CPU attention has no 16: hidden 32 over one
 # head), one data size, and the vLLM backend.
 OVERRIDES = {

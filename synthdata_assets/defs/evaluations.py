@@ -3,7 +3,7 @@ test problem.
 
 The base model is the same in every partition, so ``base_evaluation`` evaluates it once per
 study (its samples for pass@k drawn with :data:`BASE_SEED`), and each partition's
-``evaluations`` copies those rows beside its four trained models' answers: the table of a
+``evaluations`` copies those rows beside its five trained models' answers: the table of a
 partition stays whole for SQL and the reports."""
 
 import functools
@@ -65,6 +65,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         sft_model: pl.DataFrame,
         rft_model: pl.DataFrame,
         per_step_dpo_model: pl.DataFrame,
+        nll_control_model: pl.DataFrame,
         dpo_model: pl.DataFrame,
     ):
         """Every model's answers to the test split: greedy accuracy and pass@k (the base's
@@ -75,6 +76,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             "sft": sft_model,
             "rft": rft_model,
             "per_step_dpo": per_step_dpo_model,
+            "nll_control": nll_control_model,
             "dpo": dpo_model,
         }
         tables = [base_evaluation.select(list(eval_lib.EVAL_SCHEMA))]
