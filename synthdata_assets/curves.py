@@ -956,14 +956,16 @@ def _paired_section(comparison: Comparison) -> list[str]:
         f"Wins/losses: (seed, problem) pairs the method gets right and {ref} wrong, and the "
         "reverse."
     )
-    rows = []
-    for r in comparison.paired.iter_rows(named=True):
-        ci = "—"
-        if r["ci_low"] is not None:
-            ci = f"{r['ci_low']:+.1f} to {r['ci_high']:+.1f}"
-        diff = f"{r['difference']:+.1f}"
-        rows.append([r["method"], str(r["data_size"]), diff, ci, str(r["wins"]), str(r["losses"])])
+    rows = [[r["method"], *_paired_cells(r)] for r in comparison.paired.iter_rows(named=True)]
     return lines + _md_table(["method", "size", "diff", f"{conf} CI", "wins", "losses"], rows)
+
+
+def _paired_cells(r: dict) -> list[str]:
+    """Size, difference, interval, wins and losses of one row of a paired frame."""
+    ci = "—"
+    if r["ci_low"] is not None:
+        ci = f"{r['ci_low']:+.1f} to {r['ci_high']:+.1f}"
+    return [str(r["data_size"]), f"{r['difference']:+.1f}", ci, str(r["wins"]), str(r["losses"])]
 
 
 def _control_section(control: Comparison) -> list[str]:
@@ -974,14 +976,8 @@ def _control_section(control: Comparison) -> list[str]:
         f"side's NLL trains), in accuracy points, paired, with a {conf} bootstrap interval. "
         "Below 0, the stage does better without its negatives."
     )
-    rows = []
-    for r in control.paired.filter(pl.col("method") == "per_step_dpo").iter_rows(named=True):
-        ci = "—"
-        if r["ci_low"] is not None:
-            ci = f"{r['ci_low']:+.1f} to {r['ci_high']:+.1f}"
-        rows.append(
-            [str(r["data_size"]), f"{r['difference']:+.1f}", ci, str(r["wins"]), str(r["losses"])]
-        )
+    paired = control.paired.filter(pl.col("method") == "per_step_dpo")
+    rows = [_paired_cells(r) for r in paired.iter_rows(named=True)]
     return lines + _md_table(["size", "diff", f"{conf} CI", "wins", "losses"], rows)
 
 

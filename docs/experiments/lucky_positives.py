@@ -19,7 +19,6 @@ HOME is a warehouse of the chain task. Prints one line per partition and table.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -29,7 +28,8 @@ import polars as pl
 from synthdata_assets.tasks import embedded
 from warehouse import Warehouse
 
-_ARITHMETIC = re.compile(r"has (\d+ [-+*] \d+ = \d+)\.$")
+# A step line's arithmetic, "14 + 3 = 17", as cue_followed reads it.
+_ARITHMETIC = embedded._ARITHMETIC_RE
 
 
 def main(home: str) -> None:

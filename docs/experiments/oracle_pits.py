@@ -116,9 +116,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     if pits.endswith("clean"):
         chosen, cleaned = clean_chosen(chosen, part)
     if pits.startswith("nll"):
-        chosen = chosen.with_columns(
-            rejected=pl.col("chosen"), rejected_has_eos=pl.col("chosen_has_eos")
-        )
+        chosen = preference.without_negatives(chosen)
     sft_path = table("sft_model")["path"][0]
     cut = None
     if pits.endswith("token"):
@@ -204,7 +202,8 @@ def clean_chosen(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, d
             counts["kept"] += 1
         elif row["problem_id"] in candidates:
             sid, text = candidates[row["problem_id"]][0]
-            row = {**row, "chosen": text if text.endswith("\n") else text + "\n", "chosen_id": sid}
+            # stored as the pipeline stores a chosen side (trailing newlines -> one)
+            row = {**row, "chosen": pairs._with_eos(text), "chosen_id": sid}
             counts["replaced"] += 1
         else:
             counts["dropped"] += 1
