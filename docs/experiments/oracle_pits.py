@@ -34,6 +34,16 @@ the DPO term's gradient scales about linearly with ``dpo_beta`` at small margins
 of it from the ``nll`` control (no DPO gradient) upwards is a dose-response curve of the
 per-step negatives.
 
+Negatives that are not the trained model's own samples (seventeenth session): ``init=TABLE``
+or ``init=TABLE@SIZE`` starts training (and the frozen reference) from another model of the
+warehouse instead of the partition's pi_sft, e.g. ``init=rft_model`` (this partition's RFT
+model) or ``init=sft_model@2000`` (the SFT model of partition 2000|SEED), while the pairs stay
+pi_sft's. On-policy negatives mirror the NLL of the same states' positives in expectation
+(``docs/laptop-study.md``, "Why several correct paths alone would not change this"); from
+another model they need not, so ``mc`` against ``nll`` with the same ``init`` tests whether
+the negatives then add anything of their own. The row's ``init_*`` fields pair the result
+with that model's own evaluation.
+
     python docs/experiments/oracle_pits.py HOME CONFIG_YAML SIZE SEED MODE [KEY=VALUE ...]
 
 HOME is a warehouse where the partition SIZE|SEED of CONFIG_YAML (``SYNTHDATA_CONFIG``) is
@@ -71,6 +81,7 @@ class Partition:
     """The tables of one materialized partition SIZE|SEED of a warehouse."""
 
     def __init__(self, home: str, config_yaml: str, size: str, seed: str) -> None:
+        self.home, self.config_yaml = home, config_yaml
         self.config = load_config(config_path=config_yaml)
         self.warehouse = Warehouse(Path(home))
         self.size, self.seed = int(size), int(seed)
@@ -104,7 +115,8 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     if pits not in MODES:
         raise SystemExit(f"mode must be one of {', '.join(MODES)}, got {pits!r}")
     part = Partition(home, config_yaml, size, seed)
-    training = _training_overrides(overrides)
+    init = next((o.partition("=")[2] for o in overrides if o.startswith("init=")), None)
+    training = _training_overrides(tuple(o for o in overrides if not o.startswith("init=")))
     part.config = part.config.model_copy(
         update={"training": part.config.training.model_copy(update=training)}
     )
@@ -118,6 +130,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     if pits.startswith("nll"):
         chosen = preference.without_negatives(chosen)
     sft_path = table("sft_model")["path"][0]
+    init_path, init_evals = start_model(part, init)
     cut = None
     if pits.endswith("token"):
         chosen, cut = cut_at_first_departure(chosen, load_checkpoint(sft_path)[1])
@@ -127,7 +140,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         row = preference.train_preference_model(
             config.training,
             "per_step_dpo",
-            sft_path,
+            init_path,
             chosen,
             folder,
             seed=seed_,
@@ -140,6 +153,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     evals = table("evaluations")
     sft = evals.filter(pl.col("method") == "sft").select("problem_id", sft="is_correct")
     mine = greedy.select("problem_id", new="is_correct").join(sft, on="problem_id")
+    start = init_evals.select("problem_id", start="is_correct").join(mine, on="problem_id")
     out = {
         "home": home,
         "config": config_yaml,
@@ -149,6 +163,10 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "pits": pits,
         "pairs": chosen.height,
         "training": training or None,
+        "init": init,
+        "init_accuracy": round(100 * float(start["start"].mean()), 1),
+        "init_wins": int((start["new"] & ~start["start"]).sum()),
+        "init_losses": int((~start["new"] & start["start"]).sum()),
         "token_cut": cut,
         "clean_chosen": cleaned,
         "pits_moved": int(
@@ -165,6 +183,21 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "cpu_model": base_recipe._cpu(),
     }
     sft_forgetting.write_row(OUT, out)
+
+
+def start_model(part: Partition, init: str | None) -> tuple[str, pl.DataFrame]:
+    """The checkpoint training starts from (``init``: ``TABLE`` of this partition or
+    ``TABLE@SIZE`` of partition SIZE|SEED; None: pi_sft) and its own test evaluations."""
+    table, _, size = (init or "sft_model").partition("@")
+    where = Partition(part.home, part.config_yaml, size, str(part.seed)) if size else part
+    if not where.warehouse.partition_file(table, where.size, where.seed).exists():
+        raise SystemExit(f"init: no table {table!r} in partition {where.size}|{where.seed}")
+    model = where.table(table)
+    if "method" not in model.columns or "path" not in model.columns:
+        raise SystemExit(f"init: {table!r} is not a model table (no method and path)")
+    method = model["method"][0]
+    evals = where.table("evaluations").filter(pl.col("method") == method)
+    return model["path"][0], evals
 
 
 def _training_overrides(overrides: tuple[str, ...]) -> dict[str, float]:
