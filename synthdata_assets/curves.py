@@ -1087,6 +1087,7 @@ class StudyReport:
     plot: Path
     report: Path
     markdown: str
+    control: Comparison | None = None
 
 
 def study_report(
@@ -1110,4 +1111,4 @@ def study_report(
     tmp = temp_sibling(report)
     tmp.write_text(markdown)
     tmp.replace(report)
-    return StudyReport(table, comparison, plot, report, markdown)
+    return StudyReport(table, comparison, plot, report, markdown, control)

@@ -528,6 +528,53 @@ def test_asset_metadata_carries_multipliers_and_paired_differences(tmp_path, stu
     assert meta["multiplier_per_step_dpo_share_above_1"] > 0.975
     assert len(output.metadata["paired_vs_sft"].records) == 15
     assert "clipped at chance" in meta["floor"]
+    assert "paired_vs_nll_control" not in meta  # no control in this study
+
+
+def test_asset_metadata_and_named_query_pair_per_step_dpo_against_its_control(tmp_path: Path):
+    import dagster as dg
+
+    from synthdata_assets.defs.curves import build
+    from warehouse import Warehouse
+
+    # per-step DPO 2 points below its control at 250 problems and 1 above at 1000
+    evals = exact_evals(
+        {"sft": [0.5, 0.6], "per_step_dpo": [0.53, 0.63], "nll_control": [0.55, 0.62]},
+        sizes=(250, 1000),
+    )
+    asset, _ = build(Warehouse(tmp_path / "wh").ensure(), chance=CHANCE)
+    output = asset(context=dg.build_asset_context(), evaluations={"1000|0": evals})
+    records = output.metadata["paired_vs_nll_control"].records
+    cells = {r.data["data_size"]: r.data for r in records}
+    assert {r.data["method"] for r in records} == {"per_step_dpo"}
+    assert cells[250]["difference"] == pytest.approx(-2.0)
+    assert cells[1000]["difference"] == pytest.approx(1.0)
+    assert (cells[250]["wins"], cells[250]["losses"]) == (0, 20)
+    # the multiplier keys stay the SFT comparison's: the control's does not overwrite them
+    against_sft = by_method(compare(evals, chance=CHANCE, n_boot=0).multipliers)
+    multiplier = output.metadata["multiplier_per_step_dpo"]
+    assert getattr(multiplier, "value", multiplier) == against_sft["per_step_dpo"]["multiplier"]
+
+    evals.write_parquet(tmp_path / "evaluations.parquet")
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW evaluations AS SELECT * FROM '{tmp_path / 'evaluations.parquet'}'")
+    rows = con.execute(named_queries()["negatives_vs_control"].read_text()).fetchall()
+    assert len(rows) == len(cells)
+    for size, seeds, pairs, diff, wins, losses in rows:
+        expected = cells[size]
+        assert (seeds, pairs, wins, losses) == (
+            1,
+            expected["n_pairs"],
+            expected["wins"],
+            expected["losses"],
+        )
+        assert float(diff) == pytest.approx(expected["difference"], abs=0.005)
+    # a warehouse made before the control existed: no rows
+    con.execute(
+        "CREATE OR REPLACE VIEW evaluations AS SELECT * FROM "
+        f"'{tmp_path / 'evaluations.parquet'}' WHERE method <> 'nll_control'"
+    )
+    assert con.execute(named_queries()["negatives_vs_control"].read_text()).fetchall() == []
 
 
 def test_first_step_asset_reports_the_first_step_and_the_pits(tmp_path):

@@ -33,6 +33,7 @@ QUERIES = (
     "@spurious_steps",
     "@method_accuracy",
     "@cue_following",
+    "@negatives_vs_control",
 )
 
 
@@ -186,6 +187,11 @@ def test_named_step_queries(study) -> None:
         r[cue.columns.index("method")]: r[cue.columns.index("misleading_choices")] for r in cue.rows
     }
     assert got == expected and expected
+    # per-step DPO against its control, every test problem paired
+    control = study.queries["@negatives_vs_control"]
+    cols = control.columns
+    assert [r[cols.index("data_size")] for r in control.rows] == [32]  # the first partition
+    assert {r[cols.index("pairs")] for r in control.rows} == {study.config.task.n_test}
 
 
 def test_every_model_is_a_hugging_face_folder(study) -> None:

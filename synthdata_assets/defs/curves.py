@@ -36,7 +36,8 @@ def build(
     )
     def scaling_curves(context: dg.AssetExecutionContext, evaluations):
         """Accuracy per method x data size x seed; paired differences and data multipliers
-        vs SFT with bootstrap intervals over seeds and test problems."""
+        vs SFT with bootstrap intervals over seeds and test problems; per-step DPO paired
+        against ``nll_control`` where the warehouse has it."""
         partitions = 1 if isinstance(evaluations, pl.DataFrame) else len(evaluations)
         report = curves.study_report(_evaluations(evaluations), warehouse.reports, chance=chance)
         metadata = {
@@ -45,6 +46,8 @@ def build(
             "partitions": partitions,
             **_comparison_metadata(report.comparison),
         }
+        if report.control is not None:  # per-step DPO against its control without negatives
+            metadata.update(_paired_metadata(report.control))
         return dg.Output(report.table, metadata=metadata)
 
     baseline, label = first_step_baseline or (chance, "chance")
@@ -137,6 +140,12 @@ def _comparison_metadata(comparison: curves.Comparison) -> dict:
                 metadata[f"{key}_{stat}"] = row[stat]
         if row["bound"] is not None:
             metadata[f"{key}_bound"] = row["bound"]
+    return {**metadata, **_paired_metadata(comparison)}
+
+
+def _paired_metadata(comparison: curves.Comparison) -> dict:
+    """The paired differences against the comparison's reference, as a table."""
+    metadata = {}
     paired = comparison.paired
     if paired.height:
         kinds = {pl.String: "string", pl.Int64: "int", pl.Float64: "float"}
