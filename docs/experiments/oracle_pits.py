@@ -44,6 +44,13 @@ another model they need not, so ``mc`` against ``nll`` with the same ``init`` te
 the negatives then add anything of their own. The row's ``init_*`` fields pair the result
 with that model's own evaluation.
 
+``slips`` (seventeenth session) keeps ``mc``'s pairs, chosen sides and schedule and replaces
+each rejected side by a teacher slip on the same problem: ``embedded.oracle_solution`` with
+``slip_rate`` 1 (one needed step's result wrong), cut right after that step. Its negatives are
+not samples of any model being trained and part from the correct path at a true first wrong
+step; against ``mc`` (pi_sft's own negatives) and ``nll`` (none) it tells whether negatives
+from elsewhere add a direction of their own.
+
     python docs/experiments/oracle_pits.py HOME CONFIG_YAML SIZE SEED MODE [KEY=VALUE ...]
 
 HOME is a warehouse where the partition SIZE|SEED of CONFIG_YAML (``SYNTHDATA_CONFIG``) is
@@ -63,7 +70,7 @@ import polars as pl
 
 from synthdata_assets import pairs, preference
 from synthdata_assets.config import load_config
-from synthdata_assets.steps import resolve_rule
+from synthdata_assets.steps import prefix, resolve_rule, split_steps
 from synthdata_assets.tasks import embedded
 from training.checkpoint import load_checkpoint
 from training.config import TrainingConfig
@@ -74,7 +81,9 @@ import base_recipe  # noqa: E402
 import sft_forgetting  # noqa: E402
 
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
-MODES = ("mc", "truth", "nll", "token", "truthtoken", "mcclean", "truthclean", "nllclean")
+MODES = (
+    "mc", "truth", "nll", "token", "truthtoken", "mcclean", "truthclean", "nllclean", "slips"
+)  # fmt: skip
 
 
 class Partition:
@@ -129,6 +138,9 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         chosen, cleaned = clean_chosen(chosen, part)
     if pits.startswith("nll"):
         chosen = preference.without_negatives(chosen)
+    slipped = None
+    if pits == "slips":
+        chosen, slipped = teacher_slips(chosen, part)
     sft_path = table("sft_model")["path"][0]
     init_path, init_evals = start_model(part, init)
     cut = None
@@ -169,6 +181,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "init_losses": int((~start["new"] & start["start"]).sum()),
         "token_cut": cut,
         "clean_chosen": cleaned,
+        "slip_steps": slipped,
         "pits_moved": int(
             adv.filter(pl.col("is_true_first_wrong") != pl.col("is_first_pit_best_of_k")).height
         ),
@@ -243,6 +256,28 @@ def clean_chosen(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, d
             continue
         rows.append(row)
     return pl.DataFrame(rows, schema=chosen.schema), counts
+
+
+def teacher_slips(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, dict]:
+    """Each pair's rejected side replaced by a teacher slip on its problem cut right after
+    the slipped step (seeded by the pair); how many slips fell on each step."""
+    spec = dict(zip(part.problems["problem_id"], part.problems["spec"], strict=True))
+    rule = resolve_rule(part.config.credit.step_rule, part.config.task.name)
+    rejected, pits, at = [], [], {}
+    for pair_id, pid in chosen.select("pair_id", "problem_id").iter_rows():
+        problem = embedded.EmbeddedProblem.from_spec(pid, spec[pid])
+        rng = pairs._rng(part.seed, f"slip/{pair_id}")
+        text = embedded.oracle_solution(problem, rng=rng, slip_rate=1.0)
+        p = embedded.first_wrong_step(spec[pid], text)
+        if p is None:
+            raise ValueError(f"{pair_id}: a teacher slip without a wrong step: {text!r}")
+        rejected.append(pairs._without_eos(prefix(split_steps(text, rule), p)))
+        pits.append(p)
+        at[str(p)] = at.get(str(p), 0) + 1
+    return chosen.with_columns(
+        rejected=pl.Series(rejected, dtype=pl.String),
+        pit_step_idx=pl.Series(pits, dtype=chosen.schema["pit_step_idx"]),
+    ), dict(sorted(at.items()))
 
 
 def cut_at_first_departure(chosen: pl.DataFrame, tokenizer) -> tuple[pl.DataFrame, dict]:
