@@ -5,38 +5,24 @@
 -- per-step DPO gets right (wins) or only the control (losses). Below 0, the stage does better
 -- without its negatives. Bootstrap intervals are in the scaling_curves report. No rows for a
 -- warehouse made before the control existed.
-WITH pairs AS (
+WITH answered AS (  -- one row per (size, seed, problem) that both methods answered
     SELECT
-        d.data_size,
-        d.seed,
-        coalesce(d.is_correct, false)::INTEGER AS dpo_right,
-        coalesce(c.is_correct, false)::INTEGER AS control_right
-    FROM evaluations AS d
-    JOIN evaluations AS c
-        ON c.method = 'nll_control'
-        AND c.data_size = d.data_size
-        AND c.seed = d.seed
-        AND c.problem_id = d.problem_id
-    WHERE d.method = 'per_step_dpo'
-),
-per_seed AS (
-    SELECT
-        data_size,
-        seed,
-        count(*)                                                       AS pairs,
-        avg(dpo_right - control_right)                                 AS difference,
-        count(*) FILTER (WHERE dpo_right = 1 AND control_right = 0)    AS wins,
-        count(*) FILTER (WHERE dpo_right = 0 AND control_right = 1)    AS losses
-    FROM pairs
-    GROUP BY data_size, seed
+        data_size, seed, problem_id,
+        max(coalesce(is_correct, false)::INTEGER) FILTER (method = 'per_step_dpo') AS dpo,
+        max(coalesce(is_correct, false)::INTEGER) FILTER (method = 'nll_control')  AS ctl
+    FROM evaluations
+    WHERE method IN ('per_step_dpo', 'nll_control')
+    GROUP BY data_size, seed, problem_id
+    HAVING count(DISTINCT method) = 2
 )
 SELECT
     data_size,
-    count(*)                         AS seeds,
-    sum(pairs)                       AS pairs,
-    round(100 * avg(difference), 2)  AS diff_points,
-    sum(wins)                        AS wins,
-    sum(losses)                      AS losses
-FROM per_seed
+    count(DISTINCT seed)                                              AS seeds,
+    count(*)                                                          AS pairs,
+    -- each row weighs 1/(its seed's pairs): the mean over seeds of each seed's mean
+    round(100 * sum((dpo - ctl) / seed_pairs) / count(DISTINCT seed), 2) AS diff_points,
+    count(*) FILTER (dpo > ctl)                                       AS wins,
+    count(*) FILTER (dpo < ctl)                                       AS losses
+FROM (SELECT *, count(*) OVER (PARTITION BY data_size, seed) AS seed_pairs FROM answered)
 GROUP BY data_size
 ORDER BY data_size;
