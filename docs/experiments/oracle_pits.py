@@ -54,13 +54,16 @@ from elsewhere add a direction of their own.
     python docs/experiments/oracle_pits.py HOME CONFIG_YAML SIZE SEED MODE [KEY=VALUE ...]
 
 HOME is a warehouse where the partition SIZE|SEED of CONFIG_YAML (``SYNTHDATA_CONFIG``) is
-materialized. Scores: greedy accuracy on the pool's test problems, and the paired difference
-to the partition's SFT model (its ``evaluations`` rows). Rows go to ``oracle_pits.jsonl`` next
-to this file. Run with one torch thread (``OMP_NUM_THREADS=1``).
+materialized. Scores: greedy accuracy on the pool's test problems, the paired difference
+to the partition's SFT model (its ``evaluations`` rows), and (``first_errors``, from the
+seventeenth session) the kinds of the greedy solutions' first errors
+(``errors.first_error``). Rows go to ``oracle_pits.jsonl`` next to this file. Run with one
+torch thread (``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
 
+import collections
 import sys
 import tempfile
 import time
@@ -78,6 +81,7 @@ from warehouse import Warehouse
 
 sys.path.insert(0, str(Path(__file__).parent))
 import base_recipe  # noqa: E402
+import errors  # noqa: E402
 import sft_forgetting  # noqa: E402
 
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
@@ -166,6 +170,11 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     sft = evals.filter(pl.col("method") == "sft").select("problem_id", sft="is_correct")
     mine = greedy.select("problem_id", new="is_correct").join(sft, on="problem_id")
     start = init_evals.select("problem_id", start="is_correct").join(mine, on="problem_id")
+    spec = dict(zip(problems["problem_id"], problems["spec"], strict=True))
+    kinds = collections.Counter(
+        errors.first_error(embedded.EmbeddedProblem.from_spec(pid, spec[pid]), text)
+        for pid, text in greedy.select("problem_id", "completion").iter_rows()
+    )
     out = {
         "home": home,
         "config": config_yaml,
@@ -182,6 +191,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "token_cut": cut,
         "clean_chosen": cleaned,
         "slip_steps": slipped,
+        "first_errors": dict(kinds.most_common()),
         "pits_moved": int(
             adv.filter(pl.col("is_true_first_wrong") != pl.col("is_first_pit_best_of_k")).height
         ),
