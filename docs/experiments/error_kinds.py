@@ -1,18 +1,25 @@
 """Where each method's greedy test solutions first go wrong, from a warehouse's evaluations.
 
     python docs/experiments/error_kinds.py HOME [METHOD ...]
+    python docs/experiments/error_kinds.py HOME --minus METHOD_A METHOD_B
+    python docs/experiments/error_kinds.py --rows HOME [--minus ARM_A ARM_B]
 
 HOME is a warehouse of the chain task (``synthdata run`` with ``SYNTHDATA_HOME=HOME``). For each
 method (default: every method evaluated) and data size, the share (%) of (seed, test problem)
 solutions by the kind of their first error, as ``errors.first_error`` names it (``right``: no
 error; ``other_name``: a line naming a quantity that is not the next step; ``operator``,
 ``constant``, ``read``, ``table``: a line naming the right step with a wrong operator,
-constant, value read or result; ...). Pure reading of Parquet tables; no model runs.
+constant, value read or result; ...). ``--minus A B``: A's share minus B's per kind and size,
+mean ± sd over seeds. ``--rows``: the same from the ``first_errors`` that ``oracle_pits.py``
+records in ``oracle_pits.jsonl`` for warehouse HOME, one arm per method (``mc``, ``nll``,
+``slips``, ...). Pure reading; no model runs.
 """
 
 from __future__ import annotations
 
 import collections
+import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -23,10 +30,14 @@ from warehouse import Warehouse
 
 sys.path.insert(0, str(Path(__file__).parent))
 import errors  # noqa: E402
+import oracle_summary  # noqa: E402
+
+ORACLE_ROWS = oracle_summary.ROWS
 
 
 def kinds(home: str, methods: tuple[str, ...] = ()) -> pl.DataFrame:
-    """One row per (method, data_size, kind): solutions and their share of the cell."""
+    """One row per (method, data_size, seed, kind) of the warehouse's evaluations: the number
+    of solutions and their share (%) of the cell."""
     warehouse = Warehouse(Path(home))
     problems = pl.read_parquet(warehouse.table_file("problems"))
     spec = dict(zip(problems["problem_id"], problems["spec"], strict=True))
@@ -38,33 +49,110 @@ def kinds(home: str, methods: tuple[str, ...] = ()) -> pl.DataFrame:
     if methods:
         evals = evals.filter(pl.col("method").is_in(methods))
     counts: collections.Counter = collections.Counter()
-    for method, size, pid, text in evals.select(
-        "method", "data_size", "problem_id", "completion"
+    for method, size, seed, pid, text in evals.select(
+        "method", "data_size", "seed", "problem_id", "completion"
     ).iter_rows():
         if pid not in parsed:
             parsed[pid] = embedded.EmbeddedProblem.from_spec(pid, spec[pid])
-        counts[(method, size, errors.first_error(parsed[pid], text or ""))] += 1
-    rows = [(m, int(s), k, n) for (m, s, k), n in counts.items()]
-    frame = pl.DataFrame(rows, schema=["method", "data_size", "kind", "solutions"], orient="row")
-    return frame.with_columns(
-        share=100 * pl.col("solutions") / pl.col("solutions").sum().over("method", "data_size")
-    ).sort("method", "data_size", "kind")
+        counts[(method, int(size), int(seed), errors.first_error(parsed[pid], text or ""))] += 1
+    return _shares(counts)
 
 
-def main(home: str, *methods: str) -> None:
-    table = (
-        kinds(home, methods)
-        .pivot(on="kind", index=["method", "data_size"], values="share")
-        .fill_null(0.0)
+def row_kinds(home: str) -> pl.DataFrame:
+    """The same from the ``first_errors`` of ``oracle_pits.jsonl`` rows of warehouse HOME,
+    one arm (``oracle_summary.arm``) per method; the latest row of each cell counts."""
+    rows = [json.loads(line) for line in ORACLE_ROWS.read_text().splitlines() if line.strip()]
+    cells = oracle_summary.latest([r for r in rows if r["home"] == home and r.get("first_errors")])
+    counts: collections.Counter = collections.Counter()
+    for (_, size, seed, _, name), row in cells.items():
+        for kind, n in row["first_errors"].items():
+            counts[(name, size, seed, kind)] += n
+    if not counts:
+        raise SystemExit(f"no oracle_pits.jsonl rows of {home} with first_errors")
+    return _shares(counts)
+
+
+def _shares(counts: collections.Counter) -> pl.DataFrame:
+    rows = [(*key, n) for key, n in counts.items()]
+    frame = pl.DataFrame(
+        rows, schema=["method", "data_size", "seed", "kind", "solutions"], orient="row"
     )
-    order = ["right", "other_name", "operator", "constant", "read", "table"]
-    columns = [c for c in order if c in table.columns]
-    columns += sorted(c for c in table.columns if c not in {*order, "method", "data_size"})
-    print("| method | size | " + " | ".join(columns) + " |")
-    print("| --- | ---: | " + " | ".join("---:" for _ in columns) + " |")
-    for row in table.sort("method", "data_size").iter_rows(named=True):
-        cells = " | ".join(f"{row[c]:.1f}" for c in columns)
-        print(f"| {row['method']} | {int(row['data_size'])} | {cells} |")
+    cell = ("method", "data_size", "seed")
+    return frame.with_columns(
+        share=100 * pl.col("solutions") / pl.col("solutions").sum().over(cell)
+    ).sort(*cell, "kind")
+
+
+ORDER = ["right", "other_name", "dead_end", "operator", "constant", "read", "table"]
+
+
+def _columns(kinds_: list[str]) -> list[str]:
+    return [k for k in ORDER if k in kinds_] + sorted(k for k in kinds_ if k not in ORDER)
+
+
+def shares_table(frame: pl.DataFrame) -> list[str]:
+    """Mean share (%) over seeds per method, size and kind."""
+    columns = _columns(frame["kind"].unique().to_list())
+    full = _complete(frame)
+    mean = full.group_by("method", "data_size", "kind").agg(pl.col("share").mean())
+    lines = ["| method | size | seeds | " + " | ".join(columns) + " |"]
+    lines.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in columns) + " |")
+    seeds = full.group_by("method", "data_size").agg(pl.col("seed").n_unique())
+    for method, size, n in seeds.sort("method", "data_size").iter_rows():
+        cell = mean.filter((pl.col("method") == method) & (pl.col("data_size") == size))
+        share = dict(zip(cell["kind"], cell["share"], strict=True))
+        lines.append(
+            f"| {method} | {size} | {n} | " + " | ".join(f"{share[c]:.1f}" for c in columns) + " |"
+        )
+    return lines
+
+
+def difference_table(frame: pl.DataFrame, a: str, b: str) -> list[str]:
+    """``a`` minus ``b`` in share points per size and kind: mean ± sd over the seeds both
+    have."""
+    full = _complete(frame.filter(pl.col("method").is_in([a, b])))
+    if set(full["method"].unique().to_list()) != {a, b}:
+        raise SystemExit(f"need rows of both {a!r} and {b!r}")
+    columns = _columns(full["kind"].unique().to_list())
+    wide = full.pivot(on="method", index=["data_size", "seed", "kind"], values="share")
+    wide = wide.drop_nulls([a, b]).with_columns(diff=pl.col(a) - pl.col(b))
+    lines = ["| size | seeds | " + " | ".join(columns) + " |"]
+    lines.append("| ---: | ---: | " + " | ".join("---:" for _ in columns) + " |")
+    for size in sorted(wide["data_size"].unique().to_list()):
+        cell = wide.filter(pl.col("data_size") == size)
+        cells = []
+        for kind in columns:
+            values = cell.filter(pl.col("kind") == kind)["diff"].to_list()
+            sd = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):+.1f}{sd}")
+        lines.append(f"| {size} | {cell['seed'].n_unique()} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _complete(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every kind present in every cell (share 0 where a cell has none of it)."""
+    cells = frame.select("method", "data_size", "seed").unique()
+    every = cells.join(frame.select("kind").unique(), how="cross")
+    return every.join(
+        frame.select("method", "data_size", "seed", "kind", "share"),
+        on=["method", "data_size", "seed", "kind"],
+        how="left",
+    ).with_columns(pl.col("share").fill_null(0.0))
+
+
+def main(*args: str) -> None:
+    args_ = list(args)
+    from_rows = "--rows" in args_
+    if from_rows:
+        args_.remove("--rows")
+    minus = None
+    if "--minus" in args_:
+        i = args_.index("--minus")
+        minus = (args_[i + 1], args_[i + 2])
+        del args_[i : i + 3]
+    home, *methods = args_
+    frame = row_kinds(home) if from_rows else kinds(home, tuple(methods))
+    print("\n".join(difference_table(frame, *minus) if minus else shares_table(frame)))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     spec = dict(zip(problems["problem_id"], problems["spec"], strict=True))
     kinds = collections.Counter(
         errors.first_error(embedded.EmbeddedProblem.from_spec(pid, spec[pid]), text)
-        for pid, text in greedy.select("problem_id", "completion").iter_rows()
+        for pid, text in greedy.select("problem_id", "solution").iter_rows()
     )
     out = {
         "home": home,
