@@ -8,7 +8,7 @@
 # HOME0 and HOME7: warehouses of `synthdata run` with SYNTHDATA_CONFIG set to
 # docs/experiments/embedded_rpo4.yaml and embedded_rpo4_pool7.yaml (every partition). Two
 # one-thread processes at a time (the machine has 2 cores); rows go to oracle_pits.jsonl.
-# About 40 minutes on 2 cores of an AMD EPYC. Then:
+# About 50 minutes on 2 cores of an AMD EPYC (105 cells). Then:
 #   python docs/experiments/oracle_summary.py HOME0 HOME7
 #   python docs/experiments/error_kinds.py --rows HOME0 --minus slips nll
 set -euo pipefail
