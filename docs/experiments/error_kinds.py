@@ -18,7 +18,6 @@ records in ``oracle_pits.jsonl`` for warehouse HOME, one arm per method (``mc``,
 from __future__ import annotations
 
 import collections
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,12 +26,11 @@ import polars as pl
 
 from synthdata_assets.tasks import embedded
 from warehouse import Warehouse
+from warehouse.query import run_query, table_sources
 
 sys.path.insert(0, str(Path(__file__).parent))
 import errors  # noqa: E402
 import oracle_summary  # noqa: E402
-
-ORACLE_ROWS = oracle_summary.ROWS
 
 
 def kinds(home: str, methods: tuple[str, ...] = ()) -> pl.DataFrame:
@@ -42,10 +40,12 @@ def kinds(home: str, methods: tuple[str, ...] = ()) -> pl.DataFrame:
     problems = pl.read_parquet(warehouse.table_file("problems"))
     spec = dict(zip(problems["problem_id"], problems["spec"], strict=True))
     parsed: dict[str, embedded.EmbeddedProblem] = {}
-    files = sorted(warehouse.partition_file("evaluations", 0, 0).parent.parent.glob("*/*.parquet"))
-    if not files:
+    if "evaluations" not in table_sources(warehouse):
         raise SystemExit(f"{home}: no evaluations partitions")
-    evals = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    # every partition on disk, through the warehouse's own views (as `synthdata sql` reads it)
+    columns = ["method", "data_size", "seed", "problem_id", "completion"]
+    result = run_query(f"SELECT {', '.join(columns)} FROM evaluations", warehouse)
+    evals = pl.DataFrame(result.rows, schema=columns, orient="row")
     if methods:
         evals = evals.filter(pl.col("method").is_in(methods))
     counts: collections.Counter = collections.Counter()
@@ -61,7 +61,7 @@ def kinds(home: str, methods: tuple[str, ...] = ()) -> pl.DataFrame:
 def row_kinds(home: str) -> pl.DataFrame:
     """The same from the ``first_errors`` of ``oracle_pits.jsonl`` rows of warehouse HOME,
     one arm (``oracle_summary.arm``) per method; the latest row of each cell counts."""
-    rows = [json.loads(line) for line in ORACLE_ROWS.read_text().splitlines() if line.strip()]
+    rows = oracle_summary.read_rows()
     cells = oracle_summary.latest([r for r in rows if r["home"] == home and r.get("first_errors")])
     counts: collections.Counter = collections.Counter()
     for (_, size, seed, _, name), row in cells.items():

@@ -57,13 +57,12 @@ HOME is a warehouse where the partition SIZE|SEED of CONFIG_YAML (``SYNTHDATA_CO
 materialized. Scores: greedy accuracy on the pool's test problems, the paired difference
 to the partition's SFT model (its ``evaluations`` rows), and (``first_errors``, from the
 seventeenth session) the kinds of the greedy solutions' first errors
-(``errors.first_error``). Rows go to ``oracle_pits.jsonl`` next to this file. Run with one
-torch thread (``OMP_NUM_THREADS=1``).
+(``sft_forgetting.first_error_kinds``). Rows go to ``oracle_pits.jsonl`` next to this file.
+Run with one torch thread (``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
 
-import collections
 import sys
 import tempfile
 import time
@@ -81,7 +80,6 @@ from warehouse import Warehouse
 
 sys.path.insert(0, str(Path(__file__).parent))
 import base_recipe  # noqa: E402
-import errors  # noqa: E402
 import sft_forgetting  # noqa: E402
 
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
@@ -99,6 +97,7 @@ class Partition:
         self.warehouse = Warehouse(Path(home))
         self.size, self.seed = int(size), int(seed)
         self.problems = pl.read_parquet(self.warehouse.table_file("problems"))
+        self.spec = dict(zip(self.problems["problem_id"], self.problems["spec"], strict=True))
 
     def table(self, name: str) -> pl.DataFrame:
         return pl.read_parquet(self.warehouse.partition_file(name, self.size, self.seed))
@@ -170,11 +169,6 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     sft = evals.filter(pl.col("method") == "sft").select("problem_id", sft="is_correct")
     mine = greedy.select("problem_id", new="is_correct").join(sft, on="problem_id")
     start = init_evals.select("problem_id", start="is_correct").join(mine, on="problem_id")
-    spec = dict(zip(problems["problem_id"], problems["spec"], strict=True))
-    kinds = collections.Counter(
-        errors.first_error(embedded.EmbeddedProblem.from_spec(pid, spec[pid]), text)
-        for pid, text in greedy.select("problem_id", "solution").iter_rows()
-    )
     out = {
         "home": home,
         "config": config_yaml,
@@ -191,7 +185,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "token_cut": cut,
         "clean_chosen": cleaned,
         "slip_steps": slipped,
-        "first_errors": dict(kinds.most_common()),
+        "first_errors": sft_forgetting.first_error_kinds(greedy, test),
         "pits_moved": int(
             adv.filter(pl.col("is_true_first_wrong") != pl.col("is_first_pit_best_of_k")).height
         ),
@@ -240,7 +234,7 @@ def _training_overrides(overrides: tuple[str, ...]) -> dict[str, float]:
 def clean_chosen(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, dict]:
     """Each chosen side with a ``wrong`` step replaced by a correct solution of the same
     problem without one (pi_sft's samples first, then the teacher's), or the pair dropped."""
-    spec = dict(zip(part.problems["problem_id"], part.problems["spec"], strict=True))
+    spec = part.spec
 
     def clean(problem_id: str, text: str) -> bool:
         return "wrong" not in embedded.step_labels(spec[problem_id], text)
@@ -271,7 +265,7 @@ def clean_chosen(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, d
 def teacher_slips(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, dict]:
     """Each pair's rejected side replaced by a teacher slip on its problem cut right after
     the slipped step (seeded by the pair); how many slips fell on each step."""
-    spec = dict(zip(part.problems["problem_id"], part.problems["spec"], strict=True))
+    spec = part.spec
     rule = resolve_rule(part.config.credit.step_rule, part.config.task.name)
     rejected, pits, at = [], [], {}
     for pair_id, pid in chosen.select("pair_id", "problem_id").iter_rows():

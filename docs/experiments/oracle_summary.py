@@ -80,8 +80,13 @@ def _order(item: tuple) -> tuple:
     return (pool, home, init or "", size, name)
 
 
+def read_rows() -> list[dict]:
+    """Every row of ``oracle_pits.jsonl``, in file order."""
+    return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+
+
 def main(*homes: str) -> None:
-    rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+    rows = read_rows()
     if homes:
         rows = [r for r in rows if r["home"] in homes]
     print("\n".join(summary(rows)))

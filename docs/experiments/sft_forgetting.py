@@ -196,15 +196,21 @@ def accuracy(folder: str, pool_seed: int, seed: int) -> dict:
     and the first errors of the greedy solutions by kind."""
     test = _problems(pool_seed).filter(pl.col("split") == "test")
     solutions = greedy(_config(pool_seed), folder, test, seed, log=print)
-    specs = dict(test.select("problem_id", "spec").iter_rows())
+    return {
+        "accuracy": round(100 * float(solutions["is_correct"].mean()), 1),
+        "first_error": first_error_kinds(solutions, test),
+    }
+
+
+def first_error_kinds(solutions: pl.DataFrame, problems: pl.DataFrame) -> dict[str, int]:
+    """How many of the greedy ``solutions`` (columns problem_id, solution) first go wrong by
+    each kind of :func:`errors.first_error`, most common first; ``problems`` holds their specs."""
+    specs = dict(problems.select("problem_id", "spec").iter_rows())
     kinds = collections.Counter(
         first_error(embedded.EmbeddedProblem.from_spec(pid, specs[pid]), text)
         for pid, text in solutions.select("problem_id", "solution").iter_rows()
     )
-    return {
-        "accuracy": round(100 * float(solutions["is_correct"].mean()), 1),
-        "first_error": dict(kinds.most_common()),
-    }
+    return dict(kinds.most_common())
 
 
 def greedy(config, folder: str, test: pl.DataFrame, seed: int, log=lambda _m: None):
