@@ -51,7 +51,7 @@ def summary(rows: list[dict]) -> list[str]:
         acc = [r["per_step_dpo"] for r in group]
         diffs = []
         for r in group:
-            control = cells.get((home, size, r["seed"], init, _nll(init)))
+            control = cells.get((home, size, r["seed"], init, arm({"pits": "nll", "init": init})))
             if control is not None and control is not r:
                 diffs.append(r["per_step_dpo"] - control["per_step_dpo"])
         start = [r.get("init_accuracy", r["sft"]) for r in group]
@@ -61,10 +61,6 @@ def summary(rows: list[dict]) -> list[str]:
             f"{statistics.mean(start):.1f} |"
         )
     return lines
-
-
-def _nll(init: str | None) -> str:
-    return "nll" + (f" init={init}" if init else "")
 
 
 def _spread(values: list[float]) -> str:
