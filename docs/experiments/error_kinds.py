@@ -3,6 +3,7 @@
     python docs/experiments/error_kinds.py HOME [METHOD ...]
     python docs/experiments/error_kinds.py HOME --minus METHOD_A METHOD_B
     python docs/experiments/error_kinds.py --rows HOME [--minus ARM_A ARM_B]
+    python docs/experiments/error_kinds.py --lines HOME [METHOD ...]
 
 HOME is a warehouse of the chain task (``synthdata run`` with ``SYNTHDATA_HOME=HOME``). For each
 method (default: every method evaluated) and data size, the share (%) of (seed, test problem)
@@ -12,7 +13,9 @@ error; ``other_name``: a line naming a quantity that is not the next step; ``ope
 constant, value read or result; ...). ``--minus A B``: A's share minus B's per kind and size,
 mean ± sd over seeds. ``--rows``: the same from the ``first_errors`` that ``oracle_pits.py``
 records in ``oracle_pits.jsonl`` for warehouse HOME, one arm per method (``mc``, ``nll``,
-``slips``, ...). Pure reading; no model runs.
+``slips``, ...). ``--lines``: instead of the first error, the number of step lines a solution
+writes minus the gold solution's (``+1``: one line too many; ``<-1`` and ``>+2`` gather the
+rest). Pure reading; no model runs.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import errors  # noqa: E402
 import oracle_summary  # noqa: E402
 
 
-def kinds(home: str, methods: tuple[str, ...] = ()) -> pl.DataFrame:
+def kinds(home: str, methods: tuple[str, ...] = (), lines: bool = False) -> pl.DataFrame:
     """One row per (method, data_size, seed, kind) of the warehouse's evaluations: the number
-    of solutions and their share (%) of the cell."""
+    of solutions and their share (%) of the cell. ``lines``: the kind is :func:`extra_lines`
+    instead of the first error."""
     warehouse = Warehouse(Path(home))
     problems = pl.read_parquet(warehouse.table_file("problems"))
     spec = dict(zip(problems["problem_id"], problems["spec"], strict=True))
@@ -54,8 +58,15 @@ def kinds(home: str, methods: tuple[str, ...] = ()) -> pl.DataFrame:
     ).iter_rows():
         if pid not in parsed:
             parsed[pid] = embedded.EmbeddedProblem.from_spec(pid, spec[pid])
-        counts[(method, int(size), int(seed), errors.first_error(parsed[pid], text or ""))] += 1
+        kind = (extra_lines if lines else errors.first_error)(parsed[pid], text or "")
+        counts[(method, int(size), int(seed), kind)] += 1
     return _shares(counts)
+
+
+def extra_lines(problem: embedded.EmbeddedProblem, text: str) -> str:
+    """How many more step lines ("After ...") ``text`` writes than the gold solution."""
+    d = sum(line.startswith("After") for line in text.splitlines()) - len(embedded.solve(problem))
+    return "<-1" if d < -1 else ">+2" if d > 2 else f"{d:+d}"
 
 
 def row_kinds(home: str) -> pl.DataFrame:
@@ -142,16 +153,17 @@ def _complete(frame: pl.DataFrame) -> pl.DataFrame:
 
 def main(*args: str) -> None:
     args_ = list(args)
-    from_rows = "--rows" in args_
-    if from_rows:
-        args_.remove("--rows")
+    from_rows, lines = "--rows" in args_, "--lines" in args_
+    for flag in ("--rows", "--lines"):
+        if flag in args_:
+            args_.remove(flag)
     minus = None
     if "--minus" in args_:
         i = args_.index("--minus")
         minus = (args_[i + 1], args_[i + 2])
         del args_[i : i + 3]
     home, *methods = args_
-    frame = row_kinds(home) if from_rows else kinds(home, tuple(methods))
+    frame = row_kinds(home) if from_rows else kinds(home, tuple(methods), lines)
     print("\n".join(difference_table(frame, *minus) if minus else shares_table(frame)))
 
 

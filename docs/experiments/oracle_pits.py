@@ -81,10 +81,12 @@ from warehouse import Warehouse
 sys.path.insert(0, str(Path(__file__).parent))
 import base_recipe  # noqa: E402
 import sft_forgetting  # noqa: E402
+import shared_tokens  # noqa: E402
 
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
 MODES = (
-    "mc", "truth", "nll", "token", "truthtoken", "mcclean", "truthclean", "nllclean", "slips"
+    "mc", "truth", "nll", "token", "truthtoken", "mcclean", "truthclean", "nllclean", "slips",
+    "mcnames", "mcrest",
 )  # fmt: skip
 
 
@@ -149,6 +151,11 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     cut = None
     if pits.endswith("token"):
         chosen, cut = cut_at_first_departure(chosen, load_checkpoint(sft_path)[1])
+    kept = None
+    if pits in ("mcnames", "mcrest"):
+        chosen, kept = negatives_by_role(
+            chosen, load_checkpoint(sft_path)[1], names=pits == "mcnames"
+        )
     test = problems.filter(pl.col("split") == "test")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "per_step_dpo"
@@ -185,6 +192,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "token_cut": cut,
         "clean_chosen": cleaned,
         "slip_steps": slipped,
+        "negatives_by_role": kept,
         "first_errors": sft_forgetting.first_error_kinds(greedy, test),
         "pits_moved": int(
             adv.filter(pl.col("is_true_first_wrong") != pl.col("is_first_pit_best_of_k")).height
@@ -308,6 +316,31 @@ def cut_at_first_departure(chosen: pl.DataFrame, tokenizer) -> tuple[pl.DataFram
         counts[kind] += 1
         rejected.append(text)
     return chosen.with_columns(rejected=pl.Series(rejected, dtype=pl.String)), counts
+
+
+def negatives_by_role(
+    chosen: pl.DataFrame, tokenizer, names: bool
+) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
+    """``mcnames``: only the pairs whose rejected side first parts from the chosen side at the
+    name of a step line (which quantity comes next) keep their negative; ``mcrest``: only the
+    others do (a wrong number, operator or read quantity). Every other pair's rejected side
+    becomes its chosen side, as in ``nll``: no DPO gradient, the chosen side's NLL still trains,
+    so pairs, schedule and updates stay those of ``mc`` and ``nll``. Also the counts of pairs
+    kept and nulled by the role of their first departing token."""
+    rejected, has_eos = [], []
+    counts: dict[str, dict[str, int]] = {"kept": {}, "nulled": {}}
+    for row in chosen.iter_rows(named=True):
+        departure = shared_tokens.first_departure(tokenizer, row["chosen"], row["rejected"])
+        role = (departure[0] if departure else None) or "none"
+        keep = (role == "name") == names
+        side = "kept" if keep else "nulled"
+        counts[side][role] = counts[side].get(role, 0) + 1
+        rejected.append(row["rejected"] if keep else row["chosen"])
+        has_eos.append(row["rejected_has_eos"] if keep else row["chosen_has_eos"])
+    return chosen.with_columns(
+        rejected=pl.Series(rejected, dtype=pl.String),
+        rejected_has_eos=pl.Series(has_eos, dtype=chosen.schema["rejected_has_eos"]),
+    ), counts
 
 
 if __name__ == "__main__":

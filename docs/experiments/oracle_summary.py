@@ -3,9 +3,10 @@
 An arm is a mode (``mc``, ``slips``, ...) with its training overrides and its starting model
 (``init``); a cell is one warehouse partition SIZE|SEED. For every arm this prints its mean
 greedy accuracy over seeds, and its difference to the ``nll`` row of the same warehouse,
-partition and starting model (no overrides): mean ± standard deviation over seeds, and the
-number of seeds in which the arm is below the control. The latest row of a cell counts
-(reproduction checks append copies).
+partition and starting model, with the arm's training overrides but ``dpo_beta`` (with the NLL
+term on, the control's DPO term has no gradient at any beta): mean ± standard deviation over
+seeds, and the number of seeds in which the arm is below the control. The latest row of a
+cell counts (reproduction checks append copies).
 
     python docs/experiments/oracle_summary.py [HOME ...]
 
@@ -31,6 +32,13 @@ def arm(row: dict) -> str:
     return " ".join(parts)
 
 
+def control_arm(row: dict) -> str:
+    """The name of ``row``'s control: ``nll`` with its starting model and its training
+    overrides but ``dpo_beta``."""
+    training = {k: v for k, v in (row.get("training") or {}).items() if k != "dpo_beta"}
+    return arm({"pits": "nll", "training": training, "init": row.get("init")})
+
+
 def latest(rows: list[dict]) -> dict[tuple, dict]:
     """``(home, size, seed, init, arm) -> row``, the last row of each."""
     out = {}
@@ -51,7 +59,7 @@ def summary(rows: list[dict]) -> list[str]:
         acc = [r["per_step_dpo"] for r in group]
         diffs = []
         for r in group:
-            control = cells.get((home, size, r["seed"], init, arm({"pits": "nll", "init": init})))
+            control = cells.get((home, size, r["seed"], init, control_arm(r)))
             if control is not None and control is not r:
                 diffs.append(r["per_step_dpo"] - control["per_step_dpo"])
         start = [r.get("init_accuracy", r["sft"]) for r in group]

@@ -163,6 +163,19 @@ def in_context_of(model, tokenizer, pool_seed: int, n: int = 300) -> dict:
     """:func:`in_context` of a model in memory (in eval mode)."""
     test = _problems(pool_seed).filter(pl.col("split") == "test").head(n)
     right, loss = collections.defaultdict(list), collections.defaultdict(list)
+    for role, _, logp, argmax_right in gold_scores(model, tokenizer, test):
+        if role in SCORED:
+            right[role].append(argmax_right)
+            loss[role].append(-logp)
+    return {
+        **{f"ctx_{r}": round(sum(right[r]) / len(right[r]), 4) for r in SCORED},
+        **{f"ctx_loss_{r}": round(sum(loss[r]) / len(loss[r]), 4) for r in SCORED},
+    }
+
+
+def gold_scores(model, tokenizer, test: pl.DataFrame):
+    """(role, right token, its log-probability, whether it is the argmax) at every token of
+    the gold solutions of the ``test`` problems, under teacher forcing (:func:`roles_of`)."""
     for pid, spec in test.select("problem_id", "spec").iter_rows():
         p = embedded.EmbeddedProblem.from_spec(pid, spec)
         solution = "\n".join([*embedded.solve(p), embedded.final_answer_line(p.answer)])
@@ -171,24 +184,26 @@ def in_context_of(model, tokenizer, pool_seed: int, n: int = 300) -> dict:
         tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].float()
-        nll = -torch.log_softmax(logits, -1)[range(len(tail)), tail]
-        best = logits.argmax(-1)
-        k, answer_line = 0, False
-        for i, token in enumerate(tail):
-            text = tokenizer.decode([token])
-            if text == "\n":
-                k, answer_line = 0, False
-                continue
-            answer_line = answer_line or (k == 0 and text.strip() == "The")
-            role = ("answer" if k == 3 else None) if answer_line else ROLES[min(k, 10)]
-            if role in SCORED:
-                right[role].append(int(best[i]) == token)
-                loss[role].append(float(nll[i]))
-            k += 1
-    return {
-        **{f"ctx_{r}": round(sum(right[r]) / len(right[r]), 4) for r in SCORED},
-        **{f"ctx_loss_{r}": round(sum(loss[r]) / len(loss[r]), 4) for r in SCORED},
-    }
+        logp = torch.log_softmax(logits, -1)[range(len(tail)), tail].tolist()
+        argmax_right = [b == t for b, t in zip(logits.argmax(-1).tolist(), tail, strict=True)]
+        yield from zip(roles_of(tokenizer, tail), tail, logp, argmax_right, strict=True)
+
+
+def roles_of(tokenizer, completion_ids: list[int]) -> list[str | None]:
+    """The role of each token of a solution: :data:`ROLES` within a step line, ``answer`` for
+    the answer's value, else None (one token per entity and number)."""
+    out: list[str | None] = []
+    k, answer_line = 0, False
+    for token in completion_ids:
+        text = tokenizer.decode([token])
+        if text == "\n":
+            out.append(None)
+            k, answer_line = 0, False
+            continue
+        answer_line = answer_line or (k == 0 and text.strip() == "The")
+        out.append(("answer" if k == 3 else None) if answer_line else ROLES[min(k, 10)])
+        k += 1
+    return out
 
 
 def accuracy(folder: str, pool_seed: int, seed: int) -> dict:
