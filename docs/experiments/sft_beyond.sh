@@ -1,0 +1,24 @@
+#!/bin/sh
+# SFT past the study's largest size on the RPO4 three-dead-end runs (sft_beyond.py), pools 0
+# and 7 side by side, one torch thread each; then the reports with the longer SFT curve.
+#   sh docs/experiments/sft_beyond.sh WAREHOUSE_POOL0 WAREHOUSE_POOL7 [SIZES]
+set -e
+cd "$(dirname "$0")/../.."
+py=${PYTHON:-.venv/bin/python}
+sizes=${3:-"4000 8000 16000"}
+lane() {
+    for size in $sizes; do
+        for seed in 0 1 2; do
+            OMP_NUM_THREADS=1 $py docs/experiments/sft_beyond.py sft "$1" "$size" "$seed"
+        done
+    done
+}
+lane docs/experiments/choices_from_data_rpo4.yaml > /tmp/sft_beyond_pool0.log 2>&1 &
+lane docs/experiments/choices_from_data_rpo4_pool7.yaml > /tmp/sft_beyond_pool7.log 2>&1
+wait
+for pair in "choices_from_data_rpo4 $1 choices-from-data-rpo4" \
+    "choices_from_data_rpo4_pool7 $2 choices-from-data-rpo4-pool7"; do
+    set -- $pair
+    OMP_NUM_THREADS=1 $py docs/experiments/sft_beyond.py report \
+        "docs/experiments/$1.yaml" "$2" "docs/results/$3-sft-beyond.md"
+done
