@@ -23,14 +23,13 @@ setting (``epochs=6``: SFT with twice the updates); such rows are kept apart (fi
 the test split as the ``evaluations`` asset scores it; the row (``sft_beyond.jsonl``) keeps
 each test problem's grade, in test order, as a string of 0/1.
 
-``report`` adds the rows of CONFIG's pool to the ``evaluations`` of WAREHOUSE (that config's
+``report`` adds CONFIG's rows of plain SFT to the ``evaluations`` of WAREHOUSE (that config's
 run) as method ``sft`` and prints the study's report (``curves.report_markdown``) on them:
 every multiplier against the longer SFT curve. A size of SFT measured in the warehouse is
 taken from the warehouse, never from the rows. ``epochs`` prints, per size, SFT's accuracy at
 the warehouse's epochs and at each ``epochs=N`` of the rows, beside the warehouse's other
 methods (mean ± sd over seeds; without WAREHOUSE, the rows alone), and with PLOT draws them
-against data size. Run with one torch thread
-(``OMP_NUM_THREADS=1``).
+against data size. Run with one torch thread (``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
