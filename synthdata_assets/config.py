@@ -417,6 +417,22 @@ class ExperimentConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _epoch_selectable(self) -> ExperimentConfig:
+        if self.training.select_epoch != "validation":
+            return self
+        if not self.task.generated:
+            raise ValueError(
+                "training.select_epoch 'validation' needs a generated task's validation "
+                f"stream; task '{self.task.name}' has none: use 'last'"
+            )
+        if self.execution.train_processes > 1:
+            raise ValueError(
+                "training.select_epoch 'validation' scores the model in the training process: "
+                f"set execution.train_processes to 1 (got {self.execution.train_processes})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _endpoint_named(self) -> ExperimentConfig:
         if self.teacher.kind == "endpoint" and not self.teacher.base_url:
             raise ValueError("teacher.kind 'endpoint' needs teacher.base_url")

@@ -54,6 +54,13 @@ CHECKPOINT_SCHEMA = {
     "parameters": pl.Int64,
 }
 
+# The columns a row gains where the stage chose its epoch by validation (fine_tune).
+VALIDATION_COLUMNS = {
+    "chosen_epoch": pl.Int64,
+    "validation_accuracy": pl.Float64,
+    "validation_curve": pl.List(pl.Float64),
+}
+
 # Easier problems per phase-2 pretraining update: each is seen about twice at batch 32.
 EASY_PER_STEP = 16
 # Held-out walks whose greedy accuracy the star_graph base records (as drill_accuracy).
@@ -298,9 +305,17 @@ def fine_tune(
     max_seq_len: int,
     log: Log,
     progress: Progress = no_progress,
+    validation: pl.DataFrame | None = None,
+    scoring: ExperimentConfig | None = None,
 ) -> pl.DataFrame | None:
     """SFT (and RFT): fine-tune the model at ``init_path`` on (question, solution) pairs.
-    None on a training rank other than 0 (:mod:`synthdata_assets.ranks`)."""
+    None on a training rank other than 0 (:mod:`synthdata_assets.ranks`).
+
+    With ``validation`` (problems, see :func:`synthdata_assets.problems.validation_split`)
+    the stage keeps the epoch whose greedy accuracy on them, sampled and graded as
+    ``scoring`` says, is best (``training.select_epoch: validation``); the row gains
+    ``chosen_epoch``, ``validation_accuracy`` (that epoch's) and ``validation_curve`` (every
+    epoch's)."""
     if not examples:
         # RFT of a policy that solved nothing has nothing to train on.
         log(f"{method}: no verified positives to train on; the model stays its initialisation")
@@ -308,6 +323,15 @@ def fine_tune(
         return untrained_row(method, init_path, model)
     model, tokenizer, stored = load_trainable(init_path, training, lambda m: log(f"{method}: {m}"))
     pairs = [format_example(q, s) for q, s in examples]
+    validate = None
+    if validation is not None:
+        if scoring is None:
+            raise ValueError("scoring the validation problems needs the study's config")
+        problems = validation
+
+        def validate(trained: torch.nn.Module) -> float:
+            return pretrain.greedy_accuracy(trained, tokenizer, scoring, problems)
+
     stats = train_sft(
         model,
         tokenizer,
@@ -317,6 +341,7 @@ def fine_tune(
         max_seq_len=max_seq_len,
         log=log,
         progress=progress,
+        validate=validate,
     )
     if not is_main_rank():  # one of several training ranks: rank 0 saves (synthdata_assets.ranks)
         return None
@@ -330,7 +355,15 @@ def fine_tune(
         stats=stats,
         dtype=stored,
     )
-    return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+    if validate is None:
+        return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA)
+    chosen = stats.chosen_epoch
+    row |= {
+        "chosen_epoch": chosen,
+        "validation_accuracy": stats.validation[chosen - 1] if chosen else None,
+        "validation_curve": stats.validation,
+    }
+    return pl.DataFrame([row], schema=CHECKPOINT_SCHEMA | VALIDATION_COLUMNS)
 
 
 def sft_examples(teacher_solutions: pl.DataFrame, problems: pl.DataFrame) -> list[tuple[str, str]]:

@@ -105,6 +105,21 @@ def generated_split(task: TaskConfig, split: str, n: int, *, seed: int) -> pl.Da
     return pl.DataFrame(rows, schema=PROBLEM_SCHEMA)
 
 
+def validation_split(task: TaskConfig, n: int, pool: pl.DataFrame) -> pl.DataFrame:
+    """``n`` problems of the study pool's own ``validation`` stream (``task.pool_seed``), none
+    of whose questions is in ``pool`` (its train and test splits): the held-out problems that
+    ``training.select_epoch: validation`` chooses SFT's and RFT's epoch by, so neither the
+    training data nor the test split is what the choice is made on."""
+    margin = generated_split(task, "validation", n + n // 4 + 8, seed=task.pool_seed)
+    kept = margin.filter(~pl.col("question").is_in(pool["question"].implode()))
+    if kept.height < n:
+        raise ValueError(
+            f"the validation stream holds {kept.height} problems outside the pool, fewer than "
+            f"training.validation_problems ({n}); lower it"
+        )
+    return kept.head(n)
+
+
 def _real_rows(task: TaskConfig, needed: int) -> list[dict]:
     loader = realdata.load_gsm8k if task.name == "gsm8k" else realdata.load_math
     assert task.train_path is not None and task.test_path is not None  # validated in config

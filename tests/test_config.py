@@ -95,3 +95,16 @@ def test_missing_or_malformed_config_file(tmp_path: Path) -> None:
     bad.write_text("task: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config("tiny", config_path=bad)
+
+
+def test_choosing_the_epoch_by_validation_needs_a_generated_task_and_one_process() -> None:
+    from synthdata_assets.config import ConfigError, config_from_dict, preset_dict
+
+    chosen = {"training": {"select_epoch": "validation"}}
+    assert config_from_dict(preset_dict("demo") | chosen).training.select_epoch == "validation"
+    with pytest.raises(ConfigError, match="training.select_epoch 'validation' needs a generated"):
+        config_from_dict(preset_dict("small") | chosen)
+    with pytest.raises(ConfigError, match="set execution.train_processes to 1"):
+        config_from_dict(preset_dict("demo") | chosen | {"execution": {"train_processes": 2}})
+    with pytest.raises(ConfigError, match="training.select_epoch"):
+        config_from_dict(preset_dict("demo") | {"training": {"select_epoch": "best"}})

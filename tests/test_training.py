@@ -565,3 +565,83 @@ def test_fine_tune_stage_trains_a_bf16_model_in_float32_and_saves_it_in_bf16(
     ]
     # lr 1e-6 moves float32 master weights; back in bf16, some of the moves survive rounding.
     assert max(moved) > 0.0
+
+
+def test_train_sft_keeps_the_epoch_with_the_best_validation_score(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+) -> None:
+    model = build_tiny_llama(TINY, tokenizer, seed=0)
+    seen: list[dict[str, torch.Tensor]] = []
+    modes: list[bool] = []
+    scores = iter([0.2, 0.7, 0.7, 0.4])  # epoch 2 best; epoch 3 ties it and loses the tie
+
+    def validate(trained: torch.nn.Module) -> float:
+        modes.append(trained.training)
+        seen.append({k: v.detach().clone() for k, v in trained.state_dict().items()})
+        return next(scores)
+
+    lines: list[str] = []
+    config = TrainingConfig(epochs=4, batch_size=16, learning_rate=3e-3, bf16=False)
+    stats = train_sft(
+        model, tokenizer, examples, config=config, seed=0, max_seq_len=256,
+        log=lines.append, validate=validate,
+    )  # fmt: skip
+    assert stats.steps == 16  # all 4 epochs trained, scored after each
+    assert stats.validation == [0.2, 0.7, 0.7, 0.4] and stats.chosen_epoch == 2
+    assert modes == [True] * 4  # scored during training; its own code switches to eval mode
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], seen[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], seen[3][k]) for k in kept)
+    assert any(line.startswith("kept epoch 2 of 4") for line in lines)
+    assert not model.training
+
+
+def test_train_sft_keeps_the_last_epoch_when_it_scores_best(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+) -> None:
+    scored, plain = (build_tiny_llama(TINY, tokenizer, seed=0) for _ in range(2))
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=3e-3, bf16=False)
+    scores = iter([0.1, 0.3])
+    stats = train_sft(
+        scored, tokenizer, examples, config=config, seed=0, max_seq_len=256,
+        validate=lambda _model: next(scores),
+    )  # fmt: skip
+    train_sft(plain, tokenizer, examples, config=config, seed=0, max_seq_len=256)
+    assert stats.chosen_epoch == 2
+    # Scoring between epochs changes nothing of the training itself.
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(scored.state_dict().values(), plain.state_dict().values(), strict=True)
+    )
+
+
+def test_fine_tune_stage_records_the_epoch_chosen_on_validation_problems(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    import polars as pl
+
+    from synthdata_assets.config import config_from_dict, preset_dict
+    from synthdata_assets.models import fine_tune
+    from synthdata_assets.problems import problem_pool, validation_split
+
+    config = config_from_dict(
+        preset_dict("tiny") | {"training": {"epochs": 2, "select_epoch": "validation"}}
+    )
+    pool = problem_pool(config.task)
+    validation = validation_split(config.task, 12, pool)
+    assert validation.height == 12
+    assert not set(validation["question"]) & set(pool["question"])
+    assert validation.equals(validation_split(config.task, 12, pool))  # the same every time
+    save_checkpoint(build_tiny_llama(TINY, tokenizer, seed=0), tokenizer, tmp_path / "base", {})
+    problems = generate_problems(PARAMS, len(examples), seed=1, split="train")
+    rng = random.Random(1)
+    pairs = [(p.question, oracle_solution(p, rng=rng)) for p in problems]
+    frame = fine_tune(
+        config.training, "sft", str(tmp_path / "base"), pairs, tmp_path / "sft", seed=0,
+        max_seq_len=256, log=lambda _m: None, validation=validation, scoring=config,
+    )  # fmt: skip
+    row = frame.row(0, named=True)
+    assert frame.schema["validation_curve"] == pl.List(pl.Float64)
+    assert len(row["validation_curve"]) == 2 and row["chosen_epoch"] in (1, 2)
+    assert row["validation_accuracy"] == row["validation_curve"][row["chosen_epoch"] - 1]
+    assert all(0.0 <= score <= 1.0 for score in row["validation_curve"])

@@ -123,6 +123,17 @@ class TrainingConfig(Section):
         "natively (a CUDA GPU with bf16, a CPU with avx512_bf16 or amx_bf16), else float32; "
         "true/false force it.",
     )
+    select_epoch: Literal["last", "validation"] = Field(
+        "last",
+        description="SFT and RFT: the weights a stage keeps. 'last': those at the end of "
+        "training. 'validation': after every epoch, the greedy accuracy on "
+        "validation_problems held-out problems (a generated task's validation stream, none of "
+        "them in the pool), and the best epoch's weights (the earliest of ties); epochs is "
+        "then the most it trains, on the schedule of that many. One training process.",
+    )
+    validation_problems: int = Field(
+        500, ge=1, description="Held-out problems that select_epoch: validation scores."
+    )
     rft_max_per_problem: int = Field(4, ge=1, description="RFT: distinct positives kept.")
     rft_init: Literal["base", "sft"] = "base"
     dpo_beta: float = Field(0.1, gt=0.0)

@@ -33,6 +33,14 @@ line when training starts and one when it ends; ``progress`` (a
 total, and the figures ``loss``, ``lr`` (for the next update) and ``tokens_per_s`` (since the
 start).
 
+``validate``, when given (a function of the model returning a score, higher better: SFT's and
+RFT's ``training.select_epoch: validation``), scores the model after every epoch, in eval
+mode, and the run ends with the weights of the best-scoring epoch (the earliest of ties)
+rather than the last; ``TrainStats.validation`` holds the score of every epoch and
+``chosen_epoch`` the one kept. Only the trainable parameters are kept per epoch (the best so
+far, on the CPU); one training process only, as a score made on one rank would have to be
+shared with the others.
+
 The model is trained in place and left in eval mode on the accelerator's device; over FSDP
 ranks (:mod:`training.fsdp`) that holds on rank 0, which saves, while the other ranks' models
 stay sharded.
@@ -82,6 +90,7 @@ def train_sft(
     max_steps: int | None = None,
     micro_batch_size: int | None = None,
     progress: Progress | None = None,
+    validate: Callable[[torch.nn.Module], float] | None = None,
 ) -> TrainStats:
     """Fine-tune ``model`` in place on ``(prompt, completion)`` pairs; see the module docstring."""
     trainer.check_budget(max_steps, micro_batch_size)
@@ -94,6 +103,8 @@ def train_sft(
     run = trainer.TrainingRun(
         "training", len(kept), config, max_steps, micro_batch_size, log=log, progress=progress
     )
+    if validate is not None and run.plan.processes > 1:
+        raise ValueError("choosing the epoch by a validation score needs one training process")
     pad_id = trainer.pad_token_id(tokenizer)
     order = trainer.micro_batches([len(e.input_ids) for e in kept], run.plan, seed=seed)
     if run.plan.chunks_per_batch == 1:
@@ -122,11 +133,73 @@ def train_sft(
             # transformers sums the token losses and divides by num_items_in_batch.
             return model(**batch, num_items_in_batch=denominator[0]).loss, None
 
+    best = _BestEpoch(run, validate) if validate is not None else None
     for micro in run.updates(loss_function):
         run.record(run.update_loss([loss for loss, _ in micro]))
-    stats = TrainStats(**run.finish(), examples=len(kept), dropped=dropped)
+        if best is not None and len(run.losses) % run.plan.updates_per_epoch == 0:
+            best.score_epoch(len(run.losses) // run.plan.updates_per_epoch)
+    summary = run.finish()
+    if best is None:
+        stats = TrainStats(**summary, examples=len(kept), dropped=dropped)
+    else:
+        stats = TrainStats(
+            **summary,
+            examples=len(kept),
+            dropped=dropped,
+            validation=best.scores,
+            chosen_epoch=best.restore(),
+        )
     run.consolidate()
     return stats
+
+
+class _BestEpoch:
+    """The epoch-end scores of a run and the trainable weights of its best epoch so far
+    (written here: transformers' Trainer keeps the best checkpoint on disk and needs its own
+    training loop; a copy of the parameters in memory is all this one needs)."""
+
+    def __init__(self, run: trainer.TrainingRun, validate: Callable[[torch.nn.Module], float]):
+        self.run, self.validate = run, validate
+        self.scores: list[float] = []
+        self.best_epoch = 0
+        self.kept: dict[str, torch.Tensor] = {}
+
+    def _model(self) -> torch.nn.Module:
+        return self.run.accelerator.unwrap_model(self.run.model)
+
+    def score_epoch(self, epoch: int) -> None:
+        model = self._model()
+        score = float(self.validate(model))
+        model.train()
+        self.scores.append(score)
+        better = not self.kept or score > max(self.scores[:-1])
+        if better:
+            self.best_epoch = epoch
+            self.kept = {
+                name: p.detach().to("cpu", copy=True)
+                for name, p in model.named_parameters()
+                if p.requires_grad
+            }
+        self.run.emit(
+            f"epoch {epoch}: validation score {score:.4f}"
+            + (" (best so far)" if better else f" (best: epoch {self.best_epoch})")
+        )
+
+    def restore(self) -> int | None:
+        """Load the best epoch's weights into the model (a run shorter than an epoch scored
+        nothing and keeps its last weights); the epoch kept."""
+        if not self.kept:
+            return None
+        if self.best_epoch * self.run.plan.updates_per_epoch != len(self.run.losses):
+            with torch.no_grad():
+                for name, p in self._model().named_parameters():
+                    if name in self.kept:
+                        p.copy_(self.kept[name].to(p.device))
+            self.run.emit(
+                f"kept epoch {self.best_epoch} of {len(self.scores)} "
+                f"(validation score {self.scores[self.best_epoch - 1]:.4f})"
+            )
+        return self.best_epoch
 
 
 def scored_tokens(example: EncodedExample) -> int:

@@ -116,6 +116,8 @@ class TrainStats:
     examples: int = 0
     dropped: int = 0
     losses: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)  # per epoch (train_sft's validate)
+    chosen_epoch: int | None = None  # the epoch whose weights were kept, where one was chosen
 
 
 def encode_response(

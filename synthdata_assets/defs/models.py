@@ -15,6 +15,7 @@ import polars as pl
 from synthdata_assets import models, ranks
 from synthdata_assets.config import ExecutionConfig, ExperimentConfig
 from synthdata_assets.defs.study import current_partition, study_partitions
+from synthdata_assets.problems import validation_split
 from synthdata_assets.terminal import progress_logger
 from warehouse import Warehouse
 
@@ -33,6 +34,15 @@ def checkpoint_metadata(row: pl.DataFrame) -> dict:
         "parameters": r["parameters"],
         **({"reward_accuracy": r["reward_accuracy"]} if "reward_accuracy" in r else {}),
         **({"drill_accuracy": r["drill_accuracy"]} if r.get("drill_accuracy") is not None else {}),
+        **(
+            {
+                "chosen_epoch": r["chosen_epoch"],
+                "validation_accuracy": r["validation_accuracy"],
+                "validation_curve": dg.MetadataValue.json(list(r["validation_curve"])),
+            }
+            if r.get("chosen_epoch") is not None
+            else {}
+        ),
     }
 
 
@@ -81,9 +91,19 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         )
         return dg.Output(row, metadata=checkpoint_metadata(row))
 
-    def fine_tuned(context, method: str, init: pl.DataFrame, examples) -> dg.Output:
+    def fine_tuned(context, method: str, init: pl.DataFrame, examples, problems) -> dg.Output:
+        validation = None
+        if training.select_epoch == "validation":
+            validation = validation_split(config.task, training.validation_problems, problems)
         fine_tune = functools.partial(
-            models.fine_tune, training, method, init["path"][0], examples, max_seq_len=max_seq_len
+            models.fine_tune,
+            training,
+            method,
+            init["path"][0],
+            examples,
+            max_seq_len=max_seq_len,
+            validation=validation,
+            scoring=config,
         )
         return trained(context, warehouse, method, fine_tune, config.execution)
 
@@ -96,7 +116,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
     ):
         """pi_sft: the base model fine-tuned on the verified teacher solutions."""
         examples = models.sft_examples(teacher_solutions, problems)
-        return fine_tuned(context, "sft", base_model, examples)
+        return fine_tuned(context, "sft", base_model, examples, problems)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def rft_model(
@@ -109,6 +129,6 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         """Rejection fine-tuning on pi_sft's verified, deduplicated positives."""
         init = base_model if training.rft_init == "base" else sft_model
         examples = models.rft_examples(policy_samples, problems, training.rft_max_per_problem)
-        return fine_tuned(context, "rft", init, examples)
+        return fine_tuned(context, "rft", init, examples, problems)
 
     return [base_model, sft_model, rft_model]
