@@ -21,7 +21,9 @@ study's pool this is exactly ``training_subset``. ``KEY=VALUE`` overrides a ``tr
 setting (``epochs=6``: SFT with twice the updates); such rows are kept apart (field
 ``training``) and never enter ``report``'s SFT curve. The model is scored by greedy decoding on
 the test split as the ``evaluations`` asset scores it; the row (``sft_beyond.jsonl``) keeps
-each test problem's grade, in test order, as a string of 0/1.
+each test problem's grade, in test order, as a string of 0/1. Under ``training.select_epoch:
+validation`` the epoch is chosen as the asset chooses it, on held-out problems none of which is
+in the raised pool; the row adds ``chosen_epoch`` and ``validation_curve``.
 
 ``report`` adds CONFIG's rows of plain SFT to the ``evaluations`` of WAREHOUSE (that config's
 run) as method ``sft`` and prints the study's report (``curves.report_markdown``) on them:
@@ -45,7 +47,7 @@ import polars as pl
 
 from synthdata_assets import curves, models
 from synthdata_assets.config import load_config
-from synthdata_assets.problems import _order_key, problem_pool
+from synthdata_assets.problems import _order_key, problem_pool, validation_split
 from synthdata_assets.teacher import teacher_solutions
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -106,12 +108,16 @@ def cmd_sft(config_path: str, size: str, seed: str, *settings: str) -> None:
         config.teacher, subset, seed_, answer_format=config.answer_format, log=lambda _m: None
     )
     examples = models.sft_examples(table, pool)
+    validation = None
+    if training.select_epoch == "validation":
+        # As the sft_model asset chooses its epoch; none of the problems is in the raised pool.
+        validation = validation_split(config.task, training.validation_problems, pool)
     models.seeded(seed_)  # as the partition's training stage seeds itself (defs.models.trained)
     with tempfile.TemporaryDirectory() as tmp:
         row = models.fine_tune(
             training, "sft", _base_path(config), examples,
             Path(tmp) / "sft", seed=seed_, max_seq_len=config.model.max_seq_len,
-            log=lambda _m: None,
+            log=lambda _m: None, validation=validation, scoring=config,
         )  # fmt: skip
         trained_s = time.monotonic() - started
         test = study.filter(pl.col("split") == "test")
@@ -133,6 +139,14 @@ def cmd_sft(config_path: str, size: str, seed: str, *settings: str) -> None:
             "accuracy": round(100 * correct.count("1") / len(correct), 1),
             "train_seconds": round(trained_s, 1),
             "seconds": round(time.monotonic() - started, 1),
+            **(
+                {
+                    "chosen_epoch": row["chosen_epoch"][0],
+                    "validation_curve": row["validation_curve"][0].to_list(),
+                }
+                if validation is not None
+                else {}
+            ),
             "correct": correct,
         },
     )
