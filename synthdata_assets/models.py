@@ -315,7 +315,7 @@ def fine_tune(
     the stage keeps the epoch whose greedy accuracy on them, sampled and graded as
     ``scoring`` says, is best (``training.select_epoch: validation``); the row gains
     ``chosen_epoch``, ``validation_accuracy`` (that epoch's) and ``validation_curve`` (every
-    epoch's)."""
+    epoch's); ``train_steps`` and ``train_loss`` stay those of the whole run."""
     if not examples:
         # RFT of a policy that solved nothing has nothing to train on.
         log(f"{method}: no verified positives to train on; the model stays its initialisation")
