@@ -73,16 +73,18 @@ def _generator(task: TaskConfig):
     return star_graph, star_graph_params(task.star_graph)
 
 
+def _with_margin(n: int) -> int:
+    """Problems to generate so that dropping those that overlap the pool still leaves ``n``."""
+    return n + n // 4 + 8
+
+
 def _generated_rows(task: TaskConfig) -> list[dict]:
     """The pool of a generated task (embedded or star_graph): both task modules generate,
     split and de-duplicate their problems the same way."""
     module, params = _generator(task)
     seed = task.pool_seed
     train = module.generate_problems(params, task.n_train_pool, seed=seed, split="train")
-    # Generate a margin of test problems so that dropping overlaps still leaves n_test.
-    test = module.generate_problems(
-        params, task.n_test + task.n_test // 4 + 8, seed=seed, split="test"
-    )
+    test = module.generate_problems(params, _with_margin(task.n_test), seed=seed, split="test")
     test = module.exclude_overlap(test, train)[: task.n_test]
     return [
         _problem_row(p, split, source=task.name, n_steps=p.n_steps, spec=p.spec)
@@ -110,7 +112,7 @@ def validation_split(task: TaskConfig, n: int, pool: pl.DataFrame) -> pl.DataFra
     of whose questions is in ``pool`` (its train and test splits): the held-out problems that
     ``training.select_epoch: validation`` chooses SFT's and RFT's epoch by, so neither the
     training data nor the test split is what the choice is made on."""
-    margin = generated_split(task, "validation", n + n // 4 + 8, seed=task.pool_seed)
+    margin = generated_split(task, "validation", _with_margin(n), seed=task.pool_seed)
     kept = margin.filter(~pl.col("question").is_in(pool["question"].implode()))
     if kept.height < n:
         raise ValueError(

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from synthdata_assets.config import PRESETS, ConfigError, load_config, preset_dict
+from synthdata_assets.config import (
+    PRESETS,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    preset_dict,
+)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -98,8 +104,6 @@ def test_missing_or_malformed_config_file(tmp_path: Path) -> None:
 
 
 def test_choosing_the_epoch_by_validation_needs_a_generated_task_and_one_process() -> None:
-    from synthdata_assets.config import ConfigError, config_from_dict, preset_dict
-
     chosen = {"training": {"select_epoch": "validation"}}
     assert config_from_dict(preset_dict("demo") | chosen).training.select_epoch == "validation"
     with pytest.raises(ConfigError, match="training.select_epoch 'validation' needs a generated"):

@@ -171,8 +171,8 @@ class _BestEpoch:
         model = self._model()
         score = float(self.validate(model))
         model.train()
+        better = self.best_epoch == 0 or score > self.scores[self.best_epoch - 1]
         self.scores.append(score)
-        better = not self.kept or score > max(self.scores[:-1])
         if better:
             self.best_epoch = epoch
             self.kept = {
@@ -188,7 +188,7 @@ class _BestEpoch:
     def restore(self) -> int | None:
         """Load the best epoch's weights into the model (a run shorter than an epoch scored
         nothing and keeps its last weights); the epoch kept."""
-        if not self.kept:
+        if self.best_epoch == 0:
             return None
         if self.best_epoch * self.run.plan.updates_per_epoch != len(self.run.losses):
             with torch.no_grad():
