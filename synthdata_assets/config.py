@@ -419,6 +419,11 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _epoch_selectable(self) -> ExperimentConfig:
         if self.training.select_epoch != "validation":
+            if self.training.validation_patience is not None:
+                raise ValueError(
+                    "training.validation_patience stops on validation scores: it needs "
+                    "training.select_epoch 'validation'"
+                )
             return self
         if not self.task.generated:
             raise ValueError(

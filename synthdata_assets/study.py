@@ -138,6 +138,9 @@ ADDED_SETTINGS: dict[tuple[str, str], object] = {
     ("training", "logprob_chunk"): None,
     ("sampling", "stop"): [],
     ("sampling", "request_seeds"): True,
+    ("training", "select_epoch"): "last",
+    ("training", "validation_problems"): 500,
+    ("training", "validation_patience"): None,
 }
 
 

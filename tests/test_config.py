@@ -112,3 +112,5 @@ def test_choosing_the_epoch_by_validation_needs_a_generated_task_and_one_process
         config_from_dict(preset_dict("demo") | chosen | {"execution": {"train_processes": 2}})
     with pytest.raises(ConfigError, match="training.select_epoch"):
         config_from_dict(preset_dict("demo") | {"training": {"select_epoch": "best"}})
+    with pytest.raises(ConfigError, match="training.validation_patience"):
+        config_from_dict(preset_dict("demo") | {"training": {"validation_patience": 2}})

@@ -220,6 +220,18 @@ def test_sql_downloads_no_extension(warehouse: Warehouse, capsys) -> None:
     assert "httpfs" in capsys.readouterr().err
 
 
+def test_the_tiny_presets_fingerprints_are_those_its_warehouses_were_made_under() -> None:
+    # Pinned: a new setting that enters the fingerprints at its default recomputes every
+    # warehouse made before it. List it in study.ADDED_SETTINGS with the value that keeps the
+    # old behaviour; change these only for a change that does alter what a stage makes.
+    fingerprints = stage_fingerprints(load_config("tiny"))
+    assert (fingerprints["problems"], fingerprints["sft_model"], fingerprints["evaluations"]) == (
+        "e4882e9668a1c42b",
+        "0e0cb83185269fb6",
+        "3a38db837169df86",
+    )
+
+
 def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone() -> None:
     demo = stage_fingerprints(load_config("demo"))
     # The added settings at the values that reproduce the behaviour from before them.

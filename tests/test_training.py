@@ -596,6 +596,33 @@ def test_train_sft_keeps_the_epoch_with_the_best_validation_score(
     assert not model.training
 
 
+def test_train_sft_stops_after_patience_epochs_without_a_better_score(
+    tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
+) -> None:
+    model = build_tiny_llama(TINY, tokenizer, seed=0)
+    seen: list[dict[str, torch.Tensor]] = []
+    scores = iter([0.3, 0.5, 0.5, 0.4, 0.9, 0.9])  # epochs 3 and 4 no better than epoch 2
+
+    def validate(trained: torch.nn.Module) -> float:
+        seen.append({k: v.detach().clone() for k, v in trained.state_dict().items()})
+        return next(scores)
+
+    lines: list[str] = []
+    config = TrainingConfig(
+        epochs=6, batch_size=16, learning_rate=3e-3, bf16=False, validation_patience=2
+    )
+    stats = train_sft(
+        model, tokenizer, examples, config=config, seed=0, max_seq_len=256,
+        log=lines.append, validate=validate,
+    )  # fmt: skip
+    assert stats.steps == 16 and stats.epochs == pytest.approx(4.0)  # epochs 5 and 6 not run
+    assert stats.validation == [0.3, 0.5, 0.5, 0.4] and stats.chosen_epoch == 2
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], seen[1][k]) for k in kept)
+    assert any(line.startswith("stopped after epoch 4: 2 epochs without") for line in lines)
+    assert any(line.startswith("kept epoch 2 of 4") for line in lines)
+
+
 def test_train_sft_keeps_the_last_epoch_when_it_scores_best(
     tokenizer: PreTrainedTokenizerBase, examples: list[tuple[str, str]]
 ) -> None:

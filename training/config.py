@@ -134,6 +134,13 @@ class TrainingConfig(Section):
     validation_problems: int = Field(
         500, ge=1, description="Held-out problems that select_epoch: validation scores."
     )
+    validation_patience: int | None = Field(
+        None,
+        ge=1,
+        description="select_epoch: validation: stop training once this many epochs in a row "
+        "have scored no better than the best so far (the schedule stays that of epochs). "
+        "None: train every epoch.",
+    )
     rft_max_per_problem: int = Field(4, ge=1, description="RFT: distinct positives kept.")
     rft_init: Literal["base", "sft"] = "base"
     dpo_beta: float = Field(0.1, gt=0.0)

@@ -37,9 +37,11 @@ start).
 RFT's ``training.select_epoch: validation``), scores the model after every epoch, in eval
 mode, and the run ends with the weights of the best-scoring epoch (the earliest of ties)
 rather than the last; ``TrainStats.validation`` holds the score of every epoch and
-``chosen_epoch`` the one kept. Only the trainable parameters are kept per epoch (the best so
-far, on the CPU); one training process only, as a score made on one rank would have to be
-shared with the others.
+``chosen_epoch`` the one kept. With ``config.validation_patience`` training stops once that
+many epochs in a row have scored no better than the best (early stopping; the learning-rate
+schedule stays that of ``config.epochs``). Only the trainable parameters are kept per epoch
+(the best so far, on the CPU); one training process only, as a score made on one rank would
+have to be shared with the others.
 
 The model is trained in place and left in eval mode on the accelerator's device; over FSDP
 ranks (:mod:`training.fsdp`) that holds on rank 0, which saves, while the other ranks' models
@@ -138,6 +140,12 @@ def train_sft(
         run.record(run.update_loss([loss for loss, _ in micro]))
         if best is not None and len(run.losses) % run.plan.updates_per_epoch == 0:
             best.score_epoch(len(run.losses) // run.plan.updates_per_epoch)
+            if best.stale(config.validation_patience):
+                run.emit(
+                    f"stopped after epoch {len(best.scores)}: {len(best.scores) - best.best_epoch}"
+                    f" epochs without a better validation score (validation_patience)"
+                )
+                break
     summary = run.finish()
     if best is None:
         stats = TrainStats(**summary, examples=len(kept), dropped=dropped)
@@ -184,6 +192,10 @@ class _BestEpoch:
             f"epoch {epoch}: validation score {score:.4f}"
             + (" (best so far)" if better else f" (best: epoch {self.best_epoch})")
         )
+
+    def stale(self, patience: int | None) -> bool:
+        """Whether the last ``patience`` epochs all scored no better than the best."""
+        return patience is not None and len(self.scores) - self.best_epoch >= patience
 
     def restore(self) -> int | None:
         """Load the best epoch's weights into the model (a run shorter than an epoch scored
