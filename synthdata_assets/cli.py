@@ -61,7 +61,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from warehouse.query import QueryError, run_query
 
     # The study's partitions: a data size removed from the configuration is out of the views.
-    partitions = load_config().partition_keys
+    config = load_config()
+    partitions = config.partition_keys + config.reference_keys
     try:
         result = run_query(args.query, Warehouse.from_env(), partitions)
     except QueryError as exc:
@@ -254,6 +255,11 @@ def _run_study(
     print(
         f"synthdata: preset {config.preset}, task {config.task.name}, "
         f"data sizes {list(config.data_sizes)}, seeds {list(config.seeds)}"
+        + (
+            f", SFT alone at {list(config.sft_reference_sizes)}"
+            if config.sft_reference_sizes
+            else ""
+        )
     )
     print(f"warehouse: {warehouse.root}")
     # A stage is reused only when it was made under the current settings, after the stages
@@ -278,7 +284,7 @@ def _run_study(
         else:
             print(f"  = {', '.join(study.SETUP_STAGES)}: up to date")
         records = _partitions(config, (stale, outdated), warehouse, launch, parallel, workers)
-        runs += [(f"partition {r.partition}", r.seconds) for r in records]
+        runs += [(_run_label(r), r.seconds) for r in records]
         report = materialize(",".join(study.REPORT_STAGES), warehouse, **launch)
         runs.append(("report", report.seconds))
     except RunFailed as exc:
@@ -310,14 +316,18 @@ def _partitions(config, judges, warehouse: Warehouse, launch: dict, parallel: in
 
     stale, outdated = judges
     jobs = []
-    for key in study.partition_keys(config):
-        todo = stale(study.PARTITION_STAGES, key)
-        if not todo:
-            print(f"  = [{key}]: up to date (--force recomputes)")
-            continue
-        if len(todo) < len(study.PARTITION_STAGES):
-            print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
-        jobs.append((",".join(todo), key))
+    families = [(study.PARTITION_STAGES, study.partition_keys(config))]
+    if config.sft_reference_sizes:  # SFT alone past the study's largest size
+        families.append((study.REFERENCE_STAGES, study.reference_partition_keys(config)))
+    for stages, keys in families:
+        for key in keys:
+            todo = stale(stages, key)
+            if not todo:
+                print(f"  = [{key}]{_family(stages)}: up to date (--force recomputes)")
+                continue
+            if len(todo) < len(stages):
+                print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
+            jobs.append((",".join(todo), key))
     if parallel > 1 and len(jobs) > 1:
         print(f"  {len(jobs)} partitions, {parallel} at a time (stage logs: workers' logs)")
         healthy = workers.problem if workers is not None else None
@@ -326,16 +336,32 @@ def _partitions(config, judges, warehouse: Warehouse, launch: dict, parallel: in
         )
     else:
         records = [materialize(sel, warehouse, key, label=key, **launch) for sel, key in jobs]
-    for _, key in jobs:
+    for selection, key in jobs:
         # A step records the fingerprint of the settings of the process that ran it: a worker
         # started with another SYNTHDATA_CONFIG leaves its stages stale here.
-        if wrong := outdated(study.PARTITION_STAGES, key):
+        stages = study.REFERENCE_STAGES if selection in study.REFERENCE_STAGES else None
+        if wrong := outdated(stages or study.PARTITION_STAGES, key):
             raise RunFailed(
                 f"[{key}]: {', '.join(wrong)} were written under other settings than this "
                 "run's: start every worker with this run's SYNTHDATA_CONFIG and "
                 "SYNTHDATA_PRESET; the next run recomputes them"
             )
     return records
+
+
+def _run_label(record) -> str:
+    """A partition's row in the table of run times."""
+    from synthdata_assets import study
+
+    family = "sft reference" if record.selection in study.REFERENCE_STAGES else "partition"
+    return f"{family} {record.partition}"
+
+
+def _family(stages: tuple[str, ...]) -> str:
+    """How the terminal names a partition of the SFT-only reference sizes."""
+    from synthdata_assets import study
+
+    return " (SFT reference)" if stages == study.REFERENCE_STAGES else ""
 
 
 def _credit_vs_truth(warehouse: Warehouse, partitions: list, policy: str) -> str:

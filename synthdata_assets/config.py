@@ -357,6 +357,14 @@ class ExperimentConfig(Section):
         (250, 500, 1000), min_length=1, description="Training problems per partition."
     )
     seeds: tuple[StrictInt, ...] = Field((0,), min_length=1, description="Replicates per size.")
+    sft_reference_sizes: tuple[StrictInt, ...] = Field(
+        (),
+        description="Data sizes above the largest of data_sizes at which only SFT is trained "
+        "and evaluated (asset sft_reference, per seed), so that a method above SFT's largest "
+        "partition still reads its multiplier off a measured SFT curve, as the paper measures "
+        "SFT on up to 8x more data. Drawn like data_sizes from the same pool: "
+        "task.n_train_pool must hold the largest.",
+    )
     task: TaskConfig = TaskConfig()
     teacher: TeacherConfig = TeacherConfig()
     model: ModelConfig = ModelConfig()
@@ -374,6 +382,13 @@ class ExperimentConfig(Section):
             raise ValueError(f"data sizes must be distinct, got {list(sizes)}")
         return tuple(sorted(sizes))
 
+    @field_validator("sft_reference_sizes")
+    @classmethod
+    def _reference_sizes_valid(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 1 for s in sizes) or len(set(sizes)) != len(sizes):
+            raise ValueError(f"sizes must be distinct positive integers, got {list(sizes)}")
+        return tuple(sorted(sizes))
+
     @field_validator("seeds")
     @classmethod
     def _seeds_valid(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
@@ -382,6 +397,16 @@ class ExperimentConfig(Section):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct, got {list(seeds)}")
         return tuple(sorted(seeds))
+
+    @model_validator(mode="after")
+    def _references_above_the_study(self) -> ExperimentConfig:
+        below = [s for s in self.sft_reference_sizes if s <= max(self.data_sizes)]
+        if below:
+            raise ValueError(
+                f"sft_reference_sizes {below} are not above the largest data size "
+                f"({max(self.data_sizes)}), where every method is trained already"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
@@ -400,6 +425,11 @@ class ExperimentConfig(Section):
             if max(self.data_sizes) > task.n_train_pool:
                 raise ValueError(
                     f"the largest data size ({max(self.data_sizes)}) exceeds "
+                    f"task.n_train_pool ({task.n_train_pool}); raise task.n_train_pool"
+                )
+            if self.sft_reference_sizes and self.largest_size > task.n_train_pool:
+                raise ValueError(
+                    f"the largest of sft_reference_sizes ({self.largest_size}) exceeds "
                     f"task.n_train_pool ({task.n_train_pool}); raise task.n_train_pool"
                 )
         else:
@@ -467,6 +497,16 @@ class ExperimentConfig(Section):
     def partition_keys(self) -> list[tuple[int, int]]:
         """Every (data_size, seed) pair of the sweep."""
         return [(size, seed) for size in self.data_sizes for seed in self.seeds]
+
+    @property
+    def reference_keys(self) -> list[tuple[int, int]]:
+        """Every (size, seed) pair of the SFT-only reference partitions."""
+        return [(size, seed) for size in self.sft_reference_sizes for seed in self.seeds]
+
+    @property
+    def largest_size(self) -> int:
+        """The most training problems any partition draws from the pool."""
+        return max(self.data_sizes + self.sft_reference_sizes)
 
 
 # Presets hold only what differs from the defaults above, so each reads as a diff.

@@ -40,7 +40,7 @@ def check_data(config: ExperimentConfig) -> None:
     if config.task.generated:
         return
     try:
-        problem_pool(config.task, max(config.data_sizes))
+        problem_pool(config.task, config.largest_size)
     except DataFormatError as exc:
         raise PreflightError(f"{exc}; fix that line or point the task at another file") from None
     except OSError as exc:

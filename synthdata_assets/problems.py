@@ -129,9 +129,9 @@ def _real_rows(task: TaskConfig, needed: int) -> list[dict]:
     test = loader(task.test_path, split="test")[: task.n_test]
     if len(train) < needed:
         raise ValueError(
-            f"data_sizes asks for {needed} training problems but {task.train_path} holds "
-            f"{len(train)} (after task.n_train_pool={task.n_train_pool}); lower data_sizes "
-            "or point task.train_path at a larger set"
+            f"data_sizes (or sft_reference_sizes) ask for {needed} training problems but "
+            f"{task.train_path} holds {len(train)} (after task.n_train_pool="
+            f"{task.n_train_pool}); lower them or point task.train_path at a larger set"
         )
     return [
         _problem_row(

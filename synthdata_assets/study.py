@@ -3,7 +3,9 @@ and the settings fingerprints that say whether a materialized stage is still val
 
 A study is a sweep of ``data_size x seed`` partitions. Every partition runs the same
 stages (:data:`PARTITION_STAGES`), after the unpartitioned :data:`SETUP_STAGES` and before
-the :data:`REPORT_STAGES`, which read every partition.
+the :data:`REPORT_STAGES`, which read every partition. The sizes of ``sft_reference_sizes``
+are partitions of their own, where only SFT is trained and evaluated
+(:data:`REFERENCE_STAGES`).
 
 Provenance
 ----------
@@ -45,6 +47,8 @@ PARTITION_STAGES: tuple[str, ...] = (
     "dpo_model",
     "evaluations",
 )
+# SFT alone past the study's largest size (``sft_reference_sizes``): its own partitions.
+REFERENCE_STAGES: tuple[str, ...] = ("sft_reference",)
 REPORT_STAGES: tuple[str, ...] = ("scaling_curves", "first_step_curves")
 # The partition dimensions, as the tables' columns and the Hive folders name them.
 DATA_SIZE, SEED = "data_size", "seed"
@@ -80,7 +84,8 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "nll_control_model",
         "dpo_model",
     ),
-    "scaling_curves": ("evaluations",),
+    "sft_reference": ("problems", "base_model"),
+    "scaling_curves": ("evaluations", "sft_reference"),
     "first_step_curves": ("evaluations", "step_advantages", "problems"),
 }
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -98,6 +103,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "nll_control_model": ("model", "training", "credit"),
     "dpo_model": ("model", "training"),
     "evaluations": ("sampling",),
+    "sft_reference": ("teacher", "model", "training", "sampling"),
     "scaling_curves": (),
     "first_step_curves": (),
 }
@@ -111,6 +117,11 @@ def partition_key(data_size: int, seed: int) -> str:
 def partition_keys(config: ExperimentConfig) -> list[str]:
     """Every partition key of the sweep, smallest data size first."""
     return [partition_key(size, seed) for size, seed in config.partition_keys]
+
+
+def reference_partition_keys(config: ExperimentConfig) -> list[str]:
+    """Every partition key of the SFT-only reference sizes, smallest first."""
+    return [partition_key(size, seed) for size, seed in config.reference_keys]
 
 
 def upstream(stage: str) -> set[str]:

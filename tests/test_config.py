@@ -103,6 +103,22 @@ def test_missing_or_malformed_config_file(tmp_path: Path) -> None:
         load_config("tiny", config_path=bad)
 
 
+def test_sft_reference_sizes_lie_past_the_study_and_inside_the_pool() -> None:
+    demo = preset_dict("demo")
+    config = config_from_dict(
+        demo | {"sft_reference_sizes": [8000, 4000], "task": {"n_train_pool": 8000}}
+    )
+    assert config.sft_reference_sizes == (4000, 8000) and config.largest_size == 8000
+    assert config.reference_keys == [(4000, 0), (8000, 0)]
+    assert config_from_dict(demo).reference_keys == []
+    with pytest.raises(ConfigError, match=r"sft_reference_sizes \[2000\] are not above"):
+        config_from_dict(demo | {"sft_reference_sizes": [2000, 4000]})
+    with pytest.raises(ConfigError, match=r"sft_reference_sizes \(4000\) exceeds task.n_train"):
+        config_from_dict(demo | {"sft_reference_sizes": [4000]})
+    with pytest.raises(ConfigError, match="sft_reference_sizes"):
+        config_from_dict(demo | {"sft_reference_sizes": [4000, 4000]})
+
+
 def test_choosing_the_epoch_by_validation_needs_a_generated_task_and_one_process() -> None:
     chosen = {"training": {"select_epoch": "validation"}}
     assert config_from_dict(preset_dict("demo") | chosen).training.select_epoch == "validation"

@@ -2,9 +2,11 @@
 
 The study fixture materializes, in one warehouse and instance: the setup assets; every
 partitioned asset of one data size (32); the rollouts and advantages again under another pit
-rule (which must reuse every rollout); a second data size (64) added to the configuration,
-which the backfill schedule asks for alone; and the scaling curves. Tables and query results
-are read as each step leaves them, so that each test below checks one stage.
+rule (which must reuse every rollout); SFT alone at 64 problems (``sft_reference_sizes``)
+and the curves of the study of 32 with it; a second data size (64) added to the
+configuration, which the backfill schedule asks for alone; and the scaling curves. Tables
+and query results are read as each step leaves them, so that each test below checks one
+stage.
 """
 
 from __future__ import annotations
@@ -81,6 +83,15 @@ def study(tmp_path_factory: pytest.TempPathFactory):
             partition_key(32, 0),
         )
         s.rollouts_again = pl.read_parquet(warehouse.partition_file("step_rollouts", 32, 0))
+        # SFT alone at 64 problems past a study of 32 (sft_reference_sizes), before the
+        # study's own 64|0 partition trains sft_model there.
+        reference = build_definitions(
+            load_config("tiny", overrides={"data_sizes": [32], "sft_reference_sizes": [64]}),
+            warehouse,
+        )
+        s.reference = _run(reference, ["sft_reference"], instance, partition_key(64, 0))
+        s.reference_curves = _run(reference, ["scaling_curves"], instance)
+        s.curves_with_reference = pl.read_parquet(warehouse.table_file("scaling_curves"))
         both = build_definitions(s.config, warehouse)
         schedule = both.resolve_schedule_def("study_backfill_schedule")
         context = dg.build_schedule_context(
@@ -228,6 +239,36 @@ def test_scaling_curves_cover_every_partition(study) -> None:
     assert (reports / "scaling_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert all(method in (reports / "scaling_report.md").read_text() for method in METHODS)
     assert "plot" in _metadata(study.curves, "scaling_curves")
+
+
+def test_sft_reference_is_sft_trained_as_the_study_trains_it(study) -> None:
+    from safetensors.torch import load_file
+
+    assert study.reference.success and study.second.success
+    warehouse = study.warehouse
+    reference = pl.read_parquet(warehouse.partition_file("sft_reference", 64, 0))
+    assert set(reference["method"]) == {"sft"} and reference.height == study.config.task.n_test
+    # The same weights and the same answers as the study's sft_model at 64|0.
+    ours, theirs = (
+        load_file(warehouse.checkpoint_folder(name, 64, 0) / "model.safetensors")
+        for name in ("sft_reference", "sft")
+    )
+    assert ours.keys() == theirs.keys() and all(ours[k].equal(theirs[k]) for k in ours)
+    study_sft = pl.read_parquet(warehouse.partition_file("evaluations", 64, 0)).filter(
+        pl.col("method") == "sft"
+    )
+    columns = ["problem_id", "completion", "is_correct"]
+    assert (
+        reference.select(columns)
+        .sort("problem_id")
+        .equals(study_sft.select(columns).sort("problem_id"))
+    )
+    # The curves of the study of 32 problems read SFT at 64 from it.
+    assert study.reference_curves.success
+    curves = study.curves_with_reference
+    assert set(curves.filter(pl.col("data_size") == 64)["method"]) == {"sft"}
+    assert set(curves.filter(pl.col("data_size") == 32)["method"]) == METHODS
+    assert _metadata(study.reference_curves, "scaling_curves")["sft_reference_partitions"] == 1
 
 
 def test_first_step_curves_cover_every_partition_and_every_pit(study) -> None:

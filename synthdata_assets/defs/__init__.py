@@ -35,7 +35,7 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
             *advantages.build(config),
             *pairs.build(config),
             *preference.build(config, warehouse),
-            *evaluations.build(config),
+            *evaluations.build(config, warehouse),
             *curves.build(
                 warehouse,
                 chance=config.chance_rate,

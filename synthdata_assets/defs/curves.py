@@ -28,22 +28,29 @@ def build(
         group_name=GROUP,
         kinds={"polars", "matplotlib"},
         ins={
-            "evaluations": dg.AssetIn(
-                # Curves from whatever partitions exist: a sweep in progress still plots.
-                metadata={"allow_missing_partitions": True},
-            )
+            # Curves from whatever partitions exist: a sweep in progress still plots.
+            "evaluations": dg.AssetIn(metadata={"allow_missing_partitions": True}),
+            "sft_reference": dg.AssetIn(metadata={"allow_missing_partitions": True}),
         },
     )
-    def scaling_curves(context: dg.AssetExecutionContext, evaluations):
+    def scaling_curves(context: dg.AssetExecutionContext, evaluations, sft_reference):
         """Accuracy per method x data size x seed; paired differences and data multipliers
-        vs SFT with bootstrap intervals over seeds and test problems; per-step DPO paired
-        against ``nll_control`` where the warehouse has it."""
+        vs SFT (measured past the study's sizes where sft_reference has partitions) with
+        bootstrap intervals over seeds and test problems; per-step DPO paired against
+        ``nll_control`` where the warehouse has it."""
         partitions = 1 if isinstance(evaluations, pl.DataFrame) else len(evaluations)
-        report = curves.study_report(_evaluations(evaluations), warehouse.reports, chance=chance)
+        table = _evaluations(evaluations)
+        reference = _frames(sft_reference)
+        if reference is not None:  # SFT alone at sizes past the study's, as method sft
+            table = pl.concat([table, reference], how="diagonal_relaxed")
+        report = curves.study_report(table, warehouse.reports, chance=chance)
         metadata = {
             **_report_metadata(context, report, "scaling curves"),
             "floor": curves.floor_note(chance),
             "partitions": partitions,
+            "sft_reference_partitions": 0
+            if reference is None
+            else reference.n_unique(["data_size", "seed"]),
             **_comparison_metadata(report.comparison),
         }
         if report.control is not None:  # per-step DPO against its control without negatives

@@ -1,5 +1,5 @@
 """Every model of the partition on the test split, with a check that each answered every
-test problem.
+test problem; and SFT alone at the sizes past the study's (``sft_reference``).
 
 The base model is the same in every partition, so ``base_evaluation`` evaluates it once per
 study (its samples for pass@k drawn with :data:`BASE_SEED`), and each partition's
@@ -12,19 +12,23 @@ import dagster as dg
 import polars as pl
 
 from synthdata_assets import evaluations as eval_lib
+from synthdata_assets import models
+from synthdata_assets import teacher as teacher_lib
 from synthdata_assets.checks import evaluations_cover
 from synthdata_assets.config import ExperimentConfig
-from synthdata_assets.defs.models import GROUP, POOL
+from synthdata_assets.defs.models import GROUP, POOL, checkpoint_metadata, fine_tuned
 from synthdata_assets.defs.problems import check_result
 from synthdata_assets.defs.resources import GeneratorResource
-from synthdata_assets.defs.study import current_partition, study_partitions
+from synthdata_assets.defs.study import current_partition, reference_partitions, study_partitions
+from synthdata_assets.problems import training_subset
 from synthdata_assets.terminal import progress_logger
+from warehouse import Warehouse
 
 # The sampling seed of the base's pass@k samples (its greedy answers need none).
 BASE_SEED = 0
 
 
-def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
+def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefinition]:
     evaluate = functools.partial(_evaluate, config)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch", "polars"}, pool=POOL)
@@ -97,7 +101,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             evaluations_cover(table, test["problem_id"].to_list(), ["base", *trained]),
         )
 
-    return [base_evaluation, evaluations]
+    return [base_evaluation, evaluations, _reference(config, warehouse)]
 
 
 def _evaluate(
@@ -121,3 +125,79 @@ def _evaluate(
             log=context.log.info,
             progress=progress_logger(context.log.info, "prompts"),
         )
+
+
+# SFT alone past the study's largest data size (sft_reference_sizes). A data multiplier reads
+# a method's accuracy off SFT's measured curve and never extrapolates it (curves.py): a method
+# that beats SFT at the study's largest size gets only a lower bound there. The paper measures
+# SFT on up to 8x more data; sft_reference does the same, each (size, seed) a partition: the
+# teacher's solutions to the partition's problems (drawn from the pool as the study's subsets
+# are, so every size holds the smaller ones), pi_sft trained from the base exactly as sft_model
+# trains it, and its answers to the test split, as evaluations rows of method sft that
+# scaling_curves adds to the study's.
+
+# The checkpoint folder of the reference models, apart from the study's sft_model folders.
+REFERENCE_FOLDER = "sft_reference"
+
+
+def _reference(config: ExperimentConfig, warehouse: Warehouse) -> dg.AssetsDefinition:
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"pytorch", "polars"},
+        pool=POOL,
+        partitions_def=reference_partitions(config),
+        check_specs=[
+            dg.AssetCheckSpec(
+                "covers_every_test_problem",
+                asset="sft_reference",
+                blocking=True,
+                description="One answer of the reference SFT model to every test problem.",
+            )
+        ],
+    )
+    def sft_reference(
+        context: dg.AssetExecutionContext,
+        generator: GeneratorResource,
+        problems: pl.DataFrame,
+        base_model: pl.DataFrame,
+    ):
+        """pi_sft at a size past the study's (sft_reference_sizes): teacher solutions, SFT
+        as sft_model does it, and its answers to the test split, as evaluations rows."""
+        data_size, seed = current_partition(context)
+        subset = training_subset(problems, data_size, seed)
+        solutions = teacher_lib.teacher_solutions(
+            config.teacher,
+            subset,
+            seed,
+            answer_format=config.answer_format,
+            cache_root=warehouse.cache / "teacher",
+            log=context.log.info,
+        )
+        examples = models.sft_examples(solutions, problems)
+        model = fine_tuned(
+            context,
+            config,
+            warehouse,
+            "sft",
+            base_model,
+            examples,
+            problems,
+            folder=REFERENCE_FOLDER,
+        ).value
+        test = problems.filter(pl.col("split") == "test")
+        table = _evaluate(config, context, generator, "sft", model, test, seed)
+        yield dg.Output(
+            table,
+            metadata={
+                "accuracy_sft": float(table["is_correct"].mean() or 0.0),
+                "teacher_pass_rate": float(solutions["is_correct"].mean() or 0.0),
+                "sft_examples": len(examples),
+                **checkpoint_metadata(model),
+            },
+        )
+        yield check_result(
+            "covers_every_test_problem",
+            evaluations_cover(table, test["problem_id"].to_list(), ["sft"]),
+        )
+
+    return sft_reference

@@ -52,18 +52,20 @@ def trained(
     method: str,
     train: Callable[..., pl.DataFrame],
     execution: ExecutionConfig,
+    folder: str | None = None,
 ) -> dg.Output:
-    """A partition's training stage: seeded by the partition, written to the method's
-    checkpoint folder, its progress on the terminal; ``train`` returns the checkpoint row.
-    ``execution.train_processes`` > 1: over that many data-parallel ranks, sharing the model
-    as ``execution.train_sharding`` says (:mod:`synthdata_assets.ranks`)."""
+    """A partition's training stage: seeded by the partition, written to the checkpoint
+    folder ``folder`` (default: the method's), its progress on the terminal; ``train``
+    returns the checkpoint row. ``execution.train_processes`` > 1: over that many
+    data-parallel ranks, sharing the model as ``execution.train_sharding`` says
+    (:mod:`synthdata_assets.ranks`)."""
     data_size, seed = current_partition(context)
     models.seeded(seed)
     row = ranks.call(
         train,
         processes=execution.train_processes,
         sharding=execution.train_sharding,
-        folder=warehouse.checkpoint_folder(method, data_size, seed),
+        folder=warehouse.checkpoint_folder(folder or method, data_size, seed),
         seed=seed,
         log=context.log.info,
         progress=progress_logger(context.log.info, "updates"),
@@ -71,9 +73,38 @@ def trained(
     return dg.Output(row, metadata=checkpoint_metadata(row))
 
 
+def fine_tuned(
+    context: dg.AssetExecutionContext,
+    config: ExperimentConfig,
+    warehouse: Warehouse,
+    method: str,
+    init: pl.DataFrame,
+    examples: list[tuple[str, str]],
+    problems: pl.DataFrame,
+    folder: str | None = None,
+) -> dg.Output:
+    """SFT or RFT of the partition from the checkpoint row ``init`` on ``examples``, its
+    epoch chosen on held-out problems under ``training.select_epoch: validation``."""
+    training = config.training
+    validation = None
+    if training.select_epoch == "validation":
+        validation = validation_split(config.task, training.validation_problems, problems)
+    fine_tune = functools.partial(
+        models.fine_tune,
+        training,
+        method,
+        init["path"][0],
+        examples,
+        max_seq_len=config.model.max_seq_len,
+        validation=validation,
+        scoring=config,
+    )
+    return trained(context, warehouse, method, fine_tune, config.execution, folder)
+
+
 def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefinition]:
     partitions = study_partitions(config)
-    training, max_seq_len = config.training, config.model.max_seq_len
+    training = config.training
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL)
     def base_model(context: dg.AssetExecutionContext, problems: pl.DataFrame):
@@ -91,22 +122,6 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         )
         return dg.Output(row, metadata=checkpoint_metadata(row))
 
-    def fine_tuned(context, method: str, init: pl.DataFrame, examples, problems) -> dg.Output:
-        validation = None
-        if training.select_epoch == "validation":
-            validation = validation_split(config.task, training.validation_problems, problems)
-        fine_tune = functools.partial(
-            models.fine_tune,
-            training,
-            method,
-            init["path"][0],
-            examples,
-            max_seq_len=max_seq_len,
-            validation=validation,
-            scoring=config,
-        )
-        return trained(context, warehouse, method, fine_tune, config.execution)
-
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def sft_model(
         context: dg.AssetExecutionContext,
@@ -116,7 +131,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
     ):
         """pi_sft: the base model fine-tuned on the verified teacher solutions."""
         examples = models.sft_examples(teacher_solutions, problems)
-        return fine_tuned(context, "sft", base_model, examples, problems)
+        return fine_tuned(context, config, warehouse, "sft", base_model, examples, problems)
 
     @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=POOL, partitions_def=partitions)
     def rft_model(
@@ -129,6 +144,6 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         """Rejection fine-tuning on pi_sft's verified, deduplicated positives."""
         init = base_model if training.rft_init == "base" else sft_model
         examples = models.rft_examples(policy_samples, problems, training.rft_max_per_problem)
-        return fine_tuned(context, "rft", init, examples, problems)
+        return fine_tuned(context, config, warehouse, "rft", init, examples, problems)
 
     return [base_model, sft_model, rft_model]

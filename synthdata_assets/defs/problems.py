@@ -32,7 +32,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     )
     def problems(context: dg.AssetExecutionContext):
         """The problem pool: training problems to draw subsets from, and the test split."""
-        pool = pool_lib.problem_pool(config.task, max(config.data_sizes))
+        pool = pool_lib.problem_pool(config.task, config.largest_size)
         train = pool.filter(pl.col("split") == "train")
         test = pool.filter(pl.col("split") == "test")
         context.log.info(f"{train.height} training and {test.height} test problems")

@@ -16,6 +16,7 @@ from synthdata_assets.config import ExperimentConfig
 from synthdata_assets.study import (
     DATA_SIZE,
     PARTITION_STAGES,
+    REFERENCE_STAGES,
     REPORT_STAGES,
     SEED,
     SETUP_STAGES,
@@ -26,6 +27,17 @@ def study_partitions(config: ExperimentConfig) -> dg.MultiPartitionsDefinition:
     return dg.MultiPartitionsDefinition(
         {
             DATA_SIZE: dg.StaticPartitionsDefinition([str(s) for s in config.data_sizes]),
+            SEED: dg.StaticPartitionsDefinition([str(s) for s in config.seeds]),
+        }
+    )
+
+
+def reference_partitions(config: ExperimentConfig) -> dg.MultiPartitionsDefinition:
+    """The SFT-only sizes past the study's (``sft_reference_sizes``) x seed; no key when
+    there are none."""
+    return dg.MultiPartitionsDefinition(
+        {
+            DATA_SIZE: dg.StaticPartitionsDefinition([str(s) for s in config.sft_reference_sizes]),
             SEED: dg.StaticPartitionsDefinition([str(s) for s in config.seeds]),
         }
     )
@@ -50,6 +62,12 @@ def build(config: ExperimentConfig) -> dict:
         selection=dg.AssetSelection.assets(*PARTITION_STAGES),
         description="Every stage of one data_size x seed partition; backfill it for the sweep.",
     )
+    reference_job = dg.define_asset_job(
+        "sft_reference_job",
+        selection=dg.AssetSelection.assets(*REFERENCE_STAGES),
+        description="SFT alone at one size of sft_reference_sizes x seed; backfill it for "
+        "SFT's curve past the study's largest size.",
+    )
     curves_job = dg.define_asset_job(
         "curves_job",
         selection=dg.AssetSelection.assets(*SETUP_STAGES, *REPORT_STAGES),
@@ -68,4 +86,7 @@ def build(config: ExperimentConfig) -> dict:
             if key not in done:
                 yield dg.RunRequest(run_key=f"study-{key}", partition_key=key)
 
-    return {"jobs": [study_job, curves_job], "schedules": [study_backfill_schedule]}
+    return {
+        "jobs": [study_job, reference_job, curves_job],
+        "schedules": [study_backfill_schedule],
+    }
