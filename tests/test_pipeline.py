@@ -261,3 +261,24 @@ def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone()
         for section in ("task", "training", "sampling")
         for field in type(getattr(load_config("demo"), section)).model_fields
     }
+
+
+def test_run_materializes_the_sft_reference_partitions_after_the_studys(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from synthdata_assets import cli, orchestrate
+
+    config = load_config("tiny", overrides={"data_sizes": [32], "sft_reference_sizes": [64]})
+    calls = []
+
+    def launched(selection, _warehouse, partition=None, **_options):
+        calls.append((selection, partition))
+        return orchestrate.RunRecord(selection, partition, 1.0, Path("run.log"))
+
+    monkeypatch.setattr(orchestrate, "materialize", launched)
+    every_stage = (lambda stages, key=None: list(stages), lambda stages, key=None: [])
+    records = cli._partitions(config, every_stage, warehouse, {}, 1, None)
+    assert calls == [(",".join(PARTITION_STAGES), "32|0"), ("sft_reference", "64|0")]
+    assert [cli._run_label(r) for r in records] == ["partition 32|0", "sft reference 64|0"]
