@@ -13,14 +13,13 @@ import polars as pl
 
 from synthdata_assets import evaluations as eval_lib
 from synthdata_assets import models
-from synthdata_assets import teacher as teacher_lib
 from synthdata_assets.checks import evaluations_cover
 from synthdata_assets.config import ExperimentConfig
 from synthdata_assets.defs.models import GROUP, POOL, checkpoint_metadata, fine_tuned
 from synthdata_assets.defs.problems import check_result
 from synthdata_assets.defs.resources import GeneratorResource
 from synthdata_assets.defs.study import current_partition, reference_partitions, study_partitions
-from synthdata_assets.problems import training_subset
+from synthdata_assets.defs.teacher import partition_solutions
 from synthdata_assets.terminal import progress_logger
 from warehouse import Warehouse
 
@@ -164,14 +163,8 @@ def _reference(config: ExperimentConfig, warehouse: Warehouse) -> dg.AssetsDefin
         """pi_sft at a size past the study's (sft_reference_sizes): teacher solutions, SFT
         as sft_model does it, and its answers to the test split, as evaluations rows."""
         data_size, seed = current_partition(context)
-        subset = training_subset(problems, data_size, seed)
-        solutions = teacher_lib.teacher_solutions(
-            config.teacher,
-            subset,
-            seed,
-            answer_format=config.answer_format,
-            cache_root=warehouse.cache / "teacher",
-            log=context.log.info,
+        _, solutions = partition_solutions(
+            config, warehouse, problems, data_size, seed, context.log.info
         )
         examples = models.sft_examples(solutions, problems)
         model = fine_tuned(

@@ -1,6 +1,8 @@
 """The teacher's solutions (D_syn) of each partition, with checks on their coverage and
 pass rate."""
 
+from collections.abc import Callable
+
 import dagster as dg
 import polars as pl
 
@@ -11,6 +13,28 @@ from synthdata_assets.defs.problems import GROUP, check_result, markdown_sample
 from synthdata_assets.defs.study import current_partition, study_partitions
 from synthdata_assets.problems import training_subset
 from warehouse import Warehouse
+
+
+def partition_solutions(
+    config: ExperimentConfig,
+    warehouse: Warehouse,
+    problems: pl.DataFrame,
+    data_size: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The partition's problems (the first ``data_size`` in ``seed``'s order) and the
+    teacher's graded solutions to them."""
+    subset = training_subset(problems, data_size, seed)
+    table = teacher_lib.teacher_solutions(
+        config.teacher,
+        subset,
+        seed,
+        answer_format=config.answer_format,
+        cache_root=warehouse.cache / "teacher",
+        log=log,
+    )
+    return subset, table
 
 
 def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefinition]:
@@ -34,14 +58,8 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
     def teacher_solutions(context: dg.AssetExecutionContext, problems: pl.DataFrame):
         """The teacher's graded step-by-step solutions for this partition's problems."""
         data_size, seed = current_partition(context)
-        subset = training_subset(problems, data_size, seed)
-        table = teacher_lib.teacher_solutions(
-            config.teacher,
-            subset,
-            seed,
-            answer_format=config.answer_format,
-            cache_root=warehouse.cache / "teacher",
-            log=context.log.info,
+        subset, table = partition_solutions(
+            config, warehouse, problems, data_size, seed, context.log.info
         )
         pass_rate = float(table["is_correct"].mean() or 0.0)
         context.log.info(f"{table.height} solutions, pass rate {pass_rate:.3f}")
