@@ -17,7 +17,7 @@ from synthdata_assets.defs import build_definitions
 from synthdata_assets.defs.problems import check_result
 from synthdata_assets.defs.study import partition_key
 from synthdata_assets.pairs import preference_pairs
-from synthdata_assets.study import PARTITION_STAGES, SETUP_STAGES
+from synthdata_assets.study import PARTITION_STAGES, REFERENCE_STAGES, SETUP_STAGES
 from synthdata_assets.teacher import teacher_solutions
 from training.prompts import format_prompt
 from warehouse import Warehouse
@@ -340,10 +340,15 @@ def test_a_table_that_failed_its_blocking_check_is_not_reused(
 
 @pytest.mark.slow
 def test_every_check_of_the_tiny_study_runs_and_passes(warehouse: Warehouse) -> None:
-    defs = build_definitions(load_config("tiny", overrides={"data_sizes": [32]}), warehouse)
+    config = load_config("tiny", overrides={"data_sizes": [32], "sft_reference_sizes": [64]})
+    defs = build_definitions(config, warehouse)
     evaluations = []
     with dg.instance_for_test() as instance:
-        for names, key in ((SETUP_STAGES, None), (PARTITION_STAGES, partition_key(32, 0))):
+        for names, key in (
+            (SETUP_STAGES, None),
+            (PARTITION_STAGES, partition_key(32, 0)),
+            (REFERENCE_STAGES, partition_key(64, 0)),
+        ):
             result = dg.materialize(
                 list(defs.assets or []),
                 selection=list(names),
@@ -365,4 +370,5 @@ def test_every_check_of_the_tiny_study_runs_and_passes(warehouse: Warehouse) -> 
         "per_step_rejected_is_prefix",
         "covers_every_method_and_test_problem",
         "pass_rate_in_bounds",
+        "covers_every_test_problem",
     } <= names
