@@ -12,6 +12,7 @@ install``: the browser is the system's); without them the tests fail, saying so.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -43,6 +44,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 SYNTHDATA = Path(sys.executable).with_name("synthdata")
 PRESET = "tiny"
+# The tiny study with SFT alone at one size past it, so that every asset has a partition.
+STUDY = {"task": {"n_train_pool": 96}, "sft_reference_sizes": [96]}
 # The UI is slow on a busy 2-core machine: every wait allows this long.
 UI_TIMEOUT_MS = 60_000
 STOP_GRACE_S = 20
@@ -50,8 +53,15 @@ VIEWPORT = {"width": 1600, "height": 900}
 
 
 def _env(home: Path) -> dict[str, str]:
+    study = home.parent / "study.yaml"
+    study.write_text(json.dumps(STUDY))  # JSON is YAML
     env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
-    return env | {HOME_ENV: str(home), PRESET_ENV: PRESET, "OMP_NUM_THREADS": "1"}
+    return env | {
+        HOME_ENV: str(home),
+        PRESET_ENV: PRESET,
+        CONFIG_ENV: str(study),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _stop(ui: subprocess.Popen, groups: list[int]) -> None:
@@ -146,7 +156,7 @@ def _config():
     """The study's configuration, as the ``synthdata`` processes of :func:`_env` read it."""
     with pytest.MonkeyPatch.context() as env:
         env.delenv(CONFIG_ENV, raising=False)
-        return load_config(PRESET)
+        return load_config(PRESET, overrides=STUDY)
 
 
 @pytest.fixture(scope="module")
