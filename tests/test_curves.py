@@ -521,7 +521,9 @@ def test_asset_metadata_carries_multipliers_and_paired_differences(tmp_path, stu
     from warehouse import Warehouse
 
     asset, _ = build(Warehouse(tmp_path).ensure(), chance=CHANCE)
-    output = asset(context=dg.build_asset_context(), evaluations={"2000|0": study})
+    output = asset(
+        context=dg.build_asset_context(), evaluations={"2000|0": study}, sft_reference={}
+    )
     meta = {key: getattr(value, "value", value) for key, value in output.metadata.items()}
     assert meta["multiplier_per_step_dpo"] == pytest.approx(2.0, rel=0.15)
     assert meta["multiplier_per_step_dpo_ci_low"] < 2.0 < meta["multiplier_per_step_dpo_ci_high"]
@@ -529,6 +531,32 @@ def test_asset_metadata_carries_multipliers_and_paired_differences(tmp_path, stu
     assert len(output.metadata["paired_vs_sft"].records) == 15
     assert "clipped at chance" in meta["floor"]
     assert "paired_vs_nll_control" not in meta  # no control in this study
+
+
+def test_sft_reference_rows_extend_the_curve_the_multipliers_are_read_off(tmp_path: Path):
+    import dagster as dg
+
+    from synthdata_assets.defs.curves import build
+    from warehouse import Warehouse
+
+    # Per-step DPO at 1000 problems is above SFT's 1000: a lower bound only, until SFT is
+    # measured at 4000 (sft_reference), where it is higher still.
+    evals = exact_evals({"sft": [0.5, 0.6], "per_step_dpo": [0.55, 0.75]}, sizes=(250, 1000))
+    reference = exact_evals({"sft": [0.8]}, sizes=(4000,))
+    asset, _ = build(Warehouse(tmp_path / "wh").ensure(), chance=CHANCE)
+    context = dg.build_asset_context()
+    alone = asset(context=context, evaluations={"1000|0": evals}, sft_reference={})
+    longer = asset(
+        context=context, evaluations={"1000|0": evals}, sft_reference={"4000|0": reference}
+    )
+    meta = [{k: getattr(v, "value", v) for k, v in out.metadata.items()} for out in (alone, longer)]
+    assert meta[0]["sft_reference_partitions"] == 0 and meta[1]["sft_reference_partitions"] == 1
+    assert longer.value.filter(pl.col("data_size") == 4000)["method"].to_list() == ["sft"]
+    # Alone, 0.55 at 250 problems is SFT's at 500 (half way from 0.5 to 0.6 in log size): 2x,
+    # and 0.75 at 1000 lies past SFT's best. With SFT at 4000, 0.75 is SFT's at 1000 x 4^0.75:
+    # both sizes count.
+    assert meta[0]["multiplier_per_step_dpo"] == pytest.approx(2.0, rel=0.01)
+    assert meta[1]["multiplier_per_step_dpo"] == pytest.approx(np.sqrt(2 * 4**0.75), rel=0.01)
 
 
 def test_asset_metadata_and_named_query_pair_per_step_dpo_against_its_control(tmp_path: Path):
@@ -543,7 +571,9 @@ def test_asset_metadata_and_named_query_pair_per_step_dpo_against_its_control(tm
         sizes=(250, 1000),
     )
     asset, _ = build(Warehouse(tmp_path / "wh").ensure(), chance=CHANCE)
-    output = asset(context=dg.build_asset_context(), evaluations={"1000|0": evals})
+    output = asset(
+        context=dg.build_asset_context(), evaluations={"1000|0": evals}, sft_reference={}
+    )
     records = output.metadata["paired_vs_nll_control"].records
     cells = {r.data["data_size"]: r.data for r in records}
     assert {r.data["method"] for r in records} == {"per_step_dpo"}
