@@ -143,7 +143,7 @@ def train_sft(
             if best.stale(config.validation_patience):
                 run.emit(
                     f"stopped after epoch {len(best.scores)}: {len(best.scores) - best.best_epoch}"
-                    f" epochs without a better validation score (validation_patience)"
+                    " epochs without a better validation score (validation_patience)"
                 )
                 break
     summary = run.finish()
