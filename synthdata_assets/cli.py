@@ -284,7 +284,8 @@ def _run_study(
         else:
             print(f"  = {', '.join(study.SETUP_STAGES)}: up to date")
         records = _partitions(config, (stale, outdated), warehouse, launch, parallel, workers)
-        runs += [(_run_label(r), r.seconds) for r in records]
+        reference = set(study.reference_partition_keys(config))
+        runs += [(_run_label(r, reference), r.seconds) for r in records]
         report = materialize(",".join(study.REPORT_STAGES), warehouse, **launch)
         runs.append(("report", report.seconds))
     except RunFailed as exc:
@@ -316,18 +317,18 @@ def _partitions(config, judges, warehouse: Warehouse, launch: dict, parallel: in
 
     stale, outdated = judges
     jobs = []
-    families = [(study.PARTITION_STAGES, study.partition_keys(config))]
-    if config.sft_reference_sizes:  # SFT alone past the study's largest size
-        families.append((study.REFERENCE_STAGES, study.reference_partition_keys(config)))
-    for stages, keys in families:
-        for key in keys:
-            todo = stale(stages, key)
-            if not todo:
-                print(f"  = [{key}]{_family(stages)}: up to date (--force recomputes)")
-                continue
-            if len(todo) < len(stages):
-                print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
-            jobs.append((",".join(todo), key))
+    # The study's partitions, then those of SFT alone past its largest size.
+    reference = set(study.reference_partition_keys(config))
+    for key in study.partition_keys(config) + study.reference_partition_keys(config):
+        stages = _stages_of(key, reference)
+        todo = stale(stages, key)
+        if not todo:
+            alone = " (SFT reference)" if key in reference else ""
+            print(f"  = [{key}]{alone}: up to date (--force recomputes)")
+            continue
+        if len(todo) < len(stages):
+            print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
+        jobs.append((",".join(todo), key))
     if parallel > 1 and len(jobs) > 1:
         print(f"  {len(jobs)} partitions, {parallel} at a time (stage logs: workers' logs)")
         healthy = workers.problem if workers is not None else None
@@ -336,11 +337,10 @@ def _partitions(config, judges, warehouse: Warehouse, launch: dict, parallel: in
         )
     else:
         records = [materialize(sel, warehouse, key, label=key, **launch) for sel, key in jobs]
-    for selection, key in jobs:
+    for _, key in jobs:
         # A step records the fingerprint of the settings of the process that ran it: a worker
         # started with another SYNTHDATA_CONFIG leaves its stages stale here.
-        stages = study.REFERENCE_STAGES if selection in study.REFERENCE_STAGES else None
-        if wrong := outdated(stages or study.PARTITION_STAGES, key):
+        if wrong := outdated(_stages_of(key, reference), key):
             raise RunFailed(
                 f"[{key}]: {', '.join(wrong)} were written under other settings than this "
                 "run's: start every worker with this run's SYNTHDATA_CONFIG and "
@@ -349,19 +349,17 @@ def _partitions(config, judges, warehouse: Warehouse, launch: dict, parallel: in
     return records
 
 
-def _run_label(record) -> str:
-    """A partition's row in the table of run times."""
+def _stages_of(key: str, reference: set[str]) -> tuple[str, ...]:
+    """The stages of partition ``key``: SFT alone for the keys of ``reference``."""
     from synthdata_assets import study
 
-    family = "sft reference" if record.selection in study.REFERENCE_STAGES else "partition"
+    return study.REFERENCE_STAGES if key in reference else study.PARTITION_STAGES
+
+
+def _run_label(record, reference: set[str]) -> str:
+    """A partition's row in the table of run times (``reference``: the SFT-only keys)."""
+    family = "sft reference" if record.partition in reference else "partition"
     return f"{family} {record.partition}"
-
-
-def _family(stages: tuple[str, ...]) -> str:
-    """How the terminal names a partition of the SFT-only reference sizes."""
-    from synthdata_assets import study
-
-    return " (SFT reference)" if stages == study.REFERENCE_STAGES else ""
 
 
 def _credit_vs_truth(warehouse: Warehouse, partitions: list, policy: str) -> str:

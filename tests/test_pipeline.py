@@ -281,4 +281,5 @@ def test_run_materializes_the_sft_reference_partitions_after_the_studys(
     every_stage = (lambda stages, key=None: list(stages), lambda stages, key=None: [])
     records = cli._partitions(config, every_stage, warehouse, {}, 1, None)
     assert calls == [(",".join(PARTITION_STAGES), "32|0"), ("sft_reference", "64|0")]
-    assert [cli._run_label(r) for r in records] == ["partition 32|0", "sft reference 64|0"]
+    labels = [cli._run_label(r, {"64|0"}) for r in records]
+    assert labels == ["partition 32|0", "sft reference 64|0"]
