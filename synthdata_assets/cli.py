@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -142,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from synthdata_assets.config import BROKER_ENV, LOCAL_BROKER
     from synthdata_assets.orchestrate import claim_instance, recover_dead_runs, stop_on_sigterm
     from synthdata_assets.preflight import check_data, check_devices, usable_warehouse
-    from synthdata_assets.workers import BrokerUnreachable, check_broker
+    from synthdata_assets.workers import BrokerUnreachable, check_broker, threads_per_process
     from training.checkpoint import remove_partial_checkpoints
     from warehouse.instance import InstanceOwnedElsewhere, write_instance_settings
     from warehouse.lock import WarehouseBusy, WarehouseLock
@@ -155,7 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The runs' code locations read the broker from here (config.load_config).
         os.environ[BROKER_ENV] = broker
         config = load_config()
-    slots = config.execution.accelerator_slots or args.workers or 1
+    # Without a broker, each run runs its own steps: parallel_runs of them at once.
+    local_runs = 1 if broker else config.execution.parallel_runs
+    slots = config.execution.accelerator_slots or args.workers or local_runs
     warehouse = usable_warehouse()
     check_data(config)
     check_devices(config)
@@ -192,8 +195,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 lock_fd=lock.fd,
             )
             print(workers.describe())
-        parallel = slots if broker else 1
-        return _run_study(config, warehouse, args.force, lock.fd, parallel, workers)
+        parallel = slots if broker else local_runs
+        threads = None
+        if not broker and local_runs > 1:
+            threads = threads_per_process(local_runs, args.threads)
+        return _run_study(config, warehouse, args.force, lock.fd, parallel, workers, threads)
     except InstanceOwnedElsewhere as exc:
         print(f"synthdata run: {exc}", file=sys.stderr)
         return 2
@@ -247,6 +253,7 @@ def _run_study(
     lock_fd: int | None,
     parallel: int = 1,
     workers=None,
+    threads: int | None = None,
 ) -> int:
     from synthdata_assets import study
     from synthdata_assets.orchestrate import RunFailed, materialize, recorded_stages
@@ -277,13 +284,16 @@ def _run_study(
         return list(stages) if force else outdated(stages, partition)
 
     runs = []
+    start = time.perf_counter()
     try:
         setup = stale(study.SETUP_STAGES)
         if setup:
             runs.append(("setup", materialize(",".join(setup), warehouse, **launch).seconds))
         else:
             print(f"  = {', '.join(study.SETUP_STAGES)}: up to date")
-        records = _partitions(config, (stale, outdated), warehouse, launch, parallel, workers)
+        records = _partitions(
+            config, (stale, outdated), warehouse, launch, parallel, workers, threads
+        )
         reference = set(study.reference_partition_keys(config))
         runs += [(_run_label(r, reference), r.seconds) for r in records]
         report = materialize(",".join(study.REPORT_STAGES), warehouse, **launch)
@@ -291,7 +301,9 @@ def _run_study(
     except RunFailed as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 1
-    print(f"\n{runs_table(runs)}\n")
+    # Partitions that ran at once overlap: their sum is not the study's time.
+    wall = time.perf_counter() - start if parallel > 1 else None
+    print(f"\n{runs_table(runs, wall)}\n")
     print((warehouse.reports / "scaling_report.md").read_text())
     print(_credit_vs_truth(warehouse, config.partition_keys, config.credit.rollout_policy))
     print(_cue_following(warehouse, config.partition_keys))
@@ -308,10 +320,19 @@ def _run_study(
     return 0
 
 
-def _partitions(config, judges, warehouse: Warehouse, launch: dict, parallel: int, workers):
+def _partitions(
+    config,
+    judges,
+    warehouse: Warehouse,
+    launch: dict,
+    parallel: int,
+    workers,
+    threads: int | None = None,
+):
     """Materialize every partition with stale stages: one after another, or ``parallel`` at
-    once when the runs' steps go to Celery workers. ``judges``: the stages to run of a
-    partition (``--force``: all), and those not made under the current settings."""
+    once (on Celery workers, or as runs on this machine with ``threads`` torch threads each).
+    ``judges``: the stages to run of a partition (``--force``: all), and those not made under
+    the current settings. Returns the runs in the study's order."""
     from synthdata_assets import study
     from synthdata_assets.orchestrate import RunFailed, materialize, materialize_parallel
 
@@ -330,11 +351,20 @@ def _partitions(config, judges, warehouse: Warehouse, launch: dict, parallel: in
             print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
         jobs.append((",".join(todo), key))
     if parallel > 1 and len(jobs) > 1:
-        print(f"  {len(jobs)} partitions, {parallel} at a time (stage logs: workers' logs)")
+        where = f"{threads} torch thread(s) each" if threads else "stage logs: workers' logs"
+        print(f"  {len(jobs)} partitions, {parallel} at a time, the largest first ({where})")
         healthy = workers.problem if workers is not None else None
-        records = materialize_parallel(
-            jobs, warehouse, parallel=parallel, healthy=healthy, **launch
+        # The largest partitions first, so that the last to finish is a small one: the sizes
+        # are what the runs' times scale with.
+        order = sorted(jobs, key=lambda job: -study.data_size_of(job[1]))
+        env = None
+        if threads is not None:
+            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        done = materialize_parallel(
+            order, warehouse, parallel=parallel, healthy=healthy, env=env, **launch
         )
+        by_key = {record.partition: record for record in done}
+        records = [by_key[key] for _, key in jobs]
     else:
         records = [materialize(sel, warehouse, key, label=key, **launch) for sel, key in jobs]
     for _, key in jobs:
@@ -610,7 +640,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="T",
-        help="torch threads per worker (default: this machine's cores over N)",
+        help="torch threads per worker, or per run with execution.parallel_runs (default: "
+        "this machine's cores over the workers or runs)",
     )
 
 

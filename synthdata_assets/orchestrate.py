@@ -134,11 +134,15 @@ def materialize(
     label: str | None = None,
     lock_fd: int | None = None,
     started: dict | None = None,
+    env: dict[str, str] | None = None,
+    prefix: str | None = None,
 ) -> RunRecord:
     """Materialize ``selection`` (asset names, comma-separated) in one Dagster run; the run
-    inherits ``lock_fd``, the warehouse lock, when given. ``started``: filled with the run's
-    process and run id as they become known, so that another thread can stop it
-    (:func:`materialize_parallel`)."""
+    inherits ``lock_fd``, the warehouse lock, when given, and ``env`` on top of this process's
+    environment. ``started``: filled with the run's process and run id as they become known,
+    so that another thread can stop it (:func:`materialize_parallel`). ``echo``: a line as the
+    run starts and ends, and its stages' progress; ``prefix``: its stages' lines, without
+    progress bars, each starting with ``prefix`` (runs that share the terminal)."""
     warehouse.activate()
     logs = warehouse.reports / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -167,7 +171,7 @@ def materialize(
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=os.environ | ({} if lock_fd is None else {LOCK_FD_ENV: str(lock_fd)}),
+            env=os.environ | (env or {}) | ({} if lock_fd is None else {LOCK_FD_ENV: str(lock_fd)}),
             text=True,
             errors="replace",
             start_new_session=True,
@@ -179,7 +183,7 @@ def materialize(
         followed["proc"] = proc
         try:
             release_ctrl_c()
-            _follow(proc, handle, warehouse, followed, echo=echo)
+            _follow(proc, handle, warehouse, followed, echo=echo, prefix=prefix)
         except KeyboardInterrupt:
             _stop(proc, warehouse, followed.get("run_id"))
             if echo:
@@ -210,10 +214,13 @@ def materialize_parallel(
     parallel: int,
     lock_fd: int | None = None,
     healthy: Callable[[], str | None] | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[RunRecord]:
     """Materialize each ``(selection, partition)`` in its own run, up to ``parallel`` runs at
-    once (their steps go wherever the executor sends them: Celery workers). One line per run
-    as it starts and ends; the stages' own messages are in the workers' logs. When a run
+    once, in the order given; ``env`` is added to each run's environment. Their steps go
+    wherever the executor sends them: Celery workers, whose logs hold the stages' messages, or
+    the run's own process, whose stage lines are shown prefixed with the partition. One line
+    per run as it starts and ends. When a run
     fails, the runs already going finish and no new one starts; when this process is
     interrupted, or ``healthy`` returns why the runs cannot go on (every worker is gone),
     every run going is stopped as :func:`materialize` stops one."""
@@ -225,7 +232,14 @@ def materialize_parallel(
     def one(selection: str, key: str) -> RunRecord:
         print(f"  … [{key}]", flush=True)
         record = materialize(
-            selection, warehouse, key, echo=False, lock_fd=lock_fd, started=started[key]
+            selection,
+            warehouse,
+            key,
+            echo=False,
+            lock_fd=lock_fd,
+            started=started[key],
+            env=env,
+            prefix=f"[{key}] ",
         )
         print(f"  ✓ [{key}]  {record.seconds:.1f}s", flush=True)
         return record
@@ -266,12 +280,19 @@ def materialize_parallel(
 
 
 def _follow(
-    proc: subprocess.Popen, handle, warehouse: Warehouse, followed: dict, *, echo: bool
+    proc: subprocess.Popen,
+    handle,
+    warehouse: Warehouse,
+    followed: dict,
+    *,
+    echo: bool,
+    prefix: str | None = None,
 ) -> None:
     """Copy the run's output to its log file, record its run id (also in ``followed``), and
-    show its stages."""
+    show its stages (``prefix``: as lines that start with it, see :func:`materialize`)."""
     assert proc.stdout is not None
-    display = StageDisplay(sys.stdout)
+    display = StageDisplay(sys.stdout, prefix=prefix or "")
+    show = echo or prefix is not None
     blocked: set[str] = set()
     try:
         for line in proc.stdout:
@@ -280,11 +301,12 @@ def _follow(
             if "run_id" not in followed and (found := _RUN_ID.search(line)):
                 followed["run_id"] = found["run"]
                 _record_run(warehouse, found["run"], proc.pid)
-            if not echo:
+            if not show:
                 continue
             if (wait := _BLOCKED.search(line)) and wait["pool"] not in blocked:
                 blocked.add(wait["pool"])
-                print(f"      waiting for a slot of pool {wait['pool']} ...", flush=True)
+                waiting = f"{prefix or ''}waiting for a slot of pool {wait['pool']} ..."
+                print(f"      {waiting}", flush=True)
             if match := _INFO.search(line.rstrip("\n")):
                 display.message(match["step"], match["msg"])
     finally:

@@ -114,6 +114,11 @@ def partition_key(data_size: int, seed: int) -> str:
     return f"{data_size}|{seed}"
 
 
+def data_size_of(key: str) -> int:
+    """The data size of a :func:`partition_key`."""
+    return int(key.split("|", 1)[0])
+
+
 def partition_keys(config: ExperimentConfig) -> list[str]:
     """Every partition key of the sweep, smallest data size first."""
     return [partition_key(size, seed) for size, seed in config.partition_keys]

@@ -69,9 +69,14 @@ class StageDisplay:
         interactive: bool | None = None,
         min_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        prefix: str = "",
     ) -> None:
         self.out = out
+        # Before each stage's name: which run a line is of, where several share the terminal,
+        # so bars (which redraw one line each) would overwrite each other's: lines only.
+        self.prefix = prefix
         self.interactive = out.isatty() if interactive is None else interactive
+        self.interactive = self.interactive and not prefix
         # No tqdm monitor thread: the launcher forks runs, and a fork beside a thread can hang.
         tqdm.monitor_interval = 0
         # Phases shorter than this get no line of their own when bars cannot be drawn.
@@ -85,7 +90,7 @@ class StageDisplay:
         """One log message of ``step``: a progress update, or a line to show."""
         progress = parse_progress(text)
         if progress is None:
-            self._print(f"      {step}: {text}")
+            self._print(f"      {self.prefix}{step}: {text}")
             return
         done, total, unit, figures = progress
         previous = self.last.get(step)
@@ -135,7 +140,8 @@ class StageDisplay:
             return
         rate = done / seconds
         self._print(
-            f"      {step}: {done}/{total} {unit} in {seconds:.1f}s ({rate:,.1f}/s) {figures}"
+            f"      {self.prefix}{step}: {done}/{total} {unit} in {seconds:.1f}s ({rate:,.1f}/s) "
+            f"{figures}"
         )
 
     def _print(self, line: str) -> None:
@@ -146,11 +152,13 @@ class StageDisplay:
             self.out.flush()
 
 
-def runs_table(runs: list[tuple[str, float]]) -> str:
-    """The runs of a study and their wall time, as an aligned text table."""
-    width = max([len("run")] + [len(label) for label, _ in runs])
+def runs_table(runs: list[tuple[str, float]], wall: float | None = None) -> str:
+    """The runs of a study and their wall time, as an aligned text table. ``all`` is their sum,
+    or ``wall`` where given: the wall clock of runs that overlapped."""
+    total = sum(seconds for _, seconds in runs) if wall is None else wall
+    last = "all" if wall is None else "all (wall clock)"
+    width = max([len("run"), len(last)] + [len(label) for label, _ in runs])
     lines = [f"{'run'.ljust(width)}  {'seconds':>8}", f"{'-' * width}  {'-' * 8}"]
     lines += [f"{label.ljust(width)}  {seconds:8.1f}" for label, seconds in runs]
-    total = sum(seconds for _, seconds in runs)
-    lines.append(f"{'all'.ljust(width)}  {total:8.1f}")
+    lines.append(f"{last.ljust(width)}  {total:8.1f}")
     return "\n".join(lines)

@@ -66,6 +66,13 @@ def check_broker(broker: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
+def threads_per_process(count: int, threads: int | None = None) -> int:
+    """Torch threads for each of ``count`` processes sharing this machine: ``threads`` when
+    given, else this machine's cores over ``count`` (at least one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return threads or max(1, cores // count)
+
+
 def run_worker(
     broker: str, *, name: str, threads: int, process_per_step: bool, logfile: Path | None
 ) -> int:
@@ -121,8 +128,7 @@ class LocalWorkers:
         from synthdata_assets.orchestrate import die_with_parent
         from warehouse.lock import LOCK_FD_ENV
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        threads = threads or max(1, cores // count)
+        threads = threads_per_process(count, threads)
         logs.mkdir(parents=True, exist_ok=True)
         procs, files = [], []
         # A Ctrl-C (or any error) between two starts would lose the workers already started

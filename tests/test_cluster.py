@@ -1,4 +1,5 @@
-"""Beyond one process: a Postgres instance, partitions on Celery workers, partition claims.
+"""Beyond one process: a Postgres instance, partitions on Celery workers or in parallel runs,
+partition claims.
 
 The services are real: a Postgres server (``initdb`` + ``pg_ctl`` in a temporary folder) and a
 Redis server, started here and stopped after the module. A missing server program fails the
@@ -238,6 +239,32 @@ def test_two_workers_on_postgres_give_the_tables_of_a_sequential_run(
     )
     assert other.returncode == 2
     assert f"holds the Dagster instance of the warehouse {parallel}" in other.stderr
+
+
+@pytest.mark.slow
+def test_parallel_runs_without_a_broker_give_the_tables_of_a_sequential_run(
+    tmp_path: Path,
+) -> None:
+    """``execution.parallel_runs: 2`` without a broker: both partitions at once, each its own
+    run and process at the torch threads asked for, every table equal to a one-run-at-a-time
+    study's, and the runs table's total the wall clock."""
+    parallel, sequential = tmp_path / "parallel", tmp_path / "sequential"
+    config = tmp_path / "parallel.yaml"
+    config.write_text("execution: {parallel_runs: 2}\n")
+    out = _synthdata(_env(parallel, SYNTHDATA_CONFIG=str(config)), "run", "--threads", "1")
+    assert "2 partitions, 2 at a time, the largest first (1 torch thread(s) each)" in out
+    assert "[64|0] sft_model: training on" in out  # stage lines, named by their partition
+    assert "\nall (wall clock) " in out
+    _synthdata(_env(sequential), "run")
+    assert _differences(parallel, sequential) == []
+
+    for key in ("32_0", "64_0"):
+        (log,) = (parallel / "reports" / "logs").glob(f"*__{key}.log")
+        assert "device cpu (1 torch thread(s))" in log.read_text()
+    with dg.DagsterInstance.from_config(str(parallel / "dagster")) as instance:
+        runs = {r.tags.get("dagster/partition"): r for r in instance.get_runs()}
+        a, b = (instance.get_run_record_by_id(runs[k].run_id) for k in ("32|0", "64|0"))
+    assert a.start_time < b.end_time and b.start_time < a.end_time  # the partitions overlapped
 
 
 @pytest.mark.slow

@@ -283,3 +283,28 @@ def test_run_materializes_the_sft_reference_partitions_after_the_studys(
     assert calls == [(",".join(PARTITION_STAGES), "32|0"), ("sft_reference", "64|0")]
     labels = [cli._run_label(r, {"64|0"}) for r in records]
     assert labels == ["partition 32|0", "sft reference 64|0"]
+
+
+def test_parallel_runs_start_with_the_largest_partition_and_report_in_the_studys_order(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from synthdata_assets import cli, orchestrate
+
+    config = load_config("tiny", overrides={"data_sizes": [16, 32], "sft_reference_sizes": [64]})
+    given = {}
+
+    def launched(jobs, _warehouse, *, parallel, env=None, **_options):
+        given.update(keys=[key for _, key in jobs], parallel=parallel, env=env)
+        return [orchestrate.RunRecord(s, k, 1.0, Path("run.log")) for s, k in reversed(jobs)]
+
+    monkeypatch.setattr(orchestrate, "materialize_parallel", launched)
+    every_stage = (lambda stages, key=None: list(stages), lambda stages, key=None: [])
+    records = cli._partitions(config, every_stage, warehouse, {}, 2, None, threads=1)
+    assert given == {
+        "keys": ["64|0", "32|0", "16|0"],
+        "parallel": 2,
+        "env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    }
+    assert [r.partition for r in records] == ["16|0", "32|0", "64|0"]

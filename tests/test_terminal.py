@@ -64,3 +64,21 @@ def test_an_interactive_display_draws_bars() -> None:
 def test_runs_table_totals_the_runs() -> None:
     table = runs_table([("setup", 10.0), ("partition 250|0", 2.5)])
     assert table.splitlines()[-1].split() == ["all", "12.5"]
+
+
+def test_runs_that_overlapped_are_totalled_by_the_wall_clock() -> None:
+    table = runs_table([("partition 250|0", 10.0), ("partition 500|0", 12.5)], wall=13.0)
+    assert table.splitlines()[-1].split() == ["all", "(wall", "clock)", "13.0"]
+
+
+def test_a_prefixed_display_names_the_run_on_every_line_and_draws_no_bars() -> None:
+    out = io.StringIO()
+    ticks = iter([0.0, 5.0])
+    display = StageDisplay(out, interactive=True, prefix="[250|0] ", clock=lambda: next(ticks))
+    display.message("sft_model", "training on 10 examples")
+    display.message("sft_model", "progress: 5/10 updates loss=1.2")
+    display.message("sft_model", "progress: 10/10 updates loss=0.8")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "      [250|0] sft_model: training on 10 examples"
+    assert lines[1].startswith("      [250|0] sft_model: 10/10 updates in 5.0s")
+    assert len(lines) == 2

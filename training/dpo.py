@@ -281,7 +281,7 @@ def train_dpo(
     run.emit(
         f"DPO (beta {beta}{rpo}) on {len(pairs)} pairs ({counts['dropped']} dropped as longer than "
         f"{max_seq_len} tokens, {counts['zero_weight']} of weight 0): {run.plan}, "
-        f"device {run.device}, {run.precision}"
+        f"{run.where}, {run.precision}"
     )
     last_epoch = _run_updates(run, beta, sft_weight)
     preference = {

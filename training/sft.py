@@ -117,7 +117,7 @@ def train_sft(
         run.prepare(model, slots, batches, lambda batch: _collate_slots(batch, kept, pad_id))
     run.emit(
         f"training on {len(kept)} examples ({dropped} dropped as longer than {max_seq_len} "
-        f"tokens): {run.plan}, device {run.device}, {run.precision}"
+        f"tokens): {run.plan}, {run.where}, {run.precision}"
     )
 
     def loss_function(model: torch.nn.Module, batch: dict[str, torch.Tensor]):

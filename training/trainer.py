@@ -352,6 +352,14 @@ class TrainingRun:
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    @property
+    def where(self) -> str:
+        """The device, for the run's first log line; on a CPU with its torch thread count,
+        which sets the speed and the order of float sums."""
+        if self.device.type == "cpu":
+            return f"device cpu ({torch.get_num_threads()} torch thread(s))"
+        return f"device {self.device}"
+
     def emit(self, message: str) -> None:
         """Log ``message`` from the main process."""
         if self.log is not None and self.accelerator.is_main_process:
