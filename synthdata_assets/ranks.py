@@ -43,7 +43,6 @@ from typing import Any
 from synthdata_assets.models import seeded
 from synthdata_assets.orchestrate import die_with_parent
 from synthdata_assets.terminal import PROGRESS_MARK, parse_progress, progress_logger
-from training.memory import return_freed_memory
 from training.progress import Progress, no_progress
 from training.trainer import SHARDING_ENV, Sharding, is_main_rank
 
@@ -64,12 +63,7 @@ def call(
     ranks sharing the model as ``sharding`` says (see the module docstring); its result
     (rank 0's)."""
     if processes <= 1:
-        try:
-            return train(folder=folder, seed=seed, log=log, progress=progress)
-        finally:
-            # The trainer's model, optimizer and activations are garbage now: the stages after
-            # it in this process should not stack their peaks on top of its.
-            return_freed_memory()
+        return train(folder=folder, seed=seed, log=log, progress=progress)
     folder.parent.mkdir(parents=True, exist_ok=True)
     spec, result = (folder.parent / f".{folder.name}.ranks-{part}.pkl" for part in ("in", "out"))
     result.unlink(missing_ok=True)
