@@ -10,7 +10,7 @@ grew from 0.6 GB to 2.2 GB over its stages. torch has no call for this on the CP
 engine closes (``synthdata_assets/defs/resources.py``): on the demo's 500-problem run that
 took the heap from 1.14 GB after the rollouts to 0.77 GB before DPO, and the run's peak from
 1.61 to 1.41 GB. After a training run it returned little (tens of MB) and made the next
-training stage a few percent slower, since its working set had to be faulted back in: so
+DPO stage 1-2 s slower (of 15-18 s), its working set faulted back in: so
 not there.
 """
 
