@@ -144,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from synthdata_assets.orchestrate import claim_instance, recover_dead_runs, stop_on_sigterm
     from synthdata_assets.preflight import check_data, check_devices, usable_warehouse
     from synthdata_assets.workers import BrokerUnreachable, check_broker, threads_per_process
-    from training.checkpoint import remove_partial_checkpoints
+    from training.folders import remove_partial_checkpoints
     from warehouse.instance import InstanceOwnedElsewhere, write_instance_settings
     from warehouse.lock import WarehouseBusy, WarehouseLock
 

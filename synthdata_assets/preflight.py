@@ -61,20 +61,24 @@ def check_devices(config: ExperimentConfig, gpus: int | None = None) -> None:
     on the workers' machines)."""
     if config.execution.broker:
         return
+    execution = config.execution
+    engines = {config.sampling.backend, config.credit.rollout_backend}
+    needed = execution.data_parallel_size * execution.tensor_parallel_size
+    if execution.train_processes <= 1 and ("vllm" not in engines or needed <= 1):
+        # One GPU or none suffices: nothing to check, and no torch to import into the
+        # launcher, which stays alive beside every run.
+        return
     if gpus is None:
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not gpus:
         return
-    execution = config.execution
     if execution.train_processes > gpus:
         raise PreflightError(
             f"execution.train_processes {execution.train_processes} asks for a GPU per "
             f"training rank, and {gpus} are visible; set it to at most {gpus}"
         )
-    engines = {config.sampling.backend, config.credit.rollout_backend}
-    needed = execution.data_parallel_size * execution.tensor_parallel_size
     if "vllm" in engines and needed > gpus:
         raise PreflightError(
             f"execution.data_parallel_size {execution.data_parallel_size} x "

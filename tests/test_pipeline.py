@@ -308,3 +308,26 @@ def test_parallel_runs_start_with_the_largest_partition_and_report_in_the_studys
         "env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     }
     assert [r.partition for r in records] == ["16|0", "32|0", "64|0"]
+
+
+def test_the_launcher_imports_no_torch() -> None:
+    """``synthdata run`` stays alive beside every run it launches and holds no model: its
+    checks and clean-up must not pull torch and transformers (0.3 GB) into it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from synthdata_assets import cli, orchestrate, preflight, study, workers\n"
+        "from synthdata_assets.config import load_config\n"
+        "from training.folders import remove_partial_checkpoints\n"
+        "from warehouse import instance, lock\n"
+        "config = load_config('demo')\n"
+        "preflight.check_data(config)\n"
+        "preflight.check_devices(config)\n"
+        "study.stage_fingerprints(config)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

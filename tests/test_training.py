@@ -29,10 +29,10 @@ from training.checkpoint import (
     load_for_training,
     load_model_reference,
     read_meta,
-    remove_partial_checkpoints,
     save_checkpoint,
 )
 from training.config import ModelConfig, TrainingConfig
+from training.folders import remove_partial_checkpoints
 from training.model import build_tiny_llama, count_parameters
 from training.prompts import format_example, format_prompt
 from training.sft import IGNORE_INDEX, collate_examples, encode_example, train_sft

@@ -12,7 +12,8 @@ Atomic writes
 ``.NAME.partial-PID-RANDOM`` and renames it to ``NAME`` only once complete. An exception
 removes the partial folder; a killed process can leave one behind, never a half-written
 folder under the final name, so "the folder exists" means "the checkpoint is complete".
-Leftover ``.*.partial-*`` folders are safe to delete. Replacing an existing checkpoint
+Leftover ``.*.partial-*`` folders are safe to delete
+(:func:`training.folders.remove_partial_checkpoints`). Replacing an existing checkpoint
 moves the old one aside first and deletes it after the rename; a crash in between leaves
 no folder under the final name (and the old one under ``.NAME.old-*``), never a mix.
 On several processes, only the main process should call it.
@@ -42,6 +43,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from training.folders import old_folder, partial_folder
+
 META_FILE = "meta.json"
 
 Dtype = str | torch.dtype | None
@@ -67,14 +70,14 @@ def save_checkpoint(
     meta_text = json.dumps(meta, indent=2, sort_keys=True, default=str)
     final.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial = final.parent / f".{final.name}.partial-{tag}"
+    partial = partial_folder(final, tag)
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         (partial / META_FILE).write_text(meta_text + "\n")
         _readable_as_usual(partial)
         if final.exists():
-            old = final.parent / f".{final.name}.old-{tag}"
+            old = old_folder(final, tag)
             final.rename(old)
             partial.rename(final)
             shutil.rmtree(old, ignore_errors=True)
@@ -95,19 +98,6 @@ def _readable_as_usual(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
             path.chmod(0o666 & ~umask)
-
-
-def remove_partial_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
-    """Delete the ``.NAME.partial-*`` and ``.NAME.old-*`` folders that killed writers left
-    under ``root``. Only safe while no checkpoint is being written there (the warehouse lock
-    is held). Returns what it removed."""
-    removed = []
-    for pattern in (".*.partial-*", ".*.old-*"):
-        for path in Path(root).rglob(pattern):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    return removed
 
 
 def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
