@@ -12,7 +12,6 @@ from synthdata_assets import study
 from synthdata_assets.config import ExperimentConfig
 from synthdata_assets.rollouts import rollout_backend
 from training.generation import Completion, Generator, SamplingParams, make_generator
-from training.memory import return_freed_memory
 from training.progress import Progress
 from warehouse import Warehouse
 from warehouse.io_manager import ParquetIOManager
@@ -39,8 +38,6 @@ class _OnFirstUse:
         if close is not None:
             close()
         self._generator = None
-        # The engine's model and caches are garbage now (training/memory.py says why).
-        return_freed_memory()
 
     def generate(
         self, prompts: Sequence[str], params: SamplingParams, *, progress: Progress | None = None

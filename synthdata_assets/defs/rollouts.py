@@ -15,6 +15,7 @@ from synthdata_assets.defs.resources import GeneratorResource
 from synthdata_assets.defs.study import current_partition, study_partitions
 from synthdata_assets.steps import resolve_rule
 from synthdata_assets.terminal import progress_logger
+from training.memory import return_freed_memory
 from warehouse import Warehouse
 
 GROUP = "credit"
@@ -62,6 +63,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
                 progress=progress_logger(context.log.info, "prompts"),
                 journal=journal,
             )
+        return_freed_memory()  # the engine's caches, before DPO trains (training/memory.py)
         return dg.Output(
             table,
             metadata={

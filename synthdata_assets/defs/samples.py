@@ -10,6 +10,7 @@ from synthdata_assets.defs.resources import GeneratorResource
 from synthdata_assets.defs.study import current_partition, study_partitions
 from synthdata_assets.problems import training_subset
 from synthdata_assets.terminal import progress_logger
+from training.memory import return_freed_memory
 
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
@@ -43,6 +44,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
                 answer_format=config.answer_format,
                 progress=progress_logger(context.log.info, "prompts"),
             )
+        return_freed_memory()  # the engine's caches, before RFT trains (training/memory.py)
         return dg.Output(table, metadata=samples.sample_summary(table))
 
     return [policy_samples]
