@@ -348,7 +348,7 @@ def test_a_failed_run_reports_its_own_log_lines(tmp_path: Path, monkeypatch) -> 
         def __exit__(self, *_exc) -> None:
             pass
 
-    def follow(proc, handle, warehouse, followed, *, echo) -> None:
+    def follow(proc, handle, warehouse, followed, *, echo, prefix=None) -> None:
         handle.write("refused: partition 32|0 is being written by run r1\n")
         log = warehouse.reports / "logs" / "sft_model__32_0.log"
         (log.parent / "previous").mkdir(exist_ok=True)
