@@ -341,7 +341,8 @@ class ExecutionConfig(Section):
         "machine's cores over parallel_runs torch threads (`--threads T` sets them). A model "
         "this small uses a second thread poorly, so on 2 cores two one-thread runs finish a "
         "study about 1.6x sooner than one two-thread run, with the same tables "
-        "(docs/benchmarks.md). Each run holds a model in memory. With a GPU, keep 1 per GPU. "
+        "(docs/benchmarks.md). Each run holds a model in memory. On one GPU keep 1: the runs "
+        "would share it. "
         "With a broker, accelerator_slots and the workers decide instead.",
     )
     broker: str | None = Field(

@@ -220,10 +220,10 @@ def materialize_parallel(
     once, in the order given; ``env`` is added to each run's environment. Their steps go
     wherever the executor sends them: Celery workers, whose logs hold the stages' messages, or
     the run's own process, whose stage lines are shown prefixed with the partition. One line
-    per run as it starts and ends. When a run
-    fails, the runs already going finish and no new one starts; when this process is
-    interrupted, or ``healthy`` returns why the runs cannot go on (every worker is gone),
-    every run going is stopped as :func:`materialize` stops one."""
+    per run as it starts and ends. When a run fails, the runs already going finish and no new
+    one starts; when this process is interrupted, or ``healthy`` returns why the runs cannot
+    go on (every worker is gone), every run going is stopped as :func:`materialize` stops
+    one."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     _python_handles_ctrl_c()
