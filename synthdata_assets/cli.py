@@ -335,12 +335,14 @@ def _partitions(
     the current settings. Returns the runs in the study's order."""
     from synthdata_assets import study
     from synthdata_assets.orchestrate import RunFailed, materialize, materialize_parallel
+    from synthdata_assets.workers import thread_env
 
     stale, outdated = judges
     jobs = []
     # The study's partitions, then those of SFT alone past its largest size.
-    reference = set(study.reference_partition_keys(config))
-    for key in study.partition_keys(config) + study.reference_partition_keys(config):
+    references = study.reference_partition_keys(config)
+    reference = set(references)
+    for key in study.partition_keys(config) + references:
         stages = _stages_of(key, reference)
         todo = stale(stages, key)
         if not todo:
@@ -357,9 +359,7 @@ def _partitions(
         # The largest partitions first, so that the last to finish is a small one: the sizes
         # are what the runs' times scale with.
         order = sorted(jobs, key=lambda job: -study.data_size_of(job[1]))
-        env = None
-        if threads is not None:
-            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = None if threads is None else thread_env(threads)
         done = materialize_parallel(
             order, warehouse, parallel=parallel, healthy=healthy, env=env, **launch
         )

@@ -73,6 +73,11 @@ def threads_per_process(count: int, threads: int | None = None) -> int:
     return threads or max(1, cores // count)
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment that gives a process ``threads`` torch threads (read as torch starts)."""
+    return {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 def run_worker(
     broker: str, *, name: str, threads: int, process_per_step: bool, logfile: Path | None
 ) -> int:
@@ -84,8 +89,7 @@ def run_worker(
     and keeps torch and the code imported between them."""
     from warehouse.lock import WORKER_ENV
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
+    os.environ.update(thread_env(threads))
     os.environ[WORKER_ENV] = name
     os.environ[BROKER_ENV] = broker
     check_broker(broker)
