@@ -549,8 +549,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # A chain solution is at most ~90 tokens; the rest of the 320 is for the prompt.
         "sampling": {"eval_samples": 1, "max_new_tokens": 100},
         # SFT at 2e-3 pulled an earlier base from 6.7% to 1.3% at 250 problems (laptop-study.md).
-        "training": {"learning_rate": 5e-4},
-        "credit": {"max_negatives_per_problem": 1},
+        # Per-step DPO and plain DPO on the same four negatives per problem, each pair with the
+        # chosen side's NLL beside its DPO loss (RPO): better than one negative without it in
+        # 11 of 12 cells of the embedded preset on pool 0, and on pool 7 (laptop-study.md,
+        # "The DPO stages' defaults"); plain DPO without it collapsed below its base.
+        "training": {"learning_rate": 5e-4, "dpo_sft_weight": 1.0},
+        "credit": {"max_negatives_per_problem": 4},
         # Two one-thread runs on a 2-core laptop (the budget the demo is made for).
         "execution": {"parallel_runs": 2},
     },
@@ -560,8 +564,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "task": {"n_train_pool": 2000, "n_test": 1000},
         "model": {"name": "embedded-base", "max_seq_len": 320},
         "sampling": {"eval_samples": 1, "max_new_tokens": 100},
-        "training": {"learning_rate": 5e-4},
-        "credit": {"max_negatives_per_problem": 1},
+        "training": {"learning_rate": 5e-4, "dpo_sft_weight": 1.0},
+        "credit": {"max_negatives_per_problem": 4},
         "execution": {"parallel_runs": 2},
     },
     # The didactic study (docs/didactic.md): path-star graphs learnt from scratch, as in
