@@ -53,9 +53,11 @@ The control without negatives
 (:func:`without_negatives`): the same pairs, twins, weights, schedule, learning rate and
 updates from pi_sft, with each rejected side set to its chosen side, so that the DPO term is
 ``log 2`` with no gradient and only the chosen side's NLL trains (weight
-``training.dpo_sft_weight``, or 1 where that is 0: :func:`control_training`). Per-step DPO
-minus this control is what the negatives add over imitating the chosen sides, pi_sft's own
-correct solutions. On the laptop study's base the control was ahead (docs/laptop-study.md).
+``training.dpo_sft_weight``, or 1 where that is 0: :func:`control_training`); each sequence is
+scored once for both sides (:mod:`training.dpo`), so the control costs half a DPO stage.
+Per-step DPO minus this control is what the negatives add over imitating the chosen sides,
+pi_sft's own correct solutions. On the laptop study's base the control was ahead
+(docs/laptop-study.md).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: nothing may download
 
 import copy
+import dataclasses
 import math
 import random
 
@@ -38,6 +39,7 @@ from synthdata_assets.tasks.embedded import (
     oracle_solution,
     step_labels,
 )
+from training import dpo as dpo_module
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import ModelConfig, TrainingConfig
 from training.dpo import (
@@ -580,3 +582,35 @@ def test_the_chosen_nll_term_starts_at_log_2_plus_alpha_nll_and_holds_the_chosen
     assert rpo_stats.chosen_logp_change > plain_stats.chosen_logp_change
     with pytest.raises(ValueError, match="sft_weight"):
         _train(copy.deepcopy(start), tokenizer, pairs, sft_weight=-1.0)
+
+
+def test_pairs_whose_rejected_side_is_their_chosen_side_are_scored_once_for_the_same_training(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferenceExample],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The nll_control method's pairs: every rejected side its chosen side. Scored once, they
+    # must train as scoring both copies does (the DPO term cancels), up to float rounding.
+    mirrored = [
+        dataclasses.replace(p, rejected=p.chosen, rejected_has_eos=p.chosen_has_eos) for p in pairs
+    ]
+    start = build_tiny_llama(TINY, tokenizer, seed=0)
+    once, twice = copy.deepcopy(start), copy.deepcopy(start)
+    messages: list[str] = []
+    fast = _train(once, tokenizer, mirrored, epochs=3, sft_weight=1.0, log=messages.append)
+    assert any("scored once" in m for m in messages)
+    monkeypatch.setattr(dpo_module, "_mirrored", lambda _pairs: False)
+    slow = _train(twice, tokenizer, mirrored, epochs=3, sft_weight=1.0)
+    assert fast.steps == slow.steps and fast.examples == slow.examples
+    assert fast.losses == pytest.approx(slow.losses, rel=1e-4)
+    assert fast.chosen_logp_change == fast.rejected_logp_change > 0
+    assert fast.chosen_logp_change == pytest.approx(slow.chosen_logp_change, rel=1e-3)
+    assert (fast.reward_accuracy, fast.mean_margin) == (0.0, 0.0)
+    # Adam divides by the gradient's scale, so a weight whose gradient is near 0 shows the
+    # rounding of the two copies' cancelled gradients: 1e-4 apart at most.
+    for a, b in zip(once.parameters(), twice.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # One pair whose sides differ takes the usual path.
+    mixed = [mirrored[0], pairs[1]]
+    monkeypatch.undo()
+    assert not dpo_module._mirrored(dpo_module._encode_pairs(tokenizer, mixed, None, 256)[0])

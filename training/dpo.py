@@ -77,6 +77,16 @@ pair's ``log pi - log ref`` of the chosen and of the rejected response (summed o
 completion tokens, as in the loss), averaged over the trained pairs (unweighted). DPO can
 raise the margin by lowering both; these two say which side moved.
 
+Pairs whose rejected side is their chosen side
+----------------------------------------------
+Where every pair's rejected sequence equals its chosen one (the ``nll_control`` method of the
+preference stage), the DPO term is ``log 2`` with no gradient: ``(log pi(y) - log ref(y))``
+appears on both sides and cancels. Each sequence is then scored once, not twice, in the
+reference pass, in training and after it, and the one score serves as both sides, so the
+margins are exactly 0 and only the NLL term trains. This halves that method's forward and
+backward passes; the objective is the same, and its figures differ from scoring both copies
+only by float rounding (the two copies' gradients cancelled up to rounding).
+
 ``log`` gets a line for the reference pass, one when training starts, one when it ends and
 one for the scoring pass after it;
 ``progress`` (a :class:`training.progress.Progress`) is called after every update with the
@@ -250,6 +260,7 @@ def train_dpo(
         raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
     trainer.check_budget(max_steps, micro_batch_size)
     pairs, counts = _encode_pairs(tokenizer, examples, weights, max_seq_len)
+    mirrored = _mirrored(pairs)
     if max_steps == 0:
         return DPOStats(**trainer.run_summary([], 1, 0, 0.0), **counts)
     # The DPO step size, epochs and batch size in place of the supervised ones.
@@ -267,29 +278,34 @@ def train_dpo(
         pad_id,
         run=run,
         restore_device=reference_model is not None,
+        mirrored=mirrored,
     )
     reference_seconds = time.perf_counter() - reference_start
-    tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
+    sides = (lambda p: [p.chosen]) if mirrored else (lambda p: [p.chosen, p.rejected])
+    tokens = sum(len(side.input_ids) for p in pairs for side in sides(p))
     run.emit(
         f"reference log-probs of {len(pairs)} pairs in {reference_seconds:.1f}s "
         f"({tokens / max(reference_seconds, 1e-9):,.0f} tokens/s)"
     )
     slots, batches = _weighted_slots(pairs, run, seed)
-    collate = functools.partial(_collate, pairs=pairs, reference=reference, pad_id=pad_id)
+    collate = functools.partial(
+        _collate, pairs=pairs, reference=reference, pad_id=pad_id, mirrored=mirrored
+    )
     run.prepare(model, slots, batches, collate)
     rpo = f", chosen NLL x {sft_weight}" if sft_weight else ""
+    same = ", every rejected side its chosen side: scored once, DPO term log 2" if mirrored else ""
     run.emit(
         f"DPO (beta {beta}{rpo}) on {len(pairs)} pairs ({counts['dropped']} dropped as longer than "
-        f"{max_seq_len} tokens, {counts['zero_weight']} of weight 0): {run.plan}, "
+        f"{max_seq_len} tokens, {counts['zero_weight']} of weight 0{same}): {run.plan}, "
         f"{run.where}, {run.precision}"
     )
-    last_epoch = _run_updates(run, beta, sft_weight)
+    last_epoch = _run_updates(run, beta, sft_weight, mirrored=mirrored)
     preference = {
         "reward_accuracy": float(last_epoch[1] / last_epoch[0]),
         "mean_margin": float(last_epoch[2] / last_epoch[0]),
     }
     summary = run.finish(**preference)
-    moved = _logprob_changes(run.place(model), pairs, reference, pad_id, run=run)
+    moved = _logprob_changes(run.place(model), pairs, reference, pad_id, run=run, mirrored=mirrored)
     run.consolidate()
     return DPOStats(**summary, **counts, **preference, **moved, reference_seconds=reference_seconds)
 
@@ -301,11 +317,12 @@ def _logprob_changes(
     pad_id: int,
     *,
     run: trainer.TrainingRun,
+    mirrored: bool = False,
 ) -> dict[str, float]:
     """The trained policy's mean ``log pi - log ref`` of the chosen and of the rejected
     responses over ``pairs`` (``DPOStats.chosen_logp_change``, ``rejected_logp_change``)."""
     start = time.perf_counter()
-    after = _pair_logprobs(model, pairs, pad_id, run=run, restore_device=False)
+    after = _pair_logprobs(model, pairs, pad_id, run=run, restore_device=False, mirrored=mirrored)
     chosen, rejected = (after - reference).double().mean(0).tolist()
     run.emit(
         f"policy log-probs after training, {len(pairs)} pairs in "
@@ -356,6 +373,12 @@ def _encode_pairs(
     return pairs, {"examples": len(pairs), "dropped": dropped, "zero_weight": zero_weight}
 
 
+def _mirrored(pairs: Sequence[_Pair]) -> bool:
+    """Whether every pair's rejected sequence is its chosen one (see "Pairs whose rejected
+    side is their chosen side")."""
+    return all(pair.chosen == pair.rejected for pair in pairs)
+
+
 def _weighted_slots(
     pairs: Sequence[_Pair], run: trainer.TrainingRun, seed: int
 ) -> tuple[list[_Slot], list[list[int]]]:
@@ -379,11 +402,17 @@ def _weighted_slots(
 
 
 def _collate(
-    batch: Sequence[_Slot], *, pairs: Sequence[_Pair], reference: torch.Tensor, pad_id: int
+    batch: Sequence[_Slot],
+    *,
+    pairs: Sequence[_Pair],
+    reference: torch.Tensor,
+    pad_id: int,
+    mirrored: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """A micro-batch: chosen rows then rejected rows, with each pair's reference, weight, scale."""
+    """A micro-batch: chosen rows then rejected rows (``mirrored``: the chosen rows alone), with
+    each pair's reference, weight, scale."""
     chosen = [pairs[slot.pair].chosen for slot in batch]
-    rejected = [pairs[slot.pair].rejected for slot in batch]
+    rejected = [] if mirrored else [pairs[slot.pair].rejected for slot in batch]
     collated = collate_examples([*chosen, *rejected], pad_id)
     index = torch.tensor([slot.pair for slot in batch])
     collated["reference"] = reference[index]
@@ -392,9 +421,12 @@ def _collate(
     return collated
 
 
-def _run_updates(run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0) -> torch.Tensor:
+def _run_updates(
+    run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0, *, mirrored: bool = False
+) -> torch.Tensor:
     """Run every update; return ``[pairs, chosen reward higher, sum of margins]`` over the last
-    epoch's updates, summed over processes."""
+    epoch's updates, summed over processes. ``mirrored``: the batches hold the chosen rows
+    alone, which score both sides."""
     plan = run.plan
 
     def loss_function(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
@@ -405,7 +437,7 @@ def _run_updates(run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0)
             bf16=run.precision.bf16,
             chunk=run.config.logprob_chunk,
         )
-        chosen, rejected = sums.chunk(2)
+        chosen, rejected = (sums, sums) if mirrored else sums.chunk(2)
         ref = batch["reference"]
         margins = beta * (chosen - ref[:, 0]) - beta * (rejected - ref[:, 1])
         pair_loss = -F.logsigmoid(margins)
@@ -488,9 +520,11 @@ def _pair_logprobs(
     *,
     run: trainer.TrainingRun,
     restore_device: bool,
+    mirrored: bool = False,
 ) -> torch.Tensor:
     """``(pairs, 2)`` log-prob sums (chosen, rejected) under ``scorer``; each process scores
     a share. Used for the reference before any update and for the policy after the last.
+    ``mirrored``: every rejected side is its chosen side, scored once for both.
 
     In eval mode, in the run's precision, a training micro-batch of pairs (twice as many
     sequences) per forward pass; ``restore_device`` moves a separate reference model back
@@ -507,7 +541,8 @@ def _pair_logprobs(
     # Every process runs as many forward passes (each is collective under FSDP): a share one
     # pair short is topped up with pair 0, whose extra scores are dropped.
     topped = mine + [0] * (math.ceil(len(pairs) / processes) - len(mine))
-    sequences = [pairs[i].chosen for i in topped] + [pairs[i].rejected for i in topped]
+    rejected = [] if mirrored else [pairs[i].rejected for i in topped]
+    sequences = [pairs[i].chosen for i in topped] + rejected
     try:
         scores = _score(
             scorer,
@@ -522,7 +557,9 @@ def _pair_logprobs(
         scorer.train(was_training)
     result = torch.zeros(len(pairs), 2, dtype=torch.float32)
     result[mine, 0] = scores[: len(mine)]
-    result[mine, 1] = scores[len(topped) : len(topped) + len(mine)]
+    result[mine, 1] = (
+        scores[: len(mine)] if mirrored else scores[len(topped) : len(topped) + len(mine)]
+    )
     if processes > 1:  # every pair is scored by one process; the others add zeros
         result = accelerator.reduce(result.to(accelerator.device), "sum").cpu()
     if restore_device and original_device != accelerator.device:
