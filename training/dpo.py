@@ -271,21 +271,9 @@ def train_dpo(
         "DPO", len(pairs), dpo_config, max_steps, micro_batch_size, log=log, progress=progress
     )
     pad_id = trainer.pad_token_id(tokenizer)
-    reference_start = time.perf_counter()
-    reference = _pair_logprobs(
-        reference_model if reference_model is not None else run.place(model),
-        pairs,
-        pad_id,
-        run=run,
-        restore_device=reference_model is not None,
-        mirrored=mirrored,
-    )
-    reference_seconds = time.perf_counter() - reference_start
-    sides = (lambda p: [p.chosen]) if mirrored else (lambda p: [p.chosen, p.rejected])
-    tokens = sum(len(side.input_ids) for p in pairs for side in sides(p))
-    run.emit(
-        f"reference log-probs of {len(pairs)} pairs in {reference_seconds:.1f}s "
-        f"({tokens / max(reference_seconds, 1e-9):,.0f} tokens/s)"
+    scorer = reference_model if reference_model is not None else run.place(model)
+    reference, reference_seconds = _reference_pass(
+        scorer, pairs, pad_id, run=run, separate=reference_model is not None, mirrored=mirrored
     )
     slots, batches = _weighted_slots(pairs, run, seed)
     collate = functools.partial(
@@ -308,6 +296,32 @@ def train_dpo(
     moved = _logprob_changes(run.place(model), pairs, reference, pad_id, run=run, mirrored=mirrored)
     run.consolidate()
     return DPOStats(**summary, **counts, **preference, **moved, reference_seconds=reference_seconds)
+
+
+def _reference_pass(
+    scorer: torch.nn.Module,
+    pairs: Sequence[_Pair],
+    pad_id: int,
+    *,
+    run: trainer.TrainingRun,
+    separate: bool,
+    mirrored: bool,
+) -> tuple[torch.Tensor, float]:
+    """The reference log-probs of every pair (:func:`_pair_logprobs`) and the seconds they took,
+    logged with their throughput; ``separate``: ``scorer`` is a reference model apart from the
+    policy, moved back where it came from afterwards."""
+    start = time.perf_counter()
+    reference = _pair_logprobs(
+        scorer, pairs, pad_id, run=run, restore_device=separate, mirrored=mirrored
+    )
+    seconds = time.perf_counter() - start
+    sides = (lambda p: [p.chosen]) if mirrored else (lambda p: [p.chosen, p.rejected])
+    tokens = sum(len(side.input_ids) for p in pairs for side in sides(p))
+    run.emit(
+        f"reference log-probs of {len(pairs)} pairs in {seconds:.1f}s "
+        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"
+    )
+    return reference, seconds
 
 
 def _logprob_changes(
