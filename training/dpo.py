@@ -315,8 +315,9 @@ def _reference_pass(
         scorer, pairs, pad_id, run=run, restore_device=separate, mirrored=mirrored
     )
     seconds = time.perf_counter() - start
-    sides = (lambda p: [p.chosen]) if mirrored else (lambda p: [p.chosen, p.rejected])
-    tokens = sum(len(side.input_ids) for p in pairs for side in sides(p))
+    tokens = sum(
+        len(p.chosen.input_ids) + (0 if mirrored else len(p.rejected.input_ids)) for p in pairs
+    )
     run.emit(
         f"reference log-probs of {len(pairs)} pairs in {seconds:.1f}s "
         f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"
