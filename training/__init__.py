@@ -16,4 +16,11 @@ composes its settings (:mod:`training.config`).
   only when chosen.
 
 The same code runs a ~1M-parameter model on a 2-core laptop and a 7B model on GPUs.
+
+Importing the package caps oneDNN's caches of CPU kernels before any kernel is built
+(:func:`training.memory.bound_kernel_caches`).
 """
+
+from training.memory import bound_kernel_caches
+
+bound_kernel_caches()

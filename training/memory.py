@@ -1,4 +1,5 @@
-"""Giving a sampling stage's freed memory back to the operating system.
+"""Giving a sampling stage's freed memory back to the operating system, and bounding oneDNN's
+caches of CPU kernels.
 
 Every stage of a run shares one process (unless ``execution.process_per_stage``), and each
 peaks on a different working set: SFT's activations, the samplers' KV caches, DPO's pairs.
@@ -22,6 +23,26 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
+
+# oneDNN, which runs torch's bf16 matmuls on the CPU, keeps every kernel it builds in two caches
+# keyed by shape (its own primitive cache and ideep's), 1024 entries each by default. Training
+# batches grouped by length and sampling batches that shrink as sequences finish give nearly
+# every matmul a new shape, so the caches only grow: in the demo a DPO stage's process held
+# about 0.75 GB more with them than with 8 entries each, with no stage slower
+# (docs/benchmarks.md). Entries are reused only within a forward pass of one shape (one
+# decoding step), which a few entries hold.
+KERNEL_CACHE_CAPACITY = 8
+KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def bound_kernel_caches(capacity: int = KERNEL_CACHE_CAPACITY) -> None:
+    """Cap oneDNN's kernel caches at ``capacity`` entries each, where the environment does not
+    set them already. The caches read their capacity when first used, so this counts when it
+    runs before the process's first bf16 matmul (``import training`` runs it); the processes
+    a run starts inherit it."""
+    for name in KERNEL_CACHE_VARIABLES:
+        os.environ.setdefault(name, str(capacity))
 
 
 @functools.cache
