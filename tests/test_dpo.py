@@ -343,8 +343,9 @@ def test_reference_is_computed_once_from_the_start_policy(
         runs[epochs] = (_train(model, tokenizer, pairs, epochs=epochs, reference_model=reference),)
         handle.remove()
         assert _same_weights(reference, base)  # the reference is never trained
-        # 16 pairs = 32 sequences, scored 16 (two micro-batches of pairs) per forward pass.
-        assert len(calls) == 2
+        # 16 pairs, each one packed row, scored 16 (two micro-batches of pairs) per forward
+        # pass: one pass.
+        assert len(calls) == 1
         calls.clear()
         runs[epochs] += (model,)
     # Without a reference model, the policy's own starting weights are the reference.
@@ -600,6 +601,7 @@ def test_pairs_whose_rejected_side_is_their_chosen_side_are_scored_once_for_the_
     fast = _train(once, tokenizer, mirrored, epochs=3, sft_weight=1.0, log=messages.append)
     assert any("scored once" in m for m in messages)
     monkeypatch.setattr(dpo_module, "_mirrored", lambda _pairs: False)
+    monkeypatch.setattr(dpo_module, "_custom_masks", lambda *_models: None)  # two rows a pair
     slow = _train(twice, tokenizer, mirrored, epochs=3, sft_weight=1.0)
     assert fast.steps == slow.steps and fast.examples == slow.examples
     assert fast.losses == pytest.approx(slow.losses, rel=1e-4)
@@ -614,3 +616,80 @@ def test_pairs_whose_rejected_side_is_their_chosen_side_are_scored_once_for_the_
     mixed = [mirrored[0], pairs[1]]
     monkeypatch.undo()
     assert not dpo_module._mirrored(dpo_module._encode_pairs(tokenizer, mixed, None, 256)[0])
+
+
+def test_a_pair_packed_into_one_row_shares_the_tokens_its_sides_begin_with() -> None:
+    ignore = IGNORE_INDEX
+    chosen = dpo_module.EncodedExample([1, 5, 6, 7, 8, 2], [ignore, ignore, ignore, 7, 8, 2])
+    rejected = dpo_module.EncodedExample([1, 5, 6, 7, 9], [ignore, ignore, ignore, 7, 9])
+    packed = dpo_module._Pair(chosen, rejected, 1.0).packed
+    # Both begin with [1, 5, 6, 7]: the rejected side adds its last token only, at position 4.
+    assert packed.input_ids == [1, 5, 6, 7, 8, 2, 9]
+    assert packed.position_ids == [0, 1, 2, 3, 4, 5, 4]
+    assert packed.segments == [0, 0, 0, 0, 1, 1, 2]
+    # Each scored token is predicted where it was in its own sequence: 7 by position 2 on both
+    # sides, the rejected 9 by the shared 7 at position 3.
+    assert list(zip(packed.sources, packed.targets, packed.sides, strict=True)) == [
+        (2, 7, 0),
+        (3, 8, 0),
+        (4, 2, 0),
+        (2, 7, 1),
+        (3, 9, 1),
+    ]
+    # A rejected side that is the start of its chosen side adds no token.
+    cut = dpo_module.EncodedExample([1, 5, 6, 7], [ignore, ignore, ignore, 7])
+    assert dpo_module._Pair(chosen, cut, 1.0).packed.input_ids == chosen.input_ids
+    batch = dpo_module._collate_packed(
+        [packed, dpo_module._Pair(chosen, cut, 1.0).packed], 0, "bool"
+    )
+    mask = batch["attention_mask"]
+    assert mask.shape == (2, 1, 7, 7)
+    # The rejected token sees the shared part and itself, not the chosen side's tail.
+    assert mask[0, 0, 6].tolist() == [True] * 4 + [False, False, True]
+    assert mask[1, 0, 6].tolist() == [True] * 4 + [False, False, True]  # padding: no empty row
+    assert batch["chosen_tokens"].tolist() == [3, 3] and int(batch["tokens"]) == 13
+
+
+@pytest.mark.parametrize(("attention", "chunk"), [("sdpa", None), ("eager", None), ("sdpa", 3)])
+def test_pairs_packed_into_one_row_train_as_two_rows_do(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferenceExample],
+    monkeypatch: pytest.MonkeyPatch,
+    attention: str,
+    chunk: int | None,
+) -> None:
+    # Each pair as one row (its prompt once, 4D mask, positions continued) must train as its
+    # chosen and rejected sequences as two rows do, up to float rounding, under either mask
+    # kind and with the output head run in chunks.
+    start = build_tiny_llama(TINY, tokenizer, seed=0)
+    start.config._attn_implementation = attention
+    packed_model, rows_model = copy.deepcopy(start), copy.deepcopy(start)
+    config = CONFIG.model_copy(update={"logprob_chunk": chunk})
+    messages: list[str] = []
+    options = {"epochs": 2, "sft_weight": 1.0, "config": config}
+    packed = _train(packed_model, tokenizer, pairs, log=messages.append, **options)
+    assert any("each pair one row" in m for m in messages)
+    monkeypatch.setattr(dpo_module, "_custom_masks", lambda *_models: None)
+    rows = _train(rows_model, tokenizer, pairs, **options)
+    assert packed.steps == rows.steps and packed.examples == rows.examples
+    assert packed.losses == pytest.approx(rows.losses, rel=1e-5)
+    for figure in ("reward_accuracy", "mean_margin", "chosen_logp_change", "rejected_logp_change"):
+        assert getattr(packed, figure) == pytest.approx(getattr(rows, figure), rel=1e-4)
+    # Fewer tokens through the model for the same pairs: each prompt once, not twice.
+    assert packed.tokens < 0.8 * rows.tokens
+    # Adam divides by the gradient's scale: a weight whose gradient is near 0 shows the rounding.
+    for a, b in zip(packed_model.parameters(), rows_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_models_without_4d_masks_get_their_pairs_as_two_rows(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    sdpa, eager = (build_tiny_llama(TINY, tokenizer, seed=0) for _ in range(2))
+    eager.config._attn_implementation = "eager"
+    assert dpo_module._custom_masks(sdpa, None) == "bool"
+    assert dpo_module._custom_masks(eager) == "additive"
+    assert dpo_module._custom_masks(sdpa, eager) is None  # one layout must serve both
+    flash = copy.deepcopy(sdpa)
+    flash.config._attn_implementation = "flash_attention_2"
+    assert dpo_module._custom_masks(flash) is None

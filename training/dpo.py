@@ -54,7 +54,8 @@ Batches, schedule, devices
 --------------------------
 As in :mod:`training.trainer`: ``batch_size`` pairs per update over all processes and
 accumulation steps, ``micro_batch_size`` (else ``config.micro_batch_size``) pairs per forward
-pass (a forward pass holds ``2 x micro`` sequences: the chosen ones, then the rejected ones),
+pass (one packed row each, see "Shared prefixes"; else ``2 x micro`` sequences, the chosen ones,
+then the rejected ones),
 seeded length-grouped batches from :func:`training.trainer.micro_batches` (keyed on the
 longer sequence of each pair), AdamW with ``config.weight_decay`` on matrices, linear warmup over
 ``config.warmup_ratio`` then cosine decay, gradient clipping at 1.0, bf16 autocast as
@@ -86,6 +87,27 @@ reference pass, in training and after it, and the one score serves as both sides
 margins are exactly 0 and only the NLL term trains. This halves that method's forward and
 backward passes; the objective is the same, and its figures differ from scoring both copies
 only by float rounding (the two copies' gradients cancelled up to rounding).
+
+Shared prefixes
+---------------
+A pair's two sequences begin with the same tokens: at least the prompt (a third of the
+tokens of the demo's pairs), and for a per-step negative often its first steps. Each pair
+therefore goes to the model as **one row**: those shared tokens once, then the rest of the
+chosen sequence, then the rest of the rejected one, with position ids that continue from the
+shared part and a 4D attention mask under which each position sees the shared part and the
+positions before it in its own segment. Every token then has exactly the context and the
+positions it has in its own sequence, so the log-probs are those of two rows up to float
+rounding, with fewer tokens (the demo's per-step pairs: 142 instead of 215 a pair). The
+scored tokens name the position whose hidden state predicts them (the rejected side's first
+own token is predicted by the last shared one); the output head runs on those states only.
+This needs an attention that takes a 4D mask: PyTorch's SDPA (a boolean mask) or the eager
+implementation (an additive one). With another (FlashAttention), or a reference model whose
+attention differs from the policy's, pairs go as two rows, as before. The batches are the
+same either way (grouped by the longer sequence of each pair). This is the prefix sharing of
+Wang et al. 2024 ("Accelerating Direct Preference Optimization with Prefix Sharing"); hand-written
+because transformers' own packing (``DataCollatorWithFlattening``) puts separate sequences
+side by side, not two continuations of one prefix, and TRL's DPO trainer does not share
+prefixes (its issue 3549 is open).
 
 ``log`` gets a line for the reference pass, one when training starts, one when it ends and
 one for the scoring pass after it;
@@ -120,7 +142,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from training import trainer
 from training.config import TrainingConfig
-from training.logprobs import completion_kl, completion_logprobs
+from training.logprobs import completion_kl, completion_logprobs, scored_logprobs
 from training.progress import Progress
 from training.trainer import (
     IGNORE_INDEX,
@@ -173,6 +195,50 @@ class _Pair:
     def length(self) -> int:
         return max(len(self.chosen.input_ids), len(self.rejected.input_ids))
 
+    @functools.cached_property
+    def packed(self) -> _Packed:
+        """The pair as one row (see "Shared prefixes")."""
+        chosen, rejected = self.chosen.input_ids, self.rejected.input_ids
+        shared = 0
+        for a, b in zip(chosen, rejected, strict=False):
+            if a != b:
+                break
+            shared += 1
+        tail = len(rejected) - shared
+        scored: list[tuple[int, int, int]] = []  # (source position, target token, side)
+        for side, encoded in enumerate((self.chosen, self.rejected)):
+            for position in range(1, len(encoded.input_ids)):
+                if encoded.labels[position] == IGNORE_INDEX:
+                    continue
+                source = position - 1
+                if side == 1 and source >= shared:  # in the rejected tail, placed after chosen
+                    source += len(chosen) - shared
+                scored.append((source, encoded.labels[position], side))
+        sources, targets, sides = (list(column) for column in zip(*scored, strict=True))
+        return _Packed(
+            input_ids=[*chosen, *rejected[shared:]],
+            position_ids=[*range(len(chosen)), *range(shared, shared + tail)],
+            segments=[0] * shared + [1] * (len(chosen) - shared) + [2] * tail,
+            sources=sources,
+            targets=targets,
+            sides=sides,
+        )
+
+
+@dataclass(frozen=True)
+class _Packed:
+    """A pair as one row: the tokens both sequences begin with once (segment 0), then the rest
+    of the chosen sequence (1), then the rest of the rejected one (2), its positions continuing
+    from the shared part; each scored token's target, the row position whose hidden state
+    predicts it, and its side (0 chosen, 1 rejected)."""
+
+    input_ids: list[int]
+    position_ids: list[int]
+    segments: list[int]
+    sources: list[int]
+    targets: list[int]
+    sides: list[int]
+
 
 @dataclass(frozen=True)
 class _Slot:
@@ -180,6 +246,111 @@ class _Slot:
 
     pair: int
     scale: float
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How pairs go to the model: with ``mirrored``, each pair's chosen sequence alone, its
+    score serving both sides; else with ``masks`` (:func:`_custom_masks`), each pair as one
+    packed row (see "Shared prefixes"); else its chosen and its rejected sequence as two rows."""
+
+    mirrored: bool = False
+    masks: str | None = None
+
+    def tokens(self, pair: _Pair) -> int:
+        """The tokens ``pair`` puts through the model."""
+        if self.mirrored:
+            return len(pair.chosen.input_ids)
+        if self.masks:
+            return len(pair.packed.input_ids)
+        return len(pair.chosen.input_ids) + len(pair.rejected.input_ids)
+
+    def collate(self, pairs: Sequence[_Pair], pad_id: int) -> dict[str, torch.Tensor]:
+        """A micro-batch of ``pairs``, with ``chosen_tokens``: each chosen side's scored tokens."""
+        if self.masks:
+            return _collate_packed([pair.packed for pair in pairs], pad_id, self.masks)
+        chosen = [pair.chosen for pair in pairs]
+        rejected = [] if self.mirrored else [pair.rejected for pair in pairs]
+        collated = collate_examples([*chosen, *rejected], pad_id)
+        collated["chosen_tokens"] = collated["labels"][: len(chosen), 1:].ne(IGNORE_INDEX).sum(-1)
+        return collated
+
+    def sides(
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+        *,
+        device_type: str,
+        bf16: bool,
+        chunk: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each pair's summed log-probs of its chosen and of its rejected response."""
+        if self.masks:
+            autocast = functools.partial(
+                torch.autocast, device_type, dtype=torch.bfloat16, enabled=bf16
+            )
+            logps = scored_logprobs(model, batch, chunk=chunk, autocast=autocast)
+            sums = torch.zeros(len(batch["chosen_tokens"]), 2, device=logps.device)
+            sums = sums.index_put(
+                (batch["scored_rows"], batch["scored_sides"]), logps, accumulate=True
+            )
+            return sums[:, 0], sums[:, 1]
+        sums = _logprob_sums(model, batch, device_type=device_type, bf16=bf16, chunk=chunk)
+        return (sums, sums) if self.mirrored else sums.chunk(2)
+
+
+# The attention mask a packed pair's row needs, by the model's attention implementation.
+_MASKS = {"sdpa": "bool", "eager": "additive"}
+_PADDING = 3  # the segment of padding positions (0 shared, 1 chosen, 2 rejected)
+
+
+def _custom_masks(*models: torch.nn.Module | None) -> str | None:
+    """The mask kind packed pairs need where every given model takes a 4D attention mask:
+    boolean (True: attend) for PyTorch's SDPA, additive float for the eager implementation.
+    None for the others (FlashAttention takes no 4D mask), whose pairs then go as two rows."""
+    kinds = {
+        _MASKS.get(getattr(getattr(model, "config", None), "_attn_implementation", None))
+        for model in models
+        if model is not None
+    }
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _collate_packed(rows: Sequence[_Packed], pad_id: int, masks: str) -> dict[str, torch.Tensor]:
+    """Right-padded packed rows with their 4D attention mask: a position sees the positions at
+    or before it in the shared part and in its own segment; padding sees padding and the
+    shared part, so that no row of the mask is empty."""
+    width = max(len(row.input_ids) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), _PADDING, dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row.input_ids)
+        input_ids[i, :n] = torch.tensor(row.input_ids)
+        position_ids[i, :n] = torch.tensor(row.position_ids)
+        segments[i, :n] = torch.tensor(row.segments)
+    index = torch.arange(width)
+    causal = index[None, :] <= index[:, None]  # [query, key]
+    visible = (segments[:, None, :] == segments[:, :, None]) | (segments[:, None, :] == 0)
+    allowed = (causal & visible).unsqueeze(1)
+    mask = allowed
+    if masks == "additive":
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    scored_rows = torch.repeat_interleave(
+        torch.arange(len(rows)), torch.tensor([len(row.sources) for row in rows])
+    )
+    sides = torch.tensor([side for row in rows for side in row.sides])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "position_ids": position_ids,
+        "scored_rows": scored_rows,
+        "scored_sources": torch.tensor([s for row in rows for s in row.sources]),
+        "scored_targets": torch.tensor([t for row in rows for t in row.targets]),
+        "scored_sides": sides,
+        "chosen_tokens": torch.bincount(scored_rows[sides == 0], minlength=len(rows)),
+        "tokens": torch.tensor(sum(len(row.input_ids) for row in rows)),
+    }
 
 
 def _encode_texts(
@@ -261,6 +432,7 @@ def train_dpo(
     trainer.check_budget(max_steps, micro_batch_size)
     pairs, counts = _encode_pairs(tokenizer, examples, weights, max_seq_len)
     mirrored = _mirrored(pairs)
+    masks = None if mirrored else _custom_masks(model, reference_model)
     if max_steps == 0:
         return DPOStats(**trainer.run_summary([], 1, 0, 0.0), **counts)
     # The DPO step size, epochs and batch size in place of the supervised ones.
@@ -272,28 +444,30 @@ def train_dpo(
     )
     pad_id = trainer.pad_token_id(tokenizer)
     scorer = reference_model if reference_model is not None else run.place(model)
+    layout = _Layout(mirrored=mirrored, masks=masks)
     reference, reference_seconds = _reference_pass(
-        scorer, pairs, pad_id, run=run, separate=reference_model is not None, mirrored=mirrored
+        scorer, pairs, pad_id, run=run, separate=reference_model is not None, layout=layout
     )
     slots, batches = _weighted_slots(pairs, run, seed)
     collate = functools.partial(
-        _collate, pairs=pairs, reference=reference, pad_id=pad_id, mirrored=mirrored
+        _collate, pairs=pairs, reference=reference, pad_id=pad_id, layout=layout
     )
     run.prepare(model, slots, batches, collate)
     rpo = f", chosen NLL x {sft_weight}" if sft_weight else ""
     same = ", every rejected side its chosen side: scored once, DPO term log 2" if mirrored else ""
+    same += ", each pair one row, its shared prefix once" if masks else ""
     run.emit(
         f"DPO (beta {beta}{rpo}) on {len(pairs)} pairs ({counts['dropped']} dropped as longer than "
         f"{max_seq_len} tokens, {counts['zero_weight']} of weight 0{same}): {run.plan}, "
         f"{run.where}, {run.precision}"
     )
-    last_epoch = _run_updates(run, beta, sft_weight, mirrored=mirrored)
+    last_epoch = _run_updates(run, beta, sft_weight, layout=layout)
     preference = {
         "reward_accuracy": float(last_epoch[1] / last_epoch[0]),
         "mean_margin": float(last_epoch[2] / last_epoch[0]),
     }
     summary = run.finish(**preference)
-    moved = _logprob_changes(run.place(model), pairs, reference, pad_id, run=run, mirrored=mirrored)
+    moved = _logprob_changes(run.place(model), pairs, reference, pad_id, run=run, layout=layout)
     run.consolidate()
     return DPOStats(**summary, **counts, **preference, **moved, reference_seconds=reference_seconds)
 
@@ -305,19 +479,17 @@ def _reference_pass(
     *,
     run: trainer.TrainingRun,
     separate: bool,
-    mirrored: bool,
+    layout: _Layout,
 ) -> tuple[torch.Tensor, float]:
     """The reference log-probs of every pair (:func:`_pair_logprobs`) and the seconds they took,
     logged with their throughput; ``separate``: ``scorer`` is a reference model apart from the
     policy, moved back where it came from afterwards."""
     start = time.perf_counter()
     reference = _pair_logprobs(
-        scorer, pairs, pad_id, run=run, restore_device=separate, mirrored=mirrored
+        scorer, pairs, pad_id, run=run, restore_device=separate, layout=layout
     )
     seconds = time.perf_counter() - start
-    tokens = sum(
-        len(p.chosen.input_ids) + (0 if mirrored else len(p.rejected.input_ids)) for p in pairs
-    )
+    tokens = sum(layout.tokens(pair) for pair in pairs)
     run.emit(
         f"reference log-probs of {len(pairs)} pairs in {seconds:.1f}s "
         f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"
@@ -332,12 +504,12 @@ def _logprob_changes(
     pad_id: int,
     *,
     run: trainer.TrainingRun,
-    mirrored: bool = False,
+    layout: _Layout,
 ) -> dict[str, float]:
     """The trained policy's mean ``log pi - log ref`` of the chosen and of the rejected
     responses over ``pairs`` (``DPOStats.chosen_logp_change``, ``rejected_logp_change``)."""
     start = time.perf_counter()
-    after = _pair_logprobs(model, pairs, pad_id, run=run, restore_device=False, mirrored=mirrored)
+    after = _pair_logprobs(model, pairs, pad_id, run=run, restore_device=False, layout=layout)
     chosen, rejected = (after - reference).double().mean(0).tolist()
     run.emit(
         f"policy log-probs after training, {len(pairs)} pairs in "
@@ -422,13 +594,11 @@ def _collate(
     pairs: Sequence[_Pair],
     reference: torch.Tensor,
     pad_id: int,
-    mirrored: bool = False,
+    layout: _Layout,
 ) -> dict[str, torch.Tensor]:
-    """A micro-batch: chosen rows then rejected rows (``mirrored``: the chosen rows alone), with
-    each pair's reference, weight, scale."""
-    chosen = [pairs[slot.pair].chosen for slot in batch]
-    rejected = [] if mirrored else [pairs[slot.pair].rejected for slot in batch]
-    collated = collate_examples([*chosen, *rejected], pad_id)
+    """A micro-batch of pairs as ``layout`` puts them, with each pair's reference, weight,
+    scale."""
+    collated = layout.collate([pairs[slot.pair] for slot in batch], pad_id)
     index = torch.tensor([slot.pair for slot in batch])
     collated["reference"] = reference[index]
     collated["weight"] = torch.tensor([pairs[slot.pair].weight for slot in batch])
@@ -437,28 +607,25 @@ def _collate(
 
 
 def _run_updates(
-    run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0, *, mirrored: bool = False
+    run: trainer.TrainingRun, beta: float, sft_weight: float = 0.0, *, layout: _Layout
 ) -> torch.Tensor:
     """Run every update; return ``[pairs, chosen reward higher, sum of margins]`` over the last
-    epoch's updates, summed over processes. ``mirrored``: the batches hold the chosen rows
-    alone, which score both sides."""
+    epoch's updates, summed over processes."""
     plan = run.plan
 
     def loss_function(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        sums = _logprob_sums(
+        chosen, rejected = layout.sides(
             model,
             batch,
             device_type=run.device.type,
             bf16=run.precision.bf16,
             chunk=run.config.logprob_chunk,
         )
-        chosen, rejected = (sums, sums) if mirrored else sums.chunk(2)
         ref = batch["reference"]
         margins = beta * (chosen - ref[:, 0]) - beta * (rejected - ref[:, 1])
         pair_loss = -F.logsigmoid(margins)
         if sft_weight:
-            scored = batch["labels"][: len(chosen), 1:].ne(IGNORE_INDEX).sum(-1)
-            pair_loss = pair_loss - sft_weight * chosen / scored
+            pair_loss = pair_loss - sft_weight * chosen / batch["chosen_tokens"]
         loss = (pair_loss * batch["weight"]).sum() * batch["scale"][0]
         margin = margins.detach().double().cpu()
         return loss, torch.tensor([len(margin), float((margin > 0).sum()), float(margin.sum())])
@@ -528,6 +695,32 @@ def _score(
     return out
 
 
+@torch.no_grad()
+def _score_packed(
+    model: torch.nn.Module,
+    rows: Sequence[_Packed],
+    pad_id: int,
+    *,
+    masks: str,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """``(rows, 2)`` log-prob sums (chosen, rejected) of packed pairs (float32, on the CPU), in
+    batches sorted by length."""
+    out = torch.zeros(len(rows), 2, dtype=torch.float32)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids), reverse=True)
+    layout = _Layout(masks=masks)
+    for start in range(0, len(order), batch_size):
+        picked = order[start : start + batch_size]
+        batch = _collate_packed([rows[i] for i in picked], pad_id, masks)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        sides = layout.sides(model, batch, device_type=device.type, bf16=bf16, chunk=chunk)
+        out[picked] = torch.stack(sides, -1).float().cpu()
+    return out
+
+
 def _pair_logprobs(
     scorer: torch.nn.Module,
     pairs: Sequence[_Pair],
@@ -535,15 +728,15 @@ def _pair_logprobs(
     *,
     run: trainer.TrainingRun,
     restore_device: bool,
-    mirrored: bool = False,
+    layout: _Layout,
 ) -> torch.Tensor:
     """``(pairs, 2)`` log-prob sums (chosen, rejected) under ``scorer``; each process scores
     a share. Used for the reference before any update and for the policy after the last.
-    ``mirrored``: every rejected side is its chosen side, scored once for both.
+    The pairs go as ``layout`` puts them (mirrored: each sequence once for both sides).
 
-    In eval mode, in the run's precision, a training micro-batch of pairs (twice as many
-    sequences) per forward pass; ``restore_device`` moves a separate reference model back
-    where it came from.
+    In eval mode, in the run's precision, twice a training micro-batch's sequences (or packed
+    pairs) per forward pass; ``restore_device`` moves a separate reference model back where it
+    came from.
     """
     accelerator = run.accelerator
     was_training = scorer.training
@@ -556,25 +749,28 @@ def _pair_logprobs(
     # Every process runs as many forward passes (each is collective under FSDP): a share one
     # pair short is topped up with pair 0, whose extra scores are dropped.
     topped = mine + [0] * (math.ceil(len(pairs) / processes) - len(mine))
-    rejected = [] if mirrored else [pairs[i].rejected for i in topped]
-    sequences = [pairs[i].chosen for i in topped] + rejected
+    settings = {
+        "batch_size": 2 * run.plan.micro,
+        "device": accelerator.device,
+        "bf16": run.precision.bf16,
+        "chunk": run.config.logprob_chunk,
+    }
     try:
-        scores = _score(
-            scorer,
-            sequences,
-            pad_id,
-            batch_size=2 * run.plan.micro,
-            device=accelerator.device,
-            bf16=run.precision.bf16,
-            chunk=run.config.logprob_chunk,
-        )
+        if layout.masks:
+            rows = [pairs[i].packed for i in topped]
+            scores = _score_packed(scorer, rows, pad_id, masks=layout.masks, **settings)
+            chosen, rejected = scores[: len(mine), 0], scores[: len(mine), 1]
+        else:
+            sequences = [pairs[i].chosen for i in topped]
+            if not layout.mirrored:
+                sequences += [pairs[i].rejected for i in topped]
+            scores = _score(scorer, sequences, pad_id, **settings)
+            chosen = scores[: len(mine)]
+            rejected = chosen if layout.mirrored else scores[len(topped) : len(topped) + len(mine)]
     finally:
         scorer.train(was_training)
     result = torch.zeros(len(pairs), 2, dtype=torch.float32)
-    result[mine, 0] = scores[: len(mine)]
-    result[mine, 1] = (
-        scores[: len(mine)] if mirrored else scores[len(topped) : len(topped) + len(mine)]
-    )
+    result[mine, 0], result[mine, 1] = chosen, rejected
     if processes > 1:  # every pair is scored by one process; the others add zeros
         result = accelerator.reduce(result.to(accelerator.device), "sum").cpu()
     if restore_device and original_device != accelerator.device:

@@ -50,21 +50,53 @@ def completion_logprobs(
     targets = batch["labels"][:, 1:]
     rows, columns = targets.ne(IGNORE_INDEX).nonzero(as_tuple=True)
     states, picked = hidden[:, :-1][rows, columns], targets[rows, columns]
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    if len(picked):
+        out = out.index_put((rows, columns), _head_logprobs(head, states, picked, chunk, autocast))
+    return out
+
+
+def scored_logprobs(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    chunk: int | None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """``[scored]`` float32, differentiable: ``log p(scored_targets[i])`` under the next-token
+    distribution of the hidden state at ``(scored_rows[i], scored_sources[i])``, for batches
+    that name the position predicting each scored token themselves (a DPO pair packed into one
+    row, :mod:`training.dpo`); ``position_ids`` and a 4D ``attention_mask``, where the batch
+    has them, go to the model. The output head runs on those states only; with ``chunk``,
+    ``chunk`` at a time under activation checkpointing, as :func:`completion_logprobs`."""
+    hidden, head = _decoder_states(model, batch, autocast)
+    states = hidden[batch["scored_rows"], batch["scored_sources"]]
+    return _head_logprobs(head, states, batch["scored_targets"], chunk, autocast)
+
+
+def _head_logprobs(
+    head: torch.nn.Module,
+    states: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int | None,
+    autocast: Callable,
+) -> torch.Tensor:
+    """``log p(target)`` of each state's next-token distribution: at once without ``chunk``,
+    else ``chunk`` states at a time, each chunk's logits recomputed in the backward pass."""
+    if not chunk:
+        return _chunk_logprobs(head, states, targets, autocast)
     pieces = [
         checkpoint(
             _chunk_logprobs,
             head,
             states[start : start + chunk],
-            picked[start : start + chunk],
+            targets[start : start + chunk],
             autocast,
             use_reentrant=False,
         )
-        for start in range(0, len(picked), chunk)
+        for start in range(0, len(targets), chunk)
     ]
-    out = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
-    if pieces:
-        out = out.index_put((rows, columns), torch.cat(pieces))
-    return out
+    return torch.cat(pieces)
 
 
 @torch.no_grad()
@@ -121,6 +153,7 @@ def _decoder_states(
             model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
+                position_ids=batch.get("position_ids"),
                 use_cache=False,
                 logits_to_keep=1,
             )

@@ -453,7 +453,11 @@ class TrainingRun:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             done.append((loss.item(), tally))
-            self.tokens += int(batch["attention_mask"].sum())
+            # A batch whose mask is not one flag per token (a DPO pair packed with its 4D mask)
+            # counts its tokens itself.
+            self.tokens += int(
+                batch["tokens"] if "tokens" in batch else batch["attention_mask"].sum()
+            )
             if self.accelerator.sync_gradients:
                 yield done
                 done = []
