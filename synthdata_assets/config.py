@@ -561,7 +561,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "embedded": {
         "data_sizes": [250, 500, 1000, 2000],
         "seeds": [0, 1, 2],
-        "task": {"n_train_pool": 2000, "n_test": 1000},
+        # SFT alone at 4000 and 8000 problems: per-step DPO from 1000 problems is above SFT's
+        # accuracy at 2000, and its multiplier needs SFT's measured curve there (the paper
+        # measures SFT on more data the same way). The pool holds 8000 training problems.
+        "sft_reference_sizes": [4000, 8000],
+        "task": {"n_train_pool": 8000, "n_test": 1000},
         "model": {"name": "embedded-base", "max_seq_len": 320},
         "sampling": {"eval_samples": 1, "max_new_tokens": 100},
         "training": {"learning_rate": 5e-4, "dpo_sft_weight": 1.0},
