@@ -135,6 +135,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +161,8 @@ __all__ = [
     "token_kl",
     "train_dpo",
 ]
+
+_Item = TypeVar("_Item")  # what :func:`_score` scores: a sequence or a packed pair
 
 
 @dataclass(frozen=True)
@@ -286,9 +289,7 @@ class _Layout:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each pair's summed log-probs of its chosen and of its rejected response."""
         if self.masks:
-            autocast = functools.partial(
-                torch.autocast, device_type, dtype=torch.bfloat16, enabled=bf16
-            )
+            autocast = _autocast(device_type, bf16)
             logps = scored_logprobs(model, batch, chunk=chunk, autocast=autocast)
             sums = torch.zeros(len(batch["chosen_tokens"]), 2, device=logps.device)
             sums = sums.index_put(
@@ -391,7 +392,9 @@ def sequence_logprobs(
     was_training = model.training
     model.eval()
     try:
-        sums = _score(model, encoded, pad_id, batch_size=batch_size, device=device, bf16=bf16)
+        sums = _score_sequences(
+            model, encoded, pad_id, batch_size=batch_size, device=device, bf16=bf16
+        )
     finally:
         model.train(was_training)
     return sums.tolist()
@@ -655,12 +658,10 @@ def _logprob_sums(
 ) -> torch.Tensor:
     """Per row, the sum of log p(label) over positions whose label is not ``-100``; with
     ``chunk``, from the output head on those positions only (:mod:`training.logprobs`)."""
+    autocast = _autocast(device_type, bf16)
     if chunk:
-        autocast = functools.partial(
-            torch.autocast, device_type, dtype=torch.bfloat16, enabled=bf16
-        )
         return completion_logprobs(model, batch, chunk=chunk, autocast=autocast).sum(-1)
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+    with autocast():
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
@@ -672,8 +673,37 @@ def _logprob_sums(
     return torch.where(mask, token_logps, 0.0).sum(-1)
 
 
+def _autocast(device_type: str, bf16: bool) -> Callable[[], torch.autocast]:
+    """The bf16 autocast context every forward pass here runs in (off unless ``bf16``), as a
+    factory: :mod:`training.logprobs` enters it once per chunk."""
+    return functools.partial(torch.autocast, device_type, dtype=torch.bfloat16, enabled=bf16)
+
+
 @torch.no_grad()
 def _score(
+    items: Sequence[_Item],
+    *,
+    length: Callable[[_Item], int],
+    collate: Callable[[list[_Item]], dict[str, torch.Tensor]],
+    sums: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """``sums`` of ``items`` (float32, on the CPU, a row per item): sequences or packed pairs,
+    ``batch_size`` to a forward pass, longest ``length`` first."""
+    out = torch.zeros(0)
+    order = sorted(range(len(items)), key=lambda i: length(items[i]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        picked = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([items[i] for i in picked]).items()}
+        scores = sums(batch).float().cpu()
+        if start == 0:
+            out = torch.zeros(len(items), *scores.shape[1:])
+        out[picked] = scores
+    return out
+
+
+def _score_sequences(
     model: torch.nn.Module,
     encoded: Sequence[EncodedExample],
     pad_id: int,
@@ -683,42 +713,17 @@ def _score(
     bf16: bool,
     chunk: int | None = None,
 ) -> torch.Tensor:
-    """Log-prob sums of ``encoded`` (float32, on the CPU), in batches sorted by length."""
-    out = torch.zeros(len(encoded), dtype=torch.float32)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids), reverse=True)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = collate_examples([encoded[i] for i in rows], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        sums = _logprob_sums(model, batch, device_type=device.type, bf16=bf16, chunk=chunk)
-        out[rows] = sums.cpu()
-    return out
-
-
-@torch.no_grad()
-def _score_packed(
-    model: torch.nn.Module,
-    rows: Sequence[_Packed],
-    pad_id: int,
-    *,
-    masks: str,
-    batch_size: int,
-    device: torch.device,
-    bf16: bool,
-    chunk: int | None = None,
-) -> torch.Tensor:
-    """``(rows, 2)`` log-prob sums (chosen, rejected) of packed pairs (float32, on the CPU), in
-    batches sorted by length."""
-    out = torch.zeros(len(rows), 2, dtype=torch.float32)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids), reverse=True)
-    layout = _Layout(masks=masks)
-    for start in range(0, len(order), batch_size):
-        picked = order[start : start + batch_size]
-        batch = _collate_packed([rows[i] for i in picked], pad_id, masks)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        sides = layout.sides(model, batch, device_type=device.type, bf16=bf16, chunk=chunk)
-        out[picked] = torch.stack(sides, -1).float().cpu()
-    return out
+    """Log-prob sums of ``encoded`` (:func:`_logprob_sums`; float32, on the CPU)."""
+    return _score(
+        encoded,
+        length=lambda example: len(example.input_ids),
+        collate=lambda examples: collate_examples(examples, pad_id),
+        sums=lambda batch: _logprob_sums(
+            model, batch, device_type=device.type, bf16=bf16, chunk=chunk
+        ),
+        batch_size=batch_size,
+        device=device,
+    )
 
 
 def _pair_logprobs(
@@ -749,22 +754,38 @@ def _pair_logprobs(
     # Every process runs as many forward passes (each is collective under FSDP): a share one
     # pair short is topped up with pair 0, whose extra scores are dropped.
     topped = mine + [0] * (math.ceil(len(pairs) / processes) - len(mine))
-    settings = {
-        "batch_size": 2 * run.plan.micro,
-        "device": accelerator.device,
-        "bf16": run.precision.bf16,
-        "chunk": run.config.logprob_chunk,
-    }
+    batch_size, device = 2 * run.plan.micro, accelerator.device
+    bf16, chunk = run.precision.bf16, run.config.logprob_chunk
     try:
         if layout.masks:
-            rows = [pairs[i].packed for i in topped]
-            scores = _score_packed(scorer, rows, pad_id, masks=layout.masks, **settings)
+            masks = layout.masks
+
+            def sides(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                both = layout.sides(scorer, batch, device_type=device.type, bf16=bf16, chunk=chunk)
+                return torch.stack(both, -1)
+
+            scores = _score(
+                [pairs[i].packed for i in topped],
+                length=lambda row: len(row.input_ids),
+                collate=lambda rows: _collate_packed(rows, pad_id, masks),
+                sums=sides,
+                batch_size=batch_size,
+                device=device,
+            )
             chosen, rejected = scores[: len(mine), 0], scores[: len(mine), 1]
         else:
             sequences = [pairs[i].chosen for i in topped]
             if not layout.mirrored:
                 sequences += [pairs[i].rejected for i in topped]
-            scores = _score(scorer, sequences, pad_id, **settings)
+            scores = _score_sequences(
+                scorer,
+                sequences,
+                pad_id,
+                batch_size=batch_size,
+                device=device,
+                bf16=bf16,
+                chunk=chunk,
+            )
             chosen = scores[: len(mine)]
             rejected = chosen if layout.mirrored else scores[len(topped) : len(topped) + len(mine)]
     finally:
@@ -813,11 +834,8 @@ def token_kl(
             )
             batch = {k: v.to(device) for k, v in batch.items()}
             if chunk:
-                autocast = functools.partial(
-                    torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16
-                )
                 kl_sum, tokens = completion_kl(
-                    policy, reference, batch, chunk=chunk, autocast=autocast
+                    policy, reference, batch, chunk=chunk, autocast=_autocast(device.type, bf16)
                 )
                 total, count = total + kl_sum, count + tokens
                 continue
@@ -839,7 +857,7 @@ def _next_token_logprobs(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], *, device_type: str, bf16: bool
 ) -> torch.Tensor:
     """Float32 log-softmax of ``model``'s next-token logits at every position but the last."""
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+    with _autocast(device_type, bf16)():
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
