@@ -64,13 +64,36 @@ def cmd_sql(args: argparse.Namespace) -> int:
     # The study's partitions: a data size removed from the configuration is out of the views.
     config = load_config()
     partitions = config.partition_keys + config.reference_keys
+    warehouse = Warehouse.from_env()
     try:
-        result = run_query(args.query, Warehouse.from_env(), partitions)
+        result = run_query(args.query, warehouse, partitions)
     except QueryError as exc:
         print(f"synthdata sql: {exc}", file=sys.stderr)
         return 2
     _emit(result.columns, result.rows, args.format, sys.stdout)
+    left_out = _partitions_left_out(warehouse, partitions, config.preset)
+    if left_out:
+        print(left_out, file=sys.stderr)
     return 0
+
+
+def _partitions_left_out(
+    warehouse: Warehouse, partitions: list[tuple[int, int]], preset: str
+) -> str | None:
+    """A line for stderr when the warehouse holds partitions the configuration's views leave
+    out (a warehouse made under another configuration, or a size since removed)."""
+    from warehouse.query import stored_partitions
+
+    others = sorted(stored_partitions(warehouse) - set(partitions))
+    if not others:
+        return None
+    shown = ", ".join(f"{size}|{seed}" for size, seed in others[:8])
+    more = f" and {len(others) - 8} more" if len(others) > 8 else ""
+    return (
+        f"synthdata sql: the views hold this configuration's partitions (preset {preset}); "
+        f"{len(others)} more on disk are left out ({shown}{more}): query `<table>_all`, or set "
+        "SYNTHDATA_PRESET or SYNTHDATA_CONFIG to the configuration they were made under"
+    )
 
 
 def _read_grade_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

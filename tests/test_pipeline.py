@@ -215,6 +215,27 @@ def test_sql_views_hold_the_configured_partitions_only(warehouse: Warehouse, cap
     assert run_query("SELECT count(*) FROM evaluations", warehouse).rows == [(2,)]
 
 
+def test_sql_cli_says_which_partitions_on_disk_its_views_leave_out(
+    warehouse: Warehouse, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from warehouse.parquet import write_parquet_atomic
+
+    monkeypatch.setenv("SYNTHDATA_PRESET", "tiny")  # sizes 32 and 64, seed 0
+    frame = pl.DataFrame({"x": [1], "data_size": [64], "seed": [0]})
+    write_parquet_atomic(frame, warehouse.partition_file("evaluations", 64, 0))
+    assert main(["sql", "--format", "json", "SELECT count(*) AS n FROM evaluations"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [{"n": 1}] and captured.err == ""
+    for size, seed in ((500, 1), (500, 2), (64, 3)):
+        frame = pl.DataFrame({"x": [1], "data_size": [size], "seed": [seed]})
+        write_parquet_atomic(frame, warehouse.partition_file("evaluations", size, seed))
+    assert main(["sql", "--format", "json", "SELECT count(*) AS n FROM evaluations"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [{"n": 1}]  # stdout stays the rows alone
+    assert "preset tiny" in captured.err and "3 more on disk" in captured.err
+    assert "64|3, 500|1, 500|2" in captured.err and "_all" in captured.err
+
+
 def test_sql_downloads_no_extension(warehouse: Warehouse, capsys) -> None:
     assert main(["sql", "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')"]) == 2
     assert "httpfs" in capsys.readouterr().err

@@ -54,6 +54,18 @@ def table_sources(warehouse: Warehouse) -> dict[str, str]:
     return sources
 
 
+def stored_partitions(warehouse: Warehouse) -> set[tuple[int, int]]:
+    """The ``(data_size, seed)`` partitions with a file on disk in any partitioned table."""
+    found: set[tuple[int, int]] = set()
+    if not warehouse.tables.is_dir():
+        return found
+    for path in warehouse.tables.glob("*/data_size=*/seed=*.parquet"):
+        size, seed = path.parent.name.removeprefix("data_size="), path.stem.removeprefix("seed=")
+        if size.isdigit() and seed.isdigit():
+            found.add((int(size), int(seed)))
+    return found
+
+
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
