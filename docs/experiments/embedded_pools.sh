@@ -2,7 +2,7 @@
 # The `embedded` preset as shipped, on other task pools (`task.pool_seed`): does per-step
 # DPO's multiplier against SFT hold off the pool it was measured on (pool 0)?
 #   sh docs/experiments/embedded_pools.sh WAREHOUSE_ROOT POOL...
-# Each pool is one full `synthdata run` (about 36 minutes on 2 cores) into a fresh
+# Each pool is one full `synthdata run` (30-36 minutes on 2 cores) into a fresh
 # WAREHOUSE_ROOT/poolN; its printed report goes to docs/results/embedded-preset-poolN.md under
 # a header naming the commit, the CPU and the wall time, its plot beside it. The twenty-sixth
 # session ran, from a fresh clone,
@@ -35,7 +35,7 @@ for pool in "$@"; do
         echo "wall for the whole run. Plot: [embedded-preset-pool$pool.png](embedded-preset-pool$pool.png)."
         echo
         echo '```'
-        cat "$home/reports/scaling_report.md"
+        sed -n '/^run  *seconds$/,$p' "$root/pool$pool.log"  # the report as printed
         echo '```'
     } > "$out.md"
 done
