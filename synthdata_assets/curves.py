@@ -85,6 +85,7 @@ __all__ = [
     "Comparison",
     "StudyReport",
     "compare",
+    "flat_note",
     "floor_note",
     "multipliers",
     "plot_curves",
@@ -891,6 +892,32 @@ def floor_note(chance: float | None, reference: str = "sft") -> str:
     )
 
 
+def flat_note(comparison: Comparison) -> str | None:
+    """One sentence naming the stretches where the reference's curve is flat above chance (its
+    measured means did not rise there, and the monotone curve pools them), or None. An accuracy just
+    above a flat stretch reads as the stretch's largest size, so a gain of a fraction of a
+    point at its sizes can read as a multiplier of 2x or more."""
+    sizes = comparison.curve["data_size"].to_list()
+    accuracy = comparison.curve["accuracy"].to_list()
+    floor = comparison.chance if comparison.chance is not None else -math.inf
+    stretches, start = [], 0
+    for end in range(1, len(sizes) + 1):
+        if end < len(sizes) and abs(accuracy[end] - accuracy[start]) <= _TOL:
+            continue
+        if end - 1 > start and accuracy[start] > floor + _TOL:
+            stretches.append(f"{sizes[start]}-{sizes[end - 1]} (at {100 * accuracy[start]:.1f}%)")
+        start = end
+    if not stretches:
+        return None
+    ref = _name(comparison.reference)
+    return (
+        f"Flat {ref} curve: {ref}'s measured means do not rise over {', '.join(stretches)}, "
+        "where its monotone curve is pooled flat. An accuracy just above a flat stretch reads as "
+        f"its largest size's {ref} data, so a small gain at its sizes can read as a large "
+        "multiplier: read those cells with their paired differences."
+    )
+
+
 def _name(method: str) -> str:
     return method.upper() if method == "sft" else method
 
@@ -1063,6 +1090,9 @@ def report_markdown(
     if comparison.multipliers.height:
         lines += _multiplier_section(comparison)
         lines += _prose(floor_note(comparison.chance, comparison.reference))
+        flat = flat_note(comparison)
+        if flat:
+            lines += _prose(flat)
     if control is not None and control.paired.height:
         lines += _control_section(control)
     lines += [f"![accuracy vs. data size]({rel})", f"Plot: `{rel}`", ""]

@@ -22,6 +22,7 @@ from synthdata_assets.curves import (
     _isotonic,
     compare,
     control_comparison,
+    flat_note,
     multipliers,
     plot_curves,
     report_markdown,
@@ -269,6 +270,28 @@ def test_sft_dip_is_pooled_before_reading_sizes():
     assert result.curve["accuracy"].to_list() == pytest.approx([0.2, 0.325, 0.325, 0.5, 0.6])
     equivalent = cell(result.per_size, "rft", 250)["reference_size"]
     assert 1000 < equivalent < 1100
+
+
+def test_the_report_names_where_the_sft_curve_is_flat(tmp_path: Path):
+    """SFT's dip at 1000 pools 500-1000 flat: a method a point above the pool at 500 reads as
+    more than twice SFT's data there, and the report says why; a rising SFT gets no note."""
+    ev = exact_evals({"sft": [0.2, 0.35, 0.3, 0.5, 0.6], "rft": [0.25, 0.335, 0.4, 0.55, 0.62]})
+    result = compare(ev, chance=CHANCE, n_boot=0)
+    assert cell(result.per_size, "rft", 500)["reference_size"] > 1000
+    note = flat_note(result)
+    assert note is not None and "500-1000 (at 32.5%)" in note
+    assert "250" not in note and "2000" not in note
+    report = report_markdown(scaling_table(ev), result, tmp_path / "p.png")
+    assert "Flat SFT curve" in report
+    monotone = exact_evals({"sft": [0.2, 0.3, 0.4, 0.5, 0.6], "rft": [0.3] * 5})
+    rising = compare(monotone, n_boot=0)
+    assert flat_note(rising) is None
+    assert "Flat SFT" not in report_markdown(scaling_table(monotone), rising, tmp_path / "p.png")
+    # A stretch at chance is the floor's (its own note), not a flat curve.
+    at_chance = compare(
+        exact_evals({"sft": [0.01, 0.02, 0.3, 0.5, 0.6], "rft": [0.3] * 5}), chance=CHANCE, n_boot=0
+    )
+    assert flat_note(at_chance) is None
 
 
 # --------------------------------------------------------------------------- chance floor
