@@ -554,6 +554,10 @@ def test_asset_metadata_carries_multipliers_and_paired_differences(tmp_path, stu
     assert len(output.metadata["paired_vs_sft"].records) == 15
     assert "clipped at chance" in meta["floor"]
     assert "paired_vs_nll_control" not in meta  # no control in this study
+    assert "flat" not in meta  # SFT rises at every size
+    dip = exact_evals({"sft": [0.2, 0.35, 0.3, 0.5, 0.6], "rft": [0.25, 0.335, 0.4, 0.55, 0.62]})
+    output = asset(context=dg.build_asset_context(), evaluations={"x": dip}, sft_reference={})
+    assert "500-1000 (at 32.5%)" in output.metadata["flat"].value
 
 
 def test_sft_reference_rows_extend_the_curve_the_multipliers_are_read_off(tmp_path: Path):

@@ -55,6 +55,9 @@ def build(
         }
         if report.control is not None:  # per-step DPO against its control without negatives
             metadata.update(_paired_metadata(report.control))
+        flat = curves.flat_note(report.comparison)
+        if flat:  # where SFT's curve is pooled flat, a small gain reads as a large multiplier
+            metadata["flat"] = flat
         return dg.Output(report.table, metadata=metadata)
 
     baseline, label = first_step_baseline or (chance, "chance")
