@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from synthdata_assets.tasks import embedded
 from training.config import ModelConfig, SamplingConfig, Section, TrainingConfig
 
 # The shipped base model of the embedded task (synthdata_assets/pretrain.py makes it); here so
@@ -103,6 +104,15 @@ class EmbeddedTaskConfig(Section):
         "otherwise); test problems keep a plain shuffled order, where the cue is chance.",
     )
 
+    dead_end_names: int = Field(
+        0,
+        ge=0,
+        le=len(embedded.NAMES),
+        description="chain only: dead ends are named from the last this many names, which chain "
+        "quantities never use, so a wrong choice writes a name no correct solution writes "
+        "(0: every name can be either). At least n_distractors.",
+    )
+
     @model_validator(mode="after")
     def _steps_ordered(self) -> EmbeddedTaskConfig:
         if self.max_steps < self.min_steps:
@@ -113,6 +123,14 @@ class EmbeddedTaskConfig(Section):
             raise ValueError("cue_rate needs graph 'chain' (its choices are sibling steps)")
         if self.max_constant is not None and self.graph == "dag":
             raise ValueError("max_constant needs graph 'chain' (set it to null for dag)")
+        if self.dead_end_names and self.graph != "chain":
+            raise ValueError("dead_end_names needs graph 'chain' (its distractors are dead ends)")
+        spare = len(embedded.NAMES) - self.max_steps - 1
+        if self.dead_end_names and not self.n_distractors <= self.dead_end_names <= spare:
+            raise ValueError(
+                f"dead_end_names ({self.dead_end_names}) must be between n_distractors "
+                f"({self.n_distractors}) and {spare} (the chain needs max_steps + 1 names)"
+            )
         if self.max_constant is not None and self.max_constant >= self.modulus:
             raise ValueError(
                 f"max_constant ({self.max_constant}) must be below modulus ({self.modulus})"

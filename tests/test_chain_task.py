@@ -8,6 +8,7 @@ import random
 import pytest
 
 from synthdata_assets.tasks.embedded import (
+    NAMES,
     EmbeddedParams,
     cue_followed,
     first_wrong_step,
@@ -61,6 +62,31 @@ def test_cue_needs_the_chain_graph() -> None:
         EmbeddedParams(graph="dag", cue_rate=0.5)
     with pytest.raises(ValueError, match="cue_rate"):
         EmbeddedParams(graph="chain", cue_rate=1.5)
+
+
+def test_dead_end_names_are_reserved_and_otherwise_change_nothing() -> None:
+    reserved = EmbeddedParams(graph="chain", n_distractors=2, dead_end_names=6)
+    problems = generate_problems(reserved, 300, seed=4, split="train")
+    dead_end_names, step_names = set(), set()
+    for problem in problems:
+        needed = {step_name(line) for line in solve(problem)}
+        for q in json.loads(problem.spec)["quantities"][1:]:
+            (step_names if q["name"] in needed else dead_end_names).add(q["name"])
+    assert dead_end_names == set(NAMES[-6:])
+    assert not step_names & dead_end_names and len(step_names) > 6
+    # The same draws as without the knob, but for the names.
+    plain = generate_problems(CHAIN, 300, seed=4, split="train")
+    assert [p.n_steps for p in plain] == [p.n_steps for p in problems]
+    assert [p.answer for p in plain] == [p.answer for p in problems]
+
+
+def test_dead_end_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="chain"):
+        EmbeddedParams(graph="dag", dead_end_names=4)
+    with pytest.raises(ValueError, match="n_distractors"):
+        EmbeddedParams(graph="chain", n_distractors=3, dead_end_names=2)
+    with pytest.raises(ValueError, match="max_steps"):
+        EmbeddedParams(graph="chain", max_steps=4, dead_end_names=22)
 
 
 def test_labels_of_oracle_solutions() -> None:

@@ -75,6 +75,7 @@ def test_yaml_may_choose_the_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("teacher:\n  kind: reference\n", ["reference", "oracle"]),
         ("task:\n  embedded:\n    min_steps: 5\n    max_steps: 2\n", ["max_steps", "min_steps"]),
         ("task:\n  name: gsm8k\nteacher:\n  kind: reference\n", ["task.train_path"]),
+        ("task:\n  embedded:\n    dead_end_names: 1\n", ["dead_end_names", "n_distractors"]),
         ("execution:\n  parallel_runs: 0\n", ["execution.parallel_runs", "greater than or equal"]),
     ],
 )

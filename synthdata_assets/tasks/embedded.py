@@ -75,7 +75,10 @@ first, so the next step is found from the last name written::
 
 Sentences come in dependency order (each dead end anywhere after the quantity it reads) or
 shuffled. ``cue_rate`` plants a shortcut in every split but ``test``: the needed step of each
-choice is stated before its dead-end siblings with that probability. The spec of a chain
+choice is stated before its dead-end siblings with that probability. ``dead_end_names``
+reserves the last that many names of ``NAMES`` for dead ends, so a wrong choice writes a name
+that no correct solution of any problem writes (and the choice can be read from the name
+alone: a probe of whether negatives help where their tokens are never right). The spec of a chain
 problem has a ``"grammar": "chain"`` key. :func:`step_labels`, :func:`first_wrong_step` and
 :func:`cue_followed` give per-step ground truth for any solution.
 
@@ -148,6 +151,7 @@ class EmbeddedParams:
     graph: str = "dag"
     cue_rate: float | None = None
     max_constant: int | None = None
+    dead_end_names: int = 0
 
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
@@ -162,6 +166,17 @@ class EmbeddedParams:
                 raise ValueError("max_constant needs graph 'chain' (dag sums need the full table)")
             if not 2 <= self.max_constant < self.modulus:
                 raise ValueError(f"max_constant must be in [2, modulus), got {self.max_constant}")
+        if self.dead_end_names:
+            if self.graph != "chain":
+                raise ValueError(
+                    "dead_end_names needs graph 'chain' (dead ends are its distractors)"
+                )
+            if not self.n_distractors <= self.dead_end_names <= len(NAMES) - self.max_steps - 1:
+                raise ValueError(
+                    f"dead_end_names must be between n_distractors ({self.n_distractors}) and "
+                    f"{len(NAMES) - self.max_steps - 1} (the chain needs max_steps + 1 names), "
+                    f"got {self.dead_end_names}"
+                )
         if self.modulus < 3 or not _is_prime(self.modulus):
             raise ValueError(f"modulus must be a prime >= 3, got {self.modulus}")
         if not 1 <= self.min_steps <= self.max_steps:
@@ -250,6 +265,7 @@ def generate_problems(
                 cue_rate=cue,
                 max_constant=params.max_constant,
                 shuffle=params.shuffle,
+                dead_end_names=params.dead_end_names,
             )
         else:
             spec = _build_spec(
@@ -489,6 +505,7 @@ def easy_problems(
                 cue_rate=None,
                 max_constant=params.max_constant,
                 shuffle=params.shuffle,
+                dead_end_names=params.dead_end_names,
             )
             world = _parse(spec)
             out.append((_question(world), "\n".join(_minimal_solution(world))))
@@ -626,20 +643,23 @@ def _build_chain_spec(
     cue_rate: float | None,
     max_constant: int | None = None,
     shuffle: bool = False,
+    dead_end_names: int = 0,
 ) -> str:
     """A chain ``given -> S1 -> ... -> Sk`` (the target), each step one unary operation on the
     previous value, and ``n_dead_ends`` derived quantities that branch off a chain quantity and
     feed nothing: each is a sibling of a needed step, so choosing which one to compute next is
-    the decision of a step. See :func:`_chain_order` for the sentence order and the cue."""
+    the decision of a step. See :func:`_chain_order` for the sentence order and the cue.
+    With ``dead_end_names``, dead ends are named from the last that many names and chain
+    quantities from the others."""
     unary = [op for op in ops if op in _UNARY_OPS]
-    draft = _SpecDraft(rng, modulus, max_constant)
+    draft = _SpecDraft(rng, modulus, max_constant, reserved=NAMES[len(NAMES) - dead_end_names :])
     chain = [draft.given()]
     for _ in range(n_steps):
         chain.append(draft.derived(rng.choice(unary), [chain[-1]]))
     siblings: dict[str, list[str]] = {}
     for _ in range(n_dead_ends):
         parent = rng.randrange(n_steps)
-        dead_end = draft.derived(rng.choice(unary), [chain[parent]])
+        dead_end = draft.derived(rng.choice(unary), [chain[parent]], reserved=True)
         siblings.setdefault(chain[parent + 1], []).append(dead_end)
     order = _chain_order(rng, chain, siblings, cue_rate, shuffle=shuffle)
     spec = {
@@ -700,14 +720,25 @@ def _chain_order(
 
 
 class _SpecDraft:
-    """The quantities of a spec being drawn, each under a fresh name from a shuffled list."""
+    """The quantities of a spec being drawn, each under a fresh name from a shuffled list.
 
-    def __init__(self, rng: random.Random, modulus: int, max_constant: int | None = None) -> None:
+    Names in ``reserved`` go only to quantities drawn with ``reserved=True``."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        modulus: int,
+        max_constant: int | None = None,
+        *,
+        reserved: tuple[str, ...] = (),
+    ) -> None:
         self.rng = rng
         self.modulus = modulus
         self.max_constant = max_constant or modulus - 1
-        self.names = list(NAMES)
-        rng.shuffle(self.names)
+        shuffled = list(NAMES)
+        rng.shuffle(shuffled)
+        self.names = [name for name in shuffled if name not in reserved]
+        self.reserved = [name for name in shuffled if name in reserved]
         self.item = rng.choice(ITEMS)
         self.quantities: list[dict[str, object]] = []
         self.values: dict[str, int] = {}
@@ -718,12 +749,12 @@ class _SpecDraft:
         self._add(name, "given", [], None)
         return name
 
-    def derived(self, op: str, args: list[str]) -> str:
+    def derived(self, op: str, args: list[str], *, reserved: bool = False) -> str:
         low = 2 if op == "mul" else 1
         const = None if op == "sum" else self.rng.randint(low, self.max_constant)
         a = self.values[args[0]]
         b = self.values[args[1]] if const is None else const
-        name = self.names.pop()
+        name = (self.reserved if reserved and self.reserved else self.names).pop()
         self.values[name] = _apply(op, a, b, self.modulus)
         self._add(name, op, args, const)
         return name
