@@ -7,6 +7,11 @@
 # a header naming the commit, the CPU and the wall time, its plot beside it. The twenty-sixth
 # session ran, from a fresh clone,
 #   sh docs/experiments/embedded_pools.sh /tmp/pools 7 3 5
+# With DEAD_END_NAMES=N in the environment, the chain task's dead ends take their names from a
+# reserved set of N names (`task.embedded.dead_end_names`), so that a wrong choice writes a
+# name no correct solution writes; reports then go to
+# docs/results/embedded-dead-end-names-poolN.md. The twenty-seventh session ran
+#   DEAD_END_NAMES=6 sh docs/experiments/embedded_pools.sh /tmp/de 0 7
 set -e
 cd "$(dirname "$0")/../.."
 root=$1
@@ -15,24 +20,35 @@ mkdir -p "$root"
 commit=$(git rev-parse --short HEAD)
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 capability=$(.venv/bin/python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')
+if [ -n "$DEAD_END_NAMES" ]; then
+    name=embedded-dead-end-names
+    knob=", embedded: {dead_end_names: $DEAD_END_NAMES}"
+    title="with dead ends named from $DEAD_END_NAMES reserved names, on task pool"
+    setting="\`task.embedded.dead_end_names: $DEAD_END_NAMES\`, \`task.pool_seed:"
+else
+    name=embedded-preset
+    knob=""
+    title="on task pool"
+    setting="\`task.pool_seed:"
+fi
 for pool in "$@"; do
     config="$root/pool$pool.yaml"
     home="$root/pool$pool"
     rm -rf "$home"
-    printf 'preset: embedded\ntask: {pool_seed: %s}\n' "$pool" > "$config"
+    printf 'preset: embedded\ntask: {pool_seed: %s%s}\n' "$pool" "$knob" > "$config"
     start=$(date +%s)
     SYNTHDATA_CONFIG="$config" SYNTHDATA_HOME="$home" .venv/bin/synthdata run \
         > "$root/pool$pool.log" 2>&1
     seconds=$(($(date +%s) - start))
-    out="docs/results/embedded-preset-pool$pool"
+    out="docs/results/$name-pool$pool"
     cp "$home/reports/scaling_curves.png" "$out.png"
     {
-        echo "# The \`embedded\` preset on task pool $pool"
+        echo "# The \`embedded\` preset $title $pool"
         echo
-        echo "\`task.pool_seed: $pool\`, everything else the preset's"
+        echo "$setting $pool\`, everything else the preset's"
         echo "([embedded_pools.sh](../experiments/embedded_pools.sh)), at \`$commit\`, on 2 cores of"
         echo "an $cpu (torch CPU capability \`$capability\`): $((seconds / 60)) min $((seconds % 60)) s"
-        echo "wall for the whole run. Plot: [embedded-preset-pool$pool.png](embedded-preset-pool$pool.png)."
+        echo "wall for the whole run. Plot: [$name-pool$pool.png]($name-pool$pool.png)."
         echo
         echo '```'
         sed -n '/^run  *seconds$/,$p' "$root/pool$pool.log"  # the report as printed
