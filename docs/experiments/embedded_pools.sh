@@ -8,8 +8,9 @@
 # session ran, from a fresh clone,
 #   sh docs/experiments/embedded_pools.sh /tmp/pools 7 3 5
 # With DEAD_END_NAMES=N in the environment, the chain task's dead ends take their names from a
-# reserved set of N names (`task.embedded.dead_end_names`), so that a wrong choice writes a
-# name no correct solution writes; reports then go to
+# reserved set of N names (`task.embedded.dead_end_names`) and the teacher writes no spurious
+# steps (`teacher.spurious_rate: 0`; a spurious step is a correct line naming a dead end), so
+# that a wrong choice writes a name no correct solution writes; reports then go to
 # docs/results/embedded-dead-end-names-poolN.md. The twenty-seventh session ran
 #   DEAD_END_NAMES=6 sh docs/experiments/embedded_pools.sh /tmp/de 0 7
 set -e
@@ -22,9 +23,9 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 capability=$(.venv/bin/python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')
 if [ -n "$DEAD_END_NAMES" ]; then
     name=embedded-dead-end-names
-    knob=", embedded: {dead_end_names: $DEAD_END_NAMES}"
+    knob=", embedded: {dead_end_names: $DEAD_END_NAMES}}\nteacher: {spurious_rate: 0.0"
     title="with dead ends named from $DEAD_END_NAMES reserved names, on task pool"
-    setting="\`task.embedded.dead_end_names: $DEAD_END_NAMES\`, \`task.pool_seed:"
+    setting="\`task.embedded.dead_end_names: $DEAD_END_NAMES\`, \`teacher.spurious_rate: 0\`, \`task.pool_seed:"
 else
     name=embedded-preset
     knob=""
@@ -35,7 +36,7 @@ for pool in "$@"; do
     config="$root/pool$pool.yaml"
     home="$root/pool$pool"
     rm -rf "$home"
-    printf 'preset: embedded\ntask: {pool_seed: %s%s}\n' "$pool" "$knob" > "$config"
+    printf 'preset: embedded\ntask: {pool_seed: %s%b}\n' "$pool" "$knob" > "$config"
     start=$(date +%s)
     SYNTHDATA_CONFIG="$config" SYNTHDATA_HOME="$home" .venv/bin/synthdata run \
         > "$root/pool$pool.log" 2>&1
