@@ -143,8 +143,9 @@ def upstream(stage: str) -> set[str]:
 
 # Settings added after warehouses were made with the settings before them: left out of the
 # fingerprints while they hold these values (the behaviour from before), so a warehouse
-# made then stays valid; any other value enters like every setting.
-ADDED_SETTINGS: dict[tuple[str, str], object] = {
+# made then stays valid; any other value enters like every setting. A key is the setting's
+# path: its section, then the field (and, for a nested section, the fields down to it).
+ADDED_SETTINGS: dict[tuple[str, ...], object] = {
     ("task", "star_graph"): TaskConfig().star_graph.model_dump(mode="json"),
     ("training", "dpo_sft_weight"): 0.0,
     ("training", "micro_batch_size"): None,
@@ -157,15 +158,20 @@ ADDED_SETTINGS: dict[tuple[str, str], object] = {
     ("training", "select_epoch"): "last",
     ("training", "validation_problems"): 500,
     ("training", "validation_patience"): None,
+    ("task", "embedded", "dead_end_names"): 0,
 }
 
 
 def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     """Each stage's fingerprint: a digest of the settings it and its upstream stages read."""
     dumped = config.model_dump(mode="json")
-    for (section, field), before in ADDED_SETTINGS.items():
-        if dumped[section].get(field) == before:
-            del dumped[section][field]
+    for path, before in ADDED_SETTINGS.items():
+        *parents, field = path
+        holder = dumped
+        for key in parents:
+            holder = holder[key]
+        if holder.get(field) == before:
+            del holder[field]
     base = shipped_base_digest(config)
     out = {}
     for stage in STAGE_INPUTS:

@@ -277,11 +277,19 @@ def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone()
         stop["policy_samples"] != demo["policy_samples"] and stop["sft_model"] == demo["sft_model"]
     )
     assert stage_fingerprints(load_config("demo", overrides={"sampling": {"stop": []}})) == demo
-    assert set(study_module.ADDED_SETTINGS) <= {
-        (section, field)
-        for section in ("task", "training", "sampling")
-        for field in type(getattr(load_config("demo"), section)).model_fields
-    }
+    for path in study_module.ADDED_SETTINGS:  # each names a real setting
+        holder: object = load_config("demo")
+        for key in path:
+            assert key in type(holder).model_fields, path
+            holder = getattr(holder, key)
+    names = load_config("demo", overrides={"task": {"embedded": {"dead_end_names": 0}}})
+    assert stage_fingerprints(names) == demo
+    reserved = stage_fingerprints(
+        load_config(
+            "embedded", overrides={"task": {"embedded": {"dead_end_names": 6, "n_distractors": 2}}}
+        )
+    )
+    assert reserved["problems"] != stage_fingerprints(load_config("embedded"))["problems"]
 
 
 def test_run_materializes_the_sft_reference_partitions_after_the_studys(
