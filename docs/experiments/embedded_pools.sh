@@ -13,6 +13,9 @@
 # that a wrong choice writes a name no correct solution writes; reports then go to
 # docs/results/embedded-dead-end-names-poolN.md. The twenty-seventh session ran
 #   DEAD_END_NAMES=6 sh docs/experiments/embedded_pools.sh /tmp/de 0 7
+# With SPURIOUS_RATE=R instead, only the teacher's spurious steps change
+# (`teacher.spurious_rate: R`); reports go to docs/results/embedded-spurious-R-poolN.md. The
+# twenty-seventh session ran pool 0 with R = 0 by hand, with the config this writes.
 set -e
 cd "$(dirname "$0")/../.."
 root=$1
@@ -26,6 +29,11 @@ if [ -n "$DEAD_END_NAMES" ]; then
     knob=", embedded: {dead_end_names: $DEAD_END_NAMES}}\nteacher: {spurious_rate: 0.0"
     title="with dead ends named from $DEAD_END_NAMES reserved names, on task pool"
     setting="\`task.embedded.dead_end_names: $DEAD_END_NAMES\`, \`teacher.spurious_rate: 0\`, \`task.pool_seed:"
+elif [ -n "$SPURIOUS_RATE" ]; then
+    name=embedded-spurious-$SPURIOUS_RATE
+    knob="}\nteacher: {spurious_rate: $SPURIOUS_RATE"
+    title="with the teacher's spurious steps at rate $SPURIOUS_RATE, on task pool"
+    setting="\`teacher.spurious_rate: $SPURIOUS_RATE\`, \`task.pool_seed:"
 else
     name=embedded-preset
     knob=""
