@@ -15,7 +15,8 @@
 #   DEAD_END_NAMES=6 sh docs/experiments/embedded_pools.sh /tmp/de 0 7
 # With SPURIOUS_RATE=R instead, only the teacher's spurious steps change
 # (`teacher.spurious_rate: R`); reports go to docs/results/embedded-spurious-R-poolN.md. The
-# twenty-seventh session ran pool 0 with R = 0 by hand, with the config this writes.
+# twenty-seventh session ran pool 0 with R = 0.0 by hand, with the config this writes, then
+#   SPURIOUS_RATE=0.0 sh docs/experiments/embedded_pools.sh /tmp/sp 7
 set -e
 cd "$(dirname "$0")/../.."
 root=$1
