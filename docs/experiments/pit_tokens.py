@@ -16,7 +16,7 @@ summed over its data sizes and seeds:
    by kind, and whether a correct solution writes that token: the problem's own gold solution,
    the gold solution of some training problem, or none. A negative can only push down a token
    that costs nothing elsewhere where it is in the last column: the mechanism the laptop study
-   left untested (laptop-study.md, "Reserved dead-end names").
+   left untested (experiments/dead_end_names.md).
 
 Pure reading and tokenizing; no model runs.
 """
