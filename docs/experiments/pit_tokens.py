@@ -15,8 +15,8 @@ summed over its data sizes and seeds:
 2. the parting token (the first token of the rejected side that differs from the chosen side)
    by kind, and whether a correct solution writes that token: the problem's own gold solution,
    the gold solution of some training problem, or none. A negative can only push down a token
-   that costs nothing elsewhere where it is in the last column: the mechanism the laptop study
-   left untested (experiments/dead_end_names.md).
+   that costs nothing elsewhere where it is in the last column: the mechanism
+   experiments/dead_end_names.md tests.
 
 Pure reading and tokenizing; no model runs.
 """
