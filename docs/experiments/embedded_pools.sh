@@ -17,6 +17,7 @@
 # (`teacher.spurious_rate: R`); reports go to docs/results/embedded-spurious-R-poolN.md. The
 # twenty-seventh session ran pool 0 with R = 0.0 by hand, with the config this writes, then
 #   SPURIOUS_RATE=0.0 sh docs/experiments/embedded_pools.sh /tmp/sp 7
+# and the same with pool 3.
 set -e
 cd "$(dirname "$0")/../.."
 root=$1
