@@ -15,7 +15,8 @@
 #   DEAD_END_NAMES=6 sh docs/experiments/embedded_pools.sh /tmp/de 0 7
 # With SPURIOUS_RATE=R instead, only the teacher's spurious steps change
 # (`teacher.spurious_rate: R`); reports go to docs/results/embedded-spurious-R-poolN.md. The
-# twenty-seventh session ran pool 0 with R = 0.0 by hand, with the config this writes, then
+# twenty-seventh session ran pool 0 with R = 0.0 by hand, with the config this writes; the
+# twenty-eighth ran
 #   SPURIOUS_RATE=0.0 sh docs/experiments/embedded_pools.sh /tmp/sp 7
 # and the same with pool 3.
 set -e
