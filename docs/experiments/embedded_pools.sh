@@ -18,7 +18,7 @@
 # twenty-seventh session ran pool 0 with R = 0.0 by hand, with the config this writes; the
 # twenty-eighth ran
 #   SPURIOUS_RATE=0.0 sh docs/experiments/embedded_pools.sh /tmp/sp 7
-# and the same with pool 3.
+# and the same with pools 3 and 5.
 set -e
 cd "$(dirname "$0")/../.."
 root=$1
