@@ -284,9 +284,7 @@ def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone()
             holder = getattr(holder, key)
     # a nested one (task.embedded.dead_end_names) leaves them only at its old value
     reserved = stage_fingerprints(
-        load_config(
-            "embedded", overrides={"task": {"embedded": {"dead_end_names": 6, "n_distractors": 2}}}
-        )
+        load_config("embedded", overrides={"task": {"embedded": {"dead_end_names": 6}}})
     )
     assert reserved["problems"] != stage_fingerprints(load_config("embedded"))["problems"]
 
