@@ -44,6 +44,22 @@ another model they need not, so ``mc`` against ``nll`` with the same ``init`` te
 the negatives then add anything of their own. The row's ``init_*`` fields pair the result
 with that model's own evaluation.
 
+``mcw`` and ``nllw`` (twenty-ninth session) are ``mc`` and ``nll`` with each pair weighted
+as ``credit.advantage_weighted`` weights it (:func:`preference.pair_weights`: the value lost
+at the pit, in [0.1, 1], mean 1). With best-of-K rollouts, Q-values are 0 or 1: the pits that
+lose no value are at step 1 of problems whose rollouts from the question all fail, and only
+about a quarter of them are the true first wrong step (against about 70% of the others), so
+the weighting mostly turns down pairs whose pit is a guess.
+
+``mcdead`` and ``mcalive`` (twenty-ninth session) split ``mc``'s negatives by the task's
+ground truth, as ``mcnames`` and ``mcrest`` do by token role: ``mcdead`` keeps only the
+negatives whose pit step (the rejected side's last line) names one of the problem's dead ends,
+``mcalive`` only the others; every other pair's rejected side becomes its chosen side, as in
+``nll``. On the ``embedded`` preset's task the teacher writes true lines about dead ends
+(``teacher.spurious_rate``), SFT copies them, and per-step DPO writes fewer of them than the
+control (``spurious_lines.py --by-size``): if the negatives at those lines are the ones that
+help and the rest the ones that cost, ``mcdead`` is above ``nll`` and ``mcalive`` below it.
+
 ``slips`` (seventeenth session) keeps ``mc``'s pairs, chosen sides and schedule and replaces
 each rejected side by a teacher slip on the same problem: ``embedded.oracle_solution`` with
 ``slip_rate`` 1 (one needed step's result wrong), cut right after that step. Its negatives are
@@ -86,7 +102,7 @@ import shared_tokens  # noqa: E402
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
 MODES = (
     "mc", "truth", "nll", "token", "truthtoken", "mcclean", "truthclean", "nllclean", "slips",
-    "mcnames", "mcrest",
+    "mcnames", "mcrest", "mcw", "nllw", "mcdead", "mcalive",
 )  # fmt: skip
 
 
@@ -152,10 +168,13 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     if pits.endswith("token"):
         chosen, cut = cut_at_first_departure(chosen, load_checkpoint(sft_path)[1])
     kept = None
+    if pits in ("mcdead", "mcalive"):
+        chosen, kept = negatives_at_dead_ends(chosen, part, dead=pits == "mcdead")
     if pits in ("mcnames", "mcrest"):
         chosen, kept = negatives_by_role(
             chosen, load_checkpoint(sft_path)[1], names=pits == "mcnames"
         )
+    weights = preference.pair_weights(chosen, adv) if pits.endswith("w") else None
     test = problems.filter(pl.col("split") == "test")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "per_step_dpo"
@@ -169,6 +188,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
             max_seq_len=config.model.max_seq_len,
             log=lambda m: print(m, flush=True),
             twins=twins,
+            weights=weights,
             held_out=preference.held_out_texts(problems),
         ).row(0, named=True)
         greedy = sft_forgetting.greedy(config, str(folder), test, seed_)
@@ -193,6 +213,7 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "clean_chosen": cleaned,
         "slip_steps": slipped,
         "negatives_by_role": kept,
+        "weights": None if weights is None else _weight_summary(weights),
         "first_errors": sft_forgetting.first_error_kinds(greedy, test),
         "pits_moved": int(
             adv.filter(pl.col("is_true_first_wrong") != pl.col("is_first_pit_best_of_k")).height
@@ -208,6 +229,16 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "cpu_model": base_recipe._cpu(),
     }
     sft_forgetting.write_row(OUT, out)
+
+
+def _weight_summary(weights: list[float]) -> dict[str, float]:
+    """The pair weights' spread: the smallest, the largest, and the share at the smallest."""
+    low = min(weights)
+    return {
+        "min": round(low, 3),
+        "max": round(max(weights), 3),
+        "share_at_min": round(sum(w == low for w in weights) / len(weights), 3),
+    }
 
 
 def start_model(part: Partition, init: str | None) -> tuple[str, pl.DataFrame]:
@@ -316,6 +347,29 @@ def cut_at_first_departure(chosen: pl.DataFrame, tokenizer) -> tuple[pl.DataFram
         counts[kind] += 1
         rejected.append(text)
     return chosen.with_columns(rejected=pl.Series(rejected, dtype=pl.String)), counts
+
+
+def negatives_at_dead_ends(
+    chosen: pl.DataFrame, part: Partition, dead: bool
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """``mcdead``: only the pairs whose rejected side's pit step (its last line) names a dead
+    end of the problem keep their negative; ``mcalive``: only the others. The rest get their
+    chosen side as the rejected side (no DPO gradient), as in ``nll``. Also how many pairs were
+    kept and nulled."""
+    rejected, has_eos, counts = [], [], {"kept": 0, "nulled": 0, "pit_at_dead_end": 0}
+    for row in chosen.iter_rows(named=True):
+        names = {q.name for q in embedded._parse(part.spec[row["problem_id"]]).spurious}
+        lines = row["rejected"].strip().split("\n")
+        at_dead = embedded.step_name(lines[-1].strip()) in names
+        counts["pit_at_dead_end"] += at_dead
+        keep = at_dead == dead
+        counts["kept" if keep else "nulled"] += 1
+        rejected.append(row["rejected"] if keep else row["chosen"])
+        has_eos.append(row["rejected_has_eos"] if keep else row["chosen_has_eos"])
+    return chosen.with_columns(
+        rejected=pl.Series(rejected, dtype=pl.String),
+        rejected_has_eos=pl.Series(has_eos, dtype=chosen.schema["rejected_has_eos"]),
+    ), counts
 
 
 def negatives_by_role(
