@@ -608,6 +608,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "sampling": {"max_new_tokens": 12, "eval_samples": 1, "batch_size": 512},
         "training": {"epochs": 12, "learning_rate": 3e-3, "rft_init": "sft"},
         "credit": {"max_negatives_per_problem": 1},
+        # Two one-thread runs on 2 cores, as in the demo: about 1.4x one two-thread run.
+        "execution": {"parallel_runs": 2},
     },
     # One GPU (docs/backends.md): a 0.5-1.5B Hugging Face model from a local folder, on GSM8K.
     # Full fine-tuning in float32 master weights fits 1.5B on an 80 GB card (24 GB of states);
