@@ -60,6 +60,14 @@ negatives whose pit step (the rejected side's last line) names one of the proble
 control (``spurious_lines.py --by-size``): if the negatives at those lines are the ones that
 help and the rest the ones that cost, ``mcdead`` is above ``nll`` and ``mcalive`` below it.
 
+``mcoff`` (twenty-ninth session) keeps only the negatives whose prefix before the pit step
+holds a line the solver does not label ``needed`` (a wrong line, or a true line about a dead
+end): negatives at states off the problem's one correct path, which no correct solution
+without such a line passes through. On-policy negatives mirror the NLL of the positives at the
+same state (the fourteenth session's argument), so they can add a direction of their own only
+where no positive is; if that is what the chain task lacks, ``mcoff`` is above ``nll`` where
+``mcdead`` (a subset of about the same size at on-path states) is below it.
+
 ``slips`` (seventeenth session) keeps ``mc``'s pairs, chosen sides and schedule and replaces
 each rejected side by a teacher slip on the same problem: ``embedded.oracle_solution`` with
 ``slip_rate`` 1 (one needed step's result wrong), cut right after that step. Its negatives are
@@ -102,7 +110,7 @@ import shared_tokens  # noqa: E402
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
 MODES = (
     "mc", "truth", "nll", "token", "truthtoken", "mcclean", "truthclean", "nllclean", "slips",
-    "mcnames", "mcrest", "mcw", "nllw", "mcdead", "mcalive",
+    "mcnames", "mcrest", "mcw", "nllw", "mcdead", "mcalive", "mcoff",
 )  # fmt: skip
 
 
@@ -170,6 +178,8 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
     kept = None
     if pits in ("mcdead", "mcalive"):
         chosen, kept = negatives_at_dead_ends(chosen, part, dead=pits == "mcdead")
+    if pits == "mcoff":
+        chosen, kept = negatives_off_path(chosen, part)
     if pits in ("mcnames", "mcrest"):
         chosen, kept = negatives_by_role(
             chosen, load_checkpoint(sft_path)[1], names=pits == "mcnames"
@@ -364,6 +374,27 @@ def negatives_at_dead_ends(
         counts["pit_at_dead_end"] += at_dead
         keep = at_dead == dead
         counts["kept" if keep else "nulled"] += 1
+        rejected.append(row["rejected"] if keep else row["chosen"])
+        has_eos.append(row["rejected_has_eos"] if keep else row["chosen_has_eos"])
+    return chosen.with_columns(
+        rejected=pl.Series(rejected, dtype=pl.String),
+        rejected_has_eos=pl.Series(has_eos, dtype=chosen.schema["rejected_has_eos"]),
+    ), counts
+
+
+def negatives_off_path(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, dict]:
+    """``mcoff``: only the pairs whose rejected side has a line before its pit step that the
+    solver does not label ``needed`` keep their negative; the rest get their chosen side as the
+    rejected side, as in ``nll``. Also how many were kept and nulled, and the labels of the
+    kept ones' pit steps."""
+    rejected, has_eos = [], []
+    counts: dict = {"kept": 0, "nulled": 0, "pit_labels": {}}
+    for row in chosen.iter_rows(named=True):
+        labels = embedded.step_labels(part.spec[row["problem_id"]], row["rejected"])
+        keep = any(label != "needed" for label in labels[:-1])
+        counts["kept" if keep else "nulled"] += 1
+        if keep:
+            counts["pit_labels"][labels[-1]] = counts["pit_labels"].get(labels[-1], 0) + 1
         rejected.append(row["rejected"] if keep else row["chosen"])
         has_eos.append(row["rejected_has_eos"] if keep else row["chosen_has_eos"])
     return chosen.with_columns(
