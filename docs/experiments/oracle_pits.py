@@ -363,44 +363,30 @@ def negatives_at_dead_ends(
     chosen: pl.DataFrame, part: Partition, dead: bool
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """``mcdead``: only the pairs whose rejected side's pit step (its last line) names a dead
-    end of the problem keep their negative; ``mcalive``: only the others. The rest get their
-    chosen side as the rejected side (no DPO gradient), as in ``nll``. Also how many pairs were
-    kept and nulled."""
-    rejected, has_eos, counts = [], [], {"kept": 0, "nulled": 0, "pit_at_dead_end": 0}
-    for row in chosen.iter_rows(named=True):
-        names = {q.name for q in embedded._parse(part.spec[row["problem_id"]]).spurious}
-        lines = row["rejected"].strip().split("\n")
-        at_dead = embedded.step_name(lines[-1].strip()) in names
-        counts["pit_at_dead_end"] += at_dead
-        keep = at_dead == dead
-        counts["kept" if keep else "nulled"] += 1
-        rejected.append(row["rejected"] if keep else row["chosen"])
-        has_eos.append(row["rejected_has_eos"] if keep else row["chosen_has_eos"])
-    return chosen.with_columns(
-        rejected=pl.Series(rejected, dtype=pl.String),
-        rejected_has_eos=pl.Series(has_eos, dtype=chosen.schema["rejected_has_eos"]),
-    ), counts
+    end of the problem keep their negative; ``mcalive``: only the others (:func:`_only`).
+    Also how many pairs were kept and nulled."""
+    keep = []
+    for pid, text in chosen.select("problem_id", "rejected").iter_rows():
+        names = {q.name for q in embedded._parse(part.spec[pid]).spurious}
+        at_dead = embedded.step_name(text.strip().split("\n")[-1].strip()) in names
+        keep.append(at_dead == dead)
+    at_dead_end = sum(keep) if dead else len(keep) - sum(keep)
+    counts = {"kept": sum(keep), "nulled": len(keep) - sum(keep), "pit_at_dead_end": at_dead_end}
+    return _only(chosen, keep), counts
 
 
 def negatives_off_path(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, dict]:
     """``mcoff``: only the pairs whose rejected side has a line before its pit step that the
-    solver does not label ``needed`` keep their negative; the rest get their chosen side as the
-    rejected side, as in ``nll``. Also how many were kept and nulled, and the labels of the
-    kept ones' pit steps."""
-    rejected, has_eos = [], []
-    counts: dict = {"kept": 0, "nulled": 0, "pit_labels": {}}
-    for row in chosen.iter_rows(named=True):
-        labels = embedded.step_labels(part.spec[row["problem_id"]], row["rejected"])
-        keep = any(label != "needed" for label in labels[:-1])
-        counts["kept" if keep else "nulled"] += 1
-        if keep:
-            counts["pit_labels"][labels[-1]] = counts["pit_labels"].get(labels[-1], 0) + 1
-        rejected.append(row["rejected"] if keep else row["chosen"])
-        has_eos.append(row["rejected_has_eos"] if keep else row["chosen_has_eos"])
-    return chosen.with_columns(
-        rejected=pl.Series(rejected, dtype=pl.String),
-        rejected_has_eos=pl.Series(has_eos, dtype=chosen.schema["rejected_has_eos"]),
-    ), counts
+    solver does not label ``needed`` keep their negative (:func:`_only`). Also how many were
+    kept and nulled, and the labels of the kept ones' pit steps."""
+    keep, pit_labels = [], {}
+    for pid, text in chosen.select("problem_id", "rejected").iter_rows():
+        labels = embedded.step_labels(part.spec[pid], text)
+        keep.append(any(label != "needed" for label in labels[:-1]))
+        if keep[-1]:
+            pit_labels[labels[-1]] = pit_labels.get(labels[-1], 0) + 1
+    counts = {"kept": sum(keep), "nulled": len(keep) - sum(keep), "pit_labels": pit_labels}
+    return _only(chosen, keep), counts
 
 
 def negatives_by_role(
@@ -408,24 +394,28 @@ def negatives_by_role(
 ) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
     """``mcnames``: only the pairs whose rejected side first parts from the chosen side at the
     name of a step line (which quantity comes next) keep their negative; ``mcrest``: only the
-    others do (a wrong number, operator or read quantity). Every other pair's rejected side
-    becomes its chosen side, as in ``nll``: no DPO gradient, the chosen side's NLL still trains,
-    so pairs, schedule and updates stay those of ``mc`` and ``nll``. Also the counts of pairs
-    kept and nulled by the role of their first departing token."""
-    rejected, has_eos = [], []
+    others do (a wrong number, operator or read quantity); see :func:`_only`. Also the counts
+    of pairs kept and nulled by the role of their first departing token."""
+    keep = []
     counts: dict[str, dict[str, int]] = {"kept": {}, "nulled": {}}
-    for row in chosen.iter_rows(named=True):
-        departure = shared_tokens.first_departure(tokenizer, row["chosen"], row["rejected"])
+    for good, bad in chosen.select("chosen", "rejected").iter_rows():
+        departure = shared_tokens.first_departure(tokenizer, good, bad)
         role = (departure[0] if departure else None) or "none"
-        keep = (role == "name") == names
-        side = "kept" if keep else "nulled"
+        keep.append((role == "name") == names)
+        side = "kept" if keep[-1] else "nulled"
         counts[side][role] = counts[side].get(role, 0) + 1
-        rejected.append(row["rejected"] if keep else row["chosen"])
-        has_eos.append(row["rejected_has_eos"] if keep else row["chosen_has_eos"])
+    return _only(chosen, keep), counts
+
+
+def _only(chosen: pl.DataFrame, keep: list[bool]) -> pl.DataFrame:
+    """``chosen`` with only the negatives of the pairs ``keep`` marks: every other pair's
+    rejected side becomes its chosen side, as in ``nll``, so it has no DPO gradient while its
+    chosen side's NLL still trains, and pairs, schedule and updates stay those of ``mc``."""
+    mask = pl.lit(pl.Series(keep, dtype=pl.Boolean))
     return chosen.with_columns(
-        rejected=pl.Series(rejected, dtype=pl.String),
-        rejected_has_eos=pl.Series(has_eos, dtype=chosen.schema["rejected_has_eos"]),
-    ), counts
+        rejected=pl.when(mask).then("rejected").otherwise("chosen"),
+        rejected_has_eos=pl.when(mask).then("rejected_has_eos").otherwise("chosen_has_eos"),
+    )
 
 
 if __name__ == "__main__":
