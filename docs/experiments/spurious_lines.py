@@ -121,7 +121,7 @@ def main(home: str, label: str = "", *flags: str) -> None:
         scored = _at(evals, size)
         for method in sorted(evals["method"].unique()):
             row[method] = _count(specs, scored.filter(pl.col("method") == method), "completion")
-        if size is not None:
+        if size is not None and {"per_step_dpo", "nll_control"} <= set(evals["method"]):
             row["dead_end_per_step_dpo_minus_control"] = _paired_dead_end(
                 specs, scored, "per_step_dpo", "nll_control"
             )
