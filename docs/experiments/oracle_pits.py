@@ -49,7 +49,11 @@ as ``credit.advantage_weighted`` weights it (:func:`preference.pair_weights`: th
 at the pit, in [0.1, 1], mean 1). With best-of-K rollouts, Q-values are 0 or 1: the pits that
 lose no value are at step 1 of problems whose rollouts from the question all fail, and only
 about a quarter of them are the true first wrong step (against about 70% of the others), so
-the weighting mostly turns down pairs whose pit is a guess.
+the weighting mostly turns down pairs whose pit is a guess. ``mcwpi`` and ``nllwpi`` take the
+weights from Q-values under ``rollout_policy: pi_sft`` instead (``c / M`` of the same
+rollouts, recomputed by :func:`advantages.from_rollouts`), which grade the value lost in
+steps of 1/M; the first pits, and so the pairs, are those of best-of-K (under ``first_zero``
+both put the pit where all M rollouts fail).
 
 ``mcdead`` and ``mcalive`` (twenty-ninth session) split ``mc``'s negatives by the task's
 ground truth, as ``mcnames`` and ``mcrest`` do by token role: ``mcdead`` keeps only the
@@ -94,7 +98,7 @@ from pathlib import Path
 
 import polars as pl
 
-from synthdata_assets import pairs, preference
+from synthdata_assets import advantages, pairs, preference
 from synthdata_assets.config import load_config
 from synthdata_assets.steps import prefix, resolve_rule, split_steps
 from synthdata_assets.tasks import embedded
@@ -110,7 +114,7 @@ import shared_tokens  # noqa: E402
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
 MODES = (
     "mc", "truth", "nll", "token", "truthtoken", "mcclean", "truthclean", "nllclean", "slips",
-    "mcnames", "mcrest", "mcw", "nllw", "mcdead", "mcalive", "mcoff",
+    "mcnames", "mcrest", "mcw", "nllw", "mcwpi", "nllwpi", "mcdead", "mcalive", "mcoff",
 )  # fmt: skip
 
 
@@ -133,6 +137,15 @@ class Partition:
         built from the Monte Carlo pits or (``truth*``) the true first wrong steps; and the
         step advantages they came from."""
         adv = self.table("step_advantages")
+        if pits.endswith("wpi"):
+            credit = self.config.credit.model_copy(update={"rollout_policy": "pi_sft"})
+            adv = advantages.from_rollouts(
+                credit,
+                resolve_rule(credit.step_rule, self.config.task.name),
+                self.table("policy_samples"),
+                self.table("step_rollouts"),
+                self.problems,
+            )
         if pits.startswith("truth"):
             adv = adv.with_columns(is_first_pit=pl.col("is_true_first_wrong"))
         built = pairs.partition_pairs(
@@ -184,7 +197,8 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         chosen, kept = negatives_by_role(
             chosen, load_checkpoint(sft_path)[1], names=pits == "mcnames"
         )
-    weights = preference.pair_weights(chosen, adv) if pits.endswith("w") else None
+    weighted = pits.endswith(("w", "wpi"))
+    weights = preference.pair_weights(chosen, adv) if weighted else None
     test = problems.filter(pl.col("split") == "test")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "per_step_dpo"
