@@ -110,6 +110,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import base_recipe  # noqa: E402
 import sft_forgetting  # noqa: E402
 import shared_tokens  # noqa: E402
+import spurious_lines  # noqa: E402
 
 OUT = Path(__file__).with_name("oracle_pits.jsonl")
 MODES = (
@@ -381,9 +382,8 @@ def negatives_at_dead_ends(
     Also how many pairs were kept and nulled."""
     keep = []
     for pid, text in chosen.select("problem_id", "rejected").iter_rows():
-        names = {q.name for q in embedded._parse(part.spec[pid]).spurious}
-        at_dead = embedded.step_name(text.strip().split("\n")[-1].strip()) in names
-        keep.append(at_dead == dead)
+        pit_step = text.strip().split("\n")[-1]
+        keep.append(spurious_lines.has_dead_end(part.spec[pid], pit_step) == dead)
     at_dead_end = sum(keep) if dead else len(keep) - sum(keep)
     counts = {"kept": sum(keep), "nulled": len(keep) - sum(keep), "pit_at_dead_end": at_dead_end}
     return _only(chosen, keep), counts

@@ -12,7 +12,8 @@ its evaluations). The latest row of a cell counts.
 
     python docs/experiments/oracle_vs_pipeline.py ARM[,ARM...] [FIRST_ROW]
 
-FIRST_ROW (default 0) skips the file's earlier rows. Reads the warehouses named by the rows.
+FIRST_ROW (default 0) skips the file's earlier rows. Reads each row's partition of the
+warehouse it names, under the row's config (``oracle_pits.Partition``).
 """
 
 from __future__ import annotations
@@ -26,32 +27,26 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sft_forgetting  # noqa: E402
+from oracle_pits import Partition  # noqa: E402
 
 ROWS = Path(__file__).with_name("oracle_pits.jsonl")
 KINDS = ("dead_end", "other_name", "table", "operator")
 
 
-class Warehouse:
-    """One warehouse's evaluations, and the first-error kinds of its methods' solutions."""
-
-    def __init__(self, home: str) -> None:
-        tables = Path(home) / "tables"
-        self.evals = pl.read_parquet(tables / "evaluations" / "**" / "*.parquet").with_columns(
-            pl.col("is_correct").fill_null(False)
-        )
-        self.test = pl.read_parquet(tables / "problems.parquet").filter(pl.col("split") == "test")
-
-    def accuracy(self, size: int, seed: int, method: str) -> float:
-        rows = self._rows(size, seed, method)
-        return round(100 * float(rows["is_correct"].mean()), 1)
-
-    def first_errors(self, size: int, seed: int, method: str) -> dict[str, int]:
-        rows = self._rows(size, seed, method).select("problem_id", solution="completion")
-        return sft_forgetting.first_error_kinds(rows, self.test)
-
-    def _rows(self, size: int, seed: int, method: str) -> pl.DataFrame:
-        where = (pl.col("data_size") == size) & (pl.col("seed") == seed)
-        return self.evals.filter(where & (pl.col("method") == method))
+def _pipeline(part: Partition) -> tuple[dict[str, float], dict[str, int]]:
+    """The partition's greedy accuracy (%) of each method, and the first-error kinds of its
+    control's solutions."""
+    evals = part.table("evaluations").with_columns(pl.col("is_correct").fill_null(False))
+    accuracy = {
+        method: round(100 * float(rows["is_correct"].mean()), 1)
+        for (method,), rows in evals.group_by("method")
+    }
+    control = evals.filter(pl.col("method") == "nll_control")
+    test = part.problems.filter(pl.col("split") == "test")
+    errors = sft_forgetting.first_error_kinds(
+        control.select("problem_id", solution="completion"), test
+    )
+    return accuracy, errors
 
 
 def _spread(values: list[float]) -> str:
@@ -71,16 +66,12 @@ def main(arms: str, first_row: str = "0") -> None:
     for row in map(json.loads, lines):
         if row["pits"] in wanted:
             latest[(row["home"], row["size"], row["seed"], row["pits"])] = row
-    houses: dict[str, Warehouse] = {}
     cells: dict[tuple, list] = {}
     for (home, size, seed, arm), row in sorted(latest.items()):
-        house = houses.setdefault(home, Warehouse(home))
-        psd, ctl, sft = (
-            house.accuracy(size, seed, m) for m in ("per_step_dpo", "nll_control", "sft")
-        )
-        errors = (row["first_errors"], house.first_errors(size, seed, "nll_control"))
+        accuracy, control_errors = _pipeline(Partition(home, row["config"], size, seed))
+        psd, ctl, sft = (accuracy[m] for m in ("per_step_dpo", "nll_control", "sft"))
         cells.setdefault((row["pool_seed"], size, arm), []).append(
-            (row["per_step_dpo"], psd, ctl, sft, *errors)
+            (row["per_step_dpo"], psd, ctl, sft, row["first_errors"], control_errors)
         )
     print(
         "| pool | size | arm | seeds | arm | per-step DPO | control | SFT | arm minus per-step DPO "

@@ -34,62 +34,66 @@ OUT = Path(__file__).with_name("spurious_lines.jsonl")
 BOOTSTRAP = 2000
 
 
-def _has_dead_end(specs: dict[str, str], problem_id: str, solution: str) -> bool:
+def has_dead_end(spec: str, solution: str) -> bool:
     """Whether ``solution`` has a step line naming one of its problem's dead ends."""
-    dead = {q.name for q in embedded._parse(specs[problem_id]).spurious}
+    dead = {q.name for q in embedded._parse(spec).spurious}
     return any(embedded.step_name(s.strip()) in dead for s in split_steps(solution, "lines"))
 
 
-def _paired_dead_end(specs: dict[str, str], evals: pl.DataFrame, a: str, b: str) -> dict:
-    """Method ``a``'s share of solutions with a dead-end line minus ``b``'s, in points, paired
+def _labelled(specs: dict[str, str], rows: pl.DataFrame, text: str) -> pl.DataFrame:
+    """``rows`` with each solution's (column ``text``) spurious lines and whether it has a
+    dead-end line: what every count below reads, so each solution is parsed once."""
+    spurious, dead = [], []
+    for pid, solution in rows.select("problem_id", text).iter_rows():
+        spurious.append(embedded.step_labels(specs[pid], solution).count("spurious"))
+        dead.append(has_dead_end(specs[pid], solution))
+    return rows.with_columns(
+        spurious_lines=pl.Series(spurious, dtype=pl.Int64),
+        has_dead_end=pl.Series(dead, dtype=pl.Boolean),
+    )
+
+
+def _paired_dead_end(a: pl.DataFrame, b: pl.DataFrame) -> dict:
+    """Labelled solutions ``a``'s share with a dead-end line minus ``b``'s, in points, paired
     by (seed, problem), with a 95% bootstrap interval that resamples test problems."""
-    flags = {}
-    for method in (a, b):
-        rows = evals.filter(pl.col("method") == method)
-        flags[method] = {
-            (seed, pid): _has_dead_end(specs, pid, text)
-            for seed, pid, text in rows.select("seed", "problem_id", "completion").iter_rows()
-        }
-    keys = sorted(flags[a].keys() & flags[b].keys())
-    problems = sorted({pid for _, pid in keys})
-    index = {pid: i for i, pid in enumerate(problems)}
-    diff = np.zeros(len(problems))  # summed over seeds, per problem
-    for key in keys:
-        diff[index[key[1]]] += flags[a][key] - flags[b][key]
-    per_seed = len(keys) / len(problems)
+    keys = ["seed", "problem_id"]
+    both = a.select(*keys, "has_dead_end").join(
+        b.select(*keys, other="has_dead_end"), on=keys, how="inner"
+    )
+    # summed over seeds, per problem, in the problems' sorted order
+    per_problem = (
+        both.group_by("problem_id")
+        .agg((pl.col("has_dead_end").cast(pl.Int64) - pl.col("other").cast(pl.Int64)).sum())
+        .sort("problem_id")
+    )
+    diff = per_problem["has_dead_end"].to_numpy().astype(float)
+    per_seed = both.height / len(diff)
     rng = np.random.default_rng(0)
-    draws = rng.integers(0, len(problems), size=(BOOTSTRAP, len(problems)))
+    draws = rng.integers(0, len(diff), size=(BOOTSTRAP, len(diff)))
     means = diff[draws].mean(axis=1) / per_seed
     low, high = np.percentile(100 * means, [2.5, 97.5])
     return {
         "points": round(100 * diff.mean() / per_seed, 2),
         "ci95": [round(float(low), 2), round(float(high), 2)],
-        "pairs": len(keys),
+        "pairs": both.height,
     }
 
 
-def _count(specs: dict[str, str], rows: pl.DataFrame, text: str) -> dict:
-    n = spurious_sol = spurious_lines = dead_sol = 0
-    right = {True: 0, False: 0}
-    total = {True: 0, False: 0}
-    for pid, solution, correct in rows.select("problem_id", text, "is_correct").iter_rows():
-        k = embedded.step_labels(specs[pid], solution).count("spurious")
-        has_dead = _has_dead_end(specs, pid, solution)
-        n += 1
-        spurious_sol += k > 0
-        spurious_lines += k
-        dead_sol += has_dead
-        total[has_dead] += 1
-        right[has_dead] += bool(correct)
+def _count(rows: pl.DataFrame) -> dict:
+    """The figures of one group of :func:`_labelled` solutions."""
+    n = rows.height
+    dead = rows["has_dead_end"]
 
     def acc(flag: bool) -> float | None:
-        return round(100 * right[flag] / total[flag], 1) if total[flag] else None
+        group = rows.filter(dead == flag)
+        right = int(group["is_correct"].cast(pl.Int64).sum())
+        return round(100 * right / group.height, 1) if group.height else None
 
     return {
         "n": n,
-        "with_spurious_%": round(100 * spurious_sol / n, 1),
-        "spurious_per_solution": round(spurious_lines / n, 3),
-        "with_dead_end_%": round(100 * dead_sol / n, 1),
+        "with_spurious_%": round(100 * int((rows["spurious_lines"] > 0).sum()) / n, 1),
+        "spurious_per_solution": round(int(rows["spurious_lines"].sum()) / n, 3),
+        "with_dead_end_%": round(100 * int(dead.sum()) / n, 1),
         "acc_with_dead_end": acc(True),
         "acc_without_dead_end": acc(False),
     }
@@ -107,8 +111,12 @@ def main(home: str, label: str = "", *flags: str) -> None:
     problems = pl.read_parquet(tables / "problems.parquet")
     specs = dict(problems.select("problem_id", "spec").iter_rows())
     teacher = pl.read_parquet(tables / "teacher_solutions" / "**" / "*.parquet")
+    teacher = _labelled(specs, teacher.filter(pl.col("is_correct")), "solution")
     evals = pl.read_parquet(tables / "evaluations" / "**" / "*.parquet")
-    evals = evals.with_columns(pl.col("is_correct").fill_null(False))
+    evals = _labelled(
+        specs, evals.with_columns(pl.col("is_correct").fill_null(False)), "completion"
+    )
+    methods = sorted(evals["method"].unique())
     sizes = sorted(evals["data_size"].unique()) if flags else [None]
     for size in sizes:
         row = {
@@ -116,14 +124,14 @@ def main(home: str, label: str = "", *flags: str) -> None:
             "label": label,
             "cpu": torch.backends.cpu.get_cpu_capability(),
             **({} if size is None else {"data_size": size}),
-            "sft_data": _count(specs, _at(teacher, size).filter(pl.col("is_correct")), "solution"),
+            "sft_data": _count(_at(teacher, size)),
         }
-        scored = _at(evals, size)
-        for method in sorted(evals["method"].unique()):
-            row[method] = _count(specs, scored.filter(pl.col("method") == method), "completion")
-        if size is not None and {"per_step_dpo", "nll_control"} <= set(evals["method"]):
+        scored = {m: _at(evals, size).filter(pl.col("method") == m) for m in methods}
+        for method in methods:
+            row[method] = _count(scored[method])
+        if size is not None and {"per_step_dpo", "nll_control"} <= set(methods):
             row["dead_end_per_step_dpo_minus_control"] = _paired_dead_end(
-                specs, scored, "per_step_dpo", "nll_control"
+                scored["per_step_dpo"], scored["nll_control"]
             )
         print(json.dumps(row))
         with OUT.open("a") as f:
