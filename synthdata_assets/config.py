@@ -148,15 +148,34 @@ class StarGraphTaskConfig(Section):
         ge=3,
         le=1000,
         description="Node labels are distinct values below this (at least 1 + degree * "
-        "path_length).",
+        "path_length - (goal_arms - 1)).",
+    )
+    goal_arms: int = Field(
+        1,
+        ge=1,
+        le=19,
+        description="Arms that end at the goal (they share its node): the number of true "
+        "paths, and of right first steps. 1 is the standard path-star graph; more makes the "
+        "decision one with several right answers and degree - goal_arms wrong ones.",
     )
 
     @model_validator(mode="after")
     def _labels_suffice(self) -> StarGraphTaskConfig:
-        need = 1 + self.degree * self.path_length
+        if self.goal_arms >= self.degree:
+            raise ValueError(
+                f"goal_arms ({self.goal_arms}) must be below degree ({self.degree}): with every "
+                "arm at the goal there is no wrong choice"
+            )
+        if self.goal_arms > 1 and self.path_length < 2:
+            raise ValueError(
+                f"goal_arms ({self.goal_arms}) > 1 needs path_length of at least 2: arms of one "
+                "node that all end at the goal would be the same arm"
+            )
+        need = 1 + self.degree * self.path_length - (self.goal_arms - 1)
         if self.n_nodes < need:
             raise ValueError(
-                f"n_nodes ({self.n_nodes}) must be at least 1 + degree * path_length ({need})"
+                f"n_nodes ({self.n_nodes}) must be at least 1 + degree * path_length - "
+                f"(goal_arms - 1) ({need})"
             )
         return self
 
@@ -517,10 +536,13 @@ class ExperimentConfig(Section):
     @property
     def first_step_baseline(self) -> tuple[float | None, str]:
         """What ``first_step_curves`` compares first steps with: on star_graph 1/degree (an
-        arm out of the start picked at random, where next-token SFT is known to stall),
-        elsewhere chance."""
+        arm out of the start picked at random, where next-token SFT is known to stall;
+        goal_arms/degree with several arms to the goal), elsewhere chance."""
         if self.task.name == "star_graph":
-            return 1 / self.task.star_graph.degree, "1/degree"
+            star = self.task.star_graph
+            if star.goal_arms > 1:
+                return star.goal_arms / star.degree, f"{star.goal_arms}/degree"
+            return 1 / star.degree, "1/degree"
         return self.chance_rate, "chance"
 
     @property

@@ -176,11 +176,14 @@ def gold_answers_parse(problems: pl.DataFrame, fmt: str) -> list[str]:
     bad = []
     for pid, answer in zip(problems["problem_id"], problems["answer"], strict=True):
         if fmt == "embedded":
-            probe = embedded.final_answer_line(answer)
-        elif fmt == "star_graph":
-            probe = star_graph.solution_text(answer.split(","))
+            probes = [embedded.final_answer_line(answer)]
+        elif fmt == "star_graph":  # every true path of the gold answer must read back
+            probes = [
+                star_graph.solution_text(path.split(","))
+                for path in answer.split(star_graph.ALTERNATIVE_SEP)
+            ]
         else:
-            probe = f"\\boxed{{{answer}}}"
-        if not answer or extract_answer(probe, fmt) is None:
+            probes = [f"\\boxed{{{answer}}}"]
+        if not answer or any(extract_answer(probe, fmt) is None for probe in probes):
             bad.append(pid)
     return bad

@@ -23,7 +23,9 @@ Formats (``FORMATS``)
     The didactic path-star task (``tasks/star_graph.py``): a solution is a path, one node per
     line. The extracted answer is every non-blank line, which must all be integers, joined by
     commas (``"3\n9\n30\n"`` -> ``"3,9,30"``); anything else is ``None``. Right only when
-    the node lists are equal: one node too many or too few is wrong.
+    the node lists are equal: one node too many or too few is wrong. A gold answer may list
+    several true paths separated by ``|`` (``"3,30|5,30"``: graphs with several arms to the
+    goal); a path equal to any of them is right.
 
 API
 ---
@@ -298,7 +300,7 @@ def _star_graph_equal(predicted: str, gold: str) -> bool:
         return [int(p) for p in parts] if all(_INTEGER.fullmatch(p) for p in parts) else None
 
     p = nodes(predicted)
-    return p is not None and p == nodes(gold)
+    return p is not None and any(p == nodes(g) for g in gold.split("|"))
 
 
 def _extract_gsm8k(text: str) -> str | None:

@@ -2,6 +2,7 @@
 
 import random
 
+import polars as pl
 import pytest
 
 from synthdata_assets import tasks
@@ -160,3 +161,120 @@ def test_invalid_star_graph_knobs_name_the_field(overrides, field):
 def test_spurious_steps_are_refused_on_star_graph():
     with pytest.raises(ConfigError, match="spurious_rate"):
         load_config("tiny", overrides={"task": {"name": "star_graph"}})
+
+
+def test_one_goal_arm_draws_the_same_problems_as_before_the_knob():
+    # Digests of the specs drawn by the code before goal_arms existed: the didactic preset's
+    # graphs (degree 2, arms of 2) and this module's PARAMS, with their gold answers.
+    import hashlib
+
+    def digest(params, n, seed, answers):
+        problems = sg.generate_problems(params, n, seed=seed, split="train")
+        text = "\n".join(p.spec + (p.answer if answers else "") for p in problems)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    preset = sg.StarGraphParams(degree=2, path_length=2, n_nodes=20, goal_arms=1)
+    assert digest(preset, 300, 0, answers=False) == "aecfa4bef3c6cdd6"
+    assert digest(PARAMS, 200, 7, answers=True) == "676bfc5fe5d9a2fe"
+
+
+MERGED = sg.StarGraphParams(degree=4, path_length=3, n_nodes=30, goal_arms=3)
+MERGED_PROBLEMS = sg.generate_problems(MERGED, 200, seed=3, split="train")
+
+
+def test_several_arms_end_at_the_goal_and_each_is_a_true_path():
+    for p in MERGED_PROBLEMS:
+        arms = p.arms()
+        assert len(arms) == MERGED.degree and all(len(a) == MERGED.path_length for a in arms)
+        reaching = sorted(a for a in arms if a[-1] == p.goal)
+        assert reaching == sorted(p.paths) and len(p.paths) == MERGED.goal_arms
+        assert len(p.edges) == MERGED.degree * MERGED.path_length
+        nodes = {p.start} | {n for arm in arms for n in arm}
+        assert len(nodes) == MERGED.nodes_per_graph == 1 + 4 * 3 - 2
+        assert sg.StarProblem.from_spec(p.problem_id, p.spec) == p
+    # Which listed edge out of the start is a true path's is not given away by its position.
+    first_listed = [next(v for u, v in p.edges if u == p.start) for p in MERGED_PROBLEMS]
+    share = sum(
+        any(f == path[0] for path in p.paths)
+        for f, p in zip(first_listed, MERGED_PROBLEMS, strict=True)
+    ) / len(MERGED_PROBLEMS)
+    assert 0.6 < share < 0.9  # 3 of 4 arms
+
+
+def test_every_true_path_grades_right_and_the_teacher_writes_each():
+    rng = random.Random(0)
+    written = set()
+    for p in MERGED_PROBLEMS[:50]:
+        for path in p.paths:
+            text = sg.solution_text(path)
+            assert grade(text, p.answer, "star_graph").is_correct
+            assert tasks.step_labels(p.spec, text) == ["needed"] * (len(path) - 1) + ["answer"]
+            assert sg.first_step_correct(p.spec, text)
+        wrong = [a for a in p.arms() if a not in p.paths]
+        assert len(wrong) == 1
+        assert not grade(sg.solution_text(wrong[0]), p.answer, "star_graph").is_correct
+        assert tasks.first_wrong_step(p.spec, sg.solution_text(wrong[0])) == 1
+        assert not sg.first_step_correct(p.spec, sg.solution_text(wrong[0]))
+        for _ in range(12):
+            written.add(
+                p.paths.index(
+                    tuple(map(int, sg.parse_path(sg.oracle_solution(p, rng=rng, slip_rate=0.0))))
+                )
+            )
+        slipped = sg.oracle_solution(p, rng=rng, slip_rate=1.0)
+        assert sg.parse_path(slipped) == [str(n) for n in wrong[0]]
+    assert written == {0, 1, 2}
+
+
+def test_a_solution_that_jumps_between_true_paths_is_wrong_where_it_jumps():
+    p = MERGED_PROBLEMS[0]
+    a, b = p.paths[0], p.paths[1]
+    jump = sg.solution_text([a[0], b[1], b[2]])
+    assert tasks.step_labels(p.spec, jump) == ["needed", "wrong", "wrong"]
+    assert not grade(jump, p.answer, "star_graph").is_correct
+    assert not grade(
+        sg.solution_text(a), sg.solution_text(b).replace("\n", ","), "star_graph"
+    ).is_correct
+
+
+def test_a_pool_with_several_goal_arms_reads_back_and_sets_the_baseline():
+    config = load_config(
+        "tiny",
+        overrides={
+            "task": {
+                "name": "star_graph",
+                "star_graph": {"degree": 3, "path_length": 2, "n_nodes": 20, "goal_arms": 2},
+            },
+            "teacher": {"spurious_rate": 0.0},
+        },
+    )
+    from synthdata_assets.problems import gold_answers_parse
+
+    pool = problem_pool(config.task)
+    assert pool["answer"].str.contains("|", literal=True).all()
+    assert gold_answers_parse(pool, "star_graph") == []
+    assert gold_answers_parse(pool.with_columns(answer=pl.lit("3,9|x")), "star_graph") == list(
+        pool["problem_id"]
+    )
+    assert config.first_step_baseline == (2 / 3, "2/degree")
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"degree": 3, "goal_arms": 3}, "below degree"),
+        ({"degree": 3, "path_length": 1, "goal_arms": 2}, "path_length"),
+        ({"degree": 3, "path_length": 2, "n_nodes": 5, "goal_arms": 2}, r"goal_arms - 1\) \(6\)"),
+    ],
+)
+def test_invalid_goal_arms_name_the_field(knobs, message):
+    with pytest.raises(ConfigError, match=rf"task\.star_graph(.|\n)*{message}"):
+        load_config(
+            "tiny",
+            overrides={
+                "task": {"name": "star_graph", "star_graph": knobs},
+                "teacher": {"spurious_rate": 0},
+            },
+        )
+    with pytest.raises(ValueError, match=message):
+        sg.StarGraphParams(**{"path_length": 2, "n_nodes": 50, **knobs})

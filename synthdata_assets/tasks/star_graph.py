@@ -20,10 +20,19 @@ decision, and it needs the goal traced back to the start. Step ``i`` of a soluti
 ``i`` (the shared ``lines`` step rule), so a solution that takes a wrong arm has its first
 wrong step at 1.
 
-Ground truth (:func:`step_labels`): a line is ``needed`` when it is the true path's node at
-its position and every line before it was too, ``answer`` when that node is the goal, and
-``wrong`` otherwise. The verifier's format ``star_graph`` (:mod:`synthdata_assets.verify`)
-grades the whole path: right only when the lines are exactly the true path.
+Several correct paths (``goal_arms``): with ``goal_arms = k > 1``, ``k`` of the arms end at
+the same goal node (the goal has ``k`` edges into it) and the other ``degree - k`` end
+elsewhere, so the decision has ``k`` right answers and ``degree - k`` wrong ones. Each of the
+``k`` arms is a true path; the oracle teacher writes one of them at random. This is the
+setting where a negative says more than a positive: lowering the one wrong arm raises every
+right one, where the NLL of one right arm lowers the others. ``goal_arms = 1`` is the
+standard path-star graph and draws exactly the same problems as before the knob existed.
+
+Ground truth (:func:`step_labels`): a line is ``needed`` when it is a true path's node at its
+position and every line before it was on that same path, ``answer`` when that node is the
+goal, and ``wrong`` otherwise. The verifier's format ``star_graph``
+(:mod:`synthdata_assets.verify`) grades the whole path: right only when the lines are exactly a
+true path (the gold answer lists every true path, separated by ``|``).
 
 Generation is pure Python and deterministic in ``(params, seed, split, index)``.
 """
@@ -39,42 +48,63 @@ from synthdata_assets.steps import split_steps
 
 TASK = "star_graph"
 EDGE_SEP, NODE_SEP, QUERY_SEP, QUERY_END = "|", ",", "/", "="
+ALTERNATIVE_SEP = "|"  # between the true paths of a gold answer
 
 
 @dataclass(frozen=True)
 class StarGraphParams:
     """A star graph's shape: ``degree`` arms of ``path_length`` nodes each, labels from
-    ``0 .. n_nodes - 1``."""
+    ``0 .. n_nodes - 1``; ``goal_arms`` of the arms end at the goal (they share its node)."""
 
     degree: int = 2
     path_length: int = 5
     n_nodes: int = 50
+    goal_arms: int = 1
 
     def __post_init__(self) -> None:
         if self.degree < 2:
             raise ValueError(f"degree must be at least 2 (got {self.degree}): one arm is no choice")
         if self.path_length < 1:
             raise ValueError(f"path_length must be at least 1 (got {self.path_length})")
+        if not 1 <= self.goal_arms < self.degree:
+            raise ValueError(
+                f"goal_arms must be at least 1 and below degree ({self.degree}; got "
+                f"{self.goal_arms}): with every arm at the goal there is no wrong choice"
+            )
+        if self.goal_arms > 1 and self.path_length < 2:
+            raise ValueError(
+                "path_length must be at least 2 when goal_arms > 1: arms of one node that all "
+                "end at the goal would be the same arm"
+            )
         if self.n_nodes < self.nodes_per_graph:
             raise ValueError(
-                f"n_nodes ({self.n_nodes}) must be at least 1 + degree * path_length "
-                f"({self.nodes_per_graph}): every node of a graph has its own label"
+                f"n_nodes ({self.n_nodes}) must be at least 1 + degree * path_length - "
+                f"(goal_arms - 1) ({self.nodes_per_graph}): every node of a graph has its own "
+                "label"
             )
 
     @property
     def nodes_per_graph(self) -> int:
-        return 1 + self.degree * self.path_length
+        """The start, every arm's nodes, and the goal counted once."""
+        return 1 + self.degree * self.path_length - (self.goal_arms - 1)
 
 
 @dataclass(frozen=True)
 class StarProblem:
-    """One graph and its query; ``path`` is the true path after the start, ending at the goal."""
+    """One graph and its query; ``path`` is the true path after the start, ending at the goal,
+    and ``other_paths`` the other true paths when several arms end at the goal."""
 
     problem_id: str
     edges: tuple[tuple[int, int], ...]
     start: int
     goal: int
     path: tuple[int, ...]
+    other_paths: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def paths(self) -> tuple[tuple[int, ...], ...]:
+        """Every true path: ``path`` first."""
+        return (self.path, *self.other_paths)
 
     @property
     def question(self) -> str:
@@ -83,8 +113,9 @@ class StarProblem:
 
     @property
     def answer(self) -> str:
-        """The gold answer as the verifier compares it: the path's nodes joined by commas."""
-        return NODE_SEP.join(str(n) for n in self.path)
+        """The gold answer as the verifier compares it: the path's nodes joined by commas,
+        and with several true paths each of them, joined by ``|``."""
+        return ALTERNATIVE_SEP.join(NODE_SEP.join(str(n) for n in p) for p in self.paths)
 
     @property
     def n_steps(self) -> int:
@@ -93,15 +124,16 @@ class StarProblem:
     @property
     def spec(self) -> str:
         """Everything the ground truth needs, as JSON (the ``problems`` table's ``spec``)."""
-        return json.dumps(
-            {
-                "task": TASK,
-                "edges": [list(e) for e in self.edges],
-                "start": self.start,
-                "goal": self.goal,
-                "path": list(self.path),
-            }
-        )
+        data = {
+            "task": TASK,
+            "edges": [list(e) for e in self.edges],
+            "start": self.start,
+            "goal": self.goal,
+            "path": list(self.path),
+        }
+        if self.other_paths:  # absent with one true path, so older specs read the same
+            data["other_paths"] = [list(p) for p in self.other_paths]
+        return json.dumps(data)
 
     @classmethod
     def from_spec(cls, problem_id: str, spec: str) -> StarProblem:
@@ -114,10 +146,11 @@ class StarProblem:
             start=int(data["start"]),
             goal=int(data["goal"]),
             path=tuple(int(n) for n in data["path"]),
+            other_paths=tuple(tuple(int(n) for n in p) for p in data.get("other_paths", [])),
         )
 
     def arms(self) -> list[tuple[int, ...]]:
-        """Every arm out of the start, as the nodes after the start (the true path is one)."""
+        """Every arm out of the start, as the nodes after the start (the true paths among them)."""
         nxt = dict(self.edges)
         outgoing = [v for u, v in self.edges if u == self.start]
         arms = []
@@ -140,7 +173,9 @@ def is_spec(spec: str) -> bool:
 
 def generate_problem(params: StarGraphParams, rng: random.Random, problem_id: str) -> StarProblem:
     """One random star graph: labels drawn without replacement, the goal at the end of a
-    random arm, the edges in a random order."""
+    random arm (of ``goal_arms`` arms), the edges in a random order."""
+    if params.goal_arms > 1:
+        return _merged_problem(params, rng, problem_id)
     labels = rng.sample(range(params.n_nodes), params.nodes_per_graph)
     start, rest = labels[0], labels[1:]
     arms = [
@@ -153,6 +188,25 @@ def generate_problem(params: StarGraphParams, rng: random.Random, problem_id: st
     rng.shuffle(edges)
     path = arms[rng.randrange(params.degree)]
     return StarProblem(problem_id, tuple(edges), start, path[-1], path)
+
+
+def _merged_problem(params: StarGraphParams, rng: random.Random, problem_id: str) -> StarProblem:
+    """A star graph whose first ``goal_arms`` arms (in label order; the edges are shuffled, so
+    nothing in the question tells them apart but the goal) share their last node, the goal."""
+    labels = rng.sample(range(params.n_nodes), params.nodes_per_graph)
+    start, goal, rest = labels[0], labels[1], labels[2:]
+    inner = params.path_length - 1
+    good = [(*rest[a * inner : (a + 1) * inner], goal) for a in range(params.goal_arms)]
+    rest = rest[params.goal_arms * inner :]
+    bad = [
+        tuple(rest[a * params.path_length : (a + 1) * params.path_length])
+        for a in range(params.degree - params.goal_arms)
+    ]
+    edges = [(start, arm[0]) for arm in good + bad] + [
+        (arm[j], arm[j + 1]) for arm in good + bad for j in range(params.path_length - 1)
+    ]
+    rng.shuffle(edges)
+    return StarProblem(problem_id, tuple(edges), start, goal, good[0], tuple(good[1:]))
 
 
 def generate_problems(
@@ -178,11 +232,14 @@ def solution_text(path: Sequence[int]) -> str:
 
 
 def oracle_solution(problem: StarProblem, *, rng: random.Random, slip_rate: float) -> str:
-    """The true path; with probability ``slip_rate`` a slip instead: a wrong arm taken at the
-    first step and followed to its end (so the answer is wrong and the first wrong step is 1)."""
+    """A true path (one of them at random when there are several); with probability
+    ``slip_rate`` a slip instead: a wrong arm taken at the first step and followed to its end
+    (so the answer is wrong and the first wrong step is 1)."""
     if rng.random() < slip_rate:
-        wrong = [arm for arm in problem.arms() if arm != problem.path]
+        wrong = [arm for arm in problem.arms() if arm not in problem.paths]
         return solution_text(rng.choice(wrong))
+    if problem.other_paths:
+        return solution_text(rng.choice(problem.paths))
     return solution_text(problem.path)
 
 
@@ -194,15 +251,16 @@ def parse_path(text: str) -> list[str]:
 def step_labels(spec: str, solution: str) -> list[str]:
     """The ground truth of each line of ``solution`` (``needed``, ``answer``, ``wrong``; see
     the module docstring). Index ``i`` here is step ``i + 1`` of ``step_advantages``."""
-    path = [str(n) for n in StarProblem.from_spec("", spec).path]
-    labels, on_path = [], True
+    paths = [[str(n) for n in p] for p in StarProblem.from_spec("", spec).paths]
+    labels = []
     for i, step in enumerate(split_steps(solution, "lines")):
         node = step.strip()
-        on_path = on_path and i < len(path) and node == path[i]
-        if not on_path:
+        # The true paths this solution can still be on: those that agree with every line so far.
+        paths = [p for p in paths if i < len(p) and p[i] == node]
+        if not paths:
             labels.append("wrong")
         else:
-            labels.append("answer" if i == len(path) - 1 else "needed")
+            labels.append("answer" if i == len(paths[0]) - 1 else "needed")
     return labels
 
 
@@ -214,9 +272,9 @@ def first_wrong_step(spec: str, solution: str) -> int | None:
 
 
 def first_step_correct(spec: str, solution: str) -> bool:
-    """Whether the solution's first line is the true path's first node: the one decision."""
+    """Whether the solution's first line is a true path's first node: the one decision."""
     nodes = parse_path(solution)
-    return bool(nodes) and nodes[0] == str(StarProblem.from_spec("", spec).path[0])
+    return bool(nodes) and nodes[0] in {str(p[0]) for p in StarProblem.from_spec("", spec).paths}
 
 
 def walk_examples(params: StarGraphParams, n: int, *, seed: int) -> list[tuple[str, str]]:
