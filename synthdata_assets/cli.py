@@ -220,7 +220,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(workers.describe())
         parallel = slots if broker else local_runs
         threads = None
-        if not broker and local_runs > 1:
+        if not broker and (local_runs > 1 or args.threads):
+            # --threads applies to one run at a time as well; without it one run keeps torch's
+            # own default (every core).
             threads = threads_per_process(local_runs, args.threads)
         return _run_study(config, warehouse, args.force, lock.fd, parallel, workers, threads)
     except InstanceOwnedElsewhere as exc:
@@ -375,6 +377,7 @@ def _partitions(
         if len(todo) < len(stages):
             print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
         jobs.append((",".join(todo), key))
+    env = None if threads is None else thread_env(threads)
     if parallel > 1 and len(jobs) > 1:
         where = f"{threads} torch thread(s) each" if threads else "stage logs: workers' logs"
         print(f"  {len(jobs)} partitions, {parallel} at a time, the largest first ({where})")
@@ -382,14 +385,15 @@ def _partitions(
         # The largest partitions first, so that the last to finish is a small one: the sizes
         # are what the runs' times scale with.
         order = sorted(jobs, key=lambda job: -study.data_size_of(job[1]))
-        env = None if threads is None else thread_env(threads)
         done = materialize_parallel(
             order, warehouse, parallel=parallel, healthy=healthy, env=env, **launch
         )
         by_key = {record.partition: record for record in done}
         records = [by_key[key] for _, key in jobs]
     else:
-        records = [materialize(sel, warehouse, key, label=key, **launch) for sel, key in jobs]
+        records = [
+            materialize(sel, warehouse, key, label=key, env=env, **launch) for sel, key in jobs
+        ]
     for _, key in jobs:
         # A step records the fingerprint of the settings of the process that ran it: a worker
         # started with another SYNTHDATA_CONFIG leaves its stages stale here.
@@ -663,8 +667,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="T",
-        help="torch threads per worker, or per run with execution.parallel_runs (default: "
-        "this machine's cores over the workers or runs)",
+        help="torch threads per worker, or per run (default: this machine's cores over the "
+        "workers or execution.parallel_runs)",
     )
 
 

@@ -9,6 +9,7 @@ test, naming the Debian package to install (``.ci/run`` installs both).
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
 import subprocess
@@ -255,11 +256,12 @@ def test_parallel_runs_without_a_broker_give_the_tables_of_a_sequential_run(
     assert "2 partitions, 2 at a time, the largest first (1 torch thread(s) each)" in out
     assert "[64|0] sft_model: training on" in out  # stage lines, named by their partition
     assert "\nall (wall clock) " in out
-    _synthdata(_env(sequential), "run")
+    # One run at a time: --threads holds there too, over the environment's thread count.
+    _synthdata(_env(sequential, OMP_NUM_THREADS="2"), "run", "--threads", "1")
     assert _differences(parallel, sequential) == []
 
-    for key in ("32_0", "64_0"):
-        (log,) = (parallel / "reports" / "logs").glob(f"*__{key}.log")
+    for home, key in itertools.product((parallel, sequential), ("32_0", "64_0")):
+        (log,) = (home / "reports" / "logs").glob(f"*__{key}.log")
         assert "device cpu (1 torch thread(s))" in log.read_text()
     with dg.DagsterInstance.from_config(str(parallel / "dagster")) as instance:
         runs = {r.tags.get("dagster/partition"): r for r in instance.get_runs()}
