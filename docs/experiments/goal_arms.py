@@ -112,7 +112,7 @@ def table(home: Path) -> list[dict]:
                     cell["first_step_accuracy"].min(),
                     cell["first_step_accuracy"].max(),
                 ],
-                "minus_control": diff["difference"].item() if diff.height else None,
+                "minus_control_points": diff["difference"].item() if diff.height else None,
                 "minus_control_ci": [diff["ci_low"].item(), diff["ci_high"].item()]
                 if diff.height
                 else None,
@@ -129,7 +129,7 @@ def print_table(rows: list[dict]) -> None:
         fs = r["first_step_range"]
         ci = r["minus_control_ci"]
         diff = (
-            f"{100 * r['minus_control']:+.1f} ({100 * ci[0]:+.1f}, {100 * ci[1]:+.1f})"
+            f"{r['minus_control_points']:+.1f} ({ci[0]:+.1f}, {ci[1]:+.1f})"
             if ci and r["method"] != "nll_control"
             else ""
         )

@@ -1,0 +1,167 @@
+"""Where each method puts its probability at the first step of a path-star solution.
+
+    python docs/experiments/first_step_mass.py HOME [HOME ...]
+
+For every (data size, seed) partition of each warehouse (a `didactic`-style study on
+``star_graph``) and every trained method, scores the test questions and splits the
+probability of the first solution token among what that token would name: a right arm (the
+first node of a true path), a wrong arm out of the start, the start, the goal, another node
+of the graph, or anything else (a label not in the graph, a newline, end of text). Node labels
+are one token each in this task's tokenizer (checked). It also counts the same kinds among
+the first lines of the per-step pairs' rejected sides: what the negatives push down.
+
+Prints one line per warehouse, method and size (mean over seeds) and appends JSON rows to
+``docs/experiments/first_step_mass.jsonl``. This is the mechanism behind
+``goal_arms.py``'s question: a negative lowers the wrong arm it names, and its probability
+goes to every other token in proportion; only where the model's other tokens are right arms
+does that raise a right answer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from synthdata_assets.tasks import star_graph as sg
+from training.checkpoint import load_checkpoint
+from training.prompts import format_prompt
+from warehouse.layout import Warehouse
+
+HERE = Path(__file__).resolve().parent
+ROWS = HERE / "first_step_mass.jsonl"
+METHODS = ("sft", "rft", "per_step_dpo", "nll_control", "dpo")
+KINDS = ("right_arm", "wrong_arm", "start", "goal", "other_node", "elsewhere")
+
+
+def masses(folder: Path, problems: list[sg.StarProblem]) -> dict[str, float]:
+    """Mean probability of each kind of first token over ``problems``."""
+    model, tokenizer = load_checkpoint(str(folder))
+    model.eval()
+    label_ids = {}
+    for n in range(1000):
+        ids = tokenizer(str(n), add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            label_ids[n] = ids[0]
+    total = dict.fromkeys(KINDS, 0.0)
+    with torch.no_grad():
+        for p in problems:
+            nodes = {n for e in p.edges for n in e}
+            if not nodes <= label_ids.keys():
+                raise SystemExit(f"{folder}: a node label of {p.problem_id} is not one token")
+            ids = tokenizer(format_prompt(p.question))["input_ids"]
+            probs = torch.softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+            right = {a[0] for a in p.paths}
+            kinds = {
+                "right_arm": right,
+                "wrong_arm": {a[0] for a in p.arms()} - right,
+                "start": {p.start},
+                "goal": {p.goal},
+            }
+            kinds["other_node"] = nodes - set().union(*kinds.values())
+            seen = 0.0
+            for kind, group in kinds.items():
+                mass = float(probs[[label_ids[n] for n in group]].sum()) if group else 0.0
+                total[kind] += mass
+                seen += mass
+            total["elsewhere"] += 1.0 - seen
+    return {k: v / len(problems) for k, v in total.items()}
+
+
+def kind_of(p: sg.StarProblem, line: str) -> str:
+    """Which of ``KINDS`` a first line names."""
+    node = int(line) if line.strip().isdigit() else None
+    if node in {a[0] for a in p.paths}:
+        return "right_arm"
+    if node in {a[0] for a in p.arms()}:
+        return "wrong_arm"
+    if node == p.start:
+        return "start"
+    if node == p.goal:
+        return "goal"
+    return "other_node" if node in {n for e in p.edges for n in e} else "elsewhere"
+
+
+def rejected_kinds(warehouse: Warehouse, problems: dict[str, sg.StarProblem]) -> dict:
+    """Shares of ``KINDS`` among the first lines of the per-step pairs' rejected sides, over
+    every partition of the warehouse (the negatives per-step DPO pushes down)."""
+    pairs = pl.read_parquet(warehouse.tables / "preference_pairs" / "**" / "*.parquet")
+    pairs = pairs.filter(pl.col("kind") == "per_step")
+    counts = dict.fromkeys(KINDS, 0)
+    for pid, rejected in zip(pairs["problem_id"], pairs["rejected"], strict=True):
+        lines = sg.parse_path(rejected)
+        counts[kind_of(problems[pid], lines[0] if lines else "")] += 1
+    return {k: round(v / pairs.height, 3) for k, v in counts.items()} | {"pairs": pairs.height}
+
+
+def _where(home: str) -> str:
+    """A warehouse by its last two folders (the root names the pool or the settings)."""
+    return "/".join(Path(home).parts[-2:])
+
+
+def main(homes: list[str]) -> None:
+    rows = []
+    for home in map(Path, homes):
+        warehouse = Warehouse(home)
+        table = pl.read_parquet(warehouse.table_file("problems"))
+        test = table.filter(pl.col("split") == "test")
+        problems = [
+            sg.StarProblem.from_spec(pid, spec)
+            for pid, spec in zip(test["problem_id"], test["spec"], strict=True)
+        ]
+        every = {
+            pid: sg.StarProblem.from_spec(pid, spec)
+            for pid, spec in zip(table["problem_id"], table["spec"], strict=True)
+        }
+        negatives = rejected_kinds(warehouse, every)
+        print(json.dumps({"home": str(home), "rejected_first_lines": negatives}), flush=True)
+        rows.append({"home": str(home), "method": "per_step_pairs", "rejected": negatives})
+        for folder in sorted(warehouse.checkpoints.glob("*/data_size=*/seed=*")):
+            method = folder.parents[1].name
+            if method not in METHODS:
+                continue
+            size = int(folder.parent.name.split("=")[1])
+            seed = int(folder.name.split("=")[1])
+            row = {"home": str(home), "method": method, "data_size": size, "seed": seed}
+            rows.append(row | masses(folder, problems))
+            print(json.dumps(rows[-1]), flush=True)
+    frame = pl.DataFrame([r for r in rows if "rejected" not in r])
+    summary = (
+        frame.group_by("home", "method", "data_size")
+        .agg(pl.col(KINDS).mean().round(3), seeds=pl.len())
+        .sort("home", "data_size", "method")
+    )
+    print("| home | size | method | seeds | " + " | ".join(KINDS) + " |")
+    print("| --- | ---: | --- | ---: |" + " ---: |" * len(KINDS))
+    for r in summary.iter_rows(named=True):
+        cells = " | ".join(f"{r[k]:.3f}" for k in KINDS)
+        print(
+            f"| {_where(r['home'])} | {r['data_size']} | {r['method']} | {r['seeds']} | {cells} |"
+        )
+    control = frame.filter(pl.col("method") == "nll_control").select(
+        "home", "data_size", "seed", control=pl.col("right_arm")
+    )
+    diffs = (
+        frame.join(control, on=["home", "data_size", "seed"])
+        .with_columns(diff=pl.col("right_arm") - pl.col("control"))
+        .group_by("home", "method", "data_size")
+        .agg(mean=pl.col("diff").mean(), low=pl.col("diff").min(), high=pl.col("diff").max())
+        .filter(pl.col("method") != "nll_control")
+        .sort("home", "data_size", "method")
+    )
+    print("\nright_arm minus nll_control's, per seed (mean, min to max):")
+    for r in diffs.iter_rows(named=True):
+        print(
+            f"| {_where(r['home'])} | {r['data_size']} | {r['method']} | "
+            f"{r['mean']:+.3f} ({r['low']:+.3f} to {r['high']:+.3f}) |"
+        )
+    with ROWS.open("a") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
