@@ -35,6 +35,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from synthdata_assets.config import load_config
 from synthdata_assets.curves import compare
 
 HERE = Path(__file__).resolve().parent
@@ -87,6 +88,7 @@ def _pm(values: pl.Series) -> str:
 def table(home: Path) -> list[dict]:
     """One row per method and data size of one warehouse."""
     config = yaml.safe_load((home / "study.yaml").read_text())
+    resolved = load_config(config_path=str(home / "study.yaml"))
     star = config["task"]["star_graph"]
     first = pl.read_parquet(home / "tables" / "first_step_curves.parquet")
     evaluations = pl.read_parquet(home / "tables" / "evaluations" / "**" / "*.parquet")
@@ -101,7 +103,9 @@ def table(home: Path) -> list[dict]:
                 "home": str(home),
                 "degree": star["degree"],
                 "goal_arms": star.get("goal_arms", 1),
-                "overrides": {k: v for k, v in config.items() if k not in ("preset", "task")},
+                "pool_seed": resolved.task.pool_seed,
+                "dpo_sft_weight": resolved.training.dpo_sft_weight,
+                "overrides": {k: v for k, v in config.items() if k != "preset"},
                 "method": method,
                 "data_size": size,
                 "seeds": sorted(cell["seed"].to_list()),
@@ -122,8 +126,11 @@ def table(home: Path) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| degree | goal_arms | size | method | accuracy | first step | minus nll_control |")
-    print("| ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+    print(
+        "| degree | goal_arms | pool | DPO's NLL weight | size | seeds | method | accuracy | "
+        "first step | minus nll_control |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
         acc = r["accuracy_range"]
         fs = r["first_step_range"]
@@ -134,7 +141,8 @@ def print_table(rows: list[dict]) -> None:
             else ""
         )
         print(
-            f"| {r['degree']} | {r['goal_arms']} | {r['data_size']} | {r['method']} | "
+            f"| {r['degree']} | {r['goal_arms']} | {r['pool_seed']} | {r['dpo_sft_weight']} | "
+            f"{r['data_size']} | {len(r['seeds'])} | {r['method']} | "
             f"{100 * r['accuracy']:.1f} ({100 * acc[0]:.1f}-{100 * acc[1]:.1f}) | "
             f"{100 * r['first_step']:.1f} ({100 * fs[0]:.1f}-{100 * fs[1]:.1f}) | {diff} |"
         )
