@@ -42,10 +42,15 @@ def nested(pairs: list[str]) -> dict:
 
 
 def run(root: Path, size: int, epochs: int, extra: dict) -> Path:
-    home = root / f"epochs={epochs}"
-    home.mkdir(parents=True, exist_ok=True)
     config = {"preset": "didactic", "data_sizes": [size], **extra}
     config["training"] = {**extra.get("training", {}), "epochs": epochs}
+    return run_study(root / f"epochs={epochs}", config)
+
+
+def run_study(home: Path, config: dict) -> Path:
+    """``synthdata run`` on ``config`` (written to ``home/study.yaml``) into the warehouse
+    ``home``, its output in ``home/run.log``."""
+    home.mkdir(parents=True, exist_ok=True)
     (home / "study.yaml").write_text(yaml.safe_dump(config))
     env = {
         **os.environ,

@@ -27,8 +27,6 @@ at ``goal_arms = degree - 1``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -38,51 +36,19 @@ import yaml
 from synthdata_assets.config import load_config
 from synthdata_assets.curves import compare
 
+sys.path.insert(0, str(Path(__file__).parent))
+from didactic_epochs import nested, run_study  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 ROWS = HERE / "goal_arms.jsonl"
 METHODS = ("sft", "rft", "per_step_dpo", "nll_control", "dpo")
 
 
-def nested(pairs: list[str]) -> dict:
-    out: dict = {}
-    for pair in pairs:
-        key, value = pair.split("=", 1)
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
 def run(root: Path, degree: int, goal_arms: int, extra: dict) -> Path:
-    home = root / f"degree={degree},goal_arms={goal_arms}"
-    home.mkdir(parents=True, exist_ok=True)
     task = extra.get("task", {})
     star = {**task.get("star_graph", {}), "degree": degree, "goal_arms": goal_arms}
     config = {"preset": "didactic", **extra, "task": {**task, "star_graph": star}}
-    (home / "study.yaml").write_text(yaml.safe_dump(config))
-    env = {
-        **os.environ,
-        "SYNTHDATA_CONFIG": str(home / "study.yaml"),
-        "SYNTHDATA_HOME": str(home),
-        "DAGSTER_HOME": str(home / "dagster"),
-    }
-    with (home / "run.log").open("w") as log:
-        subprocess.run(
-            [sys.executable, "-m", "synthdata_assets.cli", "run"],
-            env=env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-        )
-    return home
-
-
-def _pm(values: pl.Series) -> str:
-    return f"{100 * values.mean():.1f} ({100 * values.min():.1f}-{100 * values.max():.1f})"
+    return run_study(root / f"degree={degree},goal_arms={goal_arms}", config)
 
 
 def table(home: Path) -> list[dict]:
