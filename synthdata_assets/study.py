@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig, TaskConfig
+from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig
 
 # The base is one model for the whole study: it is trained (or loaded) and evaluated once.
 SETUP_STAGES: tuple[str, ...] = ("problems", "base_model", "base_evaluation")
@@ -146,7 +146,9 @@ def upstream(stage: str) -> set[str]:
 # made then stays valid; any other value enters like every setting. A key is the setting's
 # path: its section, then the field (and, for a nested section, the fields down to it).
 ADDED_SETTINGS: dict[tuple[str, ...], object] = {
-    ("task", "star_graph"): TaskConfig().star_graph.model_dump(mode="json"),
+    # In order: a field is left out before the section that holds it is compared whole.
+    ("task", "star_graph", "goal_arms"): 1,
+    ("task", "star_graph"): {"degree": 2, "path_length": 5, "n_nodes": 50},  # as it was added
     ("training", "dpo_sft_weight"): 0.0,
     ("training", "micro_batch_size"): None,
     ("training", "gradient_checkpointing"): False,

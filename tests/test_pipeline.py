@@ -251,6 +251,13 @@ def test_the_tiny_presets_fingerprints_are_those_its_warehouses_were_made_under(
         "0e0cb83185269fb6",
         "3a38db837169df86",
     )
+    # The didactic preset's, made before task.star_graph.goal_arms existed.
+    assert stage_fingerprints(load_config("didactic"))["evaluations"] == "9b6aa31ccdfaac06"
+    merged = load_config(
+        "didactic", overrides={"task": {"star_graph": {"degree": 3, "goal_arms": 2}}}
+    )
+    wider = load_config("didactic", overrides={"task": {"star_graph": {"degree": 3}}})
+    assert stage_fingerprints(merged)["problems"] != stage_fingerprints(wider)["problems"]
 
 
 def test_settings_added_later_leave_the_fingerprints_of_older_warehouses_alone() -> None:

@@ -23,9 +23,10 @@ wrong step at 1.
 Several correct paths (``goal_arms``): with ``goal_arms = k > 1``, ``k`` of the arms end at
 the same goal node (the goal has ``k`` edges into it) and the other ``degree - k`` end
 elsewhere, so the decision has ``k`` right answers and ``degree - k`` wrong ones. Each of the
-``k`` arms is a true path; the oracle teacher writes one of them at random. This is the
-setting where a negative says more than a positive: lowering the one wrong arm raises every
-right one, where the NLL of one right arm lowers the others. ``goal_arms = 1`` is the
+``k`` arms is a true path; the oracle teacher writes one of them at random. It tests
+whether a negative says more than a positive where right answers outnumber wrong ones:
+lowering the one wrong arm should raise every right one, where the NLL of one right arm
+lowers the others (measured in docs/experiments/goal_arms.md). ``goal_arms = 1`` is the
 standard path-star graph and draws exactly the same problems as before the knob existed.
 
 Ground truth (:func:`step_labels`): a line is ``needed`` when it is a true path's node at its
