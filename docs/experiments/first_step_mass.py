@@ -11,10 +11,9 @@ are one token each in this task's tokenizer (checked). It also counts the same k
 the first lines of the per-step pairs' rejected sides: what the negatives push down.
 
 Prints one line per warehouse, method and size (mean over seeds) and appends JSON rows to
-``docs/experiments/first_step_mass.jsonl``. This is the mechanism behind
-``goal_arms.py``'s question: a negative lowers the wrong arm it names, and its probability
-goes to every other token in proportion; only where the model's other tokens are right arms
-does that raise a right answer.
+``docs/experiments/first_step_mass.jsonl``. It measures the mechanism behind
+``goal_arms.py``'s question: does the probability the negatives take off their tokens go to
+the right arms, and does it raise them above the wrong ones (docs/experiments/goal_arms.md)?
 """
 
 from __future__ import annotations
