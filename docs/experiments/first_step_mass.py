@@ -36,6 +36,28 @@ METHODS = ("sft", "rft", "per_step_dpo", "nll_control", "dpo")
 KINDS = ("right_arm", "wrong_arm", "start", "goal", "other_node", "elsewhere")
 
 
+def node_kinds(p: sg.StarProblem) -> dict[str, set[int]]:
+    """The graph's nodes by the first of ``KINDS`` (but ``elsewhere``) each belongs to."""
+    groups = {
+        "right_arm": {a[0] for a in p.paths},
+        "wrong_arm": {a[0] for a in p.arms()},
+        "start": {p.start},
+        "goal": {p.goal},
+        "other_node": {n for e in p.edges for n in e},
+    }
+    taken: set[int] = set()
+    for kind, group in groups.items():
+        groups[kind] = group - taken
+        taken |= group
+    return groups
+
+
+def kind_of(p: sg.StarProblem, line: str) -> str:
+    """Which of ``KINDS`` a first line names."""
+    node = int(line) if line.strip().isdigit() else None
+    return next((k for k, group in node_kinds(p).items() if node in group), "elsewhere")
+
+
 def masses(folder: Path, problems: list[sg.StarProblem]) -> dict[str, float]:
     """Mean probability of each kind of first token over ``problems``."""
     model, tokenizer = load_checkpoint(str(folder))
@@ -48,19 +70,11 @@ def masses(folder: Path, problems: list[sg.StarProblem]) -> dict[str, float]:
     total = dict.fromkeys(KINDS, 0.0)
     with torch.no_grad():
         for p in problems:
-            nodes = {n for e in p.edges for n in e}
-            if not nodes <= label_ids.keys():
+            kinds = node_kinds(p)
+            if not set().union(*kinds.values()) <= label_ids.keys():
                 raise SystemExit(f"{folder}: a node label of {p.problem_id} is not one token")
             ids = tokenizer(format_prompt(p.question))["input_ids"]
             probs = torch.softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
-            right = {a[0] for a in p.paths}
-            kinds = {
-                "right_arm": right,
-                "wrong_arm": {a[0] for a in p.arms()} - right,
-                "start": {p.start},
-                "goal": {p.goal},
-            }
-            kinds["other_node"] = nodes - set().union(*kinds.values())
             seen = 0.0
             for kind, group in kinds.items():
                 mass = float(probs[[label_ids[n] for n in group]].sum()) if group else 0.0
@@ -68,20 +82,6 @@ def masses(folder: Path, problems: list[sg.StarProblem]) -> dict[str, float]:
                 seen += mass
             total["elsewhere"] += 1.0 - seen
     return {k: v / len(problems) for k, v in total.items()}
-
-
-def kind_of(p: sg.StarProblem, line: str) -> str:
-    """Which of ``KINDS`` a first line names."""
-    node = int(line) if line.strip().isdigit() else None
-    if node in {a[0] for a in p.paths}:
-        return "right_arm"
-    if node in {a[0] for a in p.arms()}:
-        return "wrong_arm"
-    if node == p.start:
-        return "start"
-    if node == p.goal:
-        return "goal"
-    return "other_node" if node in {n for e in p.edges for n in e} else "elsewhere"
 
 
 def rejected_kinds(warehouse: Warehouse, problems: dict[str, sg.StarProblem]) -> dict:
@@ -107,14 +107,11 @@ def main(homes: list[str]) -> None:
         warehouse = Warehouse(home)
         table = pl.read_parquet(warehouse.table_file("problems"))
         test = table.filter(pl.col("split") == "test")
-        problems = [
-            sg.StarProblem.from_spec(pid, spec)
-            for pid, spec in zip(test["problem_id"], test["spec"], strict=True)
-        ]
         every = {
             pid: sg.StarProblem.from_spec(pid, spec)
             for pid, spec in zip(table["problem_id"], table["spec"], strict=True)
         }
+        problems = [every[pid] for pid in test["problem_id"]]
         negatives = rejected_kinds(warehouse, every)
         print(json.dumps({"home": str(home), "rejected_first_lines": negatives}), flush=True)
         rows.append({"home": str(home), "method": "per_step_pairs", "rejected": negatives})

@@ -55,7 +55,6 @@ def table(home: Path) -> list[dict]:
     """One row per method and data size of one warehouse."""
     config = yaml.safe_load((home / "study.yaml").read_text())
     resolved = load_config(config_path=str(home / "study.yaml"))
-    star = config["task"]["star_graph"]
     first = pl.read_parquet(home / "tables" / "first_step_curves.parquet")
     evaluations = pl.read_parquet(home / "tables" / "evaluations" / "**" / "*.parquet")
     paired = compare(evaluations, reference="nll_control").paired
@@ -67,8 +66,8 @@ def table(home: Path) -> list[dict]:
         rows.append(
             {
                 "home": str(home),
-                "degree": star["degree"],
-                "goal_arms": star.get("goal_arms", 1),
+                "degree": resolved.task.star_graph.degree,
+                "goal_arms": resolved.task.star_graph.goal_arms,
                 "pool_seed": resolved.task.pool_seed,
                 "dpo_sft_weight": resolved.training.dpo_sft_weight,
                 "overrides": {k: v for k, v in config.items() if k != "preset"},
@@ -122,9 +121,7 @@ def main(argv: list[str]) -> None:
         rest, extra = rest[:at], nested(rest[at + 1 :])
     if command == "run":
         root, degree, *arms = rest
-        for k in arms:
-            run(Path(root), int(degree), int(k), extra)
-        homes = [Path(root) / f"degree={degree},goal_arms={k}" for k in arms]
+        homes = [run(Path(root), int(degree), int(k), extra) for k in arms]
     elif command == "table":
         homes = sorted(h.parent for r in rest for h in Path(r).glob("*/study.yaml"))
     else:
