@@ -158,6 +158,21 @@ class StarGraphTaskConfig(Section):
         "paths, and of right first steps. 1 is the standard path-star graph; more makes the "
         "decision one with several right answers and degree - goal_arms wrong ones.",
     )
+    hint_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of problems (training and test alike) whose true paths start with a "
+        "hint label, which no other arm ever starts with: a local rule that decides those "
+        "problems, so a model can make the decision partly right. 0 turns the hint off.",
+    )
+    hint_labels: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="How many labels are hint labels (the last ones below n_nodes); with "
+        "hint_rate > 0, at least goal_arms.",
+    )
 
     @model_validator(mode="after")
     def _labels_suffice(self) -> StarGraphTaskConfig:
@@ -177,6 +192,22 @@ class StarGraphTaskConfig(Section):
                 f"n_nodes ({self.n_nodes}) must be at least 1 + degree * path_length - "
                 f"(goal_arms - 1) ({need})"
             )
+        if self.hint_rate > 0:
+            if self.path_length < 2:
+                raise ValueError(
+                    f"hint_rate ({self.hint_rate}) > 0 needs path_length of at least 2: a true "
+                    "arm of one node starts at the goal, which the query names"
+                )
+            if self.hint_labels < self.goal_arms:
+                raise ValueError(
+                    f"hint_labels ({self.hint_labels}) must be at least goal_arms "
+                    f"({self.goal_arms}): each true path of a hinted problem starts with its own"
+                )
+            if self.n_nodes - self.hint_labels < self.degree:
+                raise ValueError(
+                    f"n_nodes - hint_labels ({self.n_nodes - self.hint_labels}) must be at least "
+                    f"degree ({self.degree}): arms without the hint start with other labels"
+                )
         return self
 
 

@@ -148,6 +148,8 @@ def upstream(stage: str) -> set[str]:
 ADDED_SETTINGS: dict[tuple[str, ...], object] = {
     # In order: a field is left out before the section that holds it is compared whole.
     ("task", "star_graph", "goal_arms"): 1,
+    ("task", "star_graph", "hint_rate"): 0.0,
+    ("task", "star_graph", "hint_labels"): 2,
     ("task", "star_graph"): {"degree": 2, "path_length": 5, "n_nodes": 50},  # as it was added
     ("training", "dpo_sft_weight"): 0.0,
     ("training", "micro_batch_size"): None,

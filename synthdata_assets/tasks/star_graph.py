@@ -29,6 +29,17 @@ lowering the one wrong arm should raise every right one, where the NLL of one ri
 lowers the others (measured in docs/experiments/goal_arms.md). ``goal_arms = 1`` is the
 standard path-star graph and draws exactly the same problems as before the knob existed.
 
+A learnable hint (``hint_rate``): the last ``hint_labels`` node labels are hint labels. In a
+hinted problem (a share ``hint_rate`` of training and test problems alike) every true path's
+first node is a hint label; no other arm starts with one, in any problem, though hint labels
+appear deeper in arms. So "take the arm out of the start whose first node is a hint label" is
+a local rule, one lookup away, that decides a hinted problem, and nothing decides the others
+short of tracing the goal back. A model that learns the rule makes the decision partly right
+(``hint_rate + (1 - hint_rate) * goal_arms / degree`` at most, without tracing), which the
+standard graph never gets from a small model: it tests whether per-step negatives sharpen a
+partly learned decision faster than positives do. ``hint_rate = 0`` (the default) draws
+exactly the problems drawn before the knob existed.
+
 Ground truth (:func:`step_labels`): a line is ``needed`` when it is a true path's node at its
 position and every line before it was on that same path, ``answer`` when that node is the
 goal, and ``wrong`` otherwise. The verifier's format ``star_graph``
@@ -61,6 +72,8 @@ class StarGraphParams:
     path_length: int = 5
     n_nodes: int = 50
     goal_arms: int = 1
+    hint_rate: float = 0.0
+    hint_labels: int = 2
 
     def __post_init__(self) -> None:
         if self.degree < 2:
@@ -83,6 +96,32 @@ class StarGraphParams:
                 f"(goal_arms - 1) ({self.nodes_per_graph}): every node of a graph has its own "
                 "label"
             )
+        if not 0.0 <= self.hint_rate <= 1.0:
+            raise ValueError(f"hint_rate must be within 0-1 (got {self.hint_rate})")
+        if self.hint_rate > 0:
+            if self.path_length < 2:
+                raise ValueError(
+                    "path_length must be at least 2 when hint_rate > 0: a true arm of one node "
+                    "starts at the goal, which the query names"
+                )
+            if self.hint_labels < self.goal_arms:
+                raise ValueError(
+                    f"hint_labels ({self.hint_labels}) must be at least goal_arms "
+                    f"({self.goal_arms}): each true path of a hinted problem starts with its own"
+                )
+            if self.n_nodes - self.hint_labels < self.degree:
+                raise ValueError(
+                    f"n_nodes - hint_labels ({self.n_nodes - self.hint_labels}) must be at least "
+                    f"degree ({self.degree}): the arms of a problem without the hint all start "
+                    "with other labels"
+                )
+
+    @property
+    def hint_set(self) -> frozenset[int]:
+        """The hint labels (empty without the hint): the last ``hint_labels`` values."""
+        if self.hint_rate == 0:
+            return frozenset()
+        return frozenset(range(self.n_nodes - self.hint_labels, self.n_nodes))
 
     @property
     def nodes_per_graph(self) -> int:
@@ -101,6 +140,7 @@ class StarProblem:
     goal: int
     path: tuple[int, ...]
     other_paths: tuple[tuple[int, ...], ...] = ()
+    hinted: bool = False  # every true path starts with a hint label (``hint_rate``)
 
     @property
     def paths(self) -> tuple[tuple[int, ...], ...]:
@@ -134,6 +174,8 @@ class StarProblem:
         }
         if self.other_paths:  # absent with one true path, so older specs read the same
             data["other_paths"] = [list(p) for p in self.other_paths]
+        if self.hinted:  # absent without the hint, likewise
+            data["hinted"] = True
         return json.dumps(data)
 
     @classmethod
@@ -148,6 +190,7 @@ class StarProblem:
             goal=int(data["goal"]),
             path=tuple(int(n) for n in data["path"]),
             other_paths=tuple(tuple(int(n) for n in p) for p in data.get("other_paths", [])),
+            hinted=bool(data.get("hinted", False)),
         )
 
     def arms(self) -> list[tuple[int, ...]]:
@@ -175,6 +218,8 @@ def is_spec(spec: str) -> bool:
 def generate_problem(params: StarGraphParams, rng: random.Random, problem_id: str) -> StarProblem:
     """One random star graph: labels drawn without replacement, the goal at the end of a
     random arm (of ``goal_arms`` arms), the edges in a random order."""
+    if params.hint_rate > 0:
+        return _hinted_problem(params, rng, problem_id)
     if params.goal_arms > 1:
         return _merged_problem(params, rng, problem_id)
     labels = rng.sample(range(params.n_nodes), params.nodes_per_graph)
@@ -208,6 +253,38 @@ def _merged_problem(params: StarGraphParams, rng: random.Random, problem_id: str
     ]
     rng.shuffle(edges)
     return StarProblem(problem_id, tuple(edges), start, goal, good[0], tuple(good[1:]))
+
+
+def _hinted_problem(params: StarGraphParams, rng: random.Random, problem_id: str) -> StarProblem:
+    """A star graph drawn with the hint (``hint_rate > 0``): the arms' first nodes first (hint
+    labels for the true arms of a hinted problem, other labels for every other first node),
+    then the start, the goal and the deeper nodes from every label left, hint labels included.
+    """
+    hint = sorted(params.hint_set)
+    plain = [n for n in range(params.n_nodes) if n not in params.hint_set]
+    k, wrong = params.goal_arms, params.degree - params.goal_arms
+    hinted = rng.random() < params.hint_rate
+    if hinted:
+        true_firsts, wrong_firsts = rng.sample(hint, k), rng.sample(plain, wrong)
+    else:
+        firsts = rng.sample(plain, params.degree)
+        true_firsts, wrong_firsts = firsts[:k], firsts[k:]
+    used = set(true_firsts) | set(wrong_firsts)
+    left = [n for n in range(params.n_nodes) if n not in used]
+    rest = rng.sample(left, params.nodes_per_graph - params.degree)
+    start, goal, rest = rest[0], rest[1], rest[2:]
+    inner = params.path_length - 2  # true arms: first node, inner nodes, then the goal
+    good = [
+        (first, *rest[a * inner : (a + 1) * inner], goal) for a, first in enumerate(true_firsts)
+    ]
+    rest = rest[k * inner :]
+    deep = params.path_length - 1
+    bad = [(first, *rest[a * deep : (a + 1) * deep]) for a, first in enumerate(wrong_firsts)]
+    edges = [(start, arm[0]) for arm in good + bad] + [
+        (arm[j], arm[j + 1]) for arm in good + bad for j in range(params.path_length - 1)
+    ]
+    rng.shuffle(edges)
+    return StarProblem(problem_id, tuple(edges), start, goal, good[0], tuple(good[1:]), hinted)
 
 
 def generate_problems(
