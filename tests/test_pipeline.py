@@ -251,8 +251,13 @@ def test_the_tiny_presets_fingerprints_are_those_its_warehouses_were_made_under(
         "0e0cb83185269fb6",
         "3a38db837169df86",
     )
-    # The didactic preset's, made before task.star_graph.goal_arms existed.
+    # The didactic preset's, made before task.star_graph.goal_arms and the hint existed.
     assert stage_fingerprints(load_config("didactic"))["evaluations"] == "9b6aa31ccdfaac06"
+    hinted = load_config("didactic", overrides={"task": {"star_graph": {"hint_rate": 0.5}}})
+    assert (
+        stage_fingerprints(hinted)["problems"]
+        != stage_fingerprints(load_config("didactic"))["problems"]
+    )
     merged = load_config(
         "didactic", overrides={"task": {"star_graph": {"degree": 3, "goal_arms": 2}}}
     )

@@ -278,3 +278,75 @@ def test_invalid_goal_arms_name_the_field(knobs, message):
         )
     with pytest.raises(ValueError, match=message):
         sg.StarGraphParams(**{"path_length": 2, "n_nodes": 50, **knobs})
+
+
+HINTED = sg.StarGraphParams(
+    degree=4, path_length=3, n_nodes=30, goal_arms=2, hint_rate=0.4, hint_labels=3
+)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_the_hint_decides_a_hinted_problem_and_no_other_arm_starts_with_a_hint_label(split):
+    problems = sg.generate_problems(HINTED, 400, seed=2, split=split)
+    hint = HINTED.hint_set
+    assert hint == {27, 28, 29}
+    deeper = 0
+    for p in problems:
+        arms = p.arms()
+        assert len(arms) == HINTED.degree and all(len(a) == HINTED.path_length for a in arms)
+        assert sorted(a for a in arms if a[-1] == p.goal) == sorted(p.paths)
+        nodes = {p.start} | {n for a in arms for n in a}
+        assert len(nodes) == HINTED.nodes_per_graph
+        assert sg.StarProblem.from_spec(p.problem_id, p.spec) == p
+        # The rule: the arms out of the start that begin with a hint label are exactly the
+        # true paths in a hinted problem, and there are none in any other.
+        by_rule = sorted(a for a in arms if a[0] in hint)
+        assert by_rule == (sorted(p.paths) if p.hinted else [])
+        deeper += any(n in hint for a in arms for n in a[1:])
+    # The share hinted is hint_rate in either split, and hint labels also sit deeper in arms,
+    # so "a hint label anywhere" is not the rule.
+    assert 0.33 < sum(p.hinted for p in problems) / len(problems) < 0.47
+    assert deeper > len(problems) / 4
+
+
+def test_the_hint_rule_grades_right_on_hinted_problems_only_as_often_as_chance_elsewhere():
+    problems = sg.generate_problems(HINTED, 400, seed=5, split="test")
+    rng = random.Random(0)
+    right = {True: [], False: []}
+    for p in problems:
+        hinted_arms = [a for a in p.arms() if a[0] in HINTED.hint_set]
+        arm = rng.choice(hinted_arms or p.arms())
+        right[p.hinted].append(grade(sg.solution_text(arm), p.answer, "star_graph").is_correct)
+    assert all(right[True])
+    assert 0.35 < sum(right[False]) / len(right[False]) < 0.65  # 2 of 4 arms
+
+
+def test_without_the_hint_the_draws_are_those_from_before_the_knob():
+    for labels in (1, 2, 5):
+        params = sg.StarGraphParams(degree=3, path_length=4, n_nodes=40, hint_labels=labels)
+        assert params.hint_set == frozenset()
+        drawn = sg.generate_problems(params, 200, seed=7, split="train")
+        assert drawn == PROBLEMS and not any(p.hinted for p in drawn)
+        assert all('"hinted"' not in p.spec for p in drawn)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"degree": 3, "path_length": 1, "hint_rate": 0.5}, "path_length"),
+        ({"degree": 3, "goal_arms": 2, "hint_rate": 0.5, "hint_labels": 1}, r"hint_labels \(1\)"),
+        ({"degree": 3, "n_nodes": 12, "hint_rate": 0.5, "hint_labels": 10}, r"hint_labels \(2\)"),
+        ({"degree": 3, "hint_rate": 1.5}, "hint_rate"),
+    ],
+)
+def test_invalid_hint_knobs_name_the_field(knobs, message):
+    with pytest.raises(ConfigError, match=rf"task\.star_graph(.|\n)*{message}"):
+        load_config(
+            "tiny",
+            overrides={
+                "task": {"name": "star_graph", "star_graph": {"path_length": 2, **knobs}},
+                "teacher": {"spurious_rate": 0},
+            },
+        )
+    with pytest.raises(ValueError, match=message):
+        sg.StarGraphParams(**{"path_length": 2, "n_nodes": 50, **knobs})
