@@ -239,7 +239,10 @@ def main(home: str, config_yaml: str, size: str, seed: str, pits: str, *override
         "slip_steps": slipped,
         "negatives_by_role": kept,
         "weights": None if weights is None else _weight_summary(weights),
-        "first_errors": sft_forgetting.first_error_kinds(greedy, test),
+        # The kinds of first error are the embedded task's (errors.first_error).
+        "first_errors": sft_forgetting.first_error_kinds(greedy, test)
+        if config.task.name == "embedded"
+        else None,
         "pits_moved": int(
             adv.filter(pl.col("is_true_first_wrong") != pl.col("is_first_pit_best_of_k")).height
         ),
