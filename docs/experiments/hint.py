@@ -16,8 +16,9 @@ size, on the hinted test problems and on the others apart:
   rejected side set to its chosen side) with a 95% bootstrap interval over seeds and problems
   (``curves.compare`` on that subset of the test problems).
 
-It also counts, per size, how many of the per-step pairs come from hinted training problems,
-and appends one JSON row per cell to ``docs/experiments/hint.jsonl``.
+It also counts, per size and subset, the per-step pairs (every seed) by what the rejected
+side's first line names (``first_line_kind``), and appends one JSON row per cell to
+``docs/experiments/hint.jsonl``.
 
 Why: on the standard graph no small model learns the decision, so a negative at it only moves
 probability among arms the model cannot tell apart (docs/experiments/goal_arms.md). The hint
@@ -38,6 +39,9 @@ import yaml
 from synthdata_assets.config import load_config
 from synthdata_assets.curves import compare
 from synthdata_assets.tasks import star_graph as sg
+
+sys.path.insert(0, str(Path(__file__).parent))
+from first_step_mass import kind_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROWS = HERE / "hint.jsonl"
@@ -65,17 +69,46 @@ def _first_steps(evaluations: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFr
     return pl.concat([evaluations, pl.DataFrame(rows)], how="horizontal")
 
 
-def pair_sources(home: Path, problems: pl.DataFrame) -> dict[int, dict[str, int]]:
-    """Per data size (seed 0): how many per-step pairs come from hinted training problems."""
+# first_step_mass.KINDS with the hint labels that no arm starts with split out of the last two.
+NEGATIVE_KINDS = (
+    "right_arm",
+    "wrong_arm",
+    "start",
+    "goal",
+    "hint_label",
+    "other_node",
+    "elsewhere",
+)
+
+
+def first_line_kind(problem: sg.StarProblem, text: str, hint: frozenset[int]) -> str:
+    """What the first line of ``text`` names (``first_step_mass.kind_of``), with a hint label
+    that no arm out of the start begins with (deeper in an arm, or not in the graph) apart."""
+    lines = sg.parse_path(text)
+    line = lines[0] if lines else ""
+    kind = kind_of(problem, line)
+    if kind in ("other_node", "elsewhere") and line.isdigit() and int(line) in hint:
+        return "hint_label"
+    return kind
+
+
+def negatives(home: Path, problems: pl.DataFrame, hint: frozenset[int]) -> dict:
+    """Per data size and subset (every seed): how many per-step pairs there are, and what the
+    rejected side's first line names. A ``right arm`` there is a pair whose Monte Carlo pit is
+    the right first step itself (no rollout after it finished)."""
     pairs = pl.read_parquet(home / "tables" / "preference_pairs" / "**" / "*.parquet")
-    hinted = problems.select(
-        "problem_id", hinted=pl.col("spec").str.contains('"hinted": true', literal=True)
-    )
-    pairs = pairs.filter((pl.col("seed") == 0) & (pl.col("kind") == "per_step"))
-    counts = pairs.join(hinted, on="problem_id").group_by("data_size", "hinted").len()
-    out: dict[int, dict[str, int]] = {}
-    for size, flag, n in counts.iter_rows():
-        out.setdefault(size, {})["hinted" if flag else "unhinted"] = n
+    pairs = pairs.filter(pl.col("kind") == "per_step")
+    parsed = {
+        pid: sg.StarProblem.from_spec(pid, spec)
+        for pid, spec in problems.select("problem_id", "spec").iter_rows()
+    }
+    out: dict = {}
+    for size, pid, rejected in pairs.select("data_size", "problem_id", "rejected").iter_rows():
+        problem = parsed[pid]
+        cell = out.setdefault(size, {}).setdefault(
+            "hinted" if problem.hinted else "unhinted", dict.fromkeys(NEGATIVE_KINDS, 0)
+        )
+        cell[first_line_kind(problem, rejected, hint)] += 1
     return out
 
 
@@ -84,10 +117,11 @@ def table(home: Path) -> list[dict]:
     config = yaml.safe_load((home / "study.yaml").read_text())
     resolved = load_config(config_path=str(home / "study.yaml"))
     star = resolved.task.star_graph
+    hint = sg.StarGraphParams(**star.model_dump()).hint_set
     problems = pl.read_parquet(home / "tables" / "problems.parquet")
     evaluations = pl.read_parquet(home / "tables" / "evaluations" / "**" / "*.parquet")
     evaluations = _first_steps(evaluations, problems)
-    sources = pair_sources(home, problems)
+    kinds = negatives(home, problems, hint)
     rows = []
     for flag in (True, False):
         subset = evaluations.filter(pl.col("hinted") == flag)
@@ -127,7 +161,7 @@ def table(home: Path) -> list[dict]:
                     "accuracy_range": [cell["accuracy"].min(), cell["accuracy"].max()],
                     "first_step": cell["first_step"].mean(),
                     "picks_arm": cell["picks_arm"].mean(),
-                    "per_step_pairs_seed0": sources.get(size, {}),
+                    "per_step_negatives": kinds.get(size, {}).get("hinted" if flag else "unhinted"),
                     "minus_control_points": diff["difference"].item() if diff.height else None,
                     "minus_control_ci": [diff["ci_low"].item(), diff["ci_high"].item()]
                     if diff.height
@@ -163,9 +197,18 @@ def print_table(rows: list[dict]) -> None:
             f"{100 * r['accuracy']:.1f} ({100 * acc[0]:.1f}-{100 * acc[1]:.1f}) | "
             f"{100 * r['first_step']:.1f} | {100 * r['picks_arm']:.1f} | {diff} | {fdiff} |"
         )
-    sources = {(r["home"], r["data_size"]): r["per_step_pairs_seed0"] for r in rows}
-    for (home, size), counts in sorted(sources.items()):
-        print(f"per-step pairs at {size} (seed 0), {Path(home).name}: {counts}")
+    print()
+    print("What the per-step negatives' first lines name (pairs of every seed):")
+    print()
+    print(f"| home | size | subset | pairs | {' | '.join(NEGATIVE_KINDS)} |")
+    print("| --- | ---: | --- | ---: |" + " ---: |" * len(NEGATIVE_KINDS))
+    cells = {(r["home"], r["data_size"], r["subset"]): r["per_step_negatives"] for r in rows}
+    for (home, size, subset), counts in sorted(cells.items()):
+        if not counts:
+            continue
+        n = sum(counts.values())
+        shares = " | ".join(f"{100 * counts[k] / n:.0f}%" for k in NEGATIVE_KINDS)
+        print(f"| {Path(home).parent.name} | {size} | {subset} | {n} | {shares} |")
 
 
 def main(argv: list[str]) -> None:
