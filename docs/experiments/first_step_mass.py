@@ -1,6 +1,6 @@
 """Where each method puts its probability at the first step of a path-star solution.
 
-    python docs/experiments/first_step_mass.py HOME [HOME ...]
+    python docs/experiments/first_step_mass.py [--hinted] HOME [HOME ...]
 
 For every (data size, seed) partition of each warehouse (a `didactic`-style study on
 ``star_graph``) and every trained method, scores the test questions and splits the
@@ -9,6 +9,9 @@ first node of a true path), a wrong arm out of the start, the start, the goal, a
 of the graph, or anything else (a label not in the graph, a newline, end of text). Node labels
 are one token each in this task's tokenizer (checked). It also counts the same kinds among
 the first lines of the per-step pairs' rejected sides: what the negatives push down.
+
+``--hinted`` scores the hinted test problems alone (``task.star_graph.hint_rate``; rows get
+``"subset": "hinted"``), where the right arm is the one whose first node is a hint label.
 
 Prints one line per warehouse, method and size (mean over seeds) and appends JSON rows to
 ``docs/experiments/first_step_mass.jsonl``. It measures the mechanism behind
@@ -102,6 +105,9 @@ def _where(home: str) -> str:
 
 
 def main(homes: list[str]) -> None:
+    hinted = homes[:1] == ["--hinted"]
+    homes = homes[1:] if hinted else homes
+    subset = {"subset": "hinted"} if hinted else {}
     rows = []
     for home in map(Path, homes):
         warehouse = Warehouse(home)
@@ -111,7 +117,7 @@ def main(homes: list[str]) -> None:
             pid: sg.StarProblem.from_spec(pid, spec)
             for pid, spec in zip(table["problem_id"], table["spec"], strict=True)
         }
-        problems = [every[pid] for pid in test["problem_id"]]
+        problems = [every[pid] for pid in test["problem_id"] if every[pid].hinted or not hinted]
         negatives = rejected_kinds(warehouse, every)
         print(json.dumps({"home": str(home), "rejected_first_lines": negatives}), flush=True)
         rows.append({"home": str(home), "method": "per_step_pairs", "rejected": negatives})
@@ -121,7 +127,7 @@ def main(homes: list[str]) -> None:
                 continue
             size = int(folder.parent.name.split("=")[1])
             seed = int(folder.name.split("=")[1])
-            row = {"home": str(home), "method": method, "data_size": size, "seed": seed}
+            row = {"home": str(home), "method": method, "data_size": size, "seed": seed} | subset
             rows.append(row | masses(folder, problems))
             print(json.dumps(rows[-1]), flush=True)
     frame = pl.DataFrame([r for r in rows if "rejected" not in r])

@@ -284,7 +284,7 @@ def start_model(part: Partition, init: str | None) -> tuple[str, pl.DataFrame]:
     return model["path"][0], evals
 
 
-def _training_overrides(overrides: tuple[str, ...]) -> dict[str, float]:
+def _training_overrides(overrides: tuple[str, ...]) -> dict[str, float | int]:
     """``KEY=VALUE`` settings of the ``training`` section (numbers), checked by name."""
     fields = TrainingConfig.model_fields
     out = {}
@@ -293,9 +293,9 @@ def _training_overrides(overrides: tuple[str, ...]) -> dict[str, float]:
         if not sep or key not in fields:
             raise SystemExit(f"an override is KEY=VALUE with KEY a training field, got {item!r}")
         out[key] = float(value)
-    # Validated as the config file's fields are.
-    TrainingConfig(**{**TrainingConfig().model_dump(), **out})
-    return out
+    # Validated as the config file's fields are, and typed by them (dpo_epochs=8 is an int).
+    checked = TrainingConfig(**{**TrainingConfig().model_dump(), **out})
+    return {key: getattr(checked, key) for key in out}
 
 
 def clean_chosen(chosen: pl.DataFrame, part: Partition) -> tuple[pl.DataFrame, dict]:
