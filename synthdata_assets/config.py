@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from synthdata_assets.tasks import embedded
+from synthdata_assets.tasks import embedded, star_graph
 from training.config import ModelConfig, SamplingConfig, Section, TrainingConfig
 
 # The shipped base model of the embedded task (synthdata_assets/pretrain.py makes it); here so
@@ -175,39 +175,10 @@ class StarGraphTaskConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _labels_suffice(self) -> StarGraphTaskConfig:
-        if self.goal_arms >= self.degree:
-            raise ValueError(
-                f"goal_arms ({self.goal_arms}) must be below degree ({self.degree}): with every "
-                "arm at the goal there is no wrong choice"
-            )
-        if self.goal_arms > 1 and self.path_length < 2:
-            raise ValueError(
-                f"goal_arms ({self.goal_arms}) > 1 needs path_length of at least 2: arms of one "
-                "node that all end at the goal would be the same arm"
-            )
-        need = 1 + self.degree * self.path_length - (self.goal_arms - 1)
-        if self.n_nodes < need:
-            raise ValueError(
-                f"n_nodes ({self.n_nodes}) must be at least 1 + degree * path_length - "
-                f"(goal_arms - 1) ({need})"
-            )
-        if self.hint_rate > 0:
-            if self.path_length < 2:
-                raise ValueError(
-                    f"hint_rate ({self.hint_rate}) > 0 needs path_length of at least 2: a true "
-                    "arm of one node starts at the goal, which the query names"
-                )
-            if self.hint_labels < self.goal_arms:
-                raise ValueError(
-                    f"hint_labels ({self.hint_labels}) must be at least goal_arms "
-                    f"({self.goal_arms}): each true path of a hinted problem starts with its own"
-                )
-            if self.n_nodes - self.hint_labels < self.degree:
-                raise ValueError(
-                    f"n_nodes - hint_labels ({self.n_nodes - self.hint_labels}) must be at least "
-                    f"degree ({self.degree}): arms without the hint start with other labels"
-                )
+    def _a_graph_can_be_drawn(self) -> StarGraphTaskConfig:
+        # The generator's own checks, so the rules live in one place; a ValueError here is
+        # reported under this section's path.
+        star_graph.StarGraphParams(**self.model_dump())
         return self
 
 

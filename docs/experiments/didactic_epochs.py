@@ -17,6 +17,7 @@ Extra ``KEY=VALUE`` pairs after ``--`` are YAML overrides of the preset (dotted 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -68,6 +69,18 @@ def run_study(home: Path, config: dict) -> Path:
             check=True,
         )
     return home
+
+
+def warehouses(roots: list[str]) -> list[Path]:
+    """The study warehouses under each root (a folder per study, its ``study.yaml`` in it)."""
+    return sorted(h.parent for r in roots for h in Path(r).glob("*/study.yaml"))
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to the JSON-lines file ``path``."""
+    with path.open("a") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
 
 
 def first_steps(home: Path, size: int, epochs: int) -> pl.DataFrame:

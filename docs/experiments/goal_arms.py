@@ -26,7 +26,6 @@ at ``goal_arms = degree - 1``.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from synthdata_assets.config import load_config
 from synthdata_assets.curves import compare
 
 sys.path.insert(0, str(Path(__file__).parent))
-from didactic_epochs import nested, run_study  # noqa: E402
+from didactic_epochs import append_rows, nested, run_study, warehouses  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROWS = HERE / "goal_arms.jsonl"
@@ -123,14 +122,12 @@ def main(argv: list[str]) -> None:
         root, degree, *arms = rest
         homes = [run(Path(root), int(degree), int(k), extra) for k in arms]
     elif command == "table":
-        homes = sorted(h.parent for r in rest for h in Path(r).glob("*/study.yaml"))
+        homes = warehouses(rest)
     else:
         raise SystemExit(__doc__)
     rows = [row for home in homes for row in table(home)]
     print_table(rows)
-    with ROWS.open("a") as out:
-        for row in rows:
-            out.write(json.dumps(row) + "\n")
+    append_rows(ROWS, rows)
 
 
 if __name__ == "__main__":

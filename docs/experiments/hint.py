@@ -29,7 +29,6 @@ on the hinted problems at the sizes where SFT has not yet learnt the hint.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from synthdata_assets.curves import compare
 from synthdata_assets.tasks import star_graph as sg
 
 sys.path.insert(0, str(Path(__file__).parent))
+from didactic_epochs import append_rows, warehouses  # noqa: E402
 from first_step_mass import kind_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -214,12 +214,9 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit(__doc__)
-    homes = sorted(h.parent for r in argv for h in Path(r).glob("*/study.yaml"))
-    rows = [row for home in homes for row in table(home)]
+    rows = [row for home in warehouses(argv) for row in table(home)]
     print_table(rows)
-    with ROWS.open("a") as out:
-        for row in rows:
-            out.write(json.dumps(row) + "\n")
+    append_rows(ROWS, rows)
 
 
 if __name__ == "__main__":
