@@ -2,6 +2,7 @@
 a learnable hint (``task.star_graph.hint_rate``), split by hinted and unhinted test problems.
 
     python docs/experiments/hint.py ROOT [ROOT ...]
+    python docs/experiments/hint.py plot docs/experiments/hint.png
 
 Reads every warehouse under the ROOTs (made by ``goal_arms.py run`` with
 ``task.star_graph.hint_rate`` among its overrides) and prints, per warehouse, method and data
@@ -18,7 +19,9 @@ size, on the hinted test problems and on the others apart:
 
 It also counts, per size and subset, the per-step pairs (every seed) by what the rejected
 side's first line names (``first_line_kind``), and appends one JSON row per cell to
-``docs/experiments/hint.jsonl``.
+``docs/experiments/hint.jsonl``. ``plot`` draws per-step DPO's and RFT's differences from
+``nll_control`` on the hinted problems from those rows (per warehouse and size of three or
+more seeds, the last row with the most seeds).
 
 Why: on the standard graph no small model learns the decision, so a negative at it only moves
 probability among arms the model cannot tell apart (docs/experiments/goal_arms.md). The hint
@@ -29,6 +32,7 @@ on the hinted problems at the sizes where SFT has not yet learnt the hint.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -211,9 +215,72 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {Path(home).parent.name} | {size} | {subset} | {n} | {shares} |")
 
 
+def _label(row: dict) -> str:
+    training = row["overrides"].get("training", {})
+    budget = f"lr {training.get('dpo_learning_rate', 2e-4):g}"
+    if "dpo_epochs" in training:
+        budget += f" x{training['dpo_epochs']}"
+    if "dpo_beta" in training:
+        budget += f", beta {training['dpo_beta']:g}"
+    arms = "" if row["goal_arms"] == 1 else f", {row['goal_arms']} right arms"
+    return f"{budget}, pool {row['pool_seed']}{arms}, n={row['data_size']} ({len(row['seeds'])})"
+
+
+def plot(path: Path) -> None:
+    """Per-step DPO's and RFT's differences from ``nll_control`` on the hinted problems, whole
+    path and first step, with their intervals: one line per recorded warehouse and size with
+    three or more seeds (of its rows in ``hint.jsonl``, the last with the most seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = {}
+    for line in ROWS.read_text().splitlines():
+        row = json.loads(line)
+        key = (row["home"], row["data_size"], row["method"])
+        wanted = (
+            row["subset"] == "hinted"
+            and row["method"] in ("per_step_dpo", "rft")
+            and len(row["seeds"]) >= 3  # not the one-seed probes
+            and len(row["seeds"]) >= len(last.get(key, {}).get("seeds", []))
+        )
+        if wanted:
+            last[key] = row  # the most seeds of a warehouse and size, then the last row
+    cells = sorted(
+        {(home, size) for home, size, _ in last}, key=lambda c: _label(last[(*c, "rft")])
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(cells) + 1.6), sharey=True)
+    for ax, method in zip(axes, ("per_step_dpo", "rft"), strict=True):
+        for i, cell in enumerate(cells):
+            row = last[(*cell, method)]
+            for key, shift, marker, name in (
+                ("minus_control", -0.15, "o", "whole path"),
+                ("first_minus_control", 0.15, "s", "first step"),
+            ):
+                mid, (low, high) = row[f"{key}_points"], row[f"{key}_ci"]
+                ax.errorbar(
+                    mid, i + shift, xerr=[[mid - low], [high - mid]], fmt=marker, capsize=2,
+                    color="C0" if key == "minus_control" else "C1", label=name if i == 0 else None,
+                )  # fmt: skip
+        ax.axvline(0, color="grey", linestyle=":")
+        ax.set_title(f"{method} minus nll_control, hinted problems (points, 95% CI)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_yticks(range(len(cells)), [_label(last[(*c, "rft")]) for c in cells], fontsize=8)
+    axes[0].invert_yaxis()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit(__doc__)
+    if argv[0] == "plot":
+        plot(Path(argv[1]))
+        return
     rows = [row for home in warehouses(argv) for row in table(home)]
     print_table(rows)
     append_rows(ROWS, rows)
