@@ -12,10 +12,10 @@ size, on the hinted test problems and on the others apart:
 - how often the first step is an arm out of the start at all (right or wrong), so first-step
   accuracy can be read against picking an arm at random (on hinted problems the right arm is
   the hint-labelled one, so following the hint and a right first step are the same);
-- each method's paired difference from ``nll_control``, in whole-path and in first-step
-  accuracy, (the same pairs and updates with each
-  rejected side set to its chosen side) with a 95% bootstrap interval over seeds and problems
-  (``curves.compare`` on that subset of the test problems).
+- each method's paired difference from ``nll_control`` (the same pairs and updates with each
+  rejected side set to its chosen side), in whole-path and in first-step accuracy, with a 95%
+  bootstrap interval over seeds and problems (``curves.compare`` on that subset of the test
+  problems).
 
 It also counts, per size and subset, the per-step pairs (every seed) by what the rejected
 side's first line names (``first_line_kind``), and appends one JSON row per cell to
@@ -98,7 +98,7 @@ def first_line_kind(problem: sg.StarProblem, text: str, hint: frozenset[int]) ->
 
 def negatives(home: Path, problems: pl.DataFrame, hint: frozenset[int]) -> dict:
     """Per data size and subset (every seed): how many per-step pairs there are, and what the
-    rejected side's first line names. A ``right arm`` there is a pair whose Monte Carlo pit is
+    rejected side's first line names. A ``right_arm`` there is a pair whose Monte Carlo pit is
     the right first step itself (no rollout after it finished)."""
     pairs = pl.read_parquet(home / "tables" / "preference_pairs" / "**" / "*.parquet")
     pairs = pairs.filter(pl.col("kind") == "per_step")
