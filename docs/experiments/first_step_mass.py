@@ -33,6 +33,9 @@ from training.checkpoint import load_checkpoint
 from training.prompts import format_prompt
 from warehouse.layout import Warehouse
 
+sys.path.insert(0, str(Path(__file__).parent))
+from didactic_epochs import append_rows  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROWS = HERE / "first_step_mass.jsonl"
 METHODS = ("sft", "rft", "per_step_dpo", "nll_control", "dpo")
@@ -160,9 +163,7 @@ def main(homes: list[str]) -> None:
             f"| {_where(r['home'])} | {r['data_size']} | {r['method']} | "
             f"{r['mean']:+.3f} ({r['low']:+.3f} to {r['high']:+.3f}) |"
         )
-    with ROWS.open("a") as out:
-        for row in rows:
-            out.write(json.dumps(row) + "\n")
+    append_rows(ROWS, rows)
 
 
 if __name__ == "__main__":

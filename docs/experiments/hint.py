@@ -52,11 +52,9 @@ ROWS = HERE / "hint.jsonl"
 METHODS = ("sft", "rft", "per_step_dpo", "nll_control", "dpo")
 
 
-def _first_steps(evaluations: pl.DataFrame, problems: pl.DataFrame) -> pl.DataFrame:
+def _first_steps(evaluations: pl.DataFrame, parsed: dict[str, sg.StarProblem]) -> pl.DataFrame:
     """Each evaluation with the problem's ``hinted`` flag, whether its first line is a true
     first step, and whether it is an arm's first node."""
-    specs = dict(zip(problems["problem_id"], problems["spec"], strict=True))
-    parsed = {pid: sg.StarProblem.from_spec(pid, spec) for pid, spec in specs.items()}
     firsts = {pid: {str(a[0]) for a in p.arms()} for pid, p in parsed.items()}
     right = {pid: {str(path[0]) for path in p.paths} for pid, p in parsed.items()}
     rows = []
@@ -96,16 +94,12 @@ def first_line_kind(problem: sg.StarProblem, text: str, hint: frozenset[int]) ->
     return kind
 
 
-def negatives(home: Path, problems: pl.DataFrame, hint: frozenset[int]) -> dict:
+def negatives(home: Path, parsed: dict[str, sg.StarProblem], hint: frozenset[int]) -> dict:
     """Per data size and subset (every seed): how many per-step pairs there are, and what the
     rejected side's first line names. A ``right_arm`` there is a pair whose Monte Carlo pit is
     the right first step itself (no rollout after it finished)."""
     pairs = pl.read_parquet(home / "tables" / "preference_pairs" / "**" / "*.parquet")
     pairs = pairs.filter(pl.col("kind") == "per_step")
-    parsed = {
-        pid: sg.StarProblem.from_spec(pid, spec)
-        for pid, spec in problems.select("problem_id", "spec").iter_rows()
-    }
     out: dict = {}
     for size, pid, rejected in pairs.select("data_size", "problem_id", "rejected").iter_rows():
         problem = parsed[pid]
@@ -123,9 +117,13 @@ def table(home: Path) -> list[dict]:
     star = resolved.task.star_graph
     hint = sg.StarGraphParams(**star.model_dump()).hint_set
     problems = pl.read_parquet(home / "tables" / "problems.parquet")
+    parsed = {  # every problem, parsed once for the evaluations and the pairs
+        pid: sg.StarProblem.from_spec(pid, spec)
+        for pid, spec in problems.select("problem_id", "spec").iter_rows()
+    }
     evaluations = pl.read_parquet(home / "tables" / "evaluations" / "**" / "*.parquet")
-    evaluations = _first_steps(evaluations, problems)
-    kinds = negatives(home, problems, hint)
+    evaluations = _first_steps(evaluations, parsed)
+    kinds = negatives(home, parsed, hint)
     rows = []
     for flag in (True, False):
         subset = evaluations.filter(pl.col("hinted") == flag)
