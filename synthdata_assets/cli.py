@@ -296,7 +296,7 @@ def _run_study(
     print(f"warehouse: {warehouse.root}")
     # A stage is reused only when it was made under the current settings, after the stages
     # it reads; the rest of its partition is recomputed (study.stale_stages).
-    current = study.stage_fingerprints(config)
+    current = study.accepted_fingerprints(config)
     launch = {"lock_fd": lock_fd}
 
     def outdated(stages: tuple[str, ...], partition: str | None = None) -> list[str]:

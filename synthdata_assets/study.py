@@ -12,21 +12,23 @@ Provenance
 :data:`STAGE_INPUTS` is the asset graph (each stage and the stages it reads) and
 :data:`STAGE_SETTINGS` the configuration sections each stage reads itself. A stage's
 fingerprint (:func:`stage_fingerprints`) is a digest of the sections it and every stage
-upstream of it read (and, for the shipped base, of its weights), so it changes exactly when
-a setting that can change the stage's output changes. Every materialization records its
-stage's fingerprint (the IO manager writes it into the materialization's metadata);
-:func:`stale_stages` compares the recorded ones with the configuration's and returns what
-must be recomputed: the stages never materialized, made under other settings, or older than
-a stage they read (an interrupted rerun), and everything downstream of them. A partition
-therefore never mixes stages made under two configurations, and a rerun recomputes only what
-is missing or stale.
+upstream of it read (and, for the shipped base, of its weights), less the fields of
+:data:`FIELD_READERS` that none of those stages reads, so it changes exactly when a setting
+that can change the stage's output changes: a sweep over the DPO budget reuses the base, SFT,
+the samples and the rollouts. Every materialization records its stage's fingerprint (the IO
+manager writes it into the materialization's metadata); :func:`stale_stages` compares the
+recorded ones with those the configuration accepts (:func:`accepted_fingerprints`) and
+returns what must be recomputed: the stages never materialized, made under other settings,
+or older than a stage they read (an interrupted rerun), and everything downstream of them. A
+partition therefore never mixes stages made under two configurations, and a rerun recomputes
+only what is missing or stale.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,8 @@ REPORT_STAGES: tuple[str, ...] = ("scaling_curves", "first_step_curves")
 DATA_SIZE, SEED = "data_size", "seed"
 # The metadata key under which a materialization records its stage's fingerprint.
 FINGERPRINT_KEY = "synthdata/settings"
+# The training fields of the DPO stages alone, less their ``dpo_`` prefix.
+DPO_FIELDS = ("beta", "learning_rate", "epochs", "batch_size", "sft_weight")
 
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "problems": (),
@@ -141,6 +145,26 @@ def upstream(stage: str) -> set[str]:
     return seen
 
 
+# The preference stages: the DPO variants that train from pi_sft.
+PREFERENCE_STAGES = frozenset({"per_step_dpo_model", "nll_control_model", "dpo_model"})
+
+# Fields that only some of the stages reading their section use: the fingerprints of the
+# other stages (and of everything those read) leave them out, so that changing one reuses
+# what it cannot change. Changing the DPO budget reuses the base, SFT, the samples and the
+# rollouts; the pit rule, the rollouts (early_stop, which they do read, needs first_zero);
+# eval_samples, everything before the evaluations. A key is (section, field); a test checks
+# that no other module names these fields, so a new reader is named here too.
+FIELD_READERS: dict[tuple[str, str], frozenset[str]] = {
+    **{("training", f"dpo_{name}"): PREFERENCE_STAGES for name in DPO_FIELDS},
+    ("training", "rft_max_per_problem"): frozenset({"rft_model"}),
+    ("training", "rft_init"): frozenset({"rft_model"}),
+    ("credit", "per_step_pair_kind"): frozenset({"per_step_dpo_model", "nll_control_model"}),
+    ("credit", "advantage_weighted"): frozenset({"per_step_dpo_model", "nll_control_model"}),
+    ("credit", "pit_rule"): frozenset({"step_advantages"}),
+    ("credit", "spurious_threshold"): frozenset({"step_advantages"}),
+    ("sampling", "eval_samples"): frozenset({"base_evaluation", "evaluations", "sft_reference"}),
+}
+
 # Settings added after warehouses were made with the settings before them: left out of the
 # fingerprints while they hold these values (the behaviour from before), so a warehouse
 # made then stays valid; any other value enters like every setting. A key is the setting's
@@ -166,8 +190,10 @@ ADDED_SETTINGS: dict[tuple[str, ...], object] = {
 }
 
 
-def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
-    """Each stage's fingerprint: a digest of the settings it and its upstream stages read."""
+def stage_fingerprints(config: ExperimentConfig, *, by_field: bool = True) -> dict[str, str]:
+    """Each stage's fingerprint: a digest of the settings it and its upstream stages read.
+    ``by_field=False``: of the whole sections they read, as every stage recorded before
+    :data:`FIELD_READERS` (:func:`accepted_fingerprints` accepts those still)."""
     dumped = config.model_dump(mode="json")
     for path, before in ADDED_SETTINGS.items():
         *parents, field = path
@@ -179,13 +205,27 @@ def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     base = shipped_base_digest(config)
     out = {}
     for stage in STAGE_INPUTS:
-        sections = sorted({s for name in {stage} | upstream(stage) for s in STAGE_SETTINGS[name]})
-        settings = {name: dumped[name] for name in sections}
+        reads = {stage} | upstream(stage)
+        sections = sorted({s for name in reads for s in STAGE_SETTINGS[name]})
+        settings = {name: dict(dumped[name]) for name in sections}
+        if by_field:
+            for (section, field), readers in FIELD_READERS.items():
+                if section in settings and not readers & reads:
+                    settings[section].pop(field, None)
         if base is not None and "model" in sections:
             settings["shipped_base"] = base  # a new shipped base invalidates what it made
         text = json.dumps(settings, sort_keys=True)
         out[stage] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return out
+
+
+def accepted_fingerprints(config: ExperimentConfig) -> dict[str, frozenset[str]]:
+    """The fingerprints under which each stage's materialization is current: this code's
+    (:func:`stage_fingerprints`, which new materializations record) and the digest of the
+    whole sections, which warehouses made before :data:`FIELD_READERS` recorded. The second
+    covers every setting the first does, so a match on either means the same settings."""
+    narrow, whole = stage_fingerprints(config), stage_fingerprints(config, by_field=False)
+    return {stage: frozenset({narrow[stage], whole[stage]}) for stage in narrow}
 
 
 def shipped_base_digest(config: ExperimentConfig, folder: Path | None = None) -> str | None:
@@ -208,16 +248,18 @@ class Materialized:
 
 
 def stale_stages(
-    stages: tuple[str, ...], recorded: Mapping[str, Materialized], current: Mapping[str, str]
+    stages: tuple[str, ...],
+    recorded: Mapping[str, Materialized],
+    accepted: Mapping[str, Set[str]],
 ) -> list[str]:
-    """The ``stages`` (in flow order) to recompute: those never materialized, made under
-    other settings than ``current``, or older than a stage they read; and every one of
-    ``stages`` downstream of those. ``recorded`` also holds the stages ``stages`` read from
-    outside (the setup stages of a partition)."""
+    """The ``stages`` (in flow order) to recompute: those never materialized, made under a
+    fingerprint not among ``accepted`` (:func:`accepted_fingerprints`), or older than a stage
+    they read; and every one of ``stages`` downstream of those. ``recorded`` also holds the
+    stages ``stages`` read from outside (the setup stages of a partition)."""
     stale: set[str] = set()
     for stage in stages:
         mine = recorded.get(stage)
-        if mine is None or mine.fingerprint != current[stage]:
+        if mine is None or mine.fingerprint not in accepted[stage]:
             stale.add(stage)
             continue
         for read in STAGE_INPUTS[stage]:

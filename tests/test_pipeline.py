@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -21,12 +23,15 @@ from synthdata_assets.study import (
     PARTITION_STAGES,
     STAGE_INPUTS,
     Materialized,
+    accepted_fingerprints,
     shipped_base_digest,
     stage_fingerprints,
     stale_stages,
     upstream,
 )
 from warehouse import Warehouse
+
+REPO = Path(__file__).resolve().parents[1]
 
 CONTRACT = {
     "problems": ["problem_id", "split", "question", "answer", "source"],
@@ -184,21 +189,94 @@ def test_a_new_shipped_base_changes_the_fingerprints_of_what_it_made(tmp_path, m
     assert "problems" not in changed
 
 
+def test_a_field_only_some_stages_read_leaves_the_others_fingerprints_alone() -> None:
+    tiny = stage_fingerprints(load_config("tiny"))
+
+    def changed(overrides: dict) -> set[str]:
+        other = stage_fingerprints(load_config("tiny", overrides=overrides))
+        return {stage for stage in tiny if tiny[stage] != other[stage]}
+
+    def downstream_of(stages: set[str]) -> set[str]:
+        return stages | {stage for stage in STAGE_INPUTS if stages & upstream(stage)}
+
+    dpo = {"per_step_dpo_model", "nll_control_model", "dpo_model"}
+    for field, value in (("dpo_beta", 0.5), ("dpo_learning_rate", 1e-3), ("dpo_epochs", 5)):
+        assert changed({"training": {field: value}}) == downstream_of(dpo)
+    assert changed({"training": {"rft_init": "sft"}}) == downstream_of({"rft_model"})
+    pair_kind = changed({"credit": {"per_step_pair_kind": "shared_prefix"}})
+    assert pair_kind == downstream_of({"per_step_dpo_model", "nll_control_model"})
+    assert changed({"credit": {"pit_rule": "largest_drop"}}) == downstream_of({"step_advantages"})
+    assert changed({"sampling": {"eval_samples": 8}}) == downstream_of(
+        {"base_evaluation", "evaluations", "sft_reference"}
+    )
+    # a field every stage that reads its section uses still changes them all
+    assert changed({"training": {"learning_rate": 1e-4}}) >= {"base_model", "sft_model"}
+
+
+def test_every_narrowed_field_names_a_setting_and_is_read_only_where_listed() -> None:
+    # FIELD_READERS is read off the code: a module that starts reading one of its fields
+    # elsewhere (as an attribute of its section) must be listed there too, or a change to the
+    # field would reuse a stage it changes. The modules of each field's stages:
+    modules = {
+        "training": {"preference.py", "defs/preference.py", "defs/models.py"},
+        "per_step_pair_kind": {"preference.py", "defs/preference.py"},
+        "advantage_weighted": {"preference.py", "defs/preference.py"},
+        "pit_rule": {"advantages.py", "defs/advantages.py"},
+        "spurious_threshold": {"advantages.py", "defs/advantages.py"},
+        "eval_samples": {"evaluations.py", "defs/evaluations.py"},
+    }
+    sources = {
+        path.relative_to(REPO / "synthdata_assets").as_posix(): path.read_text()
+        for path in (REPO / "synthdata_assets").rglob("*.py")
+    }
+    sources |= {
+        f"training/{path.relative_to(REPO / 'training').as_posix()}": path.read_text()
+        for path in (REPO / "training").rglob("*.py")
+    }
+    defining = {"config.py", "study.py", "training/config.py"}
+    for section, field in study_module.FIELD_READERS:
+        assert field in type(getattr(load_config("tiny"), section)).model_fields
+        allowed = modules.get(field) or modules[section]
+        named = {
+            path
+            for path, text in sources.items()
+            if re.search(rf"\.{field}\b", text) and path not in defining
+        }
+        assert named <= allowed, (field, named - allowed)
+
+
 def test_stale_stages_are_recomputed_with_everything_downstream() -> None:
-    current = stage_fingerprints(load_config("tiny"))
-    done = {stage: Materialized(current[stage], i) for i, stage in enumerate(STAGE_INPUTS)}
+    current = {k: frozenset({v}) for k, v in stage_fingerprints(load_config("tiny")).items()}
+    done = {stage: Materialized(min(current[stage]), i) for i, stage in enumerate(STAGE_INPUTS)}
     assert stale_stages(PARTITION_STAGES, done, current) == []
     other = {**done, "policy_samples": Materialized("old settings", done["policy_samples"].order)}
     assert stale_stages(PARTITION_STAGES, other, current) == [
         s for s in PARTITION_STAGES if s == "policy_samples" or "policy_samples" in upstream(s)
     ]
     # An interrupted rerun: sft_model is newer than what was made from it.
-    newer = {**done, "sft_model": Materialized(current["sft_model"], 1000)}
+    newer = {**done, "sft_model": Materialized(min(current["sft_model"]), 1000)}
     assert stale_stages(PARTITION_STAGES, newer, current)[0] == "policy_samples"
     missing = {k: v for k, v in done.items() if k != "evaluations"}
     assert stale_stages(PARTITION_STAGES, missing, current) == ["evaluations"]
-    retrained_base = {**done, "base_model": Materialized(current["base_model"], 1000)}
+    retrained_base = {**done, "base_model": Materialized(min(current["base_model"]), 1000)}
     assert stale_stages(PARTITION_STAGES, retrained_base, current)[0] == "sft_model"
+
+
+def test_stages_recorded_under_the_whole_sections_fingerprints_stay_current() -> None:
+    # Warehouses made before FIELD_READERS recorded the digests of whole sections.
+    config = load_config("tiny")
+    whole = stage_fingerprints(config, by_field=False)
+    assert whole["sft_model"] != stage_fingerprints(config)["sft_model"]
+    accepted = accepted_fingerprints(config)
+    done = {stage: Materialized(whole[stage], i) for i, stage in enumerate(STAGE_INPUTS)}
+    assert stale_stages(PARTITION_STAGES, done, accepted) == []
+    # A DPO setting changes the whole training section's digest of SFT, which is then stale;
+    # the next run records SFT's narrow digest, which the DPO setting leaves alone.
+    beta = accepted_fingerprints(load_config("tiny", overrides={"training": {"dpo_beta": 0.5}}))
+    assert stale_stages(PARTITION_STAGES, done, beta)[0] == "sft_model"
+    made = stage_fingerprints(config)
+    narrow = {stage: Materialized(made[stage], i) for i, stage in enumerate(STAGE_INPUTS)}
+    assert stale_stages(PARTITION_STAGES, narrow, beta)[0] == "per_step_dpo_model"
 
 
 def test_sql_views_hold_the_configured_partitions_only(warehouse: Warehouse, capsys) -> None:
@@ -245,14 +323,19 @@ def test_the_tiny_presets_fingerprints_are_those_its_warehouses_were_made_under(
     # Pinned: a new setting that enters the fingerprints at its default recomputes every
     # warehouse made before it. List it in study.ADDED_SETTINGS with the value that keeps the
     # old behaviour; change these only for a change that does alter what a stage makes.
-    fingerprints = stage_fingerprints(load_config("tiny"))
+    # Those of whole sections, recorded before FIELD_READERS, are accepted still.
+    accepted = accepted_fingerprints(load_config("tiny"))
+    assert "e4882e9668a1c42b" in accepted["problems"]
+    assert "0e0cb83185269fb6" in accepted["sft_model"]
+    assert "3a38db837169df86" in accepted["evaluations"]
+    fingerprints = stage_fingerprints(load_config("tiny"))  # what a run records since
     assert (fingerprints["problems"], fingerprints["sft_model"], fingerprints["evaluations"]) == (
         "e4882e9668a1c42b",
-        "0e0cb83185269fb6",
+        "4abd7958476171a6",
         "3a38db837169df86",
     )
     # The didactic preset's, made before task.star_graph.goal_arms and the hint existed.
-    assert stage_fingerprints(load_config("didactic"))["evaluations"] == "9b6aa31ccdfaac06"
+    assert "9b6aa31ccdfaac06" in accepted_fingerprints(load_config("didactic"))["evaluations"]
     hinted = load_config("didactic", overrides={"task": {"star_graph": {"hint_rate": 0.5}}})
     assert (
         stage_fingerprints(hinted)["problems"]

@@ -241,6 +241,15 @@ def test_a_changed_setting_and_an_interruption_leave_no_mixed_partition(
     assert "~ [32|0]: recomputing sft_model, policy_samples" in rerun.stdout
     for key in ("32|0", "64|0"):
         assert settings(key) == dict.fromkeys((*SETUP_STAGES, *PARTITION_STAGES), True)
+    # A setting of the DPO stages alone recomputes them and what reads them, nothing before.
+    changed.write_text(changed.read_text() + "  dpo_beta: 0.5\n")
+    beta = subprocess.run(
+        [str(SYNTHDATA), "run"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert beta.returncode == 0, beta.stderr[-3000:]
+    dpo_stages = "per_step_dpo_model, nll_control_model, dpo_model, evaluations"
+    for key in ("32|0", "64|0"):
+        assert f"~ [{key}]: recomputing {dpo_stages}" in beta.stdout
 
 
 @pytest.mark.slow
