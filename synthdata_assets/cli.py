@@ -433,12 +433,19 @@ def _credit_vs_truth(warehouse: Warehouse, partitions: list, policy: str) -> str
     if not rows:
         return "First pits vs ground truth: the task has no per-step ground truth."
     lines = [f"First pits ({policy}) vs the true first wrong step, per data size and seed:"]
-    for r in rows:
-        lines.append(
-            f"  {r['data_size']}|{r['seed']}: exact {r['share_pit_exact']:.0%}, at or one "
-            f"before {r['share_pit_within_one']:.0%} of {r['negatives_with_pit']} negatives"
-        )
+    lines += [f"  {r['data_size']}|{r['seed']}: {_pit_shares(r)}" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _pit_shares(row: dict) -> str:
+    """One ``@credit_vs_truth`` row in words: no shares where no negative has a pit (under
+    ``pit_rule: largest_drop`` a negative whose Q never drops has none)."""
+    if not row["negatives_with_pit"]:
+        return f"no pit in any of {row['negatives']} negatives"
+    return (
+        f"exact {row['share_pit_exact']:.0%}, at or one before "
+        f"{row['share_pit_within_one']:.0%} of {row['negatives_with_pit']} negatives"
+    )
 
 
 def _cue_following(warehouse: Warehouse, partitions: list) -> str:

@@ -383,6 +383,18 @@ def test_credit_vs_truth_counts_exact_within_one_and_the_rest():
     assert row["spurious_precision"] == row["spurious_recall"] == pytest.approx(1 / 2)
 
 
+def test_a_run_summarises_credit_vs_truth_where_no_negative_has_a_pit():
+    # largest_drop finds no pit where a negative's Q never drops (a tiny model: Q is 0)
+    from synthdata_assets.cli import _pit_shares
+
+    keep = {"no_pit": TRUTH["no_pit"], "pos1": TRUTH["pos1"]}
+    row = credit_vs_truth(truth_table(keep)).row(0, named=True)
+    assert row["negatives_with_pit"] == 0 and row["share_pit_exact"] is None
+    assert _pit_shares(row) == "no pit in any of 1 negatives"
+    row = credit_vs_truth(truth_table(TRUTH)).row(0, named=True)
+    assert _pit_shares(row) == "exact 20%, at or one before 40% of 5 negatives"
+
+
 def test_credit_vs_truth_per_policy_and_group():
     table = truth_table(TRUTH).with_columns(
         # best-of-K puts "before"'s pit on the true first wrong step and flags nothing
