@@ -221,7 +221,10 @@ def _label(row: dict) -> str:
     if "dpo_beta" in training:
         budget += f", beta {training['dpo_beta']:g}"
     arms = "" if row["goal_arms"] == 1 else f", {row['goal_arms']} right arms"
-    return f"{budget}, pool {row['pool_seed']}{arms}, n={row['data_size']} ({len(row['seeds'])})"
+    rule = row["overrides"].get("credit", {}).get("pit_rule")
+    pits = f", {rule}" if rule else ""
+    size = f"n={row['data_size']} ({len(row['seeds'])})"
+    return f"{budget}, pool {row['pool_seed']}{arms}{pits}, {size}"
 
 
 def plot(path: Path) -> None:
