@@ -17,17 +17,27 @@ any shared opening step.
 
 Grading
 -------
-A rollout is graded on its completion alone: the answer must come from what the rollout
-wrote. Graded as ``prefix + completion``, an answer in the prefix would count whenever the
-completion has none (a rollout cut at ``max_new_tokens``, or one that stops at once), and
-the ``gsm8k`` and ``math`` extractors fall back to the last number or expression anywhere in
-the text, which the prefix's working almost always has. Q of prefix ``i`` is therefore the
+Where the answer is a line of the solution (``embedded``, ``gsm8k``, ``math``), a rollout is
+graded on its completion alone: the answer must come from what the rollout wrote. Graded as
+``prefix + completion``, an answer in the prefix would count whenever the completion has none
+(a rollout cut at ``max_new_tokens``, or one that stops at once), and the ``gsm8k`` and
+``math`` extractors fall back to the last number or expression anywhere in the text, which
+the prefix's working almost always has. Q of prefix ``i`` is therefore the
 chance that the policy, continuing from the sample's first ``i`` steps, writes a correct
 answer itself. The full prefix ``L`` is never rolled out: nothing remains to be written, so
 its value is the sample's own grade (``terminal`` in :mod:`synthdata_assets.advantages`),
 which also grades only what the policy wrote (the whole sample, from prefix 0). A sample that
 wrote an answer line before its last step and went on is the one case where the two differ:
 its prefixes after that line are worth only what a rollout adds.
+
+Where the answer is the whole solution (``verify.WHOLE_SOLUTION_FORMATS``: a star_graph path,
+one node per step), a rollout is graded on the prefix's steps followed by its completion: the
+completion alone holds only the path's remaining nodes, which is never the path (graded so,
+every prefix after the first step had Q = 0, and ``first_zero`` put every negative's pit on its
+first step, right or wrong). A prefix is never the whole sample (prefix ``L`` is not rolled
+out), so an empty completion is graded on the sample's first ``i`` nodes: wrong, unless those
+are already the true path and the sample went on past it, where its later lines are the
+mistake, as its own grade says.
 
 Seeds
 -----
@@ -83,7 +93,7 @@ import polars as pl
 from synthdata_assets.config import CreditConfig
 from synthdata_assets.samples import sampling_params
 from synthdata_assets.steps import clean_samples, prefix, split_steps
-from synthdata_assets.verify import grade_many
+from synthdata_assets.verify import WHOLE_SOLUTION_FORMATS, grade_many
 from training.config import SamplingConfig
 from training.generation import Generator, SamplingParams
 from training.progress import Progress, no_progress
@@ -127,13 +137,15 @@ JOURNAL_SCHEMA = {"rollout_key": pl.String} | {f: ROLLOUT_SCHEMA[f] for f in _OU
 
 
 class Request(NamedTuple):
-    """One step prefix of one sample to roll out."""
+    """One step prefix of one sample to roll out: ``prompt`` is the question's prompt then
+    ``steps``, the sample's first ``step_idx`` steps."""
 
     sample_id: str
     problem_id: str
     step_idx: int
     prompt: str
     key: str
+    steps: str = ""
 
 
 def rolled_out_samples(samples: pl.DataFrame, credit: CreditConfig) -> pl.DataFrame:
@@ -153,8 +165,12 @@ def rolled_out_samples(samples: pl.DataFrame, credit: CreditConfig) -> pl.DataFr
     )
 
 
-def rollout_key(checkpoint: str, prompt: str, params: SamplingParams) -> str:
-    """The identity of the rollouts of ``prompt`` (see the module docstring)."""
+def rollout_key(
+    checkpoint: str, prompt: str, params: SamplingParams, *, whole_solution: bool = False
+) -> str:
+    """The identity of the rollouts of ``prompt`` (see the module docstring). A row's grade is
+    stored with its completion, so ``whole_solution`` (graded with the prefix's steps: see
+    "Grading") enters the key: rows graded on the completion alone are not reused for it."""
     fields = (
         checkpoint,
         prompt,
@@ -165,6 +181,8 @@ def rollout_key(checkpoint: str, prompt: str, params: SamplingParams) -> str:
     )
     if params.stop:  # only when set, so that the keys made before stop strings stay valid
         fields += tuple(params.stop)
+    if whole_solution:  # likewise for the grading of whole-solution answers
+        fields += ("graded with the prefix's steps",)
     return hashlib.sha256("\x1f".join(map(str, fields)).encode()).hexdigest()[:24]
 
 
@@ -207,9 +225,11 @@ def rollout_requests(
     step_rule: str,
     checkpoint_id: str,
     params: SamplingParams,
+    answer_format: str,
 ) -> list[Request]:
     """Every (sample, prefix) request of the ``chosen`` samples, in sample then prefix order."""
     questions = dict(problems.select("problem_id", "question").iter_rows())
+    whole = answer_format in WHOLE_SOLUTION_FORMATS
     requests = []
     for sid, pid, solution in chosen.select("sample_id", "problem_id", "solution").iter_rows():
         steps = split_steps(solution, step_rule)
@@ -217,8 +237,8 @@ def rollout_requests(
         for i in range(len(steps)):
             text = prefix(steps, i)
             prompt = head + text
-            key = rollout_key(checkpoint_id, prompt, params)
-            requests.append(Request(sid, pid, i, prompt, key))
+            key = rollout_key(checkpoint_id, prompt, params, whole_solution=whole)
+            requests.append(Request(sid, pid, i, prompt, key, text))
     return requests
 
 
@@ -317,10 +337,12 @@ class _Rollouts:
             [r.prompt for r in todo], self.params, progress=progress
         )
         self.stats["seconds"] += time.perf_counter() - start
-        # Graded on the completion alone: the answer must be the rollout's own ("Grading").
+        # Graded on the completion alone: the answer must be the rollout's own; a whole-solution
+        # answer with the prefix's steps in front ("Grading").
+        whole = self.answer_format in WHOLE_SOLUTION_FORMATS
         texts, golds = [], []
         for request, outs in zip(todo, completions, strict=True):
-            texts += [c.text for c in outs]
+            texts += [request.steps + c.text if whole else c.text for c in outs]
             golds += [self.answers[request.problem_id]] * len(outs)
         grades = iter(grade_many(texts, golds, self.answer_format))
         for request, outs in zip(todo, completions, strict=True):
@@ -367,7 +389,12 @@ def generate_rollouts(
     """
     chosen = rolled_out_samples(samples, credit)
     requests = rollout_requests(
-        chosen, problems, step_rule=step_rule, checkpoint_id=checkpoint_id, params=params
+        chosen,
+        problems,
+        step_rule=step_rule,
+        checkpoint_id=checkpoint_id,
+        params=params,
+        answer_format=answer_format,
     )
     run = _Rollouts(
         generator,

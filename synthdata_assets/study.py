@@ -165,6 +165,14 @@ FIELD_READERS: dict[tuple[str, str], frozenset[str]] = {
     ("sampling", "eval_samples"): frozenset({"base_evaluation", "evaluations", "sft_reference"}),
 }
 
+# Changes to what a stage makes from the same settings, by task: each enters the fingerprint of
+# its stage (and of every stage downstream) on studies of that task, so that what a warehouse
+# made before it is recomputed; other tasks' warehouses stay valid. Append; never edit one.
+STAGE_REVISIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    # A rollout's path is graded with the prefix's steps in front (rollouts.py, "Grading").
+    ("step_rollouts", "star_graph"): ("graded with the prefix's steps",),
+}
+
 # Settings added after warehouses were made with the settings before them: left out of the
 # fingerprints while they hold these values (the behaviour from before), so a warehouse
 # made then stays valid; any other value enters like every setting. A key is the setting's
@@ -214,6 +222,13 @@ def stage_fingerprints(config: ExperimentConfig, *, by_field: bool = True) -> di
                     settings[section].pop(field, None)
         if base is not None and "model" in sections:
             settings["shipped_base"] = base  # a new shipped base invalidates what it made
+        revisions = [
+            change
+            for name in sorted(reads)
+            for change in STAGE_REVISIONS.get((name, config.task.name), ())
+        ]
+        if revisions:
+            settings["revisions"] = revisions
         text = json.dumps(settings, sort_keys=True)
         out[stage] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return out

@@ -86,6 +86,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 FORMATS = ("embedded", "gsm8k", "math", "star_graph")
+# Formats whose answer is the whole solution, not a line of it: a star_graph path is written one
+# node per step, so a continuation from a solution's first steps is graded with those steps in
+# front of it (synthdata_assets/rollouts.py, "Grading").
+WHOLE_SOLUTION_FORMATS = frozenset({"star_graph"})
 
 ANSWER_TIMEOUT_S = 5.0
 """Helper (math_verify) time one answer may use; past it the answer is graded wrong."""

@@ -334,8 +334,13 @@ def test_the_tiny_presets_fingerprints_are_those_its_warehouses_were_made_under(
         "4abd7958476171a6",
         "3a38db837169df86",
     )
-    # The didactic preset's, made before task.star_graph.goal_arms and the hint existed.
-    assert "9b6aa31ccdfaac06" in accepted_fingerprints(load_config("didactic"))["evaluations"]
+    # The didactic preset's, made before task.star_graph.goal_arms and the hint existed: up to
+    # the policy samples; its rollouts, and all after them, since rollouts were graded with the
+    # prefix's steps (study.STAGE_REVISIONS).
+    didactic = accepted_fingerprints(load_config("didactic"))
+    assert "e983f4a8a5bf33db" in didactic["policy_samples"]
+    assert "e983f4a8a5bf33db" in didactic["rft_model"]
+    assert "9b6aa31ccdfaac06" not in didactic["step_rollouts"] | didactic["evaluations"]
     hinted = load_config("didactic", overrides={"task": {"star_graph": {"hint_rate": 0.5}}})
     assert (
         stage_fingerprints(hinted)["problems"]

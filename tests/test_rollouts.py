@@ -219,6 +219,54 @@ def test_a_rollout_is_graded_on_its_completion_alone() -> None:
     assert rolled["is_correct"].all()
 
 
+class PathPolicy:
+    """Writes the rest of the true path 19, 14 after the prefix's nodes, or 14 alone after a
+    wrong first node: the continuation a model that knows the goal writes."""
+
+    def generate(self, prompts, params: SamplingParams, progress=None) -> list[list[Completion]]:
+        out = []
+        for prompt in prompts:
+            written = prompt[len(format_prompt(STAR_QUESTION)) :].split()
+            rest = ["19", "14"][len(written) :] if written in ([], ["19"]) else ["14"]
+            out.append([Completion("".join(f"{n}\n" for n in rest), 2, "stop")] * params.n)
+        return out
+
+
+STAR_QUESTION = "2,10|19,14|12,19|12,2|3,1|12,3/12,14="
+
+
+def test_a_star_graph_rollout_is_graded_on_the_whole_path() -> None:
+    # The path is the answer: "14" after the prefix "19" is the path 19, 14, which is right.
+    credit = {"rollout_policy": "pi_sft", "max_negatives_per_problem": 2}
+    config = load_config("didactic", overrides={"credit": credit})
+    problems = pl.DataFrame({"problem_id": ["s"], "question": [STAR_QUESTION], "answer": ["19,14"]})
+    negatives = pl.DataFrame(
+        {
+            "sample_id": ["slip", "wrong_arm"],
+            "problem_id": ["s", "s"],
+            "solution": ["19\n9\n", "18\n14\n"],  # the goal missed; the other arm
+            "is_correct": [False, False],
+        }
+    )
+    rolled, _ = _generate(PathPolicy(), config, negatives, problems)
+    q = rolled.group_by("sample_id", "step_idx").agg(pl.col("is_correct").mean())
+    assert {(sid, step): value for sid, step, value in q.rows()} == {
+        ("slip", 0): 1.0,
+        ("slip", 1): 1.0,  # graded on its completion alone ("14"), this was 0
+        ("wrong_arm", 0): 1.0,
+        ("wrong_arm", 1): 0.0,  # 18, 14 is not the path
+    }
+    assert set(rolled.filter(pl.col("step_idx") == 1)["final_answer"]) == {"19,14", "18,14"}
+    # So the first pits are the true first wrong steps: the goal, and the wrong arm.
+    adv = advantages.from_rollouts(config.credit, "lines", negatives, rolled)
+    pits = adv.filter(pl.col("is_first_pit")).select("sample_id", "step_idx").rows()
+    assert sorted(pits) == [("slip", 2), ("wrong_arm", 1)]
+    # Rows graded on the completion alone have other keys, so they are never reused.
+    params = rollouts.rollout_params(config.credit, config.sampling, seed=0)
+    alone = rollouts.rollout_key("ckpt@run", "x", params)
+    assert rollouts.rollout_key("ckpt@run", "x", params, whole_solution=True) != alone
+
+
 def test_the_full_prefix_is_valued_by_the_samples_own_grade() -> None:
     """Prefix L is never rolled out: Q_L is the sample's grade, whatever the rollouts do."""
     positive = "Bob has 3 + 2 = 5 pens.\nThe answer is 5.\n"
