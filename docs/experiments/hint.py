@@ -19,7 +19,9 @@ size, on the hinted test problems and on the others apart:
 
 It also counts, per size and subset, the per-step pairs (every seed) by what the rejected
 side's first line names (``first_line_kind``), and appends one JSON row per cell to
-``docs/experiments/hint.jsonl``. ``plot`` draws per-step DPO's and RFT's differences from
+``docs/experiments/hint.jsonl``, with how the warehouse's rollouts were graded (``rollouts``:
+"whole path" since ``2851070``; rows without the field were all graded on the completion
+alone, so every first pit was step 1). ``plot`` draws per-step DPO's and RFT's differences from
 ``nll_control`` on the hinted problems from those rows (per warehouse and size of three or
 more seeds, the last row with the most seeds).
 
@@ -33,14 +35,17 @@ on the hinted problems at the sizes where SFT has not yet learnt the hint.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import polars as pl
 import yaml
 
-from synthdata_assets.config import load_config
+from synthdata_assets import study
+from synthdata_assets.config import ExperimentConfig, load_config
 from synthdata_assets.curves import compare
+from synthdata_assets.orchestrate import recorded_stages
 from synthdata_assets.tasks import star_graph as sg
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -110,10 +115,26 @@ def negatives(home: Path, parsed: dict[str, sg.StarProblem], hint: frozenset[int
     return out
 
 
+def rollout_grading(home: Path, config: ExperimentConfig) -> str:
+    """How the warehouse's rollouts were graded: "whole path" where every partition's
+    ``step_rollouts`` was made since star_graph rollouts are graded on the prefix's steps and
+    the completion (its recorded fingerprint is one this code accepts:
+    ``study.STAGE_REVISIONS``), else "completion alone" (every first pit at step 1)."""
+    os.environ["DAGSTER_HOME"] = str(home / "dagster")  # the warehouse's instance
+    accepted = study.accepted_fingerprints(config)["step_rollouts"]
+    recorded = [
+        recorded_stages(("step_rollouts",), study.partition_key(size, seed)).get("step_rollouts")
+        for size, seed in config.partition_keys
+    ]
+    whole = all(r is not None and r.fingerprint in accepted for r in recorded)
+    return "whole path" if whole else "completion alone"
+
+
 def table(home: Path) -> list[dict]:
     """One row per method, data size and subset (hinted or not) of one warehouse."""
     config = yaml.safe_load((home / "study.yaml").read_text())
     resolved = load_config(config_path=str(home / "study.yaml"))
+    grading = rollout_grading(home, resolved)
     star = resolved.task.star_graph
     hint = sg.StarGraphParams(**star.model_dump()).hint_set
     problems = pl.read_parquet(home / "tables" / "problems.parquet")
@@ -154,6 +175,7 @@ def table(home: Path) -> list[dict]:
                     "pool_seed": resolved.task.pool_seed,
                     "dpo_sft_weight": resolved.training.dpo_sft_weight,
                     "overrides": {k: v for k, v in config.items() if k != "preset"},
+                    "rollouts": grading,
                     "subset": "hinted" if flag else "unhinted",
                     "test_problems": int(cell["n"].max()),
                     "method": method,
@@ -223,6 +245,8 @@ def _label(row: dict) -> str:
     arms = "" if row["goal_arms"] == 1 else f", {row['goal_arms']} right arms"
     rule = row["overrides"].get("credit", {}).get("pit_rule")
     pits = f", {rule}" if rule else ""
+    # rows without the field were written before star_graph rollouts were graded on the path
+    pits += ", whole-path grading" if row.get("rollouts") == "whole path" else ""
     size = f"n={row['data_size']} ({len(row['seeds'])})"
     return f"{budget}, pool {row['pool_seed']}{arms}{pits}, {size}"
 
