@@ -145,7 +145,7 @@ class Request(NamedTuple):
     step_idx: int
     prompt: str
     key: str
-    steps: str = ""
+    steps: str
 
 
 def rolled_out_samples(samples: pl.DataFrame, credit: CreditConfig) -> pl.DataFrame:

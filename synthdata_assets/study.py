@@ -153,7 +153,7 @@ PREFERENCE_STAGES = frozenset({"per_step_dpo_model", "nll_control_model", "dpo_m
 # what it cannot change. Changing the DPO budget reuses the base, SFT, the samples and the
 # rollouts; the pit rule, the rollouts (early_stop, which they do read, needs first_zero);
 # eval_samples, everything before the evaluations. A key is (section, field); a test checks
-# that no other module names these fields, so a new reader is named here too.
+# that only those stages' modules read these fields, so a new reader is named here too.
 FIELD_READERS: dict[tuple[str, str], frozenset[str]] = {
     **{("training", f"dpo_{name}"): PREFERENCE_STAGES for name in DPO_FIELDS},
     ("training", "rft_max_per_problem"): frozenset({"rft_model"}),
