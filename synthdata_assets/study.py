@@ -15,13 +15,14 @@ fingerprint (:func:`stage_fingerprints`) is a digest of the sections it and ever
 upstream of it read (and, for the shipped base, of its weights), less the fields of
 :data:`FIELD_READERS` that none of those stages reads, so it changes exactly when a setting
 that can change the stage's output changes: a sweep over the DPO budget reuses the base, SFT,
-the samples and the rollouts. Every materialization records its stage's fingerprint (the IO
-manager writes it into the materialization's metadata); :func:`stale_stages` compares the
-recorded ones with those the configuration accepts (:func:`accepted_fingerprints`) and
-returns what must be recomputed: the stages never materialized, made under other settings,
-or older than a stage they read (an interrupted rerun), and everything downstream of them. A
-partition therefore never mixes stages made under two configurations, and a rerun recomputes
-only what is missing or stale.
+the samples and the rollouts. A change of code that makes a stage compute something else
+from the same settings enters its fingerprint through :data:`STAGE_REVISIONS`. Every
+materialization records its stage's fingerprint (the IO manager writes it into the
+materialization's metadata); :func:`stale_stages` compares the recorded ones with those the
+configuration accepts (:func:`accepted_fingerprints`) and returns what must be recomputed:
+the stages never materialized, made under other settings, or older than a stage they read (an
+interrupted rerun), and everything downstream of them. A partition therefore never mixes
+stages made under two configurations, and a rerun recomputes only what is missing or stale.
 """
 
 from __future__ import annotations
