@@ -216,9 +216,12 @@ def test_a_field_only_some_stages_read_leaves_the_others_fingerprints_alone() ->
 def test_every_narrowed_field_names_a_setting_and_is_read_only_where_listed() -> None:
     # FIELD_READERS is read off the code: a module that starts reading one of its fields
     # elsewhere (as an attribute of its section) must be listed there too, or a change to the
-    # field would reuse a stage it changes. The modules of each field's stages:
+    # field would reuse a stage it changes. The modules of each field's stages (a module
+    # holds more than one stage: defs/models.py is SFT's too, so this check cannot see a
+    # read of rft_init moving into SFT's function):
     modules = {
-        "training": {"preference.py", "defs/preference.py", "defs/models.py"},
+        "dpo_": {"preference.py", "defs/preference.py"},
+        "rft_": {"defs/models.py"},
         "per_step_pair_kind": {"preference.py", "defs/preference.py"},
         "advantage_weighted": {"preference.py", "defs/preference.py"},
         "pit_rule": {"advantages.py", "defs/advantages.py"},
@@ -236,7 +239,7 @@ def test_every_narrowed_field_names_a_setting_and_is_read_only_where_listed() ->
     defining = {"config.py", "study.py", "training/config.py"}
     for section, field in study_module.FIELD_READERS:
         assert field in type(getattr(load_config("tiny"), section)).model_fields
-        allowed = modules.get(field) or modules[section]
+        allowed = modules.get(field) or modules[field[:4]]
         named = {
             path
             for path, text in sources.items()
