@@ -299,14 +299,15 @@ def _run_study(
     current = study.accepted_fingerprints(config)
     launch = {"lock_fd": lock_fd}
 
-    def outdated(stages: tuple[str, ...], partition: str | None = None) -> list[str]:
+    def outdated(stages: tuple[str, ...], partition: str | None = None) -> dict[str, str]:
+        """The stale ``stages`` and why (study.stale_reasons)."""
         recorded = recorded_stages(study.SETUP_STAGES)
         if partition is not None:
             recorded |= recorded_stages(stages, partition)
-        return study.stale_stages(stages, recorded, current)
+        return study.stale_reasons(stages, recorded, current)
 
     def stale(stages: tuple[str, ...], partition: str | None = None) -> list[str]:
-        return list(stages) if force else outdated(stages, partition)
+        return list(stages) if force else list(outdated(stages, partition))
 
     runs = []
     start = time.perf_counter()
@@ -357,7 +358,7 @@ def _partitions(
     """Materialize every partition with stale stages: one after another, or ``parallel`` at
     once (on Celery workers, or as runs on this machine with ``threads`` torch threads each).
     ``judges``: the stages to run of a partition (``--force``: all), and those not made under
-    the current settings. Returns the runs in the study's order."""
+    the current settings, with why (printed). Returns the runs in the study's order."""
     from synthdata_assets import study
     from synthdata_assets.orchestrate import RunFailed, materialize, materialize_parallel
     from synthdata_assets.workers import thread_env
@@ -375,7 +376,7 @@ def _partitions(
             print(f"  = [{key}]{alone}: up to date (--force recomputes)")
             continue
         if len(todo) < len(stages):
-            print(f"  ~ [{key}]: recomputing {', '.join(todo)}")
+            print(f"  ~ [{key}]: recomputing {study.explain_stale(outdated(stages, key))}")
         jobs.append((",".join(todo), key))
     env = None if threads is None else thread_env(threads)
     if parallel > 1 and len(jobs) > 1:

@@ -272,15 +272,46 @@ def stale_stages(
     fingerprint not among ``accepted`` (:func:`accepted_fingerprints`), or older than a stage
     they read; and every one of ``stages`` downstream of those. ``recorded`` also holds the
     stages ``stages`` read from outside (the setup stages of a partition)."""
-    stale: set[str] = set()
+    return list(stale_reasons(stages, recorded, accepted))
+
+
+def stale_reasons(
+    stages: tuple[str, ...],
+    recorded: Mapping[str, Materialized],
+    accepted: Mapping[str, Set[str]],
+) -> dict[str, str]:
+    """:func:`stale_stages` with why, in flow order: "never made", "made under other
+    settings" (or before a :data:`STAGE_REVISIONS` change), "older than <stage>", or
+    "reads <stage>" for one downstream of a stale stage."""
+    why: dict[str, str] = {}
     for stage in stages:
         mine = recorded.get(stage)
-        if mine is None or mine.fingerprint not in accepted[stage]:
-            stale.add(stage)
+        if mine is None:
+            why[stage] = "never made"
+            continue
+        if mine.fingerprint not in accepted[stage]:
+            why[stage] = "made under other settings"
             continue
         for read in STAGE_INPUTS[stage]:
             theirs = recorded.get(read)
-            if read in stale or theirs is None or theirs.order > mine.order:
-                stale.add(stage)
-                break
-    return [stage for stage in stages if stage in stale]
+            if read in why:
+                why[stage] = f"reads {read}"
+            elif theirs is None:
+                why[stage] = f"reads {read}, never made"
+            elif theirs.order > mine.order:
+                why[stage] = f"older than {read}"
+            else:
+                continue
+            break
+    return why
+
+
+def explain_stale(why: Mapping[str, str]) -> str:
+    """``stale_reasons``' stages, then the reasons of those that are not stale only because
+    they read a stale stage: ``"a, b, c (made under other settings: a; older than x: b)"``."""
+    causes: dict[str, list[str]] = {}
+    for stage, reason in why.items():
+        if not reason.startswith("reads ") or reason.endswith("never made"):
+            causes.setdefault(reason, []).append(stage)
+    said = "; ".join(f"{reason}: {', '.join(names)}" for reason, names in causes.items())
+    return ", ".join(why) + (f" ({said})" if said else "")

@@ -263,6 +263,19 @@ def test_stale_stages_are_recomputed_with_everything_downstream() -> None:
     assert stale_stages(PARTITION_STAGES, missing, current) == ["evaluations"]
     retrained_base = {**done, "base_model": Materialized(min(current["base_model"]), 1000)}
     assert stale_stages(PARTITION_STAGES, retrained_base, current)[0] == "sft_model"
+    # Why, as a run prints it: the causes, not the stages that only read a stale one.
+    why = study_module.stale_reasons(PARTITION_STAGES, other, current)
+    assert list(why) == stale_stages(PARTITION_STAGES, other, current)
+    assert why["policy_samples"] == "made under other settings"
+    assert why["rft_model"] == "reads policy_samples"
+    said = study_module.explain_stale(why)
+    assert said.startswith("policy_samples, rft_model, step_rollouts")
+    assert said.endswith(" (made under other settings: policy_samples)")
+    older = study_module.stale_reasons(PARTITION_STAGES, newer, current)
+    assert older["policy_samples"] == "older than sft_model"
+    assert study_module.explain_stale(
+        study_module.stale_reasons(PARTITION_STAGES, missing, current)
+    ) == ("evaluations (never made: evaluations)")
 
 
 def test_stages_recorded_under_the_whole_sections_fingerprints_stay_current() -> None:
