@@ -247,6 +247,8 @@ def _label(row: dict) -> str:
     pits = f", {rule}" if rule else ""
     # rows without the field were written before star_graph rollouts were graded on the path
     pits += ", whole-path grading" if row.get("rollouts") == "whole path" else ""
+    if "rollouts_per_prefix" in row["overrides"].get("credit", {}):
+        pits += f", M={row['overrides']['credit']['rollouts_per_prefix']}"
     size = f"n={row['data_size']} ({len(row['seeds'])})"
     return f"{budget}, pool {row['pool_seed']}{arms}{pits}, {size}"
 
@@ -263,7 +265,14 @@ def plot(path: Path) -> None:
     last = {}
     for line in ROWS.read_text().splitlines():
         row = json.loads(line)
-        key = (row["home"], row["data_size"], row["method"])
+        # a warehouse rerun under other settings is another line (more seeds are not)
+        settings = {k: v for k, v in row["overrides"].items() if k != "seeds"}
+        key = (
+            row["home"],
+            json.dumps(settings, sort_keys=True),
+            row["data_size"],
+            row["method"],
+        )
         wanted = (
             row["subset"] == "hinted"
             and row["method"] in ("per_step_dpo", "rft")
@@ -273,7 +282,8 @@ def plot(path: Path) -> None:
         if wanted:
             last[key] = row  # the most seeds of a warehouse and size, then the last row
     cells = sorted(
-        {(home, size) for home, size, _ in last}, key=lambda c: _label(last[(*c, "rft")])
+        {(home, settings, size) for home, settings, size, _ in last},
+        key=lambda c: _label(last[(*c, "rft")]),
     )
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(cells) + 1.6), sharey=True)
     for ax, method in zip(axes, ("per_step_dpo", "rft"), strict=True):
