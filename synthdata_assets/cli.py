@@ -306,8 +306,8 @@ def _run_study(
             recorded |= recorded_stages(stages, partition)
         return study.stale_reasons(stages, recorded, current)
 
-    def stale(stages: tuple[str, ...], partition: str | None = None) -> list[str]:
-        return list(stages) if force else list(outdated(stages, partition))
+    def stale(stages: tuple[str, ...], partition: str | None = None) -> dict[str, str]:
+        return dict.fromkeys(stages, "--force") if force else outdated(stages, partition)
 
     runs = []
     start = time.perf_counter()
@@ -358,7 +358,7 @@ def _partitions(
     """Materialize every partition with stale stages: one after another, or ``parallel`` at
     once (on Celery workers, or as runs on this machine with ``threads`` torch threads each).
     ``judges``: the stages to run of a partition (``--force``: all), and those not made under
-    the current settings, with why (printed). Returns the runs in the study's order."""
+    the current settings, each with why (printed). Returns the runs in the study's order."""
     from synthdata_assets import study
     from synthdata_assets.orchestrate import RunFailed, materialize, materialize_parallel
     from synthdata_assets.workers import thread_env
@@ -376,7 +376,7 @@ def _partitions(
             print(f"  = [{key}]{alone}: up to date (--force recomputes)")
             continue
         if len(todo) < len(stages):
-            print(f"  ~ [{key}]: recomputing {study.explain_stale(outdated(stages, key))}")
+            print(f"  ~ [{key}]: recomputing {study.explain_stale(todo)}")
         jobs.append((",".join(todo), key))
     env = None if threads is None else thread_env(threads)
     if parallel > 1 and len(jobs) > 1:

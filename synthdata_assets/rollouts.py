@@ -137,15 +137,16 @@ JOURNAL_SCHEMA = {"rollout_key": pl.String} | {f: ROLLOUT_SCHEMA[f] for f in _OU
 
 
 class Request(NamedTuple):
-    """One step prefix of one sample to roll out: ``prompt`` is the question's prompt then
-    ``steps``, the sample's first ``step_idx`` steps."""
+    """One step prefix of one sample to roll out. ``graded_prefix`` goes in front of each
+    completion when it is graded: the sample's first ``step_idx`` steps where the answer is
+    the whole solution, else nothing ("Grading")."""
 
     sample_id: str
     problem_id: str
     step_idx: int
     prompt: str
     key: str
-    steps: str
+    graded_prefix: str
 
 
 def rolled_out_samples(samples: pl.DataFrame, credit: CreditConfig) -> pl.DataFrame:
@@ -238,7 +239,7 @@ def rollout_requests(
             text = prefix(steps, i)
             prompt = head + text
             key = rollout_key(checkpoint_id, prompt, params, whole_solution=whole)
-            requests.append(Request(sid, pid, i, prompt, key, text))
+            requests.append(Request(sid, pid, i, prompt, key, text if whole else ""))
     return requests
 
 
@@ -339,10 +340,9 @@ class _Rollouts:
         self.stats["seconds"] += time.perf_counter() - start
         # Graded on the completion alone: the answer must be the rollout's own; a whole-solution
         # answer with the prefix's steps in front ("Grading").
-        whole = self.answer_format in WHOLE_SOLUTION_FORMATS
         texts, golds = [], []
         for request, outs in zip(todo, completions, strict=True):
-            texts += [request.steps + c.text if whole else c.text for c in outs]
+            texts += [request.graded_prefix + c.text for c in outs]
             golds += [self.answers[request.problem_id]] * len(outs)
         grades = iter(grade_many(texts, golds, self.answer_format))
         for request, outs in zip(todo, completions, strict=True):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthdata_assets.config import SHIPPED_BASE, SHIPPED_NAME, ExperimentConfig
+from training.config import TrainingConfig
 
 # The base is one model for the whole study: it is trained (or loaded) and evaluated once.
 SETUP_STAGES: tuple[str, ...] = ("problems", "base_model", "base_evaluation")
@@ -57,8 +58,6 @@ REPORT_STAGES: tuple[str, ...] = ("scaling_curves", "first_step_curves")
 DATA_SIZE, SEED = "data_size", "seed"
 # The metadata key under which a materialization records its stage's fingerprint.
 FINGERPRINT_KEY = "synthdata/settings"
-# The training fields of the DPO stages alone, less their ``dpo_`` prefix.
-DPO_FIELDS = ("beta", "learning_rate", "epochs", "batch_size", "sft_weight")
 
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "problems": (),
@@ -156,7 +155,12 @@ PREFERENCE_STAGES = frozenset({"per_step_dpo_model", "nll_control_model", "dpo_m
 # eval_samples, everything before the evaluations. A key is (section, field); a test checks
 # that only those stages' modules read these fields, so a new reader is named here too.
 FIELD_READERS: dict[tuple[str, str], frozenset[str]] = {
-    **{("training", f"dpo_{name}"): PREFERENCE_STAGES for name in DPO_FIELDS},
+    # every dpo_ field of training: the DPO stages' own budget
+    **{
+        ("training", name): PREFERENCE_STAGES
+        for name in TrainingConfig.model_fields
+        if name.startswith("dpo_")
+    },
     ("training", "rft_max_per_problem"): frozenset({"rft_model"}),
     ("training", "rft_init"): frozenset({"rft_model"}),
     ("credit", "per_step_pair_kind"): frozenset({"per_step_dpo_model", "nll_control_model"}),

@@ -101,8 +101,9 @@ def first_line_kind(problem: sg.StarProblem, text: str, hint: frozenset[int]) ->
 
 def negatives(home: Path, parsed: dict[str, sg.StarProblem], hint: frozenset[int]) -> dict:
     """Per data size and subset (every seed): how many per-step pairs there are, and what the
-    rejected side's first line names. A ``right_arm`` there is a pair whose Monte Carlo pit is
-    the right first step itself (no rollout after it finished)."""
+    rejected side's first line names. A ``right_arm`` there is a pair whose negative took the
+    right first step: cut there (no rollout after it finished; every such negative before
+    star_graph rollouts were graded on the whole path) or at the goal it then missed."""
     pairs = pl.read_parquet(home / "tables" / "preference_pairs" / "**" / "*.parquet")
     pairs = pairs.filter(pl.col("kind") == "per_step")
     out: dict = {}
