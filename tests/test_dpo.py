@@ -19,6 +19,7 @@ import random
 import polars as pl
 import pytest
 import torch
+from rounding import assert_trained_alike
 from transformers import PreTrainedTokenizerBase
 
 from synthdata_assets.config import TaskConfig
@@ -609,9 +610,8 @@ def test_pairs_whose_rejected_side_is_their_chosen_side_are_scored_once_for_the_
     assert fast.chosen_logp_change == pytest.approx(slow.chosen_logp_change, rel=1e-3)
     assert (fast.reward_accuracy, fast.mean_margin) == (0.0, 0.0)
     # Adam divides by the gradient's scale, so a weight whose gradient is near 0 shows the
-    # rounding of the two copies' cancelled gradients: 1e-4 apart at most.
-    for a, b in zip(once.parameters(), twice.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # rounding of the two copies' cancelled gradients.
+    assert_trained_alike(once, twice, rtol=1e-4, atol=1e-4)
     # One pair whose sides differ takes the usual path.
     mixed = [mirrored[0], pairs[1]]
     monkeypatch.undo()
@@ -678,8 +678,7 @@ def test_pairs_packed_into_one_row_train_as_two_rows_do(
     # Fewer tokens through the model for the same pairs: each prompt once, not twice.
     assert packed.tokens < 0.8 * rows.tokens
     # Adam divides by the gradient's scale: a weight whose gradient is near 0 shows the rounding.
-    for a, b in zip(packed_model.parameters(), rows_model.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_trained_alike(packed_model, rows_model, rtol=1e-4, atol=1e-4)
 
 
 def test_models_without_4d_masks_get_their_pairs_as_two_rows(
