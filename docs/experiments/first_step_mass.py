@@ -102,6 +102,17 @@ def rejected_kinds(warehouse: Warehouse, problems: dict[str, sg.StarProblem]) ->
     return {k: round(v / pairs.height, 3) for k, v in counts.items()} | {"pairs": pairs.height}
 
 
+def trained_checkpoints(warehouse: Warehouse) -> list[tuple[str, int, int, Path]]:
+    """(method, data size, seed, folder) of every trained method's checkpoint in ``METHODS``."""
+    found = []
+    for folder in sorted(warehouse.checkpoints.glob("*/data_size=*/seed=*")):
+        method = folder.parents[1].name
+        if method in METHODS:
+            size, seed = (int(part.name.split("=")[1]) for part in (folder.parent, folder))
+            found.append((method, size, seed, folder))
+    return found
+
+
 def _where(home: str) -> str:
     """A warehouse by its last two folders (the root names the pool or the settings)."""
     return "/".join(Path(home).parts[-2:])
@@ -124,12 +135,7 @@ def main(homes: list[str]) -> None:
         negatives = rejected_kinds(warehouse, every)
         print(json.dumps({"home": str(home), "rejected_first_lines": negatives}), flush=True)
         rows.append({"home": str(home), "method": "per_step_pairs", "rejected": negatives})
-        for folder in sorted(warehouse.checkpoints.glob("*/data_size=*/seed=*")):
-            method = folder.parents[1].name
-            if method not in METHODS:
-                continue
-            size = int(folder.parent.name.split("=")[1])
-            seed = int(folder.name.split("=")[1])
+        for method, size, seed, folder in trained_checkpoints(warehouse):
             row = {"home": str(home), "method": method, "data_size": size, "seed": seed} | subset
             rows.append(row | masses(folder, problems))
             print(json.dumps(rows[-1]), flush=True)

@@ -19,7 +19,9 @@ Why: with a rarer hint (``hint_rate: 0.25``) SFT's first line on hinted test pro
 hint label every time, the right one 43% of the time (one seed), and per-step DPO fell far
 below ``nll_control`` there. If its negatives push hint labels down wherever they were written,
 including on unhinted problems where they are wrong, they push down the right arm of the
-hinted problems with them: a negative lowers its token also where that token is right.
+hinted problems with them: a negative lowers its token also where that token is right. (They
+do not: per-step DPO's probability on hint labels in the unhinted problems is the control's,
+docs/experiments/hint.md table 9.)
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ from warehouse.layout import Warehouse
 
 sys.path.insert(0, str(Path(__file__).parent))
 from didactic_epochs import append_rows  # noqa: E402
+from first_step_mass import trained_checkpoints  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROWS = HERE / "hint_shortcut.jsonl"
-METHODS = ("sft", "rft", "per_step_dpo", "nll_control", "dpo")
 FIGURES = ("hinted_right_arm", "hinted_other_hint", "unhinted_hint")
 
 
@@ -93,12 +95,7 @@ def main(homes: list[str]) -> None:
             sg.StarProblem.from_spec(pid, spec)
             for pid, spec in zip(table["problem_id"], table["spec"], strict=True)
         ]
-        for folder in sorted(warehouse.checkpoints.glob("*/data_size=*/seed=*")):
-            method = folder.parents[1].name
-            if method not in METHODS:
-                continue
-            size = int(folder.parent.name.split("=")[1])
-            seed = int(folder.name.split("=")[1])
+        for method, size, seed, folder in trained_checkpoints(warehouse):
             row = {"home": str(home), "method": method, "data_size": size, "seed": seed}
             rows.append(row | shortcut_masses(folder, problems, hint))
             print(json.dumps(rows[-1]), flush=True)
