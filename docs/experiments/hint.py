@@ -117,9 +117,9 @@ def negatives(home: Path, parsed: dict[str, sg.StarProblem], hint: frozenset[int
 
 
 def rollout_grading(home: Path, config: ExperimentConfig) -> str:
-    """How the warehouse's rollouts were graded: "whole path" where every partition's
-    ``step_rollouts`` was made since star_graph rollouts are graded on the prefix's steps and
-    the completion (its recorded fingerprint is one this code accepts:
+    """How the warehouse's rollouts were graded: "whole path" where every partition whose
+    ``step_rollouts`` was made made it since star_graph rollouts are graded on the prefix's
+    steps and the completion (its recorded fingerprint is one this code accepts:
     ``study.STAGE_REVISIONS``), else "completion alone" (every first pit at step 1)."""
     os.environ["DAGSTER_HOME"] = str(home / "dagster")  # the warehouse's instance
     accepted = study.accepted_fingerprints(config)["step_rollouts"]
@@ -127,7 +127,8 @@ def rollout_grading(home: Path, config: ExperimentConfig) -> str:
         recorded_stages(("step_rollouts",), study.partition_key(size, seed)).get("step_rollouts")
         for size, seed in config.partition_keys
     ]
-    whole = all(r is not None and r.fingerprint in accepted for r in recorded)
+    made = [r for r in recorded if r is not None]  # a partition stopped unfinished has none
+    whole = bool(made) and all(r.fingerprint in accepted for r in made)
     return "whole path" if whole else "completion alone"
 
 
@@ -244,6 +245,7 @@ def _label(row: dict) -> str:
     if "dpo_beta" in training:
         budget += f", beta {training['dpo_beta']:g}"
     arms = "" if row["goal_arms"] == 1 else f", {row['goal_arms']} right arms"
+    arms += "" if row["hint_rate"] == 0.5 else f", hint rate {row['hint_rate']:g}"
     rule = row["overrides"].get("credit", {}).get("pit_rule")
     pits = f", {rule}" if rule else ""
     # rows without the field were written before star_graph rollouts were graded on the path
