@@ -117,10 +117,11 @@ def negatives(home: Path, parsed: dict[str, sg.StarProblem], hint: frozenset[int
 
 
 def rollout_grading(home: Path, config: ExperimentConfig) -> str:
-    """How the warehouse's rollouts were graded: "whole path" where every partition whose
-    ``step_rollouts`` was made made it since star_graph rollouts are graded on the prefix's
-    steps and the completion (its recorded fingerprint is one this code accepts:
-    ``study.STAGE_REVISIONS``), else "completion alone" (every first pit at step 1)."""
+    """How the warehouse's rollouts were graded: "whole path" where every partition that has
+    its ``step_rollouts`` made them after star_graph rollouts came to be graded on the prefix's
+    steps and the completion (the recorded fingerprint is one this code accepts:
+    ``study.STAGE_REVISIONS``), else "completion alone" (every first pit at step 1). A
+    partition stopped before its rollouts is left out."""
     os.environ["DAGSTER_HOME"] = str(home / "dagster")  # the warehouse's instance
     accepted = study.accepted_fingerprints(config)["step_rollouts"]
     recorded = [
