@@ -275,9 +275,11 @@ def _memorising_checkpoint(folder: Path) -> tuple[Path, list[RealProblem]]:
             hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, max_seq_len=1024
         )
         model = build_tiny_llama(tiny, tokenizer, seed=0)
-        config = TrainingConfig(batch_size=16, learning_rate=1e-2, warmup_ratio=0.0)
+        # float32 on every CPU (bf16 autocast, where the CPU has it, learnt other texts) and 600
+        # updates: with 300 in float32 the model wrote back only seeds or disagreeing answers.
+        config = TrainingConfig(batch_size=16, learning_rate=1e-2, warmup_ratio=0.0, bf16=False)
         examples = [("", text, False) for text in texts]
-        train_sft(model, tokenizer, examples, config=config, seed=0, max_seq_len=256, max_steps=300)
+        train_sft(model, tokenizer, examples, config=config, seed=0, max_seq_len=256, max_steps=600)
         return save_checkpoint(model, tokenizer, folder, {}), known
     finally:
         torch.set_num_threads(threads)
