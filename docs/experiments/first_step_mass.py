@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -64,8 +65,11 @@ def kind_of(p: sg.StarProblem, line: str) -> str:
     return next((k for k, group in node_kinds(p).items() if node in group), "elsewhere")
 
 
-def masses(folder: Path, problems: list[sg.StarProblem]) -> dict[str, float]:
-    """Mean probability of each kind of first token over ``problems``."""
+def first_token_probs(
+    folder: Path, problems: list[sg.StarProblem]
+) -> Iterator[tuple[sg.StarProblem, torch.Tensor, dict[int, int]]]:
+    """Per problem, the checkpoint's probabilities of the first solution token, with the
+    token id of every label below 1000 that is one token."""
     model, tokenizer = load_checkpoint(str(folder))
     model.eval()
     label_ids = {}
@@ -73,20 +77,26 @@ def masses(folder: Path, problems: list[sg.StarProblem]) -> dict[str, float]:
         ids = tokenizer(str(n), add_special_tokens=False)["input_ids"]
         if len(ids) == 1:
             label_ids[n] = ids[0]
-    total = dict.fromkeys(KINDS, 0.0)
     with torch.no_grad():
         for p in problems:
-            kinds = node_kinds(p)
-            if not set().union(*kinds.values()) <= label_ids.keys():
-                raise SystemExit(f"{folder}: a node label of {p.problem_id} is not one token")
             ids = tokenizer(format_prompt(p.question))["input_ids"]
-            probs = torch.softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
-            seen = 0.0
-            for kind, group in kinds.items():
-                mass = float(probs[[label_ids[n] for n in group]].sum()) if group else 0.0
-                total[kind] += mass
-                seen += mass
-            total["elsewhere"] += 1.0 - seen
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+            yield p, torch.softmax(logits, -1), label_ids
+
+
+def masses(folder: Path, problems: list[sg.StarProblem]) -> dict[str, float]:
+    """Mean probability of each kind of first token over ``problems``."""
+    total = dict.fromkeys(KINDS, 0.0)
+    for p, probs, label_ids in first_token_probs(folder, problems):
+        kinds = node_kinds(p)
+        if not set().union(*kinds.values()) <= label_ids.keys():
+            raise SystemExit(f"{folder}: a node label of {p.problem_id} is not one token")
+        seen = 0.0
+        for kind, group in kinds.items():
+            mass = float(probs[[label_ids[n] for n in group]].sum()) if group else 0.0
+            total[kind] += mass
+            seen += mass
+        total["elsewhere"] += 1.0 - seen
     return {k: v / len(problems) for k, v in total.items()}
 
 

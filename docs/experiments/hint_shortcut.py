@@ -31,17 +31,14 @@ import sys
 from pathlib import Path
 
 import polars as pl
-import torch
 
 from synthdata_assets.config import load_config
 from synthdata_assets.tasks import star_graph as sg
-from training.checkpoint import load_checkpoint
-from training.prompts import format_prompt
 from warehouse.layout import Warehouse
 
 sys.path.insert(0, str(Path(__file__).parent))
 from didactic_epochs import append_rows  # noqa: E402
-from first_step_mass import trained_checkpoints  # noqa: E402
+from first_step_mass import first_token_probs, trained_checkpoints  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROWS = HERE / "hint_shortcut.jsonl"
@@ -53,29 +50,20 @@ def shortcut_masses(
 ) -> dict[str, float]:
     """Mean first-token probability on the right arm and the other hint labels (hinted
     problems), and on every hint label (unhinted problems)."""
-    model, tokenizer = load_checkpoint(str(folder))
-    model.eval()
-    ids_of = {}
-    for label in hint:
-        ids = tokenizer(str(label), add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise SystemExit(f"{folder}: hint label {label} is not one token")
-        ids_of[label] = ids[0]
     sums = dict.fromkeys(FIGURES, 0.0)
     counts = {"hinted": 0, "unhinted": 0}
-    with torch.no_grad():
-        for p in problems:
-            ids = tokenizer(format_prompt(p.question))["input_ids"]
-            probs = torch.softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
-            on = {label: float(probs[token]) for label, token in ids_of.items()}
-            if p.hinted:
-                right = {a[0] for a in p.paths}
-                sums["hinted_right_arm"] += sum(v for k, v in on.items() if k in right)
-                sums["hinted_other_hint"] += sum(v for k, v in on.items() if k not in right)
-                counts["hinted"] += 1
-            else:
-                sums["unhinted_hint"] += sum(on.values())
-                counts["unhinted"] += 1
+    for p, probs, label_ids in first_token_probs(folder, problems):
+        if not hint <= label_ids.keys():
+            raise SystemExit(f"{folder}: a hint label is not one token")
+        on = {label: float(probs[label_ids[label]]) for label in hint}
+        if p.hinted:
+            right = {a[0] for a in p.paths}
+            sums["hinted_right_arm"] += sum(v for k, v in on.items() if k in right)
+            sums["hinted_other_hint"] += sum(v for k, v in on.items() if k not in right)
+            counts["hinted"] += 1
+        else:
+            sums["unhinted_hint"] += sum(on.values())
+            counts["unhinted"] += 1
     return {
         f: sums[f] / max(1, counts["hinted" if f.startswith("hinted") else "unhinted"])
         for f in FIGURES
