@@ -583,7 +583,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "credit": {"rollout_positives": True},
     },
     "demo": {
-        "data_sizes": [250, 500, 1000, 2000],
+        # Three sizes keep the demo within 15 minutes on a 2-core CPU without AVX-512, where
+        # training runs in float32 (docs/results/demo-chain-avx2.md); `embedded` adds 2000.
+        # The pool holds more problems than the largest size, so that every partition is a draw
+        # from it, the largest too.
+        "data_sizes": [250, 500, 1000],
         "seeds": [0],
         "task": {"n_train_pool": 2000, "n_test": 1000},
         # The shipped base (models/embedded-base): pretrained once, loaded in seconds.

@@ -113,8 +113,8 @@ def test_sft_reference_sizes_lie_past_the_study_and_inside_the_pool() -> None:
     assert config.sft_reference_sizes == (4000, 8000) and config.largest_size == 8000
     assert config.reference_keys == [(4000, 0), (8000, 0)]
     assert config_from_dict(demo).reference_keys == []
-    with pytest.raises(ConfigError, match=r"sft_reference_sizes \[2000\] are not above"):
-        config_from_dict(demo | {"sft_reference_sizes": [2000, 4000]})
+    with pytest.raises(ConfigError, match=r"sft_reference_sizes \[1000\] are not above"):
+        config_from_dict(demo | {"sft_reference_sizes": [1000, 2000]})
     with pytest.raises(ConfigError, match=r"sft_reference_sizes \(4000\) exceeds task.n_train"):
         config_from_dict(demo | {"sft_reference_sizes": [4000]})
     with pytest.raises(ConfigError, match="sft_reference_sizes"):
