@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from synthdata_assets.terminal import StageDisplay, parse_progress, progress_logger, runs_table
 
 
@@ -52,7 +54,9 @@ def test_a_non_interactive_display_prints_one_line_per_phase() -> None:
     ]
 
 
-def test_an_interactive_display_draws_bars() -> None:
+def test_an_interactive_display_draws_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bar is as wide as the terminal; at 80 columns (pytest-xdist's workers) its stats are cut.
+    monkeypatch.setenv("COLUMNS", "160")
     out = io.StringIO()
     display = StageDisplay(out, interactive=True)
     display.message("sft_model", "progress: 5/10 updates loss=1.2")
