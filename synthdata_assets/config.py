@@ -584,7 +584,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     },
     "demo": {
         # Three sizes keep the demo within 15 minutes on a 2-core CPU without AVX-512, where
-        # training runs in float32 (docs/results/demo-chain-avx2.md); `embedded` adds 2000.
+        # training runs in float32 (docs/results/demo-three-sizes-avx2.md); `embedded` adds 2000.
         # The pool holds more problems than the largest size, so that every partition is a draw
         # from it, the largest too.
         "data_sizes": [250, 500, 1000],
