@@ -592,8 +592,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "task": {"n_train_pool": 2000, "n_test": 1000},
         # The shipped base (models/embedded-base): pretrained once, loaded in seconds.
         "model": {"name": "embedded-base", "max_seq_len": 320},
-        # A chain solution is at most ~90 tokens; the rest of the 320 is for the prompt.
-        "sampling": {"eval_samples": 1, "max_new_tokens": 100},
+        # A chain solution is at most ~90 tokens; the rest of the 320 is for the prompt. The
+        # study reads greedy accuracy alone: no pass@k samples (a tenth of a partition's time).
+        "sampling": {"eval_samples": 0, "max_new_tokens": 100},
         # SFT at 2e-3 pulled an earlier base from 6.7% to 1.3% at 250 problems (laptop-study.md).
         # Per-step DPO and plain DPO on the same four negatives per problem, each pair with the
         # chosen side's NLL beside its DPO loss (RPO): better than one negative without it in
@@ -613,7 +614,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "sft_reference_sizes": [4000, 8000],
         "task": {"n_train_pool": 8000, "n_test": 1000},
         "model": {"name": "embedded-base", "max_seq_len": 320},
-        "sampling": {"eval_samples": 1, "max_new_tokens": 100},
+        "sampling": {"eval_samples": 0, "max_new_tokens": 100},
         "training": {"learning_rate": 5e-4, "dpo_sft_weight": 1.0},
         "credit": {"max_negatives_per_problem": 4},
         "execution": {"parallel_runs": 2},

@@ -1,5 +1,5 @@
 """Every model's answers to the test split (asset ``evaluations``): greedy accuracy, and
-pass@k from ``sampling.eval_samples`` samples per problem."""
+pass@k from ``sampling.eval_samples`` samples per problem (none drawn where it is 0)."""
 
 from __future__ import annotations
 
@@ -52,29 +52,33 @@ def evaluate_model(
     progress: Progress = no_progress,
 ) -> pl.DataFrame:
     """Greedy answers of ``method``'s model (behind ``generator``) to the test split, plus
-    ``sampling.eval_samples`` samples per problem for pass@k."""
+    ``sampling.eval_samples`` samples per problem for pass@k (with 0, none: ``n_samples`` and
+    ``n_correct_samples`` are null)."""
     start = time.perf_counter()
     greedy = greedy_solutions(
         generator, test, sampling, seed=seed, answer_format=answer_format, progress=progress
     )
-    sampled = sample_solutions(
-        generator,
-        test,
-        sampling_params(
-            sampling, n=sampling.eval_samples, temperature=sampling.temperature, seed=seed
-        ),
-        id_prefix="eval",
-        answer_format=answer_format,
-        progress=progress,
-    )
-    counts = sampled.group_by("problem_id").agg(
-        n_samples=pl.len(), n_correct_samples=pl.col("is_correct").sum().cast(pl.Int64)
-    )
-    table = (
-        greedy.rename({"solution": "completion", "final_answer": "extracted"})
-        .join(counts, on="problem_id", how="left")
-        .with_columns(method=pl.lit(method))
-    )
+    table = greedy.rename({"solution": "completion", "final_answer": "extracted"})
+    if sampling.eval_samples:
+        sampled = sample_solutions(
+            generator,
+            test,
+            sampling_params(
+                sampling, n=sampling.eval_samples, temperature=sampling.temperature, seed=seed
+            ),
+            id_prefix="eval",
+            answer_format=answer_format,
+            progress=progress,
+        )
+        counts = sampled.group_by("problem_id").agg(
+            n_samples=pl.len(), n_correct_samples=pl.col("is_correct").sum().cast(pl.Int64)
+        )
+        table = table.join(counts, on="problem_id", how="left")
+    else:
+        table = table.with_columns(
+            n_samples=pl.lit(None, pl.Int64), n_correct_samples=pl.lit(None, pl.Int64)
+        )
+    table = table.with_columns(method=pl.lit(method))
     table = with_cue_columns(table, test).select(list(EVAL_SCHEMA)).cast(EVAL_SCHEMA)
     log(
         f"{method}: accuracy {table['is_correct'].mean():.3f} on {table.height} test problems "
@@ -126,7 +130,8 @@ def with_cue_columns(table: pl.DataFrame, test: pl.DataFrame) -> pl.DataFrame:
 
 def summarize_evaluations(table: pl.DataFrame, k_values: Sequence[int]) -> pl.DataFrame:
     """Accuracy and pass@k per method, and the share of misleading choices its greedy
-    answers followed (``follows_cue``) where the test split has any."""
+    answers followed (``follows_cue``) where the test split has any; ``k_values`` empty where
+    no samples were drawn (:func:`pass_k_values`)."""
     rows = []
     for method, group in table.group_by("method", maintain_order=True):
         row = {"method": method[0], "accuracy": float(group["is_correct"].mean())}
@@ -141,6 +146,12 @@ def summarize_evaluations(table: pl.DataFrame, k_values: Sequence[int]) -> pl.Da
             row[f"pass@{k}"] = sum(scores) / len(scores)
         rows.append(row)
     return pl.DataFrame(rows)
+
+
+def pass_k_values(eval_samples: int) -> list[int]:
+    """The k of the pass@k figures that ``eval_samples`` samples per problem give: 1 and
+    ``eval_samples``, none without samples."""
+    return sorted({1, eval_samples}) if eval_samples else []
 
 
 def markdown_table(frame: pl.DataFrame) -> str:

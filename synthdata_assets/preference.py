@@ -24,8 +24,9 @@ Its checkpoint row (:data:`PREFERENCE_SCHEMA`) holds, besides the training figur
 - ``reward_accuracy``: share of pairs whose implicit reward is higher for the chosen side,
   over the last epoch's updates (:mod:`training.dpo`);
 - ``chosen_logp_change`` and ``rejected_logp_change``: after training, the mean over the
-  trained pairs of ``log pi - log pi_sft`` of the chosen and of the rejected response (summed
-  over its completion tokens);
+  trained pairs (at most ``training.dpo.MOVEMENT_PAIRS`` of them, spread evenly) of
+  ``log pi - log pi_sft`` of the chosen and of the rejected response (summed over its
+  completion tokens);
 - ``kl_to_sft_per_token``: :func:`training.dpo.token_kl`, the mean per-token
   ``KL(pi || pi_sft)`` of the next-token distributions over the completion tokens of
   held-out texts (teacher forced), and ``kl_measured_on``, what those texts are
@@ -72,7 +73,13 @@ from synthdata_assets import tasks
 from synthdata_assets.models import CHECKPOINT_SCHEMA, saved_row, untrained_row
 from training.checkpoint import load_checkpoint
 from training.config import TrainingConfig
-from training.dpo import PreferenceExample, encode_response, token_kl, train_dpo
+from training.dpo import (
+    PreferenceExample,
+    encode_response,
+    encode_responses,
+    token_kl,
+    train_dpo,
+)
 from training.lora import load_trainable, merged
 from training.progress import Progress, no_progress
 from training.prompts import format_example
@@ -232,23 +239,30 @@ def _fitting(
     """Per row of ``pairs``: whether it fits in ``max_seq_len`` tokens (both sides, as
     :func:`train_dpo` encodes them) and so does every pair of its negative in ``twins``."""
 
-    def fits(r: dict) -> bool:
-        return all(
-            encode_response(
-                tokenizer,
-                r["prompt"],
-                r[side],
-                has_eos=r[f"{side}_has_eos"],
-                max_seq_len=max_seq_len,
-            )
-            is not None
-            for side in ("chosen", "rejected")
+    def fitting(rows: pl.DataFrame) -> list[bool]:
+        sides = encode_responses(
+            tokenizer,
+            [
+                (r["prompt"], r[side], r[f"{side}_has_eos"])
+                for r in rows.iter_rows(named=True)
+                for side in ("chosen", "rejected")
+            ],
+            max_seq_len=max_seq_len,
         )
+        chosen, rejected = sides[::2], sides[1::2]
+        return [c is not None and r is not None for c, r in zip(chosen, rejected, strict=True)]
 
     twin_too_long = set()
     if twins is not None:
-        twin_too_long = {r["sample_id"] for r in twins.iter_rows(named=True) if not fits(r)}
-    return [r["sample_id"] not in twin_too_long and fits(r) for r in pairs.iter_rows(named=True)]
+        twin_too_long = {
+            sample_id
+            for sample_id, fits in zip(twins["sample_id"], fitting(twins), strict=True)
+            if not fits
+        }
+    return [
+        sample_id not in twin_too_long and fits
+        for sample_id, fits in zip(pairs["sample_id"], fitting(pairs), strict=True)
+    ]
 
 
 def held_out_texts(problems: pl.DataFrame) -> pl.DataFrame:

@@ -47,6 +47,7 @@ from training.dpo import (
     DPOStats,
     PreferenceExample,
     encode_response,
+    encode_responses,
     sequence_logprobs,
     token_kl,
     train_dpo,
@@ -692,3 +693,80 @@ def test_models_without_4d_masks_get_their_pairs_as_two_rows(
     flash = copy.deepcopy(sdpa)
     flash.config._attn_implementation = "flash_attention_2"
     assert dpo_module._custom_masks(flash) is None
+
+
+def test_responses_encoded_together_are_encoded_as_one_at_a_time(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferenceExample],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    items = [
+        (p.prompt, text, eos)
+        for p in pairs
+        for text, eos in ((p.chosen, True), (p.rejected, False), (p.rejected, True))
+    ]
+    lengths = sorted(
+        len(encode_response(tokenizer, p, c, has_eos=e).input_ids) for p, c, e in items
+    )
+    limit = lengths[len(lengths) // 2]
+    one_by_one = [
+        encode_response(tokenizer, p, c, has_eos=e, max_seq_len=limit) for p, c, e in items
+    ]
+    calls = []
+    original = type(tokenizer).__call__
+    monkeypatch.setattr(
+        type(tokenizer),
+        "__call__",
+        lambda self, *a, **k: calls.append(a) or original(self, *a, **k),
+    )
+    together = encode_responses(tokenizer, items, max_seq_len=limit)
+    assert together == one_by_one
+    assert 0 < sum(e is None for e in together) < len(items)  # some too long, some not
+    # Two calls: the distinct prompts, then the distinct completions, each once.
+    assert [len(texts) for (texts,) in calls] == [len(pairs), len({i[1] for i in items})]
+    with pytest.raises(ValueError, match="no token to score"):
+        encode_responses(tokenizer, [*items[:2], (pairs[0].prompt, "", False)])
+    assert encode_responses(tokenizer, []) == []
+
+
+def test_the_movement_is_measured_on_an_even_sample_and_training_stays_the_same(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferenceExample],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert dpo_module.movement_sample(5) == [0, 1, 2, 3, 4]
+    assert dpo_module.movement_sample(4130) == list(range(0, 4130, 9))
+    assert len(dpo_module.movement_sample(1024)) == dpo_module.MOVEMENT_PAIRS
+    mirrored = [
+        dataclasses.replace(p, rejected=p.chosen, rejected_has_eos=p.chosen_has_eos) for p in pairs
+    ]
+    start = build_tiny_llama(TINY, tokenizer, seed=0)
+    for kind, batch in (("pairs", pairs), ("mirrored pairs", mirrored)):
+        runs = []
+        for cap in (len(batch), 4):
+            monkeypatch.setattr(dpo_module, "MOVEMENT_PAIRS", cap)
+            model, messages = copy.deepcopy(start), []
+            stats = _train(model, tokenizer, batch, epochs=2, sft_weight=1.0, log=messages.append)
+            runs.append((model, stats, messages))
+        (whole, all_pairs, _), (sampled, four, messages) = runs
+        # The same training to the bit, the control's without most of its reference pass.
+        assert all_pairs.losses == four.losses, kind
+        assert _same_weights(whole, sampled), kind
+        assert (all_pairs.movement_pairs, four.movement_pairs) == (16, 4), kind
+        assert any("after training, 4 of 16 pairs" in m for m in messages), kind
+        reference = next(m for m in messages if m.startswith("reference log-probs"))
+        assert reference.startswith(f"reference log-probs of {4 if batch is mirrored else 16}")
+        # The sample's changes: its pairs' own, scored apart.
+        policy, ref = sampled.eval(), copy.deepcopy(start).eval()
+        picked = [batch[i] for i in dpo_module.movement_sample(16)[:4]]
+        assert len(picked) == 4 and picked[0] is batch[0]
+        changes = []
+        for side in ("chosen", "rejected"):
+            texts = [getattr(p, side) for p in picked]
+            eos = [getattr(p, f"{side}_has_eos") for p in picked]
+            prompts = [p.prompt for p in picked]
+            after = sequence_logprobs(policy, tokenizer, prompts, texts, eos)
+            before = sequence_logprobs(ref, tokenizer, prompts, texts, eos)
+            changes.append(sum(a - b for a, b in zip(after, before, strict=True)) / 4)
+        assert four.chosen_logp_change == pytest.approx(changes[0], abs=1e-3), kind
+        assert four.rejected_logp_change == pytest.approx(changes[1], abs=1e-3), kind

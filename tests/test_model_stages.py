@@ -6,9 +6,17 @@ import random
 import polars as pl
 import pytest
 
-from synthdata_assets.evaluations import pass_at_k, summarize_evaluations, with_cue_columns
+from synthdata_assets.evaluations import (
+    evaluate_model,
+    pass_at_k,
+    pass_k_values,
+    summarize_evaluations,
+    with_cue_columns,
+)
 from synthdata_assets.models import rft_examples, sft_examples
 from synthdata_assets.tasks import embedded
+from training.config import SamplingConfig
+from training.generation.interface import Completion
 
 
 def test_pass_at_k_matches_the_definition() -> None:
@@ -97,3 +105,42 @@ def test_cue_columns_count_the_misleading_choices_an_answer_followed() -> None:
     specless = with_cue_columns(table.drop("cue_points", "cue_followed"), test.drop("spec"))
     assert specless["cue_points"].null_count() == 2
     assert "follows_cue" not in summarize_evaluations(specless, [1]).columns
+
+
+class _Answers:
+    """A generator that answers every prompt with "#### 4", and counts its calls by n."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def generate(self, prompts, params, progress=None):
+        self.calls.append(params.n)
+        return [[Completion("2 + 2 = 4\n#### 4", 8, "stop")] * params.n for _ in prompts]
+
+
+@pytest.mark.parametrize("eval_samples", [0, 3])
+def test_an_evaluation_draws_pass_at_k_samples_only_where_asked(eval_samples: int) -> None:
+    test = pl.DataFrame({"problem_id": ["a", "b"], "question": ["Qa", "Qb"], "answer": ["4", "5"]})
+    generator = _Answers()
+    table = evaluate_model(
+        generator,
+        "sft",
+        test,
+        SamplingConfig(eval_samples=eval_samples),
+        seed=0,
+        answer_format="gsm8k",
+        log=lambda _line: None,
+    )
+    assert table["is_correct"].to_list() == [True, False]
+    k_values = pass_k_values(eval_samples)
+    summary = summarize_evaluations(table, k_values).row(0, named=True)
+    assert summary["accuracy"] == 0.5
+    if eval_samples:  # the greedy pass, then the samples
+        assert generator.calls == [1, 3] and k_values == [1, 3]
+        assert table["n_samples"].to_list() == [3, 3]
+        assert table["n_correct_samples"].to_list() == [3, 0]
+        assert summary["pass@3"] == 0.5
+    else:  # the greedy pass alone, and no pass@k figure
+        assert generator.calls == [1] and k_values == []
+        assert table["n_samples"].null_count() == table["n_correct_samples"].null_count() == 2
+        assert not any(column.startswith("pass@") for column in summary)

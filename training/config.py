@@ -79,7 +79,11 @@ class SamplingConfig(Section):
     samples_per_problem: int = Field(
         4, ge=1, description="K self-generated samples per training problem."
     )
-    eval_samples: int = Field(4, ge=1, description="n samples per test problem for pass@k.")
+    eval_samples: int = Field(
+        4,
+        ge=0,
+        description="n samples per test problem for pass@k; 0: the greedy answers alone.",
+    )
 
 
 class TrainingConfig(Section):

@@ -75,8 +75,11 @@ loss over its whole batch, all processes included (one scalar all-reduce per upd
 ``chosen_logp_change`` and ``rejected_logp_change`` say how far training moved the policy
 from the reference on its own pairs: after the last update, one more scoring pass gives each
 pair's ``log pi - log ref`` of the chosen and of the rejected response (summed over the
-completion tokens, as in the loss), averaged over the trained pairs (unweighted). DPO can
-raise the margin by lowering both; these two say which side moved.
+completion tokens, as in the loss), averaged (unweighted) over at most
+:data:`MOVEMENT_PAIRS` of the trained pairs, spread evenly over their order (all of them where
+there are no more; ``movement_pairs`` says how many). DPO can raise the margin by lowering
+both; these two say which side moved. A mean over 512 pairs tells that as well as one over
+4000, and the passes over all of them took a tenth of a preference stage.
 
 Pairs whose rejected side is their chosen side
 ----------------------------------------------
@@ -84,9 +87,11 @@ Where every pair's rejected sequence equals its chosen one (the ``nll_control`` 
 preference stage), the DPO term is ``log 2`` with no gradient: ``(log pi(y) - log ref(y))``
 appears on both sides and cancels. Each sequence is then scored once, not twice, in the
 reference pass, in training and after it, and the one score serves as both sides, so the
-margins are exactly 0 and only the NLL term trains. This halves that method's forward and
-backward passes; the objective is the same, and its figures differ from scoring both copies
-only by float rounding (the two copies' gradients cancelled up to rounding).
+margins are exactly 0 (``x - x``, whatever the reference) and only the NLL term trains. This
+halves that method's forward and backward passes; the objective is the same, and its figures
+differ from scoring both copies only by float rounding (the two copies' gradients cancelled
+up to rounding). Training reads no reference here, so the reference pass scores only the pairs
+the movement is measured on (see "Statistics and progress").
 
 Shared prefixes
 ---------------
@@ -151,12 +156,17 @@ from training.trainer import (
     TrainStats,
     collate_examples,
     encode_response,
+    encode_responses,
 )
+
+# The most pairs the policy's movement from the reference is measured on (see "Statistics").
+MOVEMENT_PAIRS = 512
 
 __all__ = [
     "DPOStats",
     "PreferenceExample",
     "encode_response",
+    "encode_responses",
     "sequence_logprobs",
     "token_kl",
     "train_dpo",
@@ -184,6 +194,7 @@ class DPOStats(TrainStats):
     mean_margin: float = math.nan
     chosen_logp_change: float = math.nan
     rejected_logp_change: float = math.nan
+    movement_pairs: int = 0  # the pairs the two changes are averaged over
     zero_weight: int = 0
     reference_seconds: float = 0.0
 
@@ -365,10 +376,7 @@ def _encode_texts(
         has_eos = [has_eos] * len(prompts)
     if not len(prompts) == len(completions) == len(has_eos):
         raise ValueError("prompts, completions and has_eos must have the same length")
-    return [
-        encode_response(tokenizer, p, c, has_eos=e)
-        for p, c, e in zip(prompts, completions, has_eos, strict=True)
-    ]
+    return encode_responses(tokenizer, list(zip(prompts, completions, has_eos, strict=True)))
 
 
 def sequence_logprobs(
@@ -486,15 +494,22 @@ def _reference_pass(
 ) -> tuple[torch.Tensor, float]:
     """The reference log-probs of every pair (:func:`_pair_logprobs`) and the seconds they took,
     logged with their throughput; ``separate``: ``scorer`` is a reference model apart from the
-    policy, moved back where it came from afterwards."""
+    policy, moved back where it came from afterwards. Mirrored pairs, whose training reads no
+    reference, get theirs only where the movement is measured (:func:`movement_sample`), the
+    other rows 0."""
     start = time.perf_counter()
+    only = movement_sample(len(pairs)) if layout.mirrored else None
+    scored = pairs if only is None else [pairs[i] for i in only]
     reference = _pair_logprobs(
-        scorer, pairs, pad_id, run=run, restore_device=separate, layout=layout
+        scorer, scored, pad_id, run=run, restore_device=separate, layout=layout
     )
+    if only is not None:
+        reference = torch.zeros(len(pairs), 2).index_copy(0, torch.tensor(only), reference)
     seconds = time.perf_counter() - start
-    tokens = sum(layout.tokens(pair) for pair in pairs)
+    tokens = sum(layout.tokens(pair) for pair in scored)
+    of = "" if only is None else f" (of {len(pairs)}: those the movement is measured on)"
     run.emit(
-        f"reference log-probs of {len(pairs)} pairs in {seconds:.1f}s "
+        f"reference log-probs of {len(scored)} pairs{of} in {seconds:.1f}s "
         f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"
     )
     return reference, seconds
@@ -510,16 +525,29 @@ def _logprob_changes(
     layout: _Layout,
 ) -> dict[str, float]:
     """The trained policy's mean ``log pi - log ref`` of the chosen and of the rejected
-    responses over ``pairs`` (``DPOStats.chosen_logp_change``, ``rejected_logp_change``)."""
+    responses over the :func:`movement_sample` of ``pairs`` (``DPOStats.chosen_logp_change``,
+    ``rejected_logp_change``, ``movement_pairs``)."""
     start = time.perf_counter()
-    after = _pair_logprobs(model, pairs, pad_id, run=run, restore_device=False, layout=layout)
-    chosen, rejected = (after - reference).double().mean(0).tolist()
+    measured = movement_sample(len(pairs))
+    sample = [pairs[i] for i in measured]
+    after = _pair_logprobs(model, sample, pad_id, run=run, restore_device=False, layout=layout)
+    chosen, rejected = (after - reference[measured]).double().mean(0).tolist()
     run.emit(
-        f"policy log-probs after training, {len(pairs)} pairs in "
+        f"policy log-probs after training, {len(sample)} of {len(pairs)} pairs in "
         f"{time.perf_counter() - start:.1f}s: chosen {chosen:+.3f}, rejected {rejected:+.3f} "
         "(mean log pi - log ref per pair)"
     )
-    return {"chosen_logp_change": chosen, "rejected_logp_change": rejected}
+    return {
+        "chosen_logp_change": chosen,
+        "rejected_logp_change": rejected,
+        "movement_pairs": len(sample),
+    }
+
+
+def movement_sample(pairs: int) -> list[int]:
+    """The indices of the pairs ``chosen_logp_change`` and ``rejected_logp_change`` average
+    over: at most :data:`MOVEMENT_PAIRS`, evenly spread over ``range(pairs)``."""
+    return list(range(0, pairs, math.ceil(pairs / MOVEMENT_PAIRS)))
 
 
 def _encode_pairs(
@@ -539,19 +567,24 @@ def _encode_pairs(
     if any(not math.isfinite(w) or w < 0 for w in weights):
         raise ValueError("pair weights must be finite and >= 0")
     zero_weight = sum(w == 0 for w in weights)
-    pairs: list[_Pair] = []
-    for example, weight in zip(examples, weights, strict=True):
-        if weight == 0:
-            continue
-        chosen, rejected = (
-            encode_response(tokenizer, example.prompt, text, has_eos=eos, max_seq_len=max_seq_len)
+    weighted = [(e, float(w)) for e, w in zip(examples, weights, strict=True) if w != 0]
+    sides = encode_responses(
+        tokenizer,
+        [
+            (example.prompt, text, eos)
+            for example, _ in weighted
             for text, eos in (
                 (example.chosen, example.chosen_has_eos),
                 (example.rejected, example.rejected_has_eos),
             )
-        )
-        if chosen is not None and rejected is not None:
-            pairs.append(_Pair(chosen, rejected, float(weight)))
+        ],
+        max_seq_len=max_seq_len,
+    )
+    pairs = [
+        _Pair(chosen, rejected, weight)
+        for (_, weight), chosen, rejected in zip(weighted, sides[::2], sides[1::2], strict=True)
+        if chosen is not None and rejected is not None
+    ]
     if not pairs:
         if zero_weight == len(examples):
             raise ValueError("every preference pair has weight 0; nothing to train on")

@@ -251,12 +251,11 @@ def _encode_all(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[tuple[str, str]], max_seq_len: int
 ) -> list[EncodedExample]:
     """The examples that fit in ``max_seq_len`` tokens, encoded; raises if none does."""
-    encoded = [
-        trainer.encode_response(
-            tokenizer, e[0], e[1], has_eos=e[2] if len(e) > 2 else True, max_seq_len=max_seq_len
-        )
-        for e in examples
-    ]
+    encoded = trainer.encode_responses(
+        tokenizer,
+        [(e[0], e[1], e[2] if len(e) > 2 else True) for e in examples],
+        max_seq_len=max_seq_len,
+    )
     kept = [example for example in encoded if example is not None]
     if not kept:
         raise ValueError(

@@ -129,22 +129,53 @@ def encode_response(
     max_seq_len: int | None = None,
 ) -> EncodedExample | None:
     """Ids and labels of ``prompt + completion`` (+ EOS iff ``has_eos``); ``None`` if too long."""
-    if has_eos and tokenizer.eos_token_id is None:
+    return encode_responses(tokenizer, [(prompt, completion, has_eos)], max_seq_len=max_seq_len)[0]
+
+
+def encode_responses(
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[tuple[str, str, bool]],
+    *,
+    max_seq_len: int | None = None,
+) -> list[EncodedExample | None]:
+    """:func:`encode_response` of each ``(prompt, completion, has_eos)``, in order.
+
+    Each distinct prompt and completion is tokenized once, all of them in two batched calls:
+    a preference stage encodes thousands of pairs that share prompts and sides, and a call per
+    string cost it 20 s of Python per 4000 pairs (the ids are the same either way)."""
+    if any(has_eos for _, _, has_eos in items) and tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; the model could never stop")
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if has_eos:
-        completion_ids = [*completion_ids, tokenizer.eos_token_id]
-    if not completion_ids:
-        raise ValueError(
-            f"the completion {completion!r} has no token to score (empty and without EOS)"
-        )
-    if max_seq_len is not None and len(prompt_ids) + len(completion_ids) > max_seq_len:
-        return None
-    return EncodedExample(
-        input_ids=[*prompt_ids, *completion_ids],
-        labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+    prompts = list(dict.fromkeys(prompt for prompt, _, _ in items))
+    completions = list(dict.fromkeys(completion for _, completion, _ in items))
+    prompt_ids = dict(zip(prompts, _token_ids(tokenizer, prompts, special=True), strict=True))
+    completion_ids = dict(
+        zip(completions, _token_ids(tokenizer, completions, special=False), strict=True)
     )
+    encoded: list[EncodedExample | None] = []
+    for prompt, completion, has_eos in items:
+        head, tail = prompt_ids[prompt], completion_ids[completion]
+        if has_eos:
+            tail = [*tail, tokenizer.eos_token_id]
+        if not tail:
+            raise ValueError(
+                f"the completion {completion!r} has no token to score (empty and without EOS)"
+            )
+        if max_seq_len is not None and len(head) + len(tail) > max_seq_len:
+            encoded.append(None)
+            continue
+        encoded.append(
+            EncodedExample(input_ids=[*head, *tail], labels=[IGNORE_INDEX] * len(head) + tail)
+        )
+    return encoded
+
+
+def _token_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], *, special: bool
+) -> list[list[int]]:
+    """Each text's ids, in one call (no padding, no truncation)."""
+    if not texts:
+        return []
+    return list(tokenizer(texts, add_special_tokens=special)["input_ids"])
 
 
 def collate_examples(batch: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -86,7 +86,7 @@ def build(config: ExperimentConfig, warehouse: Warehouse) -> list[dg.AssetsDefin
         for method, model in trained.items():
             tables.append(evaluate(context, generator, method, model, test, seed))
         table = pl.concat(tables)
-        k_values = sorted({1, config.sampling.eval_samples})
+        k_values = eval_lib.pass_k_values(config.sampling.eval_samples)
         summary = eval_lib.summarize_evaluations(table, k_values)
         metadata = {}
         for r in summary.iter_rows(named=True):
