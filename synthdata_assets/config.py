@@ -593,7 +593,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # The shipped base (models/embedded-base): pretrained once, loaded in seconds.
         "model": {"name": "embedded-base", "max_seq_len": 320},
         # A chain solution is at most ~90 tokens; the rest of the 320 is for the prompt. The
-        # study reads greedy accuracy alone: no pass@k samples (a tenth of a partition's time).
+        # study reads greedy accuracy alone: no pass@k samples (up to a tenth of a partition).
         "sampling": {"eval_samples": 0, "max_new_tokens": 100},
         # SFT at 2e-3 pulled an earlier base from 6.7% to 1.3% at 250 problems (laptop-study.md).
         # Per-step DPO and plain DPO on the same four negatives per problem, each pair with the

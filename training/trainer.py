@@ -142,7 +142,7 @@ def encode_responses(
 
     Each distinct prompt and completion is tokenized once, all of them in two batched calls:
     a preference stage encodes thousands of pairs that share prompts and sides, and a call per
-    string cost it 20 s of Python per 4000 pairs (the ids are the same either way)."""
+    string cost it 16 s of Python per 4000 pairs (the ids are the same either way)."""
     if any(has_eos for _, _, has_eos in items) and tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; the model could never stop")
     prompts = list(dict.fromkeys(prompt for prompt, _, _ in items))
