@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from synthdata_assets.config import (
     PRESETS,
@@ -12,12 +13,25 @@ from synthdata_assets.config import (
     preset_dict,
 )
 
+# The recorded sweeps' configurations (docs/experiments), each rerun from its YAML alone.
+EXPERIMENTS = sorted((Path(__file__).parents[1] / "docs" / "experiments").glob("*.yaml"))
+
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_is_valid(name: str) -> None:
     config = load_config(name)
     assert config.preset == name
     assert config.data_sizes == tuple(sorted(config.data_sizes))
+
+
+def test_every_recorded_experiment_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field renamed or removed since a sweep was recorded fails here, not in a reader's
+    rerun of it."""
+    monkeypatch.delenv("SYNTHDATA_PRESET", raising=False)
+    assert len(EXPERIMENTS) >= 20
+    for path in EXPERIMENTS:
+        named = yaml.safe_load(path.read_text()).get("preset", "demo")
+        assert load_config(config_path=path).preset == named, path.name
 
 
 def test_preset_from_environment_defaults_to_demo(monkeypatch: pytest.MonkeyPatch) -> None:
