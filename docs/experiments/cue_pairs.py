@@ -1,0 +1,61 @@
+"""Which of per-step DPO's pairs meet the shortcut cue: on training problems with a
+misleading choice, how often the rejected side follows the cue where its chosen side does not.
+
+The cue study (docs/results/cue-chain.md) asks whether per-step DPO's negatives or its chosen
+sides unlearn the cue. This counts, per size (over all seeds of a cue study's warehouse), the
+per-step pairs whose problem holds a choice where the cue misleads, those whose chosen side
+follows it anyway, and those whose rejected side follows it where the chosen side does not
+(the negatives placed to push the cue down), with ``tasks.embedded.cue_followed`` on each
+side's text.
+
+    python docs/experiments/cue_pairs.py HOME [HOME ...]
+
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from synthdata_assets.tasks import embedded
+from warehouse import Warehouse
+
+
+def main(homes: list[str]) -> None:
+    print(
+        "| warehouse | size | pairs | on a misleading problem | chosen side follows it | "
+        "rejected side alone follows it |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for home in homes:
+        tables = Warehouse(Path(home)).tables
+        problems = pl.read_parquet(tables / "problems.parquet")
+        spec = dict(zip(problems["problem_id"], problems["spec"], strict=True))
+        pairs = pl.read_parquet(tables / "preference_pairs" / "**/*.parquet")
+        pairs = pairs.filter(pl.col("kind") == "per_step")
+        for (size,), group in sorted(pairs.group_by("data_size")):
+            misleading = chosen = rejected_only = 0
+            for problem, chosen_text, rejected_text in group.select(
+                "problem_id", "chosen", "rejected"
+            ).iter_rows():
+                points, by_chosen = embedded.cue_followed(spec[problem], chosen_text)
+                _, by_rejected = embedded.cue_followed(spec[problem], rejected_text)
+                misleading += points > 0
+                chosen += by_chosen > 0
+                rejected_only += by_rejected > by_chosen
+            n = group.height
+            print(
+                f"| {home} | {size} | {n} | {_share(misleading, n)} | "
+                f"{_share(chosen, n)} | {_share(rejected_only, n)} |"
+            )
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count} ({100 * count / total:.1f}%)"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
