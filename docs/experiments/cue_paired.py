@@ -32,6 +32,8 @@ from warehouse import Warehouse
 RESAMPLES = 2000
 # The order methods are drawn in, the study's own (the scaling report's).
 ORDER = ("base", "sft", "rft", "per_step_dpo", "nll_control", "dpo")
+# The plot's panels per study: the shares, then the differences to each of these methods.
+PANELS = ("share", "sft", "nll_control")
 
 
 def main() -> None:
@@ -44,10 +46,19 @@ def main() -> None:
     labels = args.labels or [home.name for home in args.homes]
     if len(labels) != len(args.homes):
         parser.error(f"--labels: {len(labels)} labels for {len(args.homes)} warehouses")
-    studies = {home: _cued(home) for home in args.homes}
-    for home, cued in studies.items():
+    # Each study's rows against each method a table or a panel needs, bootstrapped once.
+    references = {args.against, *(PANELS[1:] if args.plot else ())}
+    studies = {}
+    for home in args.homes:
+        cued = _cued(home)
+        present = set(cued["method"])
+        studies[home] = {
+            against: _rows(cued, against, home)
+            for against in references
+            if against == args.against or against in present
+        }
         print(f"\n{home}\n")
-        _table(cued, args.against, home)
+        _table(studies[home][args.against], args.against)
     if args.plot:
         _plot(studies, labels, args.plot)
         print(f"\nplot: {args.plot}")
@@ -82,13 +93,13 @@ def _rows(cued: pl.DataFrame, against: str, home: Path) -> list[dict]:
     return rows
 
 
-def _table(cued: pl.DataFrame, against: str, home: Path) -> None:
+def _table(rows: list[dict], against: str) -> None:
     print(
         "| size | method | share followed, mean ± sd over seeds | "
         f"minus {against} | 95% CI | seeds |"
     )
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
-    for row in _rows(cued, against, home):
+    for row in rows:
         shares, (diff, low, high) = row["shares"], row["diff"]
         sd = f" ± {shares.std(ddof=1):.1f}" if len(shares) > 1 else ""
         print(
@@ -125,28 +136,26 @@ def _paired(paired: pl.DataFrame, rng: np.random.Generator) -> tuple[float, floa
     return share(by_seed), float(low), float(high)
 
 
-def _plot(studies: dict[Path, pl.DataFrame], labels: list[str], path: Path) -> None:
-    """One row per study: the share followed per method and size (mean over seeds, bars
-    min-max), then the paired difference to SFT and to nll_control (95% intervals)."""
+def _plot(studies: dict[Path, dict[str, list[dict]]], labels: list[str], path: Path) -> None:
+    """One row per study (its rows per reference method, from :func:`_rows`): the share
+    followed per method and size (mean over seeds, bars min-max), then the paired difference
+    to SFT and to nll_control (95% intervals)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = ("share", "sft", "nll_control")
     fig, axes = plt.subplots(
         len(studies), 3, figsize=(15, 3.6 * len(studies)), squeeze=False, sharey="col"
     )
     colors = dict(zip(ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for axes_row, label, (home, cued) in zip(axes, labels, studies.items(), strict=True):
-        present = set(cued["method"])
-        by_reference = {
-            against: _rows(cued, against, home) for against in panels[1:] if against in present
-        }
-        sizes = sorted(set(cued["data_size"]))
+    for axes_row, label, by_reference in zip(axes, labels, studies.values(), strict=True):
+        any_rows = next(iter(by_reference.values()))
+        present = {row["method"] for row in any_rows}
+        sizes = sorted({row["size"] for row in any_rows})
         methods = [m for m in ORDER if m in present] + sorted(present - set(ORDER))
         width = 0.8 / len(methods)
-        for ax, panel in zip(axes_row, panels, strict=True):
+        for ax, panel in zip(axes_row, PANELS, strict=True):
             rows = by_reference.get("sft" if panel == "share" else panel)
             if rows is None:
                 ax.set_visible(False)
