@@ -21,11 +21,13 @@ from collections.abc import Callable
 from typing import TextIO
 
 from tqdm import tqdm
+from tqdm.utils import disp_len
 
 from training.progress import Progress
 
 PROGRESS_MARK = "progress:"
-BAR_FORMAT = "{desc} {bar:24} {n_fmt}/{total_fmt}{unit} {elapsed} {rate_fmt}{postfix}"
+BAR_WIDTH = 24
+_STATS = "{n_fmt}/{total_fmt}{unit} {elapsed} {rate_fmt}{postfix}"
 _PROGRESS = re.compile(rf"^{PROGRESS_MARK} (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+)(?P<rest>.*)$")
 
 
@@ -110,14 +112,16 @@ class StageDisplay:
                     desc=f"      {step}",
                     unit=f" {unit}",
                     file=self.out,
-                    bar_format=BAR_FORMAT,
+                    bar_format=bar_format(BAR_WIDTH),
                     # A terminal that reports no size (some ptys) still gets a bar.
                     ncols=size.columns,
                     nrows=size.lines,
                 )
                 self.bars[step] = bar
+            bar.set_postfix_str(figures, refresh=False)
             bar.update(done - bar.n)
-            bar.set_postfix_str(figures, refresh=True)
+            fit(bar)
+            bar.refresh()
         if done >= total:
             self._finish(step)
 
@@ -150,6 +154,20 @@ class StageDisplay:
         else:
             self.out.write(line.rstrip() + "\n")
             self.out.flush()
+
+
+def bar_format(width: int) -> str:
+    """A stage's bar line with a bar of ``width`` characters (none at 0)."""
+    return "{desc} " + (f"{{bar:{width}}} " if width > 0 else "") + _STATS
+
+
+def fit(bar: tqdm) -> None:
+    """Give ``bar`` the columns its text leaves, at most :data:`BAR_WIDTH`, so that on a narrow
+    terminal the bar shrinks before the figures are cut: tqdm keeps a bar's width fixed and
+    trims the line's end, where the rate and the figures are."""
+    text = bar.format_meter(**(bar.format_dict | {"bar_format": bar_format(0), "ncols": 0}))
+    room = (bar.ncols or 0) - disp_len(text) - 1  # the bar's own space after it
+    bar.bar_format = bar_format(max(0, min(BAR_WIDTH, room)) if bar.ncols else BAR_WIDTH)
 
 
 def runs_table(runs: list[tuple[str, float]], wall: float | None = None) -> str:

@@ -55,14 +55,31 @@ def test_a_non_interactive_display_prints_one_line_per_phase() -> None:
 
 
 def test_an_interactive_display_draws_bars(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The bar is as wide as the terminal; at 80 columns (pytest-xdist's workers) its stats are cut.
     monkeypatch.setenv("COLUMNS", "160")
     out = io.StringIO()
     display = StageDisplay(out, interactive=True)
     display.message("sft_model", "progress: 5/10 updates loss=1.2")
+    assert f" {'#' * 12}{' ' * 12} 5/10 updates" in out.getvalue()  # 24 wide, half full
     display.message("sft_model", "progress: 10/10 updates loss=0.8")
     display.close()
     assert "10/10 updates" in out.getvalue() and "loss=0.8" in out.getvalue()
+
+
+@pytest.mark.parametrize(("columns", "shown"), [(80, "tokens_per_s=7,081"), (100, "loss=0.6931")])
+def test_on_a_narrow_terminal_the_bar_shrinks_before_the_figures_are_cut(
+    monkeypatch: pytest.MonkeyPatch, columns: int, shown: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    out = io.StringIO()
+    display = StageDisplay(out, interactive=True)
+    display.message("per_step_dpo_model", "progress: 5/118 updates tokens_per_s=7,081 loss=0.6931")
+    drawn = out.getvalue().split("\r")[-1]
+    # The text is 88 columns without a bar: at 100 a bar fits beside all of it, at 80 none
+    # does and the end of the figures is cut.
+    assert len(drawn) <= columns
+    assert "5/118 updates" in drawn and shown in drawn
+    without_bar = drawn.startswith("      per_step_dpo_model 5/118")
+    assert without_bar == (columns == 80)
 
 
 def test_runs_table_totals_the_runs() -> None:
