@@ -303,13 +303,14 @@ def plot(path: Path) -> None:
                     color="C0" if key == "minus_control" else "C1", label=name if i == 0 else None,
                 )  # fmt: skip
         ax.axvline(0, color="grey", linestyle=":")
-        ax.set_title(f"{method} minus nll_control, hinted problems (points, 95% CI)", fontsize=9)
+        ax.set_title(f"{method} minus nll_control", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_yticks(range(len(cells)), [_label(last[(*c, "rft")]) for c in cells], fontsize=8)
     axes[0].invert_yaxis()
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.legend(handles, labels, loc="upper right", ncol=2, fontsize=8)
+    fig.suptitle("Hinted test problems: points against nll_control, 95% CI", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
