@@ -8,6 +8,10 @@ follows it anyway, and those whose rejected side follows it where the chosen sid
 (the negatives placed to push the cue down), with ``tasks.embedded.cue_followed`` on each
 side's text.
 
+For comparison it counts RFT's training examples the same way (pi_sft's distinct correct
+samples, at most ``training.rft_max_per_problem`` of a problem, as the RFT stage takes them):
+their share on misleading problems and the share that follows the cue there.
+
     python docs/experiments/cue_pairs.py HOME [HOME ...]
 
 Prints a markdown table.
@@ -20,16 +24,19 @@ from pathlib import Path
 
 import polars as pl
 
+from synthdata_assets.models import rft_examples
 from synthdata_assets.tasks import embedded
 from warehouse import Warehouse
+
+RFT_MAX_PER_PROBLEM = 4  # training.rft_max_per_problem in the presets
 
 
 def main(homes: list[str]) -> None:
     print(
-        "| warehouse | size | pairs | on a misleading problem | chosen side follows it | "
-        "rejected side alone follows it |"
+        "| warehouse | size | examples | count | on a misleading problem | chosen side (RFT: "
+        "the example) follows it | rejected side alone follows it |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for home in homes:
         tables = Warehouse(Path(home)).tables
         problems = pl.read_parquet(tables / "problems.parquet")
@@ -48,8 +55,24 @@ def main(homes: list[str]) -> None:
                 rejected_only += by_rejected > by_chosen
             n = group.height
             print(
-                f"| {home} | {size} | {n} | {_share(misleading, n)} | "
+                f"| {home} | {size} | per-step pairs | {n} | {_share(misleading, n)} | "
                 f"{_share(chosen, n)} | {_share(rejected_only, n)} |"
+            )
+        samples = pl.read_parquet(tables / "policy_samples" / "**/*.parquet")
+        for (size, seed), group in sorted(samples.group_by("data_size", "seed")):
+            if seed != 0:
+                continue  # one seed's examples: the shares differ little between seeds
+            examples = rft_examples(group, problems, RFT_MAX_PER_PROBLEM)
+            by_question = dict(zip(problems["question"], problems["problem_id"], strict=True))
+            misleading = following = 0
+            for question, solution in examples:
+                points, followed = embedded.cue_followed(spec[by_question[question]], solution)
+                misleading += points > 0
+                following += followed > 0
+            n = len(examples)
+            print(
+                f"| {home} | {size} | RFT examples (seed 0) | {n} | {_share(misleading, n)} | "
+                f"{_share(following, n)} | — |"
             )
 
 
