@@ -8,9 +8,9 @@ follows it anyway, and those whose rejected side follows it where the chosen sid
 (the negatives placed to push the cue down), with ``tasks.embedded.cue_followed`` on each
 side's text.
 
-For comparison it counts RFT's training examples the same way (pi_sft's distinct correct
-samples, at most ``training.rft_max_per_problem`` of a problem, as the RFT stage takes them):
-their share on misleading problems and the share that follows the cue there.
+For comparison it counts seed 0's RFT training examples the same way (pi_sft's distinct
+correct samples, at most ``training.rft_max_per_problem`` of a problem, as the RFT stage takes
+them): the share on misleading problems and the share that follows the cue.
 
     python docs/experiments/cue_pairs.py HOME [HOME ...]
 
@@ -59,11 +59,9 @@ def main(homes: list[str]) -> None:
                 f"{_share(chosen, n)} | {_share(rejected_only, n)} |"
             )
         samples = pl.read_parquet(tables / "policy_samples" / "**/*.parquet")
-        for (size, seed), group in sorted(samples.group_by("data_size", "seed")):
-            if seed != 0:
-                continue  # one seed's examples: the shares differ little between seeds
+        by_question = dict(zip(problems["question"], problems["problem_id"], strict=True))
+        for (size,), group in sorted(samples.filter(pl.col("seed") == 0).group_by("data_size")):
             examples = rft_examples(group, problems, RFT_MAX_PER_PROBLEM)
-            by_question = dict(zip(problems["question"], problems["problem_id"], strict=True))
             misleading = following = 0
             for question, solution in examples:
                 points, followed = embedded.cue_followed(spec[by_question[question]], solution)
