@@ -1072,17 +1072,21 @@ def report_markdown(
     *,
     relative_to: str | os.PathLike | None = None,
     control: Comparison | None = None,
+    method_notes: dict[str, str] | None = None,
 ) -> str:
     """The report: accuracy table, paired differences, equivalent sizes, multipliers, how
     the chance floor is handled, per-step DPO against its control without negatives
     (``control``: :func:`control_comparison`, where there is one), and the plot, linked
     relative to ``relative_to`` (default: the plot's own folder, i.e. the report is expected
-    to sit next to it)."""
+    to sit next to it). ``method_notes``: a line under the accuracy table per method whose
+    name alone would mislead (e.g. RFT trained from pi_sft, not from the base)."""
     plot_path = Path(plot_path)
     base = Path(relative_to) if relative_to is not None else plot_path.parent
     rel = os.path.relpath(plot_path, base)
     lines = ["# Scaling curves (Setlur et al. 2024)", ""]
     lines += _accuracy_section(table, comparison)
+    if method_notes:
+        lines += [f"- {method}: {note}" for method, note in method_notes.items()] + [""]
     if comparison.paired.height:
         lines += _paired_section(comparison)
     if comparison.per_size.height:
@@ -1127,16 +1131,20 @@ def study_report(
     chance: float | None = None,
     n_boot: int = 2000,
     seed: int = 0,
+    method_notes: dict[str, str] | None = None,
 ) -> StudyReport:
     """The ``scaling_curves`` table and the comparison against SFT of every evaluation, with
     the plot (``scaling_curves.png``) and the markdown report (``scaling_report.md``) written
-    atomically into ``reports``. ``chance``: the task's chance accuracy, None if unknown."""
+    atomically into ``reports``. ``chance``: the task's chance accuracy, None if unknown;
+    ``method_notes``: as :func:`report_markdown`'s."""
     table = scaling_table(evaluations)
     comparison = compare(evaluations, reference="sft", chance=chance, n_boot=n_boot, seed=seed)
     control = control_comparison(evaluations, chance=chance, n_boot=n_boot, seed=seed)
     reports.mkdir(parents=True, exist_ok=True)
     plot = plot_curves(table, comparison, reports / "scaling_curves.png")
-    markdown = report_markdown(table, comparison, plot, relative_to=reports, control=control)
+    markdown = report_markdown(
+        table, comparison, plot, relative_to=reports, control=control, method_notes=method_notes
+    )
     report = reports / "scaling_report.md"
     tmp = temp_sibling(report)
     tmp.write_text(markdown)

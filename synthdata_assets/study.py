@@ -162,7 +162,9 @@ FIELD_READERS: dict[tuple[str, str], frozenset[str]] = {
         if name.startswith("dpo_")
     },
     ("training", "rft_max_per_problem"): frozenset({"rft_model"}),
-    ("training", "rft_init"): frozenset({"rft_model"}),
+    # scaling_curves says in its report when RFT starts from pi_sft; it reads rft_model
+    # through the evaluations, so its fingerprint holds the field either way
+    ("training", "rft_init"): frozenset({"rft_model", "scaling_curves"}),
     ("credit", "per_step_pair_kind"): frozenset({"per_step_dpo_model", "nll_control_model"}),
     ("credit", "advantage_weighted"): frozenset({"per_step_dpo_model", "nll_control_model"}),
     ("credit", "pit_rule"): frozenset({"step_advantages"}),

@@ -29,6 +29,7 @@ from synthdata_assets.curves import (
     scaling_table,
     study_report,
 )
+from synthdata_assets.defs.curves import method_notes
 from warehouse.query import named_queries
 
 SIZES = [250, 500, 1000, 2000, 4000]
@@ -511,6 +512,16 @@ def test_study_report_writes_both(tmp_path: Path, study: pl.DataFrame):
     assert result.plot.name == "scaling_curves.png" and result.plot.exists()
     assert by_method(result.comparison.multipliers)["per_step_dpo"]["multiplier"] > 1.5
     assert result.table.schema == pl.Schema(SCALING_SCHEMA)
+
+
+def test_the_report_says_when_rft_starts_from_pi_sft(tmp_path: Path, study: pl.DataFrame):
+    plain = study_report(study, tmp_path / "plain", n_boot=0).markdown
+    notes = method_notes("sft")
+    noted = study_report(study, tmp_path / "noted", n_boot=0, method_notes=notes).markdown
+    assert method_notes("base") == {} and "rft_init" not in plain
+    line = "- rft: trained from pi_sft (`training.rft_init: sft`), not from the base model"
+    assert line in noted.splitlines()
+    assert noted.index(line) < noted.index("Paired difference")  # under the accuracy table
 
 
 def test_report_pairs_per_step_dpo_against_its_control_without_negatives(tmp_path: Path):

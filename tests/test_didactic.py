@@ -96,3 +96,9 @@ def test_first_step_curves_report_the_first_step_against_one_over_degree(star_st
     report = (warehouse.reports / "first_step_report.md").read_text()
     assert "1/degree 50.0%" in report and "SFT's first step against 1/degree" in report
     assert (warehouse.reports / "first_steps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_scaling_report_says_that_rft_starts_from_pi_sft(star_study) -> None:
+    warehouse, _, _ = star_study
+    report = (warehouse.reports / "scaling_report.md").read_text()
+    assert "- rft: trained from pi_sft (`training.rft_init: sft`)" in report

@@ -40,6 +40,7 @@ def build_definitions(config: ExperimentConfig, warehouse: Warehouse) -> dg.Defi
                 warehouse,
                 chance=config.chance_rate,
                 first_step_baseline=config.first_step_baseline,
+                method_notes=curves.method_notes(config.training.rft_init),
             ),
         ],
         jobs=plan["jobs"],

@@ -18,11 +18,13 @@ def build(
     *,
     chance: float | None = None,
     first_step_baseline: tuple[float | None, str] | None = None,
+    method_notes: dict[str, str] | None = None,
 ) -> list[dg.AssetsDefinition]:
     """``chance``: the task's chance accuracy (1/modulus for the embedded task), None when
     unknown; multipliers clip accuracies at it (see ``curves``). ``first_step_baseline``:
     the first-step accuracy ``first_step_curves`` compares with, and its name (default:
-    ``chance``)."""
+    ``chance``). ``method_notes``: what the report says under its accuracy table about a
+    method whose name alone would mislead (:func:`method_notes`)."""
 
     @dg.asset(
         group_name=GROUP,
@@ -43,7 +45,9 @@ def build(
         reference = _frames(sft_reference)
         if reference is not None:  # SFT alone at sizes past the study's, as method sft
             table = pl.concat([table, reference], how="diagonal_relaxed")
-        report = curves.study_report(table, warehouse.reports, chance=chance)
+        report = curves.study_report(
+            table, warehouse.reports, chance=chance, method_notes=method_notes
+        )
         metadata = {
             **_report_metadata(context, report, "scaling curves"),
             "floor": curves.floor_note(chance),
@@ -53,6 +57,8 @@ def build(
             else reference.n_unique(["data_size", "seed"]),
             **_comparison_metadata(report.comparison),
         }
+        if method_notes:
+            metadata["method_notes"] = dg.MetadataValue.json(method_notes)
         if report.control is not None:  # per-step DPO against its control without negatives
             metadata.update(_paired_metadata(report.control))
         flat = curves.flat_note(report.comparison)
@@ -62,6 +68,14 @@ def build(
 
     baseline, label = first_step_baseline or (chance, "chance")
     return [scaling_curves, _first_step_curves(warehouse, baseline, label)]
+
+
+def method_notes(rft_init: str) -> dict[str, str]:
+    """The report's notes on methods whose name alone would mislead: ``rft`` is the paper's
+    RFT (from the base model) unless ``training.rft_init`` starts it from pi_sft."""
+    if rft_init == "sft":
+        return {"rft": "trained from pi_sft (`training.rft_init: sft`), not from the base model"}
+    return {}
 
 
 def _first_step_curves(
