@@ -21,10 +21,11 @@ warehouse, and appends a row to ``rft_on_chosen.jsonl`` beside this file: the ex
 figures and each test problem's greedy grade and cue columns, as the ``evaluations`` asset
 records them. VARIANT ``matched`` (the default) is the above, method ``rft_on_chosen``;
 ``all`` trains on every chosen side, as many as the control trains (1.7-2.0 times RFT's
-examples), method ``rft_on_all_chosen``; ``own`` trains on RFT's own examples: a check that
-this reproduces the warehouse's ``rft`` rows (it prints their accuracy beside its own, and
-writes no row). Each FIELD=VALUE (JSON) overrides a field of ``training`` (e.g.
-``learning_rate=2e-4 epochs=2``, the control's schedule); the method's name then ends in them.
+examples), method ``rft_on_all_chosen``; ``own`` trains on RFT's own examples, method
+``rft_own``: without overrides a check that this reproduces the warehouse's ``rft`` rows (it
+prints their accuracy beside its own). Each FIELD=VALUE (JSON) overrides a field of
+``training`` (e.g. ``learning_rate=2e-4 epochs=2``, the control's schedule); the method's name
+then ends in them.
 
 ``report`` adds the rows to a warehouse's evaluations, each variant a method, and prints
 each one's accuracy and the share of misleading choices it follows, with paired differences (95%
@@ -58,7 +59,7 @@ from sft_forgetting import greedy, write_row  # noqa: E402
 
 OUT = Path(__file__).with_name("rft_on_chosen.jsonl")
 # The method each variant's rows are reported as.
-METHODS = {"matched": "rft_on_chosen", "all": "rft_on_all_chosen"}
+METHODS = {"matched": "rft_on_chosen", "all": "rft_on_all_chosen", "own": "rft_own"}
 AGAINST = ("sft", "rft", "nll_control", "per_step_dpo")
 # The evaluations columns the report reads.
 ROW_SCHEMA = {
@@ -106,8 +107,8 @@ def cmd_train(
     tables = Warehouse(Path(home)).tables
     problems = pl.read_parquet(tables / "problems.parquet")
     samples = _partition(tables, "policy_samples", size_, seed_)
-    if variant not in (*METHODS, "own"):
-        raise SystemExit(f"VARIANT is one of {', '.join([*METHODS, 'own'])}, not {variant!r}")
+    if variant not in METHODS:
+        raise SystemExit(f"VARIANT is one of {', '.join(METHODS)}, not {variant!r}")
     own = models.rft_examples(samples, problems, config.training.rft_max_per_problem)
     pairs = _partition(tables, "preference_pairs", size_, seed_)
     if variant == "own":
@@ -133,7 +134,6 @@ def cmd_train(
             f"RFT's own examples: accuracy {100 * table['is_correct'].mean():.1f}, the "
             f"warehouse's rft {100 * evals['is_correct'].mean():.1f}"
         )
-        return
     write_row(
         OUT,
         {
@@ -238,9 +238,14 @@ def cmd_report(*homes: str) -> None:
         shown = [*AGAINST, *ours_methods]
         for r in per_seed.filter(pl.col("method").is_in(shown)).iter_rows(named=True):
             print(
-                f"| {r['data_size']} | {r['method']} | {r['acc']:.1f} ± {r['acc_sd']:.1f} | "
-                f"{r['cue']:.1f} ± {r['cue_sd']:.1f} |"
+                f"| {r['data_size']} | {r['method']} | {_spread(r['acc'], r['acc_sd'])} | "
+                f"{_spread(r['cue'], r['cue_sd'])} |"
             )
+
+
+def _spread(mean: float, sd: float | None) -> str:
+    """Mean ± sd; the mean alone where one seed gives no sd."""
+    return f"{mean:.1f}" if sd is None else f"{mean:.1f} ± {sd:.1f}"
 
 
 if __name__ == "__main__":
