@@ -97,6 +97,8 @@ def chosen_examples(
 def cmd_train(
     config_path: str, home: str, size: str, seed: str, variant: str = "matched", *settings: str
 ) -> None:
+    if variant not in METHODS:
+        raise SystemExit(f"VARIANT is one of {', '.join(METHODS)}, not {variant!r}")
     size_, seed_ = int(size), int(seed)
     started = time.monotonic()
     config = load_config(config_path=config_path)
@@ -107,13 +109,11 @@ def cmd_train(
     tables = Warehouse(Path(home)).tables
     problems = pl.read_parquet(tables / "problems.parquet")
     samples = _partition(tables, "policy_samples", size_, seed_)
-    if variant not in METHODS:
-        raise SystemExit(f"VARIANT is one of {', '.join(METHODS)}, not {variant!r}")
     own = models.rft_examples(samples, problems, config.training.rft_max_per_problem)
-    pairs = _partition(tables, "preference_pairs", size_, seed_)
     if variant == "own":
         examples = own
     else:
+        pairs = _partition(tables, "preference_pairs", size_, seed_)
         count = len(own) if variant == "matched" else None
         examples = chosen_examples(pairs, problems, count, seed_)
     sft_path = _partition(tables, "sft_model", size_, seed_)["path"][0]
